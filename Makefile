@@ -1,0 +1,41 @@
+# Everything runs from a local virtualenv (.venv), created on first use from python3.
+# `make demo` and `make test` are the only two commands a newcomer needs.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PORT ?= 8000
+PYTEST_ARGS ?=
+
+.PHONY: venv test test-postgres demo docs clean
+
+venv: $(VENV)/.installed
+
+# Re-installs whenever setup.py changes (new dependency, new extra).
+$(VENV)/.installed: setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+$(VENV)/.docs-installed: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[test,docs]'
+	touch $@
+
+test: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-postgres: venv
+	SITEMESSAGE_TEST_DB=postgres $(PY) -m pytest $(PYTEST_ARGS)
+
+# The demo: SQLite, a local SMTP sink, a sender loop and runserver on 127.0.0.1:$(PORT).
+demo: venv
+	cd demo_project && PORT=$(PORT) ../$(PY) run_demo.py
+
+docs: $(VENV)/.docs-installed
+	$(VENV)/bin/sphinx-build -W -b html docs docs/_build/html
+
+# Removes build output and demo data; keeps .venv (delete it by hand for a fresh start).
+clean:
+	rm -rf docs/_build build dist *.egg-info .tox
+	rm -f demo_project/db.sqlite3 demo_project/outbox.jsonl
+	find . \( -path ./.venv -o -path ./.git \) -prune -o -name __pycache__ -type d -exec rm -rf {} +

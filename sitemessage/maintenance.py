@@ -1,0 +1,62 @@
+"""Housekeeping: removing sent dispatches, alerting about undelivered ones."""
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import List, Optional, Union
+
+from django.conf import settings
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from .models import Dispatch, Message
+from .settings import get_positive_int_setting
+from .utils import get_registered_message_types, get_site_url, register_message_types
+
+ALERT_PRIORITY = 999
+
+
+def cleanup_sent_messages(ago: Optional[int] = None, dispatches_only: bool = False) -> int:
+    """Delete sent dispatches (older than ``ago`` days when given) and, unless ``dispatches_only``,
+    messages left without dispatches by that. Works in batches; returns the dispatches deleted."""
+    if ago is not None and not isinstance(ago, int):
+        try:
+            ago = int(ago)
+        except (TypeError, ValueError):
+            raise ValueError(f'`ago` must be a number of days, got {ago!r}.') from None
+    batch_size = get_positive_int_setting('CLEANUP_BATCH_SIZE')
+    sent = Dispatch.objects.filter(dispatch_status=Dispatch.DISPATCH_STATUS_SENT)
+    if ago:
+        sent = sent.filter(time_dispatched__lte=timezone.now() - timedelta(days=ago))
+    deleted = 0
+    while True:
+        rows = list(sent.order_by('pk').values_list('pk', 'message_id')[:batch_size])
+        if not rows:
+            break
+        Dispatch.objects.filter(pk__in=[pk for pk, _message_id in rows]).delete()
+        deleted += len(rows)
+        if not dispatches_only:
+            message_ids = {message_id for _pk, message_id in rows}
+            Message.objects.filter(pk__in=message_ids, dispatch__isnull=True).delete()
+    return deleted
+
+
+def check_undelivered(to: Union[str, List[str], None] = None) -> int:
+    """Count failed dispatches; if any, e-mail ``to`` (default: ``ADMINS``) about them. Return the count."""
+    from .shortcuts import schedule_email
+    from .sending import send_scheduled_messages
+
+    failed_count = Dispatch.objects.filter(dispatch_status=Dispatch.DISPATCH_STATUS_FAILED).count()
+    if failed_count:
+        if to is None:
+            admins = getattr(settings, 'ADMINS', None)
+            if admins:
+                to = [admin[1] for admin in admins]
+        if to:
+            if 'email_plain' not in get_registered_message_types():
+                from .messages.email import EmailTextMessage
+                register_message_types(EmailTextMessage)
+            text = _('You have %(count)s undelivered dispatch(es) at %(url)s') % {
+                'count': failed_count, 'url': get_site_url()}
+            schedule_email(text, subject=_('[SITEMESSAGE] Undelivered dispatches'), to=to, priority=ALERT_PRIORITY)
+            send_scheduled_messages(priority=ALERT_PRIORITY)
+    return failed_count

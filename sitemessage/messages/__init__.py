@@ -1,0 +1,26 @@
+"""Message types. The built-in ones are importable from here, lazily, as the docs show."""
+from ..utils import register_message_types
+
+_BUILTIN = {
+    'PlainTextMessage': 'plain',
+    'EmailTextMessage': 'email',
+    'EmailHtmlMessage': 'email',
+}
+
+
+def register_builtin_message_types() -> None:
+    """Register the built-in message types: ``plain``, ``email_plain`` and ``email_html``."""
+    from .email import EmailHtmlMessage, EmailTextMessage
+    from .plain import PlainTextMessage
+    register_message_types(PlainTextMessage, EmailTextMessage, EmailHtmlMessage)
+
+
+def __getattr__(name):
+    # Lazy, so that importing this package never imports models before apps are ready.
+    if name in _BUILTIN:
+        from importlib import import_module
+        return getattr(import_module(f'{__name__}.{_BUILTIN[name]}'), name)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+
+__all__ = ['register_builtin_message_types', 'register_message_types', *_BUILTIN]

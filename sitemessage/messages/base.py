@@ -1,0 +1,280 @@
+"""The base of message types: what a message says and how it is rendered for each messenger."""
+from __future__ import annotations
+
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Union
+from uuid import uuid4
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect
+from django.template.loader import render_to_string
+from django.urls import NoReverseMatch, reverse
+from django.utils.crypto import constant_time_compare, salted_hmac
+from django.utils.translation import gettext_lazy as _
+
+from ..exceptions import UnknownMessengerError
+from ..signals import sig_mark_read_failed, sig_mark_read_success, sig_unsubscribe_failed, sig_unsubscribe_success
+from ..utils import (
+    Recipient, get_registered_messenger_object, get_site_url,
+    recipients as _recipients,
+)
+
+if TYPE_CHECKING:  # pragma: nocover
+    from ..messengers.base import MessengerBase
+    from ..models import Dispatch, Message, MessageTuple
+
+# Kept for 1.4.0 compatibility; directives are no longer switched off for good on a failed reverse.
+APP_URLS_ATTACHED = None
+
+URL_UNSUBSCRIBE = 'sitemessage_unsubscribe'
+URL_MARK_READ = 'sitemessage_mark_read'
+
+# While one text is compiled for many dispatches, directives render as these placeholders,
+# which are then replaced with each dispatch's own signed links.
+_DIRECTIVE_PLACEHOLDERS: ContextVar[Optional[Dict[str, str]]] = ContextVar('sitemessage_directives', default=None)
+
+
+class _DispatchWatch:
+    """Stands for the first dispatch while compiling once per message; notes any use of it."""
+
+    def __init__(self, dispatch):
+        self._dispatch = dispatch
+        self.touched = False
+
+    def __getattr__(self, name):
+        self.touched = True
+        return getattr(self._dispatch, name)
+
+    def __str__(self):
+        self.touched = True
+        return str(self._dispatch)
+
+
+class MessageBase:
+    """Base class of message types: subclass it, set ``alias``, and register it.
+
+    A message type builds a context when instantiated, is stored as a :class:`~sitemessage.models.Message`
+    by :meth:`schedule`, and is rendered (:meth:`compile`) by the delivery engine for each messenger.
+    """
+
+    supported_messengers: List[str] = []
+    alias: Optional[str] = None
+    title = _('Notification')
+    priority: Optional[int] = None
+    has_dynamic_context: bool = False
+    group_mark: str = ''
+    template_ext: str = 'tpl'
+    template: Optional[str] = None
+    send_retry_limit: Optional[int] = 10
+    allow_user_subscription: bool = True
+
+    SIMPLE_TEXT_ID = 'stext_'
+
+    _message_model = None
+    _dispatch_models = None
+
+    def __init__(self, context: Union[str, dict, None] = None, template_path: Optional[str] = None):
+        base_context = {'tpl': None, 'use_tpl': False}
+        if context is not None:
+            self.update_context(base_context, context, template_path=template_path)
+        self.context = base_context
+
+    def __str__(self):
+        return self.get_alias()
+
+    @classmethod
+    def get_alias(cls) -> str:
+        """Return the alias of this type: ``alias``, or the class name when it is not set."""
+        return cls.alias if cls.alias is not None else cls.__name__
+
+    def get_context(self) -> dict:
+        return self.context
+
+    @classmethod
+    def update_context(cls, base_context: dict, str_or_dict: Union[str, dict], template_path: Optional[str] = None):
+        """Merge a text or a dict into ``base_context`` (in place)."""
+        if isinstance(str_or_dict, dict):
+            base_context.update(str_or_dict)
+            base_context['use_tpl'] = True
+        else:
+            base_context[cls.SIMPLE_TEXT_ID] = str_or_dict
+        if cls.SIMPLE_TEXT_ID in str_or_dict:
+            base_context['use_tpl'] = False
+        base_context['tpl'] = template_path
+
+    # Scheduling -------------------------------------------------------------------------------
+
+    @classmethod
+    def recipients(cls, messenger, addresses) -> List[Recipient]:
+        """Shortcut for :func:`sitemessage.toolbox.recipients`."""
+        return _recipients(messenger, addresses)
+
+    def schedule(self, recipients=None, sender=None, priority: Optional[int] = None) -> 'MessageTuple':
+        """Store this message (with one dispatch per recipient) for delivery."""
+        from ..models import Message, MessageTuple
+        if priority is None:
+            priority = self.priority
+        self._message_model, self._dispatch_models = Message.create(
+            self.get_alias(), self.get_context(), recipients=recipients, sender=sender, priority=priority,
+            group_mark=self.group_mark, context_merge_hook=self.merge_context)
+        return MessageTuple(self._message_model, self._dispatch_models)
+
+    @classmethod
+    def merge_context(cls, context: dict, new_context: dict) -> dict:
+        """Merge the context of a new message into a grouped one; texts are joined by a newline."""
+        merged = {**context, **new_context}
+        if cls.SIMPLE_TEXT_ID in context:
+            merged[cls.SIMPLE_TEXT_ID] = f'{context[cls.SIMPLE_TEXT_ID]}\n{new_context.get(cls.SIMPLE_TEXT_ID, "")}'
+        return merged
+
+    @classmethod
+    def get_subscribers(cls, active_only: bool = True) -> List[Recipient]:
+        """Return recipients subscribed to this type (inactive users are left out by default)."""
+        from ..models import Subscription
+        subscribers = []
+        for subscription in Subscription.get_for_message_cls(cls.get_alias()):
+            user = subscription.recipient
+            if active_only and user is not None and not getattr(user, 'is_active', False):
+                continue
+            address = subscription.address
+            if address is None and user is not None:
+                try:
+                    address = get_registered_messenger_object(subscription.messenger_cls).get_address(user)
+                except UnknownMessengerError:
+                    address = None
+            if isinstance(address, str) and address:
+                subscribers.append(Recipient(subscription.messenger_cls, user, address))
+        return subscribers
+
+    @classmethod
+    def prepare_dispatches(cls, message: 'Message', recipients=None) -> List['Dispatch']:
+        """Create dispatches of a message scheduled without recipients (subscribers by default)."""
+        from ..models import Dispatch
+        return Dispatch.create(message, recipients or cls.get_subscribers())
+
+    # Rendering --------------------------------------------------------------------------------
+
+    @classmethod
+    def get_template(cls, message, messenger) -> str:
+        """Return the template path: the message's own, the class', or one derived per messenger."""
+        return (message.context.get('tpl') or cls.template or
+                f'sitemessage/messages/{cls.get_alias()}__{messenger.get_alias()}.{cls.template_ext}')
+
+    @classmethod
+    def get_template_context(cls, context: dict) -> dict:
+        """Hook: add to (or change) the template context right before rendering."""
+        return context
+
+    @classmethod
+    def compile(cls, message, messenger, dispatch=None) -> str:
+        """Return the text of ``message`` for ``messenger`` (and ``dispatch``): rendered or plain."""
+        if not message.context.get('use_tpl'):
+            return message.context[cls.SIMPLE_TEXT_ID]
+        context = dict(message.context)  # never change the stored context
+        context.update({
+            'SITE_URL': get_site_url(),
+            'directive_unsubscribe': cls.get_unsubscribe_directive(message, dispatch),
+            'directive_mark_read': cls.get_mark_read_directive(message, dispatch),
+            'message_model': message,
+            'dispatch_model': dispatch,
+        })
+        return render_to_string(cls.get_template(message, messenger), cls.get_template_context(context))
+
+    @classmethod
+    def compile_for_dispatches(cls, message, messenger, dispatches: Sequence['Dispatch']) -> List[str]:
+        """Return one text per dispatch, each with that dispatch's own signed links.
+
+        Unless ``has_dynamic_context`` is set, the template is rendered once; it is rendered per
+        dispatch anyway when it turns out to use ``dispatch_model``.
+        """
+        if cls.has_dynamic_context or len(dispatches) < 2:
+            return [cls.compile(message, messenger, dispatch=dispatch) for dispatch in dispatches]
+        placeholders = {name: f'sitemessagedirective{uuid4().hex}' for name in (URL_UNSUBSCRIBE, URL_MARK_READ)}
+        watch = _DispatchWatch(dispatches[0])
+        reset_token = _DIRECTIVE_PLACEHOLDERS.set(placeholders)
+        try:
+            text = cls.compile(message, messenger, dispatch=watch)
+        finally:
+            _DIRECTIVE_PLACEHOLDERS.reset(reset_token)
+        if watch.touched:
+            return [cls.compile(message, messenger, dispatch=dispatch) for dispatch in dispatches]
+        used = {name: token for name, token in placeholders.items() if token in text}
+        directive_getters = {URL_UNSUBSCRIBE: cls.get_unsubscribe_directive, URL_MARK_READ: cls.get_mark_read_directive}
+        texts = []
+        for dispatch in dispatches:
+            own = text
+            for name, token in used.items():
+                own = own.replace(token, directive_getters[name](message, dispatch))
+            texts.append(own)
+        return texts
+
+    # Signed links -----------------------------------------------------------------------------
+
+    @classmethod
+    def get_dispatch_hash(cls, dispatch_id, message_id, secret: Optional[str] = None) -> str:
+        """Return the signature of a dispatch's links (the same derivation as 1.4.0's)."""
+        return salted_hmac(str(dispatch_id), f'{message_id}|{dispatch_id}', secret=secret).hexdigest()
+
+    @classmethod
+    def is_dispatch_hash_valid(cls, dispatch_id, message_id, hashed: str) -> bool:
+        """Check a link's signature in constant time, against ``SECRET_KEY`` and its fallbacks."""
+        secrets = [settings.SECRET_KEY, *getattr(settings, 'SECRET_KEY_FALLBACKS', [])]
+        return any(constant_time_compare(cls.get_dispatch_hash(dispatch_id, message_id, secret), str(hashed))
+                   for secret in secrets)
+
+    @classmethod
+    def get_unsubscribe_directive(cls, message_model, dispatch_model) -> str:
+        """Return the signed unsubscribe URL of a dispatch ('' without one)."""
+        return cls._get_url(URL_UNSUBSCRIBE, message_model, dispatch_model)
+
+    @classmethod
+    def get_mark_read_directive(cls, message_model, dispatch_model) -> str:
+        """Return the signed mark-read URL of a dispatch ('' without one)."""
+        return cls._get_url(URL_MARK_READ, message_model, dispatch_model)
+
+    @classmethod
+    def _get_url(cls, name: str, message_model, dispatch_model) -> str:
+        if dispatch_model is None:
+            return ''
+        placeholders = _DIRECTIVE_PLACEHOLDERS.get()
+        if placeholders is not None:
+            return placeholders[name]
+        if getattr(dispatch_model, 'pk', None) is None:
+            return ''
+        try:
+            path = reverse(name, args=[message_model.pk, dispatch_model.pk,
+                                       cls.get_dispatch_hash(dispatch_model.pk, message_model.pk)])
+        except NoReverseMatch:
+            return ''  # the project has not attached sitemessage URLs
+        return f'{get_site_url()}{path}'
+
+    # Requests from the bundled views ----------------------------------------------------------
+
+    @classmethod
+    def handle_unsubscribe_request(cls, request: HttpRequest, message: 'Message', dispatch: 'Dispatch',
+                                   hash_is_valid: bool, redirect_to: str) -> HttpResponse:
+        """Cancel the subscription behind a dispatch when its link is valid; redirect."""
+        from ..models import Subscription
+        if hash_is_valid:
+            Subscription.cancel(dispatch.recipient_id or dispatch.address, cls.get_alias(), dispatch.messenger)
+            signal = sig_unsubscribe_success
+        else:
+            signal = sig_unsubscribe_failed
+        signal.send(cls, request=request, message=message, dispatch=dispatch)
+        return redirect(redirect_to)
+
+    @classmethod
+    def handle_mark_read_request(cls, request: HttpRequest, message: 'Message', dispatch: 'Dispatch',
+                                 hash_is_valid: bool, redirect_to: str) -> HttpResponse:
+        """Mark a dispatch read when its link is valid; redirect."""
+        if hash_is_valid:
+            dispatch.mark_read()
+            dispatch.save(update_fields=['read_status'])
+            signal = sig_mark_read_success
+        else:
+            signal = sig_mark_read_failed
+        signal.send(cls, request=request, message=message, dispatch=dispatch)
+        return redirect(redirect_to)
+
+

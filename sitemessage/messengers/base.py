@@ -1,0 +1,351 @@
+"""The base of messengers: delivery of compiled messages to addresses over one protocol.
+
+A messenger never touches the database: ``mark_sent`` / ``mark_error`` / ``mark_failed``
+record each dispatch's outcome in memory, and :meth:`MessengerBase.process_messages` stores
+all outcomes of a batch with a few bulk queries.
+"""
+from __future__ import annotations
+
+import contextvars
+import logging
+import threading
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple, Type
+
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.db import connections
+
+from .. import ratelimit
+from ..exceptions import MessengerException, SiteMessageConfigurationError, UnknownMessageTypeError
+from ..models import Dispatch, Message, MessageTuple
+from ..settings import get_setting
+from ..utils import Recipient, is_iterable
+
+if TYPE_CHECKING:  # pragma: nocover
+    from ..messages.base import MessageBase
+
+LOGGER = logging.getLogger(__name__)
+
+_INSTANCE_LOCKS: 'weakref.WeakKeyDictionary[MessengerBase, threading.RLock]' = weakref.WeakKeyDictionary()
+_INSTANCE_LOCKS_GUARD = threading.Lock()
+
+__all__ = ['MessengerBase', 'RequestsMessengerBase', 'TypeProxy', 'Message', 'Dispatch', 'MessageTuple', 'Recipient']
+
+
+def describe_error(error: Any) -> str:
+    """Return the text stored for a failed attempt: the exception's class and message."""
+    if isinstance(error, BaseException):
+        text = str(error)
+        name = type(error).__name__
+        return f'{name}: {text}' if text and not isinstance(error, MessengerException) else (text or name)
+    return str(error)
+
+
+class MessengerBase:
+    """Base class of messengers: subclass it, set ``alias`` and ``title``, implement :meth:`send`.
+
+    :meth:`before_send` connects, :meth:`send` delivers one message's dispatches and marks each
+    with :meth:`mark_sent`, :meth:`mark_error` (retried later) or :meth:`mark_failed` (given up),
+    and :meth:`after_send` disconnects. A dispatch left unmarked is recorded as an error.
+    """
+
+    alias: Optional[str] = None
+    title: Optional[str] = None
+    allow_user_subscription: bool = True
+    address_attr: Optional[str] = None
+    # Connections delivering one batch at once (one thread each). Above 1, a messenger must keep
+    # its connection state per thread, as SMTPMessenger does. See get_parallel_connections().
+    parallel_connections: int = 1
+
+    # 1.4.0 kept per-run status buckets here; outcomes now live on the dispatches themselves.
+    _st = None
+
+    def __str__(self):
+        return self.get_alias()
+
+    @classmethod
+    def get_alias(cls) -> str:
+        """Return the alias of this messenger: ``alias``, or the class name when it is not set."""
+        return cls.alias if cls.alias is not None else cls.__name__
+
+    @classmethod
+    def get_address(cls, recipient: Any) -> Any:
+        """Return the address of a recipient (a user's ``address_attr``), or the recipient itself."""
+        if cls.address_attr:
+            address = getattr(recipient, cls.address_attr, None)
+            if address:
+                return address
+        return recipient
+
+    @classmethod
+    def structure_recipients_data(cls, recipients) -> List[Recipient]:
+        """Turn users and/or addresses into :class:`~sitemessage.utils.Recipient` items."""
+        if not is_iterable(recipients):
+            recipients = (recipients,)
+        structured = []
+        for item in recipients:
+            user = item if isinstance(item, AbstractBaseUser) else None
+            address = cls.get_address(item)
+            if user is not None and address is item:
+                address = ''  # the user has no address for this messenger: sending fails with a reason
+            structured.append(Recipient(cls.get_alias(), user, address))
+        return structured
+
+    # Hooks ------------------------------------------------------------------------------------
+
+    def before_send(self) -> None:
+        """Warm up (connect) before sending; raise :class:`MessengerWarmupException` on failure."""
+
+    def after_send(self) -> None:
+        """Cool down (disconnect) after sending."""
+
+    def send(self, message_cls: Type['MessageBase'], message_model: Message, dispatch_models: List[Dispatch]) -> None:
+        """Deliver ``dispatch_models`` (their compiled text is in ``message_cache``) and mark each."""
+        raise NotImplementedError(f'{type(self).__name__} must implement send()')
+
+    def _test_message(self, to: str, text: str) -> Any:
+        raise NotImplementedError(f'{type(self).__name__} must implement _test_message() to be probed')
+
+    def send_test_message(self, to: str, text: str) -> Any:
+        """Send ``text`` to ``to`` right away, bypassing the queue; errors reach the caller."""
+        with self._lock():
+            self.before_send()
+            try:
+                return self._test_message(to, text)
+            finally:
+                self.after_send()
+
+    # Outcomes ---------------------------------------------------------------------------------
+
+    def mark_pending(self, dispatch: Dispatch) -> None:
+        """Put a dispatch back in the queue without counting an attempt."""
+        dispatch.set_outcome(Dispatch.DISPATCH_STATUS_PENDING)
+
+    def mark_sent(self, dispatch: Dispatch) -> None:
+        """Record that a dispatch was delivered."""
+        dispatch.set_outcome(Dispatch.DISPATCH_STATUS_SENT)
+
+    def mark_error(self, dispatch: Dispatch, error_log: Any, message_cls: Optional[Type['MessageBase']] = None,
+                   *, retry_after: Optional[float] = None) -> None:
+        """Record a failed attempt to be retried; past the type's ``send_retry_limit`` it is failed."""
+        if message_cls is None:
+            message_cls = dispatch.message.get_type()
+        limit = message_cls.send_retry_limit
+        attempts = getattr(dispatch, '_attempt_retry_count', dispatch.retry_count) + 1
+        if limit is not None and attempts >= limit:
+            self.mark_failed(dispatch, error_log)
+            return
+        dispatch.retry_after = retry_after
+        dispatch.set_outcome(Dispatch.DISPATCH_STATUS_ERROR, describe_error(error_log))
+
+    def mark_failed(self, dispatch: Dispatch, error_log: Any) -> None:
+        """Record a failure that will not be retried automatically."""
+        dispatch.set_outcome(Dispatch.DISPATCH_STATUS_FAILED, describe_error(error_log))
+
+    # Delivery ---------------------------------------------------------------------------------
+
+    def _lock(self) -> threading.RLock:
+        # Registered instances are shared: one delivery at a time per instance keeps its
+        # connection state consistent. Subclasses need not call any __init__ for this.
+        with _INSTANCE_LOCKS_GUARD:
+            lock = _INSTANCE_LOCKS.get(self)
+            if lock is None:
+                lock = _INSTANCE_LOCKS[self] = threading.RLock()
+        return lock
+
+    def process_messages(self, messages: Dict[int, MessageTuple], ignore_unknown_message_types: bool = False) -> None:
+        """Deliver claimed dispatches of several messages and store every outcome.
+
+        Whatever fails, each dispatch ends sent, in error (to retry), failed, or back in the
+        queue untouched. ``UnknownMessageTypeError`` reaches the caller (after the other
+        messages are delivered) unless ``ignore_unknown_message_types`` is set.
+        """
+        tuples = list(messages.values())
+        dispatches = [dispatch for _message, group in tuples for dispatch in group]
+        unknown_type_error = None
+        untouched: List[Dispatch] = []
+        with self._lock():
+            try:
+                work = []
+                for message, group in tuples:
+                    try:
+                        message_cls = message.get_type()
+                    except UnknownMessageTypeError as error:
+                        untouched.extend(group)
+                        if not ignore_unknown_message_types:
+                            unknown_type_error = unknown_type_error or error
+                        continue
+                    compiled = self._compile(message_cls, message, group)
+                    if compiled:
+                        work.append((message_cls, message, compiled))
+                if work:
+                    self._send_work(work)
+            finally:
+                self._store(dispatches, untouched)
+        if unknown_type_error is not None:
+            raise unknown_type_error
+
+    def get_parallel_connections(self) -> int:
+        """How many connections deliver a batch at once: the constructor's, the setting's, or 1."""
+        configured = self.__dict__.get('parallel_connections')
+        if configured is None:
+            configured = (get_setting('PARALLEL_CONNECTIONS') or {}).get(self.get_alias(), self.parallel_connections)
+        if isinstance(configured, bool) or not isinstance(configured, int) or configured < 1:
+            raise SiteMessageConfigurationError(
+                f'Parallel connections of messenger `{self.get_alias()}` must be a positive integer, '
+                f'got {configured!r}.')
+        return configured
+
+    def _send_work(self, work: List[Tuple[Any, Message, List[Dispatch]]]) -> None:
+        shares = split_work(work, self.get_parallel_connections())
+        if len(shares) == 1:
+            self._send_share(shares[0])
+            return
+        # Each share runs on its own thread with its own connection (see SMTPMessenger); the
+        # threads never touch the database: outcomes stay on the dispatches until stored.
+        with ThreadPoolExecutor(max_workers=len(shares), thread_name_prefix=f'sitemessage-{self.get_alias()}') as pool:
+            futures = [pool.submit(contextvars.copy_context().run, self._send_share_in_thread, share)
+                       for share in shares]
+            for future in futures:
+                future.result()
+
+    def _send_share_in_thread(self, share) -> None:
+        try:
+            self._send_share(share)
+        finally:
+            connections.close_all()  # only this thread's connections, if any was opened
+
+    def _send_share(self, share) -> None:
+        dispatches = [dispatch for _cls, _message, group in share for dispatch in group]
+        if not self._warm_up(dispatches):
+            for message_cls, _message, group in share:
+                for dispatch in group:
+                    self.mark_error(dispatch, warm_up_failure(dispatches), message_cls)
+            return
+        try:
+            for message_cls, message, group in share:
+                self._deliver_message(message_cls, message, group)
+        finally:
+            self._cool_down(dispatches)
+
+    def _warm_up(self, dispatches: List[Dispatch]) -> bool:
+        try:
+            self.before_send()
+        except Exception as error:
+            LOGGER.warning('%s: warm-up failed: %s', self.get_alias(), error)
+            for dispatch in dispatches:
+                dispatch.warm_up_error = error
+            return False
+        return True
+
+    def _cool_down(self, dispatches: List[Dispatch]) -> None:
+        try:
+            self.after_send()
+        except Exception as error:
+            # Dispatches already marked keep their outcome: a failed QUIT does not unsend mail.
+            LOGGER.warning('%s: cool-down failed: %s', self.get_alias(), error)
+            self._mark_unmarked(dispatches, error)
+
+    def _deliver_message(self, message_cls, message: Message, dispatches: List[Dispatch]) -> None:
+        limit = ratelimit.limit_for(self.get_alias())
+        per_recipient = ratelimit.limit_for(self.get_alias(), per_recipient=True)
+        if limit is None and per_recipient is None:
+            self._send_guarded(message_cls, message, dispatches)
+            return
+        for index, dispatch in enumerate(dispatches):
+            try:
+                if limit is not None:
+                    ratelimit.acquire(self.get_alias(), limit)
+                if per_recipient is not None:
+                    ratelimit.acquire(f'{self.get_alias()}:{dispatch.address}', per_recipient)
+            except TimeoutError as error:
+                # The quota is exhausted for now: the rest waits for a later run, no attempt counted.
+                LOGGER.warning('%s: %s', self.get_alias(), error)
+                for waiting in dispatches[index:]:
+                    self.mark_pending(waiting)
+                return
+            self._send_guarded(message_cls, message, [dispatch])
+
+    def _send_guarded(self, message_cls, message: Message, dispatches: List[Dispatch]) -> None:
+        try:
+            self.send(message_cls, message, dispatches)
+        except Exception as error:
+            LOGGER.exception('%s: send() raised', self.get_alias())
+            self._mark_unmarked(dispatches, error, message_cls)
+        else:
+            self._mark_unmarked(dispatches, MessengerException(
+                f'{type(self).__name__}.send() did not report an outcome for this dispatch'), message_cls)
+
+    def _compile(self, message_cls, message: Message, dispatches: List[Dispatch]) -> List[Dispatch]:
+        """Fill ``message_cache`` where empty; return the dispatches that compiled."""
+        to_compile = [dispatch for dispatch in dispatches if not dispatch.message_cache]
+        if to_compile:
+            try:
+                texts = message_cls.compile_for_dispatches(message, self, to_compile)
+            except Exception as error:
+                for dispatch in to_compile:
+                    self.mark_error(dispatch, error, message_cls)
+                return [dispatch for dispatch in dispatches if dispatch not in to_compile]
+            for dispatch, text in zip(to_compile, texts):
+                dispatch.message_cache = text
+        return dispatches
+
+    def _mark_unmarked(self, dispatches: Iterable[Dispatch], error: Any, message_cls=None) -> None:
+        for dispatch in dispatches:
+            if not getattr(dispatch, 'outcome_marked', False):
+                self.mark_error(dispatch, error, message_cls)
+
+    def _store(self, dispatches: List[Dispatch], untouched: List[Dispatch]) -> None:
+        untouched_ids = {id(dispatch) for dispatch in untouched}
+        attempted = [dispatch for dispatch in dispatches if id(dispatch) not in untouched_ids]
+        unmarked = [dispatch for dispatch in attempted if not getattr(dispatch, 'outcome_marked', False)]
+        for dispatch in unmarked:
+            # Reached only when something raised mid-way: still record why it was not sent.
+            dispatch.set_outcome(Dispatch.DISPATCH_STATUS_ERROR, 'Delivery was interrupted before an outcome')
+        Dispatch.objects.store_outcomes(attempted)
+        Dispatch.objects.release(untouched)
+
+    # 1.4.0 helpers kept for projects' messengers --------------------------------------------------
+
+    @contextmanager
+    def before_after_send_handling(self, messages: Optional[List[MessageTuple]] = None):
+        """Run the body between :meth:`before_send` and :meth:`after_send` (for ad hoc calls)."""
+        with self._lock():
+            self.before_send()
+            try:
+                yield
+            finally:
+                self.after_send()
+
+
+def split_work(work: list, shares: int) -> list:
+    """Deal the dispatches of ``(message_cls, message, dispatches)`` items into ``shares`` lists."""
+    total = sum(len(group) for _cls, _message, group in work)
+    shares = max(min(shares, total), 1)
+    if shares == 1:
+        return [work]
+    dealt = [[] for _ in range(shares)]
+    for message_cls, message, group in work:
+        for index in range(shares):
+            part = group[index::shares]
+            if part:
+                dealt[index].append((message_cls, message, part))
+    return [share for share in dealt if share]
+
+
+def warm_up_failure(dispatches: List[Dispatch]) -> str:
+    error = getattr(dispatches[0], 'warm_up_error', None) if dispatches else None
+    return f'Messenger warm-up failed: {describe_error(error)}'
+
+
+TypeProxy = Optional[Any]
+
+
+def __getattr__(name):
+    # RequestsMessengerBase lives in base_http; importable from here as in 1.4.0.
+    if name == 'RequestsMessengerBase':
+        from .base_http import RequestsMessengerBase
+        return RequestsMessengerBase
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

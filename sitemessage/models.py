@@ -1,0 +1,520 @@
+"""Models: messages, their dispatches (one per recipient and messenger), errors, subscriptions.
+
+Names, fields, db columns and tables are those of django-sitemessage 1.4.0, so its databases
+migrate forward unchanged. All queries and locking of the delivery queue live here, in
+:class:`DispatchQuerySet`.
+"""
+from __future__ import annotations
+
+import json
+import random
+from datetime import timedelta
+from typing import Any, Callable, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
+from uuid import uuid4
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import connections, models, transaction
+from django.db.models import Case, Q, Value, When
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+from .settings import get_setting
+from .utils import Recipient, get_registered_message_type
+from .wakeup import queue_changed
+
+USER_MODEL = getattr(settings, 'AUTH_USER_MODEL', 'auth.User')
+
+
+class ContextField(models.TextField):
+    """Stores a dict as JSON text (dates, decimals and UUIDs are stored as strings)."""
+
+    @classmethod
+    def parse_value(cls, value: str) -> Any:
+        try:
+            return json.loads(value)
+        except ValueError:
+            raise ValidationError(
+                _('Value `%r` is not a valid context.'), code='invalid_context', params={'value': value})
+
+    def from_db_value(self, value, expression, connection, *rest):
+        if value is None:
+            return {}
+        return self.parse_value(value)
+
+    def to_python(self, value):
+        if not value:
+            return {}
+        if isinstance(value, dict):
+            return value
+        return self.parse_value(value)
+
+    def get_prep_value(self, value):
+        try:
+            return json.dumps(value, ensure_ascii=False, cls=DjangoJSONEncoder)
+        except TypeError as err:
+            raise TypeError(f'Message context must be JSON-serialisable: {err} (context: {value!r})') from err
+
+    def value_to_string(self, obj):
+        return self.get_prep_value(self.value_from_object(obj))
+
+
+class Message(models.Model):
+    """A message of some type with its context; delivered through one or more dispatches."""
+
+    time_created = models.DateTimeField(_('Time created'), auto_now_add=True, editable=False)
+    sender = models.ForeignKey(USER_MODEL, verbose_name=_('Sender'), null=True, blank=True, on_delete=models.CASCADE)
+    cls = models.CharField(
+        _('Message class'), max_length=250, db_index=True, help_text=_('Message logic class identifier.'))
+    group_mark = models.CharField(
+        _('Group mark'), max_length=128, db_index=True, db_column='gmark',
+        help_text=_('An identifier to group several messages into one.'))
+    context = ContextField(_('Message context'))
+    priority = models.PositiveIntegerField(
+        _('Priority'), default=0, db_index=True,
+        help_text=_('Number describing message sending priority. '
+                    'Messages with different priorities can be sent with different periodicity.'))
+    dispatches_ready = models.BooleanField(
+        _('Dispatches ready'), db_index=True, default=False,
+        help_text=_('Indicates whether dispatches for this message are already formed and ready to delivery.'))
+
+    class Meta:
+        verbose_name = _('Message')
+        verbose_name_plural = _('Messages')
+
+    def __str__(self):
+        return self.cls
+
+    def get_type(self):
+        """Return the registered message type class of this message."""
+        return get_registered_message_type(self.cls)
+
+    @classmethod
+    def get_without_dispatches(cls):
+        """Return messages whose dispatches are not formed yet (scheduled without recipients)."""
+        return cls.objects.filter(dispatches_ready=False)
+
+    @classmethod
+    def create(
+            cls, message_class: str, context: dict, recipients=None, sender=None, priority: Optional[int] = None,
+            group_mark: str = '', context_merge_hook: Optional[Callable[[dict, dict], dict]] = None,
+    ) -> Tuple['Message', Union[List['Dispatch'], models.QuerySet]]:
+        """Create a message and its dispatches, or merge it into a pending message of its group."""
+        with transaction.atomic():
+            grouped = cls._find_group_message(message_class, group_mark, sender) if group_mark else None
+            if grouped is None:
+                message = cls(cls=message_class, context=context, sender=sender,
+                              dispatches_ready=recipients is not None, group_mark=group_mark)
+                if priority is not None:
+                    message.priority = priority
+                message.save()
+                return message, Dispatch.create(message, recipients)
+            return grouped, grouped.merge(context, recipients, context_merge_hook)
+
+    @classmethod
+    def _find_group_message(cls, message_class: str, group_mark: str, sender) -> Optional['Message']:
+        """Return the oldest message of the group still waiting to be sent, locking it."""
+        waiting = Q(dispatch__dispatch_status=Dispatch.DISPATCH_STATUS_PENDING) | Q(dispatches_ready=False)
+        candidates = cls.objects.filter(waiting, cls=message_class, group_mark=group_mark)
+        candidates = candidates.filter(sender__isnull=True) if sender is None else candidates.filter(sender=sender)
+        pk = candidates.order_by('pk').values_list('pk', flat=True).first()
+        if pk is None:
+            return None
+        return cls.objects.select_for_update().get(pk=pk)
+
+    def merge(self, new_context: dict, recipients, context_merge_hook=None):
+        """Merge a new context (and recipients) into this grouped message; return its pending dispatches."""
+        self.context = context_merge_hook(self.context, new_context) if context_merge_hook else new_context
+        self.save(update_fields=['context'])
+        if not self.dispatches_ready:
+            return []
+        pending = self.dispatch_set.filter(dispatch_status=Dispatch.DISPATCH_STATUS_PENDING)
+        # The merged text differs: pending dispatches must be compiled anew.
+        pending.update(message_cache='')
+        if recipients:
+            known = set(self.dispatch_set.values_list('messenger', 'address'))
+            extra = [r for r in Dispatch.normalize_recipients(recipients) if (r.messenger, r.address) not in known]
+            Dispatch.create(self, extra)
+        return self.dispatch_set.filter(dispatch_status=Dispatch.DISPATCH_STATUS_PENDING)
+
+
+class MessageTuple(NamedTuple):
+    message: Message
+    dispatches: List['Dispatch']
+
+
+class DispatchQuerySet(models.QuerySet):
+    """Queries of the delivery queue: claiming, releasing and storing outcomes."""
+
+    def sendable(self, now=None):
+        """Dispatches that may be sent now: due pending/error ones, and claims whose lease expired."""
+        now = now or timezone.now()
+        due = Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)
+        waiting = Q(dispatch_status__in=Dispatch.SENDABLE_STATUSES) & due
+        abandoned = Q(dispatch_status=Dispatch.DISPATCH_STATUS_PROCESSING, lease_until__lt=now)
+        # 1.4.0 left crashed claims in Processing with no lease: they are sendable again too.
+        legacy = Q(dispatch_status=Dispatch.DISPATCH_STATUS_PROCESSING, lease_until__isnull=True)
+        return self.filter(waiting | abandoned | legacy)
+
+    def claim(self, limit: int, lease_seconds: int, *, priority=None, attempted_before=None,
+              exclude_messengers: Iterable[str] = (), exclude_types: Iterable[str] = ()) -> List['Dispatch']:
+        """Claim up to ``limit`` sendable dispatches, oldest first, for ``lease_seconds``.
+
+        ``SELECT ... FOR UPDATE SKIP LOCKED`` keeps concurrent workers from waiting on each
+        other where the database has it; the guarded UPDATE (it re-checks sendability) with a
+        fresh token is what makes a claim exclusive, also on SQLite.
+        """
+        now = timezone.now()
+        token = uuid4().hex
+        candidates = self.sendable(now)
+        if priority is not None:
+            candidates = candidates.filter(message__priority=priority)
+        if attempted_before is not None:
+            candidates = candidates.filter(Q(time_dispatched__isnull=True) | Q(time_dispatched__lt=attempted_before))
+        if exclude_messengers:
+            candidates = candidates.exclude(messenger__in=list(exclude_messengers))
+        if exclude_types:
+            candidates = candidates.exclude(message__cls__in=list(exclude_types))
+
+        ids = candidates.order_by('pk').values_list('pk', flat=True)
+        features = connections[self.db].features
+        if features.has_select_for_update_skip_locked:
+            with transaction.atomic(using=self.db):
+                # MariaDB has SKIP LOCKED but no FOR UPDATE OF (Django raises NotSupportedError).
+                of = ('self',) if features.has_select_for_update_of else ()
+                ids = list(ids.select_for_update(skip_locked=True, of=of)[:limit])
+                self._mark_claimed(ids, token, now, lease_seconds)
+        else:
+            # No row locks to hold: the guarded UPDATE alone decides who gets each row.
+            self._mark_claimed(list(ids[:limit]), token, now, lease_seconds)
+
+        claimed = list(self.filter(claim_token=token).select_related('message').order_by('pk'))
+        for dispatch in claimed:
+            dispatch.start_attempt()
+        return claimed
+
+    def _mark_claimed(self, ids: Sequence[int], token: str, now, lease_seconds: int) -> None:
+        if ids:
+            self.model.objects.sendable(now).filter(pk__in=ids).update(
+                dispatch_status=Dispatch.DISPATCH_STATUS_PROCESSING, claim_token=token,
+                lease_until=now + timedelta(seconds=lease_seconds))
+
+    def release(self, dispatches: Sequence['Dispatch']) -> int:
+        """Return claimed dispatches to the queue untouched (no attempt was made)."""
+        by_token = {}
+        for dispatch in dispatches:
+            by_token.setdefault(dispatch.claim_token, []).append(dispatch.pk)
+        released = 0
+        for token, ids in by_token.items():
+            released += self.model.objects.filter(pk__in=ids, claim_token=token).update(
+                dispatch_status=Case(
+                    When(retry_count=0, then=Value(Dispatch.DISPATCH_STATUS_PENDING)),
+                    default=Value(Dispatch.DISPATCH_STATUS_ERROR)),
+                claim_token=None, lease_until=None)
+        for dispatch in dispatches:
+            dispatch.claim_token = dispatch.lease_until = None
+        return released
+
+    def store_outcomes(self, dispatches: Sequence['Dispatch']) -> None:
+        """Write the outcome of an attempt for each dispatch: a few bulk queries, never one per row."""
+        if not dispatches:
+            return
+        now = timezone.now()
+        tokens = {d.claim_token for d in dispatches}
+        for dispatch in dispatches:
+            dispatch.time_dispatched = now
+            dispatch.lease_until = dispatch.claim_token = None
+            dispatch.next_attempt_at = (
+                now + retry_delay(dispatch) if dispatch.dispatch_status == Dispatch.DISPATCH_STATUS_ERROR else None)
+        target = self.model.objects.all()
+        if None not in tokens:
+            # Never overwrite a dispatch another worker has claimed since (our lease expired).
+            target = target.filter(claim_token__in=tokens)
+        target.bulk_update(dispatches, Dispatch.OUTCOME_FIELDS)
+        errors = [DispatchError(dispatch=d, error_log=str(d.error_log)) for d in dispatches
+                  if d.dispatch_status in Dispatch.ERROR_STATUSES and d.error_log is not None]
+        DispatchError.objects.bulk_create(errors)
+
+
+def retry_delay(dispatch: 'Dispatch') -> timedelta:
+    """Exponential backoff with jitter before the next attempt of a dispatch in error."""
+    hint = getattr(dispatch, 'retry_after', None)
+    base = get_setting('RETRY_DELAY_SECONDS')
+    delay = base * 2 ** max(dispatch.retry_count - 1, 0) if base else 0
+    delay = min(delay, get_setting('RETRY_DELAY_MAX_SECONDS'))
+    if delay:
+        delay = random.uniform(delay / 2, delay)  # jitter spreads retries of a failed burst
+    if hint:
+        delay = max(delay, float(hint))
+    return timedelta(seconds=delay)
+
+
+class Dispatch(models.Model):
+    """A message's delivery to one address through one messenger."""
+
+    DISPATCH_STATUS_PENDING = 1
+    DISPATCH_STATUS_SENT = 2
+    DISPATCH_STATUS_ERROR = 3
+    DISPATCH_STATUS_FAILED = 4
+    DISPATCH_STATUS_PROCESSING = 5
+
+    DISPATCH_STATUSES = (
+        (DISPATCH_STATUS_PENDING, _('Pending')),
+        (DISPATCH_STATUS_PROCESSING, _('Processing')),
+        (DISPATCH_STATUS_SENT, _('Sent')),
+        (DISPATCH_STATUS_ERROR, _('Error')),
+        (DISPATCH_STATUS_FAILED, _('Failed')),
+    )
+
+    READ_STATUS_UNREAD = 0
+    READ_STATUS_READ = 1
+
+    READ_STATUSES = (
+        (READ_STATUS_UNREAD, _('Unread')),
+        (READ_STATUS_READ, _('Read')),
+    )
+
+    SENDABLE_STATUSES = (DISPATCH_STATUS_PENDING, DISPATCH_STATUS_ERROR)
+    ERROR_STATUSES = (DISPATCH_STATUS_ERROR, DISPATCH_STATUS_FAILED)
+    OUTCOME_FIELDS = ('dispatch_status', 'retry_count', 'message_cache', 'time_dispatched',
+                      'next_attempt_at', 'lease_until', 'claim_token')
+
+    error_log = None
+
+    time_created = models.DateTimeField(_('Time created'), auto_now_add=True, editable=False)
+    time_dispatched = models.DateTimeField(
+        _('Time dispatched'), editable=False, null=True, blank=True, help_text=_('Time of the last delivery attempt.'))
+    message = models.ForeignKey(Message, verbose_name=_('Message'), on_delete=models.CASCADE)
+    messenger = models.CharField(
+        _('Messenger'), max_length=250, db_index=True, help_text=_('Messenger class identifier.'))
+    recipient = models.ForeignKey(
+        USER_MODEL, verbose_name=_('Recipient'), null=True, blank=True, on_delete=models.CASCADE)
+    address = models.CharField(_('Address'), max_length=250, help_text=_('Recipient address.'))
+    retry_count = models.PositiveIntegerField(
+        _('Retry count'), default=0, help_text=_('A number of delivery retries has already been made.'))
+    message_cache = models.TextField(_('Message cache'), null=True, editable=False)
+    dispatch_status = models.PositiveIntegerField(
+        _('Dispatch status'), choices=DISPATCH_STATUSES, default=DISPATCH_STATUS_PENDING)
+    read_status = models.PositiveIntegerField(_('Read status'), choices=READ_STATUSES, default=READ_STATUS_UNREAD)
+    # New in 2.0: the lease of a worker's claim, and the earliest time of the next attempt.
+    claim_token = models.CharField(
+        _('Claim token'), max_length=32, null=True, blank=True, editable=False, db_index=True,
+        help_text=_('Identifies the delivery run that has claimed this dispatch.'))
+    lease_until = models.DateTimeField(
+        _('Lease until'), null=True, blank=True, editable=False,
+        help_text=_('A claimed dispatch becomes sendable again after this time (its worker is gone).'))
+    next_attempt_at = models.DateTimeField(
+        _('Next attempt at'), null=True, blank=True, editable=False,
+        help_text=_('A dispatch in error is not retried before this time.'))
+
+    objects = DispatchQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _('Dispatch')
+        verbose_name_plural = _('Dispatches')
+        indexes = [
+            models.Index(fields=['dispatch_status', 'next_attempt_at'], name='sitemessage_disp_queue_idx'),
+        ]
+
+    def __str__(self):
+        return f'{self.address} [{self.messenger}]'
+
+    def is_read(self) -> bool:
+        return self.read_status == self.READ_STATUS_READ
+
+    def mark_read(self) -> None:
+        """Set the read status (does not save)."""
+        self.read_status = self.READ_STATUS_READ
+
+    # In-memory bookkeeping of one delivery attempt; the engine writes it out in bulk.
+
+    def start_attempt(self) -> None:
+        self._attempt_retry_count = self.retry_count
+        self.outcome_marked = False
+        self.error_log = None
+
+    def set_outcome(self, status: int, error_log=None) -> None:
+        """Record this attempt's outcome in memory; a dispatch marked sent stays sent."""
+        if getattr(self, 'outcome_marked', False) and self.dispatch_status == self.DISPATCH_STATUS_SENT:
+            return
+        base = getattr(self, '_attempt_retry_count', self.retry_count)
+        self.retry_count = base + 1 if status in self.ERROR_STATUSES else base
+        self.dispatch_status = status
+        self.error_log = error_log
+        self.outcome_marked = True
+
+    @classmethod
+    def normalize_recipients(cls, recipients) -> List[Recipient]:
+        """Accept one Recipient or any iterable of them (list, tuple, set, generator)."""
+        if not recipients:
+            return []
+        if isinstance(recipients, Recipient):
+            return [recipients]
+        result = []
+        for item in recipients:
+            if isinstance(item, Recipient):
+                result.append(item)
+            elif isinstance(item, (list, tuple)) and not isinstance(item, Recipient) and all(
+                    isinstance(r, Recipient) for r in item):
+                result.extend(item)  # e.g. `recipients(...),` -- a tuple holding a list
+            else:
+                raise ValueError(f'Expected a Recipient (see sitemessage.toolbox.recipients()), got {item!r}.')
+        return result
+
+    @classmethod
+    def create(cls, message_model: Message, recipients) -> List['Dispatch']:
+        """Create one pending dispatch per recipient of the message."""
+        items = cls.normalize_recipients(recipients)
+        if not items:
+            return []
+        objects = [cls(message=message_model, messenger=r.messenger, recipient=r.user,
+                       address='' if r.address is None else r.address) for r in items]
+        objects = cls.objects.bulk_create(objects)
+        queue_changed()
+        if not message_model.dispatches_ready:
+            message_model.dispatches_ready = True
+            message_model.save(update_fields=['dispatches_ready'])
+        return objects
+
+    @classmethod
+    def get_unsent(cls, priority=None) -> List['Dispatch']:
+        """Claim and return the next batch of sendable dispatches (status: processing).
+
+        Unlike 1.4.0 this returns at most ``SITEMESSAGE_SEND_BATCH_SIZE`` dispatches, oldest
+        first, under a lease: whoever takes them must store an outcome or release them.
+        """
+        from .settings import get_positive_int_setting
+        return cls.objects.claim(
+            get_positive_int_setting('SEND_BATCH_SIZE'), get_positive_int_setting('SEND_LEASE_SECONDS'),
+            priority=priority)
+
+    @classmethod
+    def get_unread(cls):
+        return cls.objects.filter(read_status=cls.READ_STATUS_UNREAD).prefetch_related('message')
+
+    @staticmethod
+    def group_by_messengers(dispatches: Iterable['Dispatch']) -> dict:
+        """Group dispatches as ``{messenger alias: {message pk: MessageTuple}}``, keeping input order."""
+        by_messengers: dict = {}
+        for dispatch in dispatches:
+            by_message = by_messengers.setdefault(dispatch.messenger, {})
+            if dispatch.message_id not in by_message:
+                by_message[dispatch.message_id] = MessageTuple(dispatch.message, [])
+            by_message[dispatch.message_id].dispatches.append(dispatch)
+        return by_messengers
+
+    @classmethod
+    def set_dispatches_statuses(cls, **statuses: List['Dispatch']) -> None:
+        """Set statuses in bulk: keyword ``sent``, ``error``, ``failed`` or ``pending`` -> dispatches.
+
+        Only failed attempts (``error``, ``failed``) increase ``retry_count``.
+        """
+        mapping = {'sent': cls.DISPATCH_STATUS_SENT, 'error': cls.DISPATCH_STATUS_ERROR,
+                   'failed': cls.DISPATCH_STATUS_FAILED, 'pending': cls.DISPATCH_STATUS_PENDING}
+        unknown = set(statuses) - set(mapping)
+        if unknown:
+            raise ValueError(f'Unknown dispatch status keyword(s): {", ".join(sorted(unknown))}.')
+        now = timezone.now()
+        for name, status in mapping.items():
+            ids = [d.pk for d in statuses.get(name) or ()]
+            if not ids:
+                continue
+            update = {'time_dispatched': now, 'dispatch_status': status, 'lease_until': None, 'claim_token': None}
+            if status in cls.ERROR_STATUSES:
+                update['retry_count'] = models.F('retry_count') + 1
+            cls.objects.filter(pk__in=ids).update(**update)
+
+    @classmethod
+    def log_dispatches_errors(cls, dispatches: List['Dispatch']) -> None:
+        """Save error log entries (and compiled caches) of dispatches that failed."""
+        if not dispatches:
+            return
+        cls.objects.bulk_update(dispatches, ['message_cache'])
+        DispatchError.objects.bulk_create(
+            [DispatchError(dispatch=d, error_log=str(d.error_log)) for d in dispatches])
+
+
+class DispatchError(models.Model):
+    """The reason of one failed delivery attempt."""
+
+    time_created = models.DateTimeField(_('Time created'), auto_now_add=True, editable=False)
+    dispatch = models.ForeignKey(Dispatch, verbose_name=_('Dispatch'), on_delete=models.CASCADE)
+    error_log = models.TextField(_('Text'))
+
+    class Meta:
+        verbose_name = _('Dispatch error')
+        verbose_name_plural = _('Dispatch errors')
+
+    def __str__(self):
+        return f'Dispatch ID {self.dispatch_id} error entry'
+
+
+class Subscription(models.Model):
+    """A user's (or an address') wish to receive a message type through a messenger."""
+
+    time_created = models.DateTimeField(_('Time created'), auto_now_add=True, editable=False)
+    message_cls = models.CharField(
+        _('Message class'), max_length=250, db_index=True, help_text=_('Message logic class identifier.'))
+    messenger_cls = models.CharField(
+        _('Messenger'), max_length=250, db_index=True, help_text=_('Messenger class identifier.'))
+    recipient = models.ForeignKey(
+        USER_MODEL, verbose_name=_('Recipient'), null=True, blank=True, on_delete=models.CASCADE)
+    address = models.CharField(_('Address'), max_length=250, null=True, help_text=_('Recipient address.'))
+
+    class Meta:
+        verbose_name = _('Subscription')
+        verbose_name_plural = _('Subscriptions')
+
+    def __str__(self):
+        return f'{self.recipient_id or self.address} [{self.message_cls} - {self.messenger_cls}]'
+
+    @classmethod
+    def _get_base_kwargs(cls, recipient, message_cls, messenger_cls) -> dict:
+        kwargs = {
+            'message_cls': message_cls if isinstance(message_cls, str) else message_cls.get_alias(),
+            'messenger_cls': messenger_cls if isinstance(messenger_cls, str) else messenger_cls.get_alias(),
+        }
+        if isinstance(recipient, str):
+            kwargs['address'] = recipient
+        elif isinstance(recipient, int):
+            kwargs['recipient_id'] = recipient
+        else:
+            kwargs['recipient_id'] = recipient.pk
+        return kwargs
+
+    @classmethod
+    def create(cls, uid_or_address, message_cls, messenger_cls) -> 'Subscription':
+        """Subscribe a user (instance or id) or an address; an existing subscription is reused."""
+        subscription, _created = cls.objects.get_or_create(
+            **cls._get_base_kwargs(uid_or_address, message_cls, messenger_cls))
+        return subscription
+
+    @classmethod
+    def cancel(cls, uid_or_address, message_cls, messenger_cls) -> None:
+        """Remove the matching subscriptions."""
+        cls.objects.filter(**cls._get_base_kwargs(uid_or_address, message_cls, messenger_cls)).delete()
+
+    @classmethod
+    def get_for_user(cls, user):
+        """Return the user's subscriptions ([] for an anonymous user)."""
+        if user.pk is None:
+            return []
+        return cls.objects.filter(recipient=user)
+
+    @classmethod
+    def replace_for_user(cls, user, prefs: List[Tuple[Any, Any]]) -> bool:
+        """Replace all subscriptions of the user with ``(message type, messenger)`` pairs, atomically."""
+        if user.pk is None:
+            return False
+        rows = {tuple(cls._get_base_kwargs(user, message_cls, messenger_cls).items())
+                for message_cls, messenger_cls in prefs}
+        with transaction.atomic():
+            cls.objects.filter(recipient=user).delete()
+            cls.objects.bulk_create([cls(**dict(row)) for row in sorted(rows)])
+        return True
+
+    @classmethod
+    def get_for_message_cls(cls, message_cls):
+        return cls.objects.select_related('recipient').filter(
+            message_cls=message_cls if isinstance(message_cls, str) else message_cls.get_alias())

@@ -1,0 +1,57 @@
+"""Scheduling many messages at once: two bulk inserts instead of a few queries per message."""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+from django.db import connections, router, transaction
+
+from .messages.base import MessageBase
+from .models import Dispatch, Message, MessageTuple
+from .wakeup import queue_changed
+
+
+def can_bulk_schedule(message: MessageBase) -> bool:
+    """Grouped messages, and types with their own ``schedule()``, go one by one."""
+    return not message.group_mark and type(message).schedule is MessageBase.schedule
+
+
+def schedule_in_bulk(messages: Sequence[MessageBase], recipients, sender=None,
+                     priority: Optional[int] = None) -> List[MessageTuple]:
+    """Store messages (each with a dispatch per recipient) with one insert per table."""
+    items = Dispatch.normalize_recipients(recipients) if recipients is not None else None
+    return schedule_pairs_in_bulk([(message, items) for message in messages], sender=sender, priority=priority)
+
+
+def schedule_pairs_in_bulk(pairs: Sequence[Tuple[MessageBase, Optional[list]]], sender=None,
+                           priority: Optional[int] = None) -> List[MessageTuple]:
+    """Store ``(message, recipients)`` pairs with one insert per table (grouping does not apply)."""
+    database = router.db_for_write(Message)
+    pairs = [(message, Dispatch.normalize_recipients(items) if items is not None else None)
+             for message, items in pairs]
+    if not connections[database].features.can_return_rows_from_bulk_insert:
+        return [message.schedule(recipients=items, sender=sender,
+                                 priority=priority if priority is not None else message.priority)
+                for message, items in pairs]
+    models = []
+    for message, items in pairs:
+        effective = priority if priority is not None else message.priority
+        model = Message(cls=message.get_alias(), context=message.get_context(), sender=sender,
+                        dispatches_ready=items is not None, group_mark='')
+        if effective is not None:
+            model.priority = effective
+        models.append(model)
+    with transaction.atomic(using=database):
+        models = Message.objects.bulk_create(models)
+        dispatches = Dispatch.objects.bulk_create([
+            Dispatch(message=model, messenger=r.messenger, recipient=r.user,
+                     address='' if r.address is None else r.address)
+            for model, (_message, items) in zip(models, pairs) for r in items or ()])
+        if dispatches:
+            queue_changed(database)
+    result, offset = [], 0
+    for model, (message, items) in zip(models, pairs):
+        own = dispatches[offset:offset + len(items or ())]
+        offset += len(own)
+        message._message_model, message._dispatch_models = model, own
+        result.append(MessageTuple(model, own))
+    return result

@@ -1,0 +1,54 @@
+"""sitemessage settings, read from Django settings at call time so ``override_settings`` works.
+
+Every setting is ``SITEMESSAGE_<NAME>`` in the project's settings. The documented 1.4.0 module
+constants (``sitemessage.settings.SITE_URL`` and friends) are still importable; they are
+resolved through the module ``__getattr__`` and so reflect the live value.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings as django_settings
+
+DEFAULTS: dict[str, Any] = {
+    # Documented in 1.4.0.
+    'APP_MODULE_NAME': 'sitemessages',
+    'INIT_BUILTIN_MESSAGE_TYPES': True,
+    'EMAIL_BACKEND_MESSAGES_PRIORITY': None,
+    'SHORTCUT_EMAIL_MESSENGER_TYPE': 'smtp',
+    'SHORTCUT_EMAIL_MESSAGE_TYPE': None,
+    'SITE_URL': None,
+    # New in 2.0: the delivery engine.
+    'SEND_BATCH_SIZE': 200,
+    'SEND_LEASE_SECONDS': 600,
+    'RETRY_DELAY_SECONDS': 0,
+    'RETRY_DELAY_MAX_SECONDS': 6 * 3600,
+    'CLEANUP_BATCH_SIZE': 1000,
+    'RATE_LIMITS': {},
+    'RATE_LIMITS_PER_RECIPIENT': {},
+    'RATE_LIMIT_CACHE': 'default',
+    'ENQUEUE_ON_SCHEDULE': None,
+    'WORKER_IDLE_SECONDS': 5,
+    'PARALLEL_CONNECTIONS': {},
+}
+
+
+def get_setting(name: str) -> Any:
+    """Return the live value of ``SITEMESSAGE_<name>``, or its default."""
+    return getattr(django_settings, f'SITEMESSAGE_{name}', DEFAULTS[name])
+
+
+def get_positive_int_setting(name: str) -> int:
+    """Return ``SITEMESSAGE_<name>`` as a positive integer; a clear error names a bad value."""
+    value = get_setting(name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        from .exceptions import SiteMessageConfigurationError
+        raise SiteMessageConfigurationError(
+            f'SITEMESSAGE_{name} must be a positive integer, got {value!r}.')
+    return value
+
+
+def __getattr__(name: str) -> Any:
+    if name in DEFAULTS:
+        return get_setting(name)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -1,0 +1,50 @@
+"""One-call scheduling for each built-in messenger."""
+from __future__ import annotations
+
+from typing import Optional
+
+from .messages.email import EmailHtmlMessage, EmailTextMessage
+from .settings import get_setting
+from .toolbox import TypeMessages, get_registered_message_type, recipients, schedule_messages
+
+__all__ = ['schedule_email', 'schedule_jabber_message', 'schedule_tweet', 'schedule_telegram_message',
+           'schedule_facebook_message', 'schedule_vkontakte_message',
+           'recipients', 'schedule_messages', 'get_registered_message_type', 'EmailHtmlMessage',
+           'EmailTextMessage', 'TypeMessages']
+
+
+def schedule_email(message, to, subject: Optional[str] = None, sender=None, priority: Optional[int] = None) -> None:
+    """Schedule an e-mail: a dict renders the HTML template, anything else is plain text."""
+    forced_type = get_setting('SHORTCUT_EMAIL_MESSAGE_TYPE')
+    if forced_type:
+        message_cls = get_registered_message_type(forced_type)
+    else:
+        message_cls = EmailHtmlMessage if isinstance(message, dict) else EmailTextMessage
+    schedule_messages(message_cls(subject, message),
+                      recipients(get_setting('SHORTCUT_EMAIL_MESSENGER_TYPE'), to),
+                      sender=sender, priority=priority)
+
+
+def schedule_jabber_message(message: TypeMessages, to, sender=None, priority: Optional[int] = None) -> None:
+    """Schedule an XMPP message."""
+    schedule_messages(message, recipients('xmppsleek', to), sender=sender, priority=priority)
+
+
+def schedule_tweet(message: TypeMessages, to='', sender=None, priority: Optional[int] = None) -> None:
+    """Schedule a post on X/Twitter (``to`` makes it a mention)."""
+    schedule_messages(message, recipients('twitter', to), sender=sender, priority=priority)
+
+
+def schedule_telegram_message(message: TypeMessages, to, sender=None, priority: Optional[int] = None) -> None:
+    """Schedule a Telegram message to a chat id or ``@channel``."""
+    schedule_messages(message, recipients('telegram', to), sender=sender, priority=priority)
+
+
+def schedule_facebook_message(message: TypeMessages, sender=None, priority: Optional[int] = None) -> None:
+    """Schedule a post on the Facebook page."""
+    schedule_messages(message, recipients('fb', ''), sender=sender, priority=priority)
+
+
+def schedule_vkontakte_message(message: TypeMessages, to, sender=None, priority: Optional[int] = None) -> None:
+    """Schedule a VKontakte wall post (``to`` is the wall owner id; negative for communities)."""
+    schedule_messages(message, recipients('vk', to), sender=sender, priority=priority)

@@ -1,0 +1,88 @@
+"""Fixtures: a real SMTP server on loopback, an isolated registry per test, users."""
+from __future__ import annotations
+
+import time
+from unittest import mock
+
+import pytest
+
+from sitemessage import utils
+from tests.fakes import free_port
+
+
+class Mailbox:
+    """aiosmtpd handler keeping every accepted envelope; some recipients can be refused."""
+
+    def __init__(self):
+        self.envelopes = []
+        self.refuse = {}  # address -> SMTP reply, e.g. '550 No such user'
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        reply = self.refuse.get(address)
+        if reply:
+            return reply
+        envelope.rcpt_tos.append(address)
+        return '250 OK'
+
+    async def handle_DATA(self, server, session, envelope):
+        self.envelopes.append(envelope)
+        return '250 Message accepted for delivery'
+
+    def messages(self):
+        from email import message_from_bytes, policy
+        return [message_from_bytes(env.content, policy=policy.default) for env in self.envelopes]
+
+
+@pytest.fixture(scope='session')
+def smtp_controller():
+    from aiosmtpd.controller import Controller
+    controller = Controller(Mailbox(), hostname='127.0.0.1', port=free_port())
+    controller.start()
+    yield controller
+    controller.stop()
+
+
+@pytest.fixture
+def smtp_server(smtp_controller):
+    """The running SMTP server, its mailbox emptied."""
+    smtp_controller.handler.envelopes.clear()
+    smtp_controller.handler.refuse.clear()
+    return smtp_controller
+
+
+@pytest.fixture
+def smtp_messenger(smtp_server):
+    """An SMTPMessenger pointed at the local server, registered as ``smtp``."""
+    from sitemessage.messengers.smtp import SMTPMessenger
+    messenger = SMTPMessenger('robot@example.com', host='127.0.0.1', port=smtp_server.port, timeout=5)
+    utils.register_messenger_objects(messenger)
+    return messenger
+
+
+@pytest.fixture(autouse=True)
+def isolated_registry():
+    """Each test starts from the registries as discovered at start-up, and leaves them so."""
+    with mock.patch.dict(utils._MESSENGERS_REGISTRY), mock.patch.dict(utils._MESSAGES_REGISTRY), \
+            mock.patch.dict(utils._MESSAGES_FOR_APPS):
+        fake = utils._MESSENGERS_REGISTRY['fake']
+        fake.reset()
+        yield
+
+
+@pytest.fixture
+def fake_messenger():
+    return utils.get_registered_messenger_object('fake')
+
+
+@pytest.fixture
+def user(django_user_model):
+    return django_user_model.objects.create_user('user1', email='user1@example.com', password='x')
+
+
+def wait_for(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()

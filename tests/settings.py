@@ -1,0 +1,70 @@
+"""Settings of the test suite. ``SITEMESSAGE_TEST_DB=postgres`` (or ``mysql``) selects the database."""
+import os
+
+SECRET_KEY = 'test-secret'
+DEBUG = False
+USE_TZ = True
+ALLOWED_HOSTS = ['*']
+
+INSTALLED_APPS = [
+    'django.contrib.admin',
+    'django.contrib.auth',
+    'django.contrib.contenttypes',
+    'django.contrib.sessions',
+    'django.contrib.messages',
+    'django.contrib.staticfiles',
+    'sitemessage',
+    'tests.testapp',
+]
+
+MIDDLEWARE = [
+    'django.contrib.sessions.middleware.SessionMiddleware',
+    'django.middleware.common.CommonMiddleware',
+    'django.middleware.csrf.CsrfViewMiddleware',
+    'django.contrib.auth.middleware.AuthenticationMiddleware',
+    'django.contrib.messages.middleware.MessageMiddleware',
+]
+
+ROOT_URLCONF = 'tests.urls'
+STATIC_URL = '/static/'
+
+TEMPLATES = [{
+    'BACKEND': 'django.template.backends.django.DjangoTemplates',
+    'DIRS': [],
+    'APP_DIRS': True,
+    'OPTIONS': {'context_processors': [
+        'django.template.context_processors.request',
+        'django.contrib.auth.context_processors.auth',
+        'django.contrib.messages.context_processors.messages',
+    ]},
+}]
+
+_DB = os.environ.get('SITEMESSAGE_TEST_DB', 'sqlite')
+if _DB == 'postgres':
+    DATABASES = {'default': {
+        'ENGINE': 'django.db.backends.postgresql',
+        'HOST': os.environ.get('SITEMESSAGE_PG_HOST', '127.0.0.1'),
+        'PORT': os.environ.get('SITEMESSAGE_PG_PORT', '5432'),
+        'USER': os.environ.get('SITEMESSAGE_PG_USER', 'postgres'),
+        'PASSWORD': os.environ.get('SITEMESSAGE_PG_PASSWORD', ''),
+        'NAME': 'sitemessage',
+        'TEST': {'NAME': 'test_sitemessage'},
+    }}
+elif _DB == 'mysql':
+    DATABASES = {'default': {
+        'ENGINE': 'django.db.backends.mysql',
+        'HOST': os.environ.get('SITEMESSAGE_MYSQL_HOST', '127.0.0.1'),
+        'PORT': os.environ.get('SITEMESSAGE_MYSQL_PORT', '3306'),
+        'USER': os.environ.get('SITEMESSAGE_MYSQL_USER', 'root'),
+        'PASSWORD': os.environ.get('SITEMESSAGE_MYSQL_PASSWORD', ''),
+        'NAME': 'sitemessage',
+        'TEST': {'NAME': 'test_sitemessage'},
+    }}
+elif _DB == 'sqlite':
+    DATABASES = {'default': {'ENGINE': 'django.db.backends.sqlite3', 'NAME': ':memory:',
+                             'OPTIONS': {'timeout': 20}}}
+else:
+    raise RuntimeError(f'SITEMESSAGE_TEST_DB must be sqlite, postgres or mysql, got {_DB!r}')
+
+DEFAULT_AUTO_FIELD = 'django.db.models.BigAutoField'  # proves the app keeps its AutoField ids
+DEFAULT_FROM_EMAIL = 'robot@example.com'

@@ -1,0 +1,600 @@
+"""The delivery engine: order, bounded batches, claims and leases, failures, retries."""
+from __future__ import annotations
+
+import os
+import threading
+from datetime import timedelta
+
+import pytest
+from django.db import connection, connections
+from django.test.utils import CaptureQueriesContext, override_settings
+from django.utils import timezone
+
+from sitemessage.exceptions import UnknownMessageTypeError, UnknownMessengerError
+from sitemessage.messages.base import MessageBase
+from sitemessage.messages.plain import PlainTextMessage
+from sitemessage.models import Dispatch, DispatchError, Message, MessageTuple
+from sitemessage.sending import send_scheduled_messages
+from sitemessage.toolbox import recipients, register_message_types, register_messenger_objects, schedule_messages
+from sitemessage.utils import Recipient
+
+from tests.fakes import FakeMessenger
+
+pytestmark = pytest.mark.django_db
+
+PENDING = Dispatch.DISPATCH_STATUS_PENDING
+SENT = Dispatch.DISPATCH_STATUS_SENT
+ERROR = Dispatch.DISPATCH_STATUS_ERROR
+FAILED = Dispatch.DISPATCH_STATUS_FAILED
+PROCESSING = Dispatch.DISPATCH_STATUS_PROCESSING
+
+
+def schedule(text, addresses, priority=None, messenger='fake'):
+    """Schedule one plain message to the addresses; return its dispatches."""
+    message, _ = schedule_messages(text, recipients(messenger, addresses), priority=priority)[0]
+    return list(message.dispatch_set.order_by('pk'))
+
+
+def status_of(address):
+    return Dispatch.objects.get(address=address).dispatch_status
+
+
+def errors_of(address):
+    return list(DispatchError.objects.filter(dispatch__address=address).order_by('pk')
+                .values_list('error_log', flat=True))
+
+
+def assert_nothing_processing():
+    assert not Dispatch.objects.filter(dispatch_status=PROCESSING).exists()
+    assert not Dispatch.objects.exclude(claim_token=None).exists()
+
+
+class LimitedMessage(PlainTextMessage):
+    alias = 'limited'
+    send_retry_limit = 2
+
+
+class BrokenTemplateMessage(MessageBase):
+    alias = 'broken_template'
+    template = 'sitemessage/messages/no_such_template.tpl'
+
+
+# Order and batches ---------------------------------------------------------------------------
+
+def test_dispatches_are_sent_oldest_first(fake_messenger):
+    for number in range(5):
+        schedule(f'text {number}', f'addr{number}')
+
+    send_scheduled_messages()
+
+    assert [address for address, _text in fake_messenger.delivered] == [f'addr{n}' for n in range(5)]
+
+
+@override_settings(SITEMESSAGE_SEND_BATCH_SIZE=3)
+def test_a_queue_bigger_than_the_batch_is_sent_over_several_batches(fake_messenger):
+    for number in range(10):
+        schedule(f'text {number}', f'addr{number}')
+
+    report = send_scheduled_messages()
+
+    assert report.batches == 4
+    assert report.sent == 10
+    assert len(fake_messenger.delivered) == 10
+    assert Dispatch.objects.filter(dispatch_status=SENT).count() == 10
+
+
+def _queries_to_send(count, one_message=False):
+    """Schedule ``count`` dispatches, send them all; return the number of queries the run took."""
+    Message.objects.all().delete()
+    addresses = [f'q{number}' for number in range(count)]
+    if one_message:
+        schedule('one text', addresses)
+    else:
+        for address in addresses:
+            schedule(f'text {address}', address)
+    with CaptureQueriesContext(connection) as context:
+        report = send_scheduled_messages()
+    assert report.sent == count
+    return len(context.captured_queries)
+
+
+@override_settings(SITEMESSAGE_SEND_BATCH_SIZE=100)
+def test_queries_of_one_batch_do_not_grow_with_its_size(django_assert_max_num_queries):
+    for one_message in (False, True):
+        one = _queries_to_send(1, one_message)
+        many = _queries_to_send(40, one_message)
+        assert many == one, f'40 dispatches took {many} queries, 1 dispatch took {one}'
+
+    Message.objects.all().delete()
+    schedule_messages([f'text {n}' for n in range(40)], recipients('fake', ['x', 'y']))
+    with django_assert_max_num_queries(one):
+        report = send_scheduled_messages()
+    assert report.sent == 80
+    assert Dispatch.objects.filter(dispatch_status=SENT).count() == 80
+
+
+@override_settings(SITEMESSAGE_SEND_BATCH_SIZE=3)
+def test_queries_grow_per_batch_never_per_dispatch():
+    one_batch = _queries_to_send(3)
+    two_batches = _queries_to_send(6)
+    per_batch = two_batches - one_batch
+    assert 0 < per_batch <= 8
+
+    ten = _queries_to_send(10)  # 4 batches
+    forty = _queries_to_send(40)  # 14 batches
+    assert forty <= ten + 10 * per_batch  # 10 more batches, whatever their size
+
+
+# Priority ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('priority', [10, '10'])
+def test_priority_filter_sends_only_that_priority(fake_messenger, priority):
+    schedule('urgent', 'urgent', priority=10)
+    schedule('normal', 'normal')
+
+    report = send_scheduled_messages(priority=priority)
+
+    assert report.sent == 1
+    assert fake_messenger.delivered == [('urgent', 'urgent')]
+    assert status_of('normal') == PENDING
+
+
+def test_bad_priority_is_rejected_naming_the_value(fake_messenger):
+    schedule('normal', 'normal')
+
+    with pytest.raises(ValueError, match="'abc'"):
+        send_scheduled_messages(priority='abc')
+
+    assert status_of('normal') == PENDING
+    assert fake_messenger.delivered == []
+
+
+# Claims and leases ---------------------------------------------------------------------------
+
+def test_two_claims_never_return_the_same_dispatch():
+    schedule('text', [f'a{n}' for n in range(5)])
+
+    first = Dispatch.objects.claim(3, 600)
+    second = Dispatch.objects.claim(3, 600)
+    third = Dispatch.objects.claim(3, 600)
+
+    assert len(first) == 3
+    assert len(second) == 2
+    assert third == []
+    assert not {d.pk for d in first} & {d.pk for d in second}
+
+
+def test_a_claimed_dispatch_is_processing_under_a_token_and_lease():
+    schedule('text', 'a')
+    before = timezone.now()
+
+    [claimed] = Dispatch.objects.claim(5, 600)
+
+    stored = Dispatch.objects.get(pk=claimed.pk)
+    assert stored.dispatch_status == PROCESSING
+    assert stored.claim_token and stored.claim_token == claimed.claim_token
+    assert before + timedelta(seconds=590) < stored.lease_until <= timezone.now() + timedelta(seconds=600)
+
+
+def test_dispatch_with_an_expired_lease_is_sent_by_the_next_run(fake_messenger):
+    [expired] = schedule('expired', 'expired')
+    [leased] = schedule('leased', 'leased')
+    now = timezone.now()
+    Dispatch.objects.filter(pk=expired.pk).update(
+        dispatch_status=PROCESSING, claim_token='a' * 32, lease_until=now - timedelta(seconds=1))
+    Dispatch.objects.filter(pk=leased.pk).update(
+        dispatch_status=PROCESSING, claim_token='b' * 32, lease_until=now + timedelta(minutes=5))
+
+    report = send_scheduled_messages()
+
+    assert report.sent == 1
+    assert fake_messenger.delivered == [('expired', 'expired')]
+    assert status_of('expired') == SENT
+    assert status_of('leased') == PROCESSING  # its worker is still within its lease
+
+
+def test_legacy_processing_dispatch_without_a_lease_is_sent(fake_messenger):
+    [legacy] = schedule('legacy', 'legacy')
+    Dispatch.objects.filter(pk=legacy.pk).update(dispatch_status=PROCESSING)
+
+    send_scheduled_messages()
+
+    assert fake_messenger.delivered == [('legacy', 'legacy')]
+    assert status_of('legacy') == SENT
+    assert_nothing_processing()
+
+
+# Failures leave nothing in processing ----------------------------------------------------------
+
+def test_send_raising_keeps_sent_dispatch_sent_and_errors_the_others(fake_messenger):
+    fake_messenger.raise_in_send = RuntimeError('connection reset mid-way')
+    schedule('text', ['first', 'second', 'third'])
+
+    report = send_scheduled_messages()
+
+    assert status_of('first') == SENT
+    assert errors_of('first') == []
+    for address in ('second', 'third'):
+        assert status_of(address) == ERROR
+        [error] = errors_of(address)
+        assert 'connection reset mid-way' in error
+    assert (report.sent, report.errors) == (1, 2)
+    assert_nothing_processing()
+    assert Dispatch.objects.get(address='first').retry_count == 0
+
+
+def test_after_send_raising_keeps_marked_outcomes(fake_messenger):
+    fake_messenger.raise_in_after_send = OSError('QUIT failed')
+    fake_messenger.fail_addresses = {'bad': 'mailbox full'}
+    schedule('text', ['good', 'bad'])
+
+    send_scheduled_messages()
+
+    assert status_of('good') == SENT
+    assert status_of('bad') == ERROR
+    assert errors_of('bad') == ['mailbox full']
+    assert errors_of('good') == []
+    assert_nothing_processing()
+
+
+def test_warm_up_failure_errors_all_and_they_are_retried_later(fake_messenger):
+    fake_messenger.warmup_error = 'server unreachable'
+    schedule('one', ['a', 'b'])
+    schedule('two', 'c')
+
+    report = send_scheduled_messages()
+
+    assert report.errors == 3
+    assert 'send' not in fake_messenger.calls
+    for address in ('a', 'b', 'c'):
+        assert status_of(address) == ERROR
+        [error] = errors_of(address)
+        assert 'warm-up' in error and 'server unreachable' in error
+    assert_nothing_processing()
+
+    fake_messenger.warmup_error = None
+    report = send_scheduled_messages()
+
+    assert report.sent == 3
+    assert sorted(address for address, _text in fake_messenger.delivered) == ['a', 'b', 'c']
+
+
+def test_dispatch_left_unmarked_by_the_messenger_is_an_error_with_a_reason(fake_messenger):
+    fake_messenger.leave_unmarked = True
+    schedule('text', 'forgotten')
+
+    report = send_scheduled_messages()
+
+    assert report.errors == 1
+    assert status_of('forgotten') == ERROR
+    [error] = errors_of('forgotten')
+    assert 'did not report an outcome' in error
+    assert_nothing_processing()
+
+
+def test_compile_failure_is_an_error_and_send_is_not_called(fake_messenger):
+    register_message_types(BrokenTemplateMessage)
+    BrokenTemplateMessage({'name': 'x'}).schedule(recipients('fake', ['x', 'y']))
+    schedule('fine', 'fine')
+
+    report = send_scheduled_messages()
+
+    assert fake_messenger.delivered == [('fine', 'fine')]
+    for address in ('x', 'y'):
+        assert status_of(address) == ERROR
+        [error] = errors_of(address)  # one row: the compile error is not overwritten by a send error
+        assert 'TemplateDoesNotExist' in error and 'no_such_template' in error
+    assert (report.sent, report.errors) == (1, 2)
+    assert_nothing_processing()
+
+
+# Unknown messengers and message types ----------------------------------------------------------
+
+def _ghost_dispatch():
+    message, dispatches = Message.create('plain', PlainTextMessage('boo').get_context(),
+                                         recipients=Recipient('ghost', None, 'spirit'))
+    return dispatches[0]
+
+
+def test_unknown_messenger_reaches_the_caller_and_others_in_the_batch_are_delivered(fake_messenger):
+    schedule('before', 'before')
+    _ghost_dispatch()
+    schedule('after', 'after')
+
+    with pytest.raises(UnknownMessengerError, match='ghost'):
+        send_scheduled_messages()
+
+    assert sorted(fake_messenger.delivered) == [('after', 'after'), ('before', 'before')]
+    ghost = Dispatch.objects.get(address='spirit')
+    assert ghost.dispatch_status == PENDING
+    assert ghost.retry_count == 0
+    assert_nothing_processing()
+
+    class GhostMessenger(FakeMessenger):
+        alias = 'ghost'
+
+    ghost_messenger = GhostMessenger()
+    register_messenger_objects(ghost_messenger)
+    send_scheduled_messages()  # still sendable once the messenger is known
+
+    assert ghost_messenger.delivered == [('spirit', 'boo')]
+    assert status_of('spirit') == SENT
+
+
+def test_unknown_messenger_ignored_leaves_its_dispatches_pending(fake_messenger):
+    _ghost_dispatch()
+    schedule('other', 'other')
+
+    report = send_scheduled_messages(ignore_unknown_messengers=True)
+
+    assert report.sent == 1
+    assert fake_messenger.delivered == [('other', 'other')]
+    assert status_of('spirit') == PENDING
+    assert_nothing_processing()
+
+
+def _unknown_type_dispatch():
+    message, dispatches = Message.create('vanished_type', {'stext_': 'lost', 'use_tpl': False},
+                                         recipients=Recipient('fake', None, 'orphan'))
+    return dispatches[0]
+
+
+def test_unknown_message_type_reaches_the_caller_and_other_messages_are_delivered(fake_messenger):
+    schedule('before', 'before')
+    _unknown_type_dispatch()
+    schedule('after', 'after')
+
+    with pytest.raises(UnknownMessageTypeError, match='vanished_type'):
+        send_scheduled_messages()
+
+    assert sorted(fake_messenger.delivered) == [('after', 'after'), ('before', 'before')]
+    assert status_of('orphan') == PENDING
+    assert errors_of('orphan') == []
+    assert_nothing_processing()
+
+
+def test_unknown_message_type_ignored_stays_sendable(fake_messenger):
+    _unknown_type_dispatch()
+    schedule('other', 'other')
+
+    report = send_scheduled_messages(ignore_unknown_message_types=True)
+
+    assert report.sent == 1
+    assert status_of('orphan') == PENDING
+    assert_nothing_processing()
+
+    class VanishedType(PlainTextMessage):
+        alias = 'vanished_type'
+
+    register_message_types(VanishedType)
+    send_scheduled_messages()
+
+    assert ('orphan', 'lost') in fake_messenger.delivered
+    assert status_of('orphan') == SENT
+
+
+# Retries ---------------------------------------------------------------------------------------
+
+def test_retry_limit_fails_the_dispatch_and_it_is_never_picked_again(fake_messenger):
+    register_message_types(LimitedMessage)
+    fake_messenger.fail_addresses = {'flaky': 'try later'}
+    LimitedMessage('text').schedule(recipients('fake', 'flaky'))
+
+    send_scheduled_messages()
+    dispatch = Dispatch.objects.get(address='flaky')
+    assert (dispatch.dispatch_status, dispatch.retry_count) == (ERROR, 1)
+
+    send_scheduled_messages()
+    dispatch = Dispatch.objects.get(address='flaky')
+    assert (dispatch.dispatch_status, dispatch.retry_count) == (FAILED, 2)
+
+    fake_messenger.fail_addresses = {}
+    report = send_scheduled_messages()
+    dispatch = Dispatch.objects.get(address='flaky')
+    assert (dispatch.dispatch_status, dispatch.retry_count) == (FAILED, 2)
+    assert report.batches == 0
+    assert fake_messenger.delivered == []
+    assert len(errors_of('flaky')) == 2
+
+
+def test_retry_count_is_not_incremented_on_success(fake_messenger):
+    fake_messenger.fail_addresses = {'flaky': 'try later'}
+    schedule('text', ['ok', 'flaky'])
+
+    send_scheduled_messages()
+    fake_messenger.fail_addresses = {}
+    send_scheduled_messages()
+
+    ok = Dispatch.objects.get(address='ok')
+    flaky = Dispatch.objects.get(address='flaky')
+    assert (ok.dispatch_status, ok.retry_count) == (SENT, 0)
+    assert (flaky.dispatch_status, flaky.retry_count) == (SENT, 1)
+
+
+@override_settings(SITEMESSAGE_SEND_BATCH_SIZE=1)
+def test_a_dispatch_failed_in_a_run_is_not_attempted_again_in_that_run(fake_messenger):
+    fake_messenger.fail_addresses = {'flaky': 'try later'}
+    schedule('text', ['flaky', 'a', 'b'])
+
+    report = send_scheduled_messages()
+
+    assert (report.sent, report.errors, report.batches) == (2, 1, 3)
+    assert len(errors_of('flaky')) == 1
+    assert Dispatch.objects.get(address='flaky').retry_count == 1
+
+
+@override_settings(SITEMESSAGE_RETRY_DELAY_SECONDS=60)
+def test_retry_delay_postpones_the_next_attempt_until_due(fake_messenger):
+    fake_messenger.fail_addresses = {'flaky': 'try later'}
+    schedule('text', 'flaky')
+    before = timezone.now()
+
+    send_scheduled_messages()
+
+    dispatch = Dispatch.objects.get(address='flaky')
+    assert dispatch.dispatch_status == ERROR
+    assert dispatch.next_attempt_at >= before + timedelta(seconds=29)
+
+    fake_messenger.fail_addresses = {}
+    report = send_scheduled_messages()
+    assert report.batches == 0
+    assert status_of('flaky') == ERROR
+    assert fake_messenger.delivered == []
+
+    Dispatch.objects.filter(pk=dispatch.pk).update(next_attempt_at=timezone.now() - timedelta(seconds=1))
+    report = send_scheduled_messages()
+
+    assert report.sent == 1
+    assert fake_messenger.delivered == [('flaky', 'text')]
+    dispatch.refresh_from_db()
+    assert (dispatch.dispatch_status, dispatch.next_attempt_at) == (SENT, None)
+
+
+def test_no_retry_delay_makes_the_dispatch_due_on_the_next_run(fake_messenger):
+    fake_messenger.fail_addresses = {'flaky': 'try later'}
+    schedule('text', 'flaky')
+    send_scheduled_messages()
+    fake_messenger.fail_addresses = {}
+
+    report = send_scheduled_messages()
+
+    assert report.sent == 1
+
+
+def test_message_cache_is_persisted_for_sent_dispatches(fake_messenger):
+    schedule('cached text', 'a')
+
+    send_scheduled_messages()
+
+    dispatch = Dispatch.objects.get(address='a')
+    assert dispatch.dispatch_status == SENT
+    assert dispatch.message_cache == 'cached text'
+
+
+def test_one_error_row_per_failed_attempt(fake_messenger):
+    fake_messenger.fail_addresses = {'flaky': 'try later', 'gone': 'permanent'}
+    schedule('text', ['flaky', 'gone'])
+
+    send_scheduled_messages()
+    send_scheduled_messages()
+
+    assert errors_of('flaky') == ['try later', 'try later']
+    assert errors_of('gone') == ['gone refused for good']
+    assert Dispatch.objects.get(address='gone').dispatch_status == FAILED
+    assert Dispatch.objects.get(address='flaky').retry_count == 2
+
+
+# Dispatch helpers (SPEC 2.3) -------------------------------------------------------------------
+
+@override_settings(SITEMESSAGE_SEND_BATCH_SIZE=3)
+def test_get_unsent_claims_at_most_a_batch_oldest_first():
+    dispatches = schedule('text', [f'a{n}' for n in range(5)])
+
+    unsent = Dispatch.get_unsent()
+
+    assert [d.pk for d in unsent] == [d.pk for d in dispatches[:3]]
+    assert set(Dispatch.objects.filter(dispatch_status=PROCESSING).values_list('pk', flat=True)) == {
+        d.pk for d in unsent}
+    assert [d.pk for d in Dispatch.get_unsent()] == [d.pk for d in dispatches[3:]]
+    assert Dispatch.get_unsent() == []
+
+
+def test_get_unsent_filters_by_priority():
+    schedule('urgent', 'urgent', priority=7)
+    schedule('normal', 'normal')
+
+    assert [d.address for d in Dispatch.get_unsent(priority='7')] == ['urgent']
+    assert status_of('normal') == PENDING
+
+
+def test_set_dispatches_statuses_counts_failed_attempts_only():
+    sent, error, failed, pending = schedule('text', ['s', 'e', 'f', 'p'])
+    Dispatch.objects.filter(pk=pending.pk).update(dispatch_status=ERROR, retry_count=3)
+
+    Dispatch.set_dispatches_statuses(sent=[sent], error=[error], failed=[failed], pending=[pending])
+
+    rows = {d.address: d for d in Dispatch.objects.all()}
+    assert (rows['s'].dispatch_status, rows['s'].retry_count) == (SENT, 0)
+    assert (rows['e'].dispatch_status, rows['e'].retry_count) == (ERROR, 1)
+    assert (rows['f'].dispatch_status, rows['f'].retry_count) == (FAILED, 1)
+    assert (rows['p'].dispatch_status, rows['p'].retry_count) == (PENDING, 3)
+    assert all(d.time_dispatched is not None for d in rows.values())
+
+    with pytest.raises(ValueError, match='sending'):
+        Dispatch.set_dispatches_statuses(sending=[sent])
+
+
+def test_log_dispatches_errors_stores_reasons_and_caches():
+    first, second = schedule('text', ['a', 'b'])
+    first.error_log = ValueError('bad address')
+    first.message_cache = 'compiled a'
+    second.error_log = 'timeout'
+    second.message_cache = 'compiled b'
+
+    Dispatch.log_dispatches_errors([first, second])
+
+    assert errors_of('a') == ['bad address']
+    assert errors_of('b') == ['timeout']
+    assert Dispatch.objects.get(address='a').message_cache == 'compiled a'
+    Dispatch.log_dispatches_errors([])
+    assert DispatchError.objects.count() == 2
+
+
+def test_group_by_messengers_groups_by_alias_then_message_keeping_order():
+    class OtherMessenger(FakeMessenger):
+        alias = 'other'
+
+    register_messenger_objects(OtherMessenger())
+    first = schedule('one', ['a', 'b'])
+    second = schedule('two', 'c')
+    third = schedule('three', 'd', messenger='other')
+
+    grouped = Dispatch.group_by_messengers([second[0], third[0], first[0], first[1]])
+
+    assert list(grouped) == ['fake', 'other']
+    assert list(grouped['fake']) == [second[0].message_id, first[0].message_id]
+    model, dispatches = grouped['fake'][first[0].message_id]
+    assert isinstance(grouped['fake'][first[0].message_id], MessageTuple)
+    assert model.pk == first[0].message_id
+    assert dispatches == [first[0], first[1]]
+    assert grouped['other'][third[0].message_id].dispatches == [third[0]]
+
+
+# Real concurrency ------------------------------------------------------------------------------
+
+@pytest.mark.skipif(os.environ.get('SITEMESSAGE_TEST_DB') != 'postgres',
+                    reason='needs row locks of a real server: run with SITEMESSAGE_TEST_DB=postgres')
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_workers_never_claim_the_same_dispatch():
+    message = Message.objects.create(cls='plain', context={'stext_': 'x'}, dispatches_ready=True)
+    Dispatch.objects.bulk_create([Dispatch(message=message, messenger='fake', address=f'a{n}') for n in range(200)])
+    all_ids = set(Dispatch.objects.values_list('pk', flat=True))
+    start = threading.Barrier(2)
+    claimed = [[], []]
+    failures = []
+
+    def worker(index):
+        try:
+            start.wait()
+            while True:
+                batch = Dispatch.objects.claim(7, 600)
+                if not batch:
+                    break
+                claimed[index].extend(d.pk for d in batch)
+        except Exception as error:  # reported by the main thread
+            failures.append(error)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    assert failures == []
+    first, second = set(claimed[0]), set(claimed[1])
+    assert len(claimed[0]) == len(first) and len(claimed[1]) == len(second)
+    assert first | second == all_ids
+    assert not first & second
+    assert Dispatch.objects.filter(dispatch_status=PROCESSING).count() == 200

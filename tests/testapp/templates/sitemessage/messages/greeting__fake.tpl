@@ -1,0 +1,1 @@
+Hello {{ name }}! unsubscribe={{ directive_unsubscribe }} read={{ directive_mark_read }} site={{ SITE_URL }}
