@@ -291,20 +291,29 @@ def send_traced(n: int, sink: Sink) -> float:
     return peak / 1e6
 
 
-def run_size(n: int, shape: str, sink: Sink, with_links: bool) -> dict:
+def run_size(n: int, shape: str, sink: Sink, with_links: bool, repeat: int) -> dict:
+    """Fill the queue with ``n`` e-mails; time our send and the raw baseline (interleaved, best of ``repeat``)."""
     wipe_queue()
     started = time.perf_counter()
     fill_queue(n, shape)
     fill_seconds = time.perf_counter() - started
-    seconds, queries, batches, rss_mb = send_measured(n, sink)
+    best_seconds = best_raw = float('inf')
+    for attempt in range(repeat):
+        if attempt:
+            requeue()
+        seconds, queries, batches, rss_mb = send_measured(n, sink)
+        if attempt == 0:
+            first_rss_mb = rss_mb  # later runs only reuse memory the first one took
+        best_seconds = min(best_seconds, seconds)
+        sink_before = sink.received
+        best_raw = min(best_raw, raw_smtplib_seconds(sink.port, n, with_links))
+        if sink.received - sink_before != n:
+            raise BenchmarkError(f'raw smtplib, N={n}: the sink received {sink.received - sink_before}, expected {n}')
     requeue()
     peak_mb = send_traced(n, sink)
-    sink_before = sink.received
-    raw_seconds = raw_smtplib_seconds(sink.port, n, with_links)
-    if sink.received - sink_before != n:
-        raise BenchmarkError(f'raw smtplib, N={n}: the sink received {sink.received - sink_before}, expected {n}')
-    return {'n': n, 'fill': fill_seconds, 'seconds': seconds, 'rate': n / seconds, 'raw_rate': n / raw_seconds,
-            'queries': queries, 'batches': batches, 'peak_mb': peak_mb, 'rss_mb': rss_mb}
+    return {'n': n, 'fill': fill_seconds, 'seconds': best_seconds, 'rate': n / best_seconds,
+            'raw_rate': n / best_raw, 'queries': queries, 'batches': batches, 'peak_mb': peak_mb,
+            'rss_mb': first_rss_mb}
 
 
 def profile_send(n: int, shape: str, sink: Sink, top: int) -> None:
@@ -357,6 +366,9 @@ def parse_args(argv=None):
                         help='SITEMESSAGE_SEND_BATCH_SIZE (default: the library default)')
     parser.add_argument('--no-links', action='store_true',
                         help='do not attach sitemessage URLs (no signed List-Unsubscribe links)')
+    parser.add_argument('--repeat', type=int, default=1,
+                        help='timed runs of ours and of the baseline, interleaved; the best of each is shown '
+                             '(default: 1; use 3 on a busy machine)')
     parser.add_argument('--profile', action='store_true',
                         help='afterwards, cProfile one send of the smallest size and print the hotspots')
     parser.add_argument('--profile-top', type=int, default=25, help='rows of the profile listings (default: 25)')
@@ -365,6 +377,8 @@ def parse_args(argv=None):
         args.sizes = sorted({int(size) for size in args.sizes.split(',') if size.strip()})
     except ValueError:
         parser.error(f'--sizes must be comma-separated whole numbers, got {args.sizes!r}')
+    if args.repeat < 1:
+        parser.error('--repeat must be at least 1')
     if not args.sizes or args.sizes[0] < 1:
         parser.error('--sizes must hold at least one positive size')
     return args
@@ -387,10 +401,11 @@ def main(argv=None) -> int:
 
         print(f'sitemessage send benchmark: db={connection.vendor}, shape={args.shape}, '
               f'links={"yes" if with_links else "no"}, batch size (SITEMESSAGE_SEND_BATCH_SIZE)='
-              f'{get_setting("SEND_BATCH_SIZE")}, queue filled with bulk_create')
+              f'{get_setting("SEND_BATCH_SIZE")}, queue filled with bulk_create, best of {args.repeat} '
+              f'timed run(s), load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs')
         rows = []
         for n in args.sizes:
-            row = run_size(n, args.shape, sink, with_links)
+            row = run_size(n, args.shape, sink, with_links, args.repeat)
             rows.append(row)
             print(f'  N={n}: filled in {row["fill"]:.1f} s, sent in {row["seconds"]:.2f} s', flush=True)
         print()

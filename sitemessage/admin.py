@@ -1,21 +1,40 @@
 """Admin pages for messages, dispatches, their errors and subscriptions."""
 from django import forms
 from django.contrib import admin, messages as admin_messages
+from django.forms.models import BaseInlineFormSet
 from django.utils.translation import gettext_lazy as _, ngettext
 
 from .models import Dispatch, DispatchError, Message, Subscription
 
 
+class BoundedInlineFormSet(BaseInlineFormSet):
+    """Shows only the first ``max_shown`` related rows: a message may have a great many dispatches
+    (the Dispatch list shows them all, filtered and paginated)."""
+
+    max_shown = 100
+
+    def get_queryset(self):
+        if not hasattr(self, '_queryset'):
+            self._queryset = super().get_queryset()[:self.max_shown]
+        return self._queryset
+
+
 class DispatchInlineAdmin(admin.TabularInline):
     model = Dispatch
     extra = 0
+    formset = BoundedInlineFormSet
     raw_id_fields = ('recipient',)
-    readonly_fields = ('retry_count',)
+    # The recipient is shown, not edited, here: a raw-id widget costs a query per row.
+    readonly_fields = ('recipient', 'retry_count')
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related('recipient')
 
 
 class DispatchErrorInlineAdmin(admin.TabularInline):
     model = DispatchError
     extra = 0
+    formset = BoundedInlineFormSet
     readonly_fields = ('time_created', 'dispatch', 'error_log')
 
 

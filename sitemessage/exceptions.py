@@ -1,4 +1,5 @@
 """Exceptions raised by sitemessage; the hierarchy is the documented one of 1.4.0."""
+from __future__ import annotations
 
 
 class SiteMessageError(Exception):
@@ -27,3 +28,11 @@ class MessengerWarmupException(MessengerException):
 
 class PermanentDeliveryError(MessengerException):
     """A delivery error that retrying cannot fix (e.g. an SMTP 5xx refusal): the dispatch fails at once."""
+
+
+class TemporaryDeliveryError(MessengerException):
+    """A delivery error worth retrying later; ``retry_after`` (seconds) is the service's own hint."""
+
+    def __init__(self, message: str = '', retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after

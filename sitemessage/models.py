@@ -186,19 +186,24 @@ class DispatchQuerySet(models.QuerySet):
                 ids = list(ids.select_for_update(skip_locked=True, of=of)[:limit])
                 self._mark_claimed(ids, token, now, lease_seconds)
         else:
-            # No row locks to hold: the guarded UPDATE alone decides who gets each row.
-            self._mark_claimed(list(ids[:limit]), token, now, lease_seconds)
+            # No row locks to hold: the guarded UPDATE alone decides who gets each row. A worker
+            # whose whole pick went to others meanwhile picks again: the queue is not empty.
+            for _attempt in range(100):
+                picked = list(ids[:limit])
+                if not picked or self._mark_claimed(picked, token, now, lease_seconds):
+                    break
 
         claimed = list(self.filter(claim_token=token).select_related('message').order_by('pk'))
         for dispatch in claimed:
             dispatch.start_attempt()
         return claimed
 
-    def _mark_claimed(self, ids: Sequence[int], token: str, now, lease_seconds: int) -> None:
-        if ids:
-            self.model.objects.sendable(now).filter(pk__in=ids).update(
-                dispatch_status=Dispatch.DISPATCH_STATUS_PROCESSING, claim_token=token,
-                lease_until=now + timedelta(seconds=lease_seconds))
+    def _mark_claimed(self, ids: Sequence[int], token: str, now, lease_seconds: int) -> int:
+        if not ids:
+            return 0
+        return self.model.objects.sendable(now).filter(pk__in=ids).update(
+            dispatch_status=Dispatch.DISPATCH_STATUS_PROCESSING, claim_token=token,
+            lease_until=now + timedelta(seconds=lease_seconds))
 
     def release(self, dispatches: Sequence['Dispatch']) -> int:
         """Return claimed dispatches to the queue untouched (no attempt was made)."""
@@ -217,24 +222,49 @@ class DispatchQuerySet(models.QuerySet):
         return released
 
     def store_outcomes(self, dispatches: Sequence['Dispatch']) -> None:
-        """Write the outcome of an attempt for each dispatch: a few bulk queries, never one per row."""
+        """Write the outcome of an attempt for each dispatch: a few bulk queries, never one per row.
+
+        Sent dispatches share their new values, so one UPDATE sets them all (plus one for the
+        compiled texts); dispatches in error carry their own retry time and count.
+        """
         if not dispatches:
             return
         now = timezone.now()
         tokens = {d.claim_token for d in dispatches}
+        target = self.model.objects.all()
+        if None not in tokens:
+            # Never overwrite a dispatch another worker has claimed since (our lease expired).
+            target = target.filter(claim_token__in=tokens)
         for dispatch in dispatches:
             dispatch.time_dispatched = now
             dispatch.lease_until = dispatch.claim_token = None
             dispatch.next_attempt_at = (
                 now + retry_delay(dispatch) if dispatch.dispatch_status == Dispatch.DISPATCH_STATUS_ERROR else None)
-        target = self.model.objects.all()
-        if None not in tokens:
-            # Never overwrite a dispatch another worker has claimed since (our lease expired).
-            target = target.filter(claim_token__in=tokens)
-        target.bulk_update(dispatches, Dispatch.OUTCOME_FIELDS)
+
+        failed = [d for d in dispatches if d.dispatch_status in Dispatch.ERROR_STATUSES]
+        others = [d for d in dispatches if d.dispatch_status not in Dispatch.ERROR_STATUSES]
+        # Texts first: the status updates below release the claim that ``target`` filters on.
+        self._store_texts(target, [d for d in others if d.message_cache != getattr(d, '_stored_cache', None)])
+        by_status: dict = {}
+        for dispatch in others:  # sent (or deferred): they share their new values
+            by_status.setdefault(dispatch.dispatch_status, []).append(dispatch.pk)
+        for status, ids in by_status.items():
+            target.filter(pk__in=ids).update(dispatch_status=status, time_dispatched=now, lease_until=None,
+                                             claim_token=None, next_attempt_at=None)
+        if failed:  # each has its own retry count and time
+            target.bulk_update(failed, Dispatch.OUTCOME_FIELDS)
         errors = [DispatchError(dispatch=d, error_log=str(d.error_log)) for d in dispatches
                   if d.dispatch_status in Dispatch.ERROR_STATUSES and d.error_log is not None]
         DispatchError.objects.bulk_create(errors)
+
+    @staticmethod
+    def _store_texts(target, dispatches: Sequence['Dispatch']) -> None:
+        """Persist compiled texts in one query: a plain UPDATE when they are all the same."""
+        texts = {dispatch.message_cache for dispatch in dispatches}
+        if len(texts) == 1:
+            target.filter(pk__in=[d.pk for d in dispatches]).update(message_cache=texts.pop())
+        elif texts:
+            target.bulk_update(dispatches, ['message_cache'])
 
 
 def retry_delay(dispatch: 'Dispatch') -> timedelta:
@@ -331,6 +361,7 @@ class Dispatch(models.Model):
 
     def start_attempt(self) -> None:
         self._attempt_retry_count = self.retry_count
+        self._stored_cache = self.message_cache
         self.outcome_marked = False
         self.error_log = None
 
@@ -465,9 +496,24 @@ class Subscription(models.Model):
     class Meta:
         verbose_name = _('Subscription')
         verbose_name_plural = _('Subscriptions')
+        constraints = [
+            models.UniqueConstraint(
+                fields=['message_cls', 'messenger_cls', 'recipient'], condition=Q(recipient__isnull=False),
+                name='sitemessage_subscr_user_uniq'),
+            models.UniqueConstraint(
+                fields=['message_cls', 'messenger_cls', 'address'], condition=Q(recipient__isnull=True),
+                name='sitemessage_subscr_addr_uniq'),
+        ]
 
     def __str__(self):
         return f'{self.recipient_id or self.address} [{self.message_cls} - {self.messenger_cls}]'
+
+    @classmethod
+    def check(cls, **kwargs):
+        # MySQL/MariaDB cannot create conditional unique constraints (models.W036). There ``create()``
+        # (get_or_create) and ``replace_for_user()`` (deduplicated, atomic) still keep rows unique, so the
+        # warning would only be noise on every management command.
+        return [error for error in super().check(**kwargs) if error.id != 'models.W036']
 
     @classmethod
     def _get_base_kwargs(cls, recipient, message_cls, messenger_cls) -> dict:
@@ -486,8 +532,11 @@ class Subscription(models.Model):
     @classmethod
     def create(cls, uid_or_address, message_cls, messenger_cls) -> 'Subscription':
         """Subscribe a user (instance or id) or an address; an existing subscription is reused."""
-        subscription, _created = cls.objects.get_or_create(
-            **cls._get_base_kwargs(uid_or_address, message_cls, messenger_cls))
+        kwargs = cls._get_base_kwargs(uid_or_address, message_cls, messenger_cls)
+        if 'address' in kwargs:
+            kwargs['recipient'] = None  # the row the unique constraint on addresses covers
+        # get_or_create() resolves a concurrent insert (IntegrityError) by fetching the winner's row.
+        subscription, _created = cls.objects.get_or_create(**kwargs)
         return subscription
 
     @classmethod

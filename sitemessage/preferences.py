@@ -64,7 +64,8 @@ def allowed_pairs() -> Dict[str, Tuple[str, str]]:
 def set_user_preferences_from_request(request: HttpRequest) -> bool:
     """Replace the user's subscriptions with the pairs posted in ``sm_user_pref``.
 
-    Malformed, unknown or forbidden values are ignored. Returns whether any pair was kept.
+    Malformed, unknown or forbidden values are ignored. Returns whether any pair was kept and
+    stored (False for an anonymous user, whose preferences cannot be stored).
     """
     allowed = allowed_pairs()
     kept = []
@@ -72,5 +73,5 @@ def set_user_preferences_from_request(request: HttpRequest) -> bool:
         pair = allowed.get(value)
         if pair is not None and pair not in kept:
             kept.append(pair)
-    Subscription.replace_for_user(request.user, kept)
-    return bool(kept)
+    stored = Subscription.replace_for_user(request.user, kept)
+    return stored and bool(kept)

@@ -30,6 +30,11 @@ DEFAULTS: dict[str, Any] = {
     'ENQUEUE_ON_SCHEDULE': None,
     'WORKER_IDLE_SECONDS': 5,
     'PARALLEL_CONNECTIONS': {},
+    'HTTP_TIMEOUT': 10,
+    # New in 2.0: a GET of an unsubscribe link shows a confirmation page; only a POST unsubscribes.
+    'UNSUBSCRIBE_CONFIRM': True,
+    'FACEBOOK_GRAPH_VERSION': 'v24.0',
+    'VKONTAKTE_API_VERSION': '5.199',
 }
 
 

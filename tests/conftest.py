@@ -86,3 +86,18 @@ def wait_for(predicate, timeout=5.0):
             return True
         time.sleep(0.02)
     return predicate()
+
+
+@pytest.fixture(scope='session')
+def _api_server():
+    from tests.http_api import LocalAPIServer
+    server = LocalAPIServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def api_server(_api_server):
+    """A local imitation of a provider's HTTP API (tests/http_api.py), emptied for each test."""
+    _api_server.reset()
+    return _api_server

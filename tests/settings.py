@@ -68,3 +68,4 @@ else:
 
 DEFAULT_AUTO_FIELD = 'django.db.models.BigAutoField'  # proves the app keeps its AutoField ids
 DEFAULT_FROM_EMAIL = 'robot@example.com'
+PASSWORD_HASHERS = ['django.contrib.auth.hashers.MD5PasswordHasher']  # fast test users

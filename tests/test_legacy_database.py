@@ -105,7 +105,8 @@ def test_legacy_database_migrates_keeps_every_row_and_is_delivered(tmp_path, smt
     result = run_legacy_project(tmp_path, smtp_server.port)
 
     # Only the new migration is applied.
-    assert result['plan'] == ['sitemessage.0005_dispatch_lease_and_retry_time']
+    assert result['plan'] == ['sitemessage.0005_dispatch_lease_and_retry_time',
+                              'sitemessage.0006_subscription_unique']
 
     # Every row survived, as 1.4.0 left it.
     assert result['counts'] == {'auth_user': 2, 'sitemessage_message': 8, 'sitemessage_dispatch': 8,

@@ -207,9 +207,8 @@ def no_site_env(monkeypatch):
 
 @pytest.fixture
 def greeting_dispatch():
-    from sitemessage.toolbox import recipients as toolbox_recipients
-    (message, dispatches), = schedule_messages(
-        testapp_sitemessages.GreetingMessage({'name': 'Ann'}), toolbox_recipients('fake', 'ann'))
+    (message, _dispatches), = schedule_messages(
+        testapp_sitemessages.GreetingMessage({'name': 'Ann'}), recipients('fake', 'ann'))
     return message, Dispatch.objects.get(message=message)
 
 
@@ -386,7 +385,8 @@ def test_overridden_shortcut_and_backend_settings_take_effect():
                            SITEMESSAGE_SHORTCUT_EMAIL_MESSAGE_TYPE='email_html'):
         schedule_email('plain words', 'ann')
     with override_settings(EMAIL_BACKEND='sitemessage.backends.EmailBackend',
-                           SITEMESSAGE_EMAIL_BACKEND_MESSAGES_PRIORITY=7, SITEMESSAGE_SHORTCUT_EMAIL_MESSENGER_TYPE='fake'):
+                           SITEMESSAGE_EMAIL_BACKEND_MESSAGES_PRIORITY=7,
+                           SITEMESSAGE_SHORTCUT_EMAIL_MESSENGER_TYPE='fake'):
         send_mail('Subject', 'Body', 'from@example.com', ['bob'])
 
     assert list(Dispatch.objects.order_by('pk').values_list('messenger', 'address', 'message__cls',

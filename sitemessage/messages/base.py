@@ -21,7 +21,6 @@ from ..utils import (
 )
 
 if TYPE_CHECKING:  # pragma: nocover
-    from ..messengers.base import MessengerBase
     from ..models import Dispatch, Message, MessageTuple
 
 # Kept for 1.4.0 compatibility; directives are no longer switched off for good on a failed reverse.

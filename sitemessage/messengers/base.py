@@ -327,11 +327,13 @@ def split_work(work: list, shares: int) -> list:
     if shares == 1:
         return [work]
     dealt = [[] for _ in range(shares)]
+    dealt_so_far = 0  # deal on across messages: many one-dispatch messages must not all land in share 0
     for message_cls, message, group in work:
         for index in range(shares):
-            part = group[index::shares]
+            part = group[(index - dealt_so_far) % shares::shares]
             if part:
                 dealt[index].append((message_cls, message, part))
+        dealt_so_far += len(group)
     return [share for share in dealt if share]
 
 
@@ -340,12 +342,9 @@ def warm_up_failure(dispatches: List[Dispatch]) -> str:
     return f'Messenger warm-up failed: {describe_error(error)}'
 
 
-TypeProxy = Optional[Any]
-
-
 def __getattr__(name):
     # RequestsMessengerBase lives in base_http; importable from here as in 1.4.0.
-    if name == 'RequestsMessengerBase':
-        from .base_http import RequestsMessengerBase
-        return RequestsMessengerBase
+    if name in ('RequestsMessengerBase', 'TypeProxy'):
+        from . import base_http
+        return getattr(base_http, name)
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

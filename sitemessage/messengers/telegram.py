@@ -1,0 +1,372 @@
+"""Telegram chats and channels through the Bot API: https://core.telegram.org/bots/api
+
+Every call is ``POST <api_url>/bot<token>/<method>`` with a JSON body; the service answers
+``{"ok": true, "result": ...}`` or ``{"ok": false, "error_code": N, "description": "...",
+"parameters": {"retry_after": N, "migrate_to_chat_id": N}}``.
+
+Error mapping for a dispatch: 403 (bot blocked, user deactivated, bot kicked) and 400 (chat not
+found, and any other bad request) fail it at once; 429 waits ``retry_after`` when it is short and
+retries once, otherwise the dispatch is retried after ``retry_after`` and the rest of the batch
+waits for a later run; 5xx, timeouts and connection errors are retried. The bot token sits in
+the URL path: it is scrubbed from every error text and from ``urllib3``'s debug log.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from typing import Any, Dict, List, Optional, Union
+
+from django.utils.translation import gettext_lazy
+
+from ..exceptions import (
+    MessengerException, MessengerWarmupException, PermanentDeliveryError, TemporaryDeliveryError)
+from .base_http import RequestsMessengerBase, TypeProxy, parse_retry_after
+
+LOGGER = logging.getLogger(__name__)
+
+SLEEP = time.sleep  # tests replace it to skip short 429 waits
+CLOCK = time.monotonic
+
+MAX_MESSAGE_LENGTH = 4096  # UTF-16 code units after entity parsing (Bot API, sendMessage)
+
+_START_COMMAND = re.compile(r'/start(?:@\w+)?(?:\s|$)')  # '/start', '/start@MyBot', '/start <payload>'
+_NUMERIC_CHAT_ID = re.compile(r'-?\d+')
+
+# HTTP statuses meaning "the bot or the service is not right now", not "this chat is wrong".
+_TEMPORARY_CLIENT_ERRORS = {401, 404, 408, 409, 429}
+
+
+class TelegramMessengerException(MessengerException):
+    """An error reported by the Telegram Bot API (``description``, ``error_code``) or on the way to it."""
+
+    description: str = ''
+    error_code: Optional[int] = None
+    retry_after: Optional[float] = None
+
+
+class TelegramPermanentError(TelegramMessengerException, PermanentDeliveryError):
+    """The service refused this chat for good (blocked, deactivated, kicked, not found, bad request)."""
+
+
+class TelegramTemporaryError(TelegramMessengerException, TemporaryDeliveryError):
+    """Worth retrying later: a server or network error, or a bot-wide problem (e.g. token revoked)."""
+
+
+class TelegramRateLimited(TelegramTemporaryError):
+    """HTTP 429: the bot must wait ``retry_after`` seconds before sending again."""
+
+
+def _telegram_error(cls, text: str, description: str, error_code: Optional[int] = None,
+                    retry_after: Optional[float] = None) -> TelegramMessengerException:
+    error = cls(text)
+    error.description = description
+    error.error_code = error_code
+    error.retry_after = retry_after
+    return error
+
+
+def utf16_length(text: str) -> int:
+    """Return the length of ``text`` as Telegram counts it (UTF-16 code units)."""
+    return len(text) + sum(1 for char in text if ord(char) > 0xFFFF)
+
+
+def split_text(text: str, limit: int = MAX_MESSAGE_LENGTH) -> List[str]:
+    """Split ``text`` into parts of at most ``limit`` UTF-16 units; the parts joined give ``text``.
+
+    A part ends after the last paragraph break (blank line) or line break in the second half of
+    its window, else after the last space, else at the limit. Parts that are only whitespace,
+    which Telegram refuses, are dropped.
+    """
+    parts = []
+    rest = text
+    while utf16_length(rest) > limit:
+        window = _fitting_prefix(rest, limit)
+        cut = _boundary(rest[:window])
+        parts.append(rest[:cut])
+        rest = rest[cut:]
+    parts.append(rest)
+    return [part for part in parts if part.strip()] or [text]
+
+
+def _fitting_prefix(text: str, limit: int) -> int:
+    units = 0
+    for index, char in enumerate(text):
+        units += 2 if ord(char) > 0xFFFF else 1
+        if units > limit:
+            return index
+    return len(text)
+
+
+def _boundary(window: str) -> int:
+    half = len(window) // 2
+    for separator, lowest in (('\n\n', half), ('\n', half), (' ', 1)):
+        position = window.rfind(separator)
+        if position >= lowest:
+            return position + len(separator)
+    return len(window)
+
+
+class _RedactTokens(logging.Filter):
+    """Scrub bot tokens from ``urllib3`` debug records, which show request paths."""
+
+    def __init__(self):
+        super().__init__()
+        self.tokens: 'set[str]' = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.tokens:
+            text = record.getMessage()
+            redacted = text
+            for token in list(self.tokens):
+                redacted = redacted.replace(token, '***')
+            if redacted != text:
+                record.msg, record.args = redacted, ()
+        return True
+
+
+_TOKEN_FILTER = _RedactTokens()
+_TOKEN_FILTER_LOCK = threading.Lock()
+
+
+def _protect_token_in_logs(token: str) -> None:
+    with _TOKEN_FILTER_LOCK:
+        _TOKEN_FILTER.tokens.add(token)
+        logger = logging.getLogger('urllib3.connectionpool')
+        if _TOKEN_FILTER not in logger.filters:
+            logger.addFilter(_TOKEN_FILTER)
+
+
+class TelegramMessenger(RequestsMessengerBase):
+    """Send messages to Telegram chats (``'12345678'``) and channels (``'@mychannel'``) as a bot.
+
+    Optional defaults, sent with every message when given: ``parse_mode`` (``'HTML'``,
+    ``'MarkdownV2'``, ``'Markdown'``), ``disable_notification``, ``message_thread_id`` (a forum
+    topic) and ``link_preview`` (True/False, or a dict passed as ``link_preview_options``).
+    """
+
+    alias = 'telegram'
+    title = gettext_lazy('Telegram')
+    address_attr = 'telegram'
+    extra_name = 'telegram'
+
+    api_url = 'https://api.telegram.org'
+    # 1.4.0 formatted '%(token)s' and '%(method)s' into it; a subclass's old template still works.
+    _tpl_url = '%(api_url)s/bot%(token)s/%(method)s'
+    _session_started = False
+
+    max_message_length: int = MAX_MESSAGE_LENGTH
+    # A 429 asking to wait at most this many seconds is waited out and the request retried once;
+    # a longer wait defers the rest of the batch to a later run.
+    retry_after_max_wait: float = 5.0
+
+    _rate_limited_until: float = 0.0  # CLOCK() value; bot-wide, so shared by all threads
+    _updates_offset: Optional[int] = None
+
+    def __init__(self, auth_token: str, proxy: TypeProxy = None, *, parse_mode: Optional[str] = None,
+                 disable_notification: Optional[bool] = None, message_thread_id: Optional[int] = None,
+                 link_preview: Union[bool, Dict[str, Any], None] = None, api_url: Optional[str] = None,
+                 timeout: Optional[float] = None):
+        super().__init__(proxy, api_url=api_url, timeout=timeout)
+        self.auth_token = auth_token
+        self.parse_mode = parse_mode
+        self.disable_notification = disable_notification
+        self.message_thread_id = message_thread_id
+        self.link_preview = link_preview
+        if auth_token:
+            _protect_token_in_logs(str(auth_token))
+
+    def get_secrets(self):
+        return (self.auth_token,)
+
+    # Bot API calls ----------------------------------------------------------------------------
+
+    def _send_command(self, method_name: str, data: Optional[dict] = None, *,
+                      http_timeout: Optional[float] = None) -> Any:
+        """Call a Bot API method; return its ``result`` or raise :class:`TelegramMessengerException`.
+
+        A 429 with a short ``retry_after`` is waited out and the call made once more.
+        """
+        url = self._tpl_url % {'api_url': self.api_url.rstrip('/'), 'token': self.auth_token,
+                               'method': method_name}
+        kwargs = {'json': data}
+        if http_timeout is not None:
+            kwargs['timeout'] = http_timeout
+        for attempt in (1, 2):
+            try:
+                return self._call(url, kwargs)
+            except TelegramRateLimited as error:
+                wait = error.retry_after if error.retry_after is not None else 1.0
+                if attempt == 1 and wait <= self.retry_after_max_wait:
+                    LOGGER.info('%s: rate-limited by Telegram, retrying %s in %s s', self.get_alias(),
+                                method_name, wait)
+                    SLEEP(wait)
+                    continue
+                self._rate_limited_until = max(self._rate_limited_until, CLOCK() + wait)
+                raise
+
+    def _call(self, url: str, kwargs: dict) -> Any:
+        try:
+            payload = self.request('POST', url, **kwargs)
+        except TelegramMessengerException:
+            raise
+        except MessengerException as error:  # network errors and non-Bot-API replies (e.g. a proxy's)
+            cls = TelegramPermanentError if isinstance(error, PermanentDeliveryError) else TelegramTemporaryError
+            text = self.redact(str(error))
+            description = text[len('Telegram: '):] if text.startswith('Telegram: ') else text
+            raise _telegram_error(cls, text, description, retry_after=getattr(error, 'retry_after', None)) from None
+        if not isinstance(payload, dict) or 'ok' not in payload:
+            text = self.redact(f'Telegram: unexpected reply: {str(payload)[:300]}')
+            raise _telegram_error(TelegramTemporaryError, text, text)
+        if not payload['ok']:
+            raise self._error_from(payload, 200)
+        return payload.get('result')
+
+    def check_response(self, response, payload: Any) -> None:
+        if response.status_code < 400 and not (isinstance(payload, dict) and payload.get('ok') is False):
+            return
+        if isinstance(payload, dict) and 'description' in payload:
+            raise self._error_from(payload, response.status_code, response.headers.get('Retry-After'))
+        super().check_response(response, payload)
+
+    def _error_from(self, payload: dict, status: int, header_retry_after: Any = None) -> TelegramMessengerException:
+        code = payload.get('error_code') or status
+        description = self.redact(str(payload.get('description') or f'HTTP {code}'))
+        parameters = payload.get('parameters') or {}
+        retry_after = parse_retry_after(parameters.get('retry_after', header_retry_after))
+        details = f'error {code}'
+        if parameters.get('migrate_to_chat_id'):
+            details += f'; the chat moved to {parameters["migrate_to_chat_id"]}'
+        if retry_after is not None:
+            details += f'; retry after {retry_after:g} s'
+        text = f'Telegram: {description} ({details})'
+        if code == 429:
+            cls = TelegramRateLimited
+        elif code in _TEMPORARY_CLIENT_ERRORS or not 400 <= code < 500:
+            cls = TelegramTemporaryError
+        else:  # 403 blocked/deactivated/kicked, 400 chat not found and other bad requests
+            cls = TelegramPermanentError
+        return _telegram_error(cls, text, description, code, retry_after)
+
+    def _verify_bot(self) -> dict:
+        """Return the bot's own user (``getMe``); fails when the token is wrong."""
+        return self._send_command('getMe')
+
+    # Delivery -------------------------------------------------------------------------------------
+
+    def rate_limit_left(self) -> float:
+        """Return how many seconds Telegram asked this bot to wait before sending (0: none)."""
+        return max(self._rate_limited_until - CLOCK(), 0.0)
+
+    def before_send(self) -> None:
+        """Verify the bot (``getMe``) once per batch; a rate-limited bot skips it (sends are deferred)."""
+        self._session_started = False
+        if self.rate_limit_left():
+            return
+        try:
+            self._verify_bot()
+        except TelegramRateLimited:
+            return  # send() defers every dispatch until the wait is over
+        except TelegramMessengerException as error:
+            detail = f'{error.description} (error {error.error_code})' if error.error_code else error.description
+            raise MessengerWarmupException(f'Telegram Error: {detail}') from None
+        self._session_started = True
+
+    def after_send(self) -> None:
+        self._session_started = False
+
+    def _build_message(self, text: str, to: Optional[str] = None) -> dict:
+        chat_id: Any = to
+        if isinstance(to, str) and _NUMERIC_CHAT_ID.fullmatch(to.strip()):
+            chat_id = int(to)
+        msg = {'chat_id': chat_id, 'text': text}
+        if self.parse_mode is not None:
+            msg['parse_mode'] = self.parse_mode
+        if self.disable_notification is not None:
+            msg['disable_notification'] = bool(self.disable_notification)
+        if self.message_thread_id is not None:
+            msg['message_thread_id'] = self.message_thread_id
+        if isinstance(self.link_preview, dict):
+            msg['link_preview_options'] = dict(self.link_preview)
+        elif self.link_preview is not None:
+            msg['link_preview_options'] = {'is_disabled': not self.link_preview}
+        return msg
+
+    def _send_message(self, msg: Any, to: Optional[str] = None) -> Any:
+        """Send a message built by :meth:`_build_message`; a long text goes as several messages.
+
+        Returns the sent Message object, or a list of them when the text was split.
+        """
+        if not isinstance(msg, dict) or not isinstance(msg.get('text'), str):
+            return self._send_command('sendMessage', msg)
+        results = [self._send_command('sendMessage', dict(msg, text=part))
+                   for part in split_text(msg['text'], self.max_message_length)]
+        return results[0] if len(results) == 1 else results
+
+    def send(self, message_cls, message_model, dispatch_models) -> None:
+        """Send each dispatch; once Telegram rate-limits the bot, the rest wait for a later run."""
+        for index, dispatch in enumerate(dispatch_models):
+            if self.rate_limit_left():
+                LOGGER.warning('%s: bot rate-limited for %.0f s more; %d dispatch(es) deferred',
+                               self.get_alias(), self.rate_limit_left(), len(dispatch_models) - index)
+                for waiting in dispatch_models[index:]:
+                    self.mark_pending(waiting)
+                return
+            if not dispatch.address:
+                self.mark_failed(dispatch, MessengerException('Telegram: the recipient has no chat id'))
+                continue
+            try:
+                self._send_message(self._build_message(dispatch.message_cache, to=dispatch.address),
+                                   to=dispatch.address)
+            except PermanentDeliveryError as error:
+                self.mark_failed(dispatch, error)
+            except TemporaryDeliveryError as error:
+                self.mark_error(dispatch, error, message_cls, retry_after=error.retry_after)
+            except MessengerException as error:
+                self.mark_error(dispatch, MessengerException(self.redact(str(error))), message_cls)
+            else:
+                self.mark_sent(dispatch)
+
+    # Updates --------------------------------------------------------------------------------------
+
+    def get_updates(self, offset: Optional[int] = None, timeout: int = 0) -> list:
+        """Return the bot's pending updates (``getUpdates``) and remember the next offset.
+
+        The next call sends that offset, which tells Telegram the updates returned here were
+        handled (acknowledged). ``timeout`` is the long-polling wait in seconds.
+        """
+        data: Dict[str, Any] = {'timeout': timeout}
+        if offset is None:
+            offset = self._updates_offset
+        if offset is not None:
+            data['offset'] = offset
+        http_timeout = None
+        if timeout:
+            base = self._get_common_params()['timeout'] or 0
+            http_timeout = base + timeout
+        updates = self._send_command('getUpdates', data, http_timeout=http_timeout) or []
+        update_ids = [update['update_id'] for update in updates
+                      if isinstance(update, dict) and isinstance(update.get('update_id'), int)]
+        if update_ids:
+            self._updates_offset = max(update_ids) + 1
+        return updates
+
+    def get_chat_ids(self) -> list:
+        """Return the unique chat ids of ``/start`` messages (deep links ``/start <payload>`` too).
+
+        Updates without a text message (edited messages, channel posts, callback queries,
+        stickers...) are skipped. The updates are acknowledged: a later call sees only new ones.
+        """
+        chat_ids = []
+        for update in self.get_updates():
+            message = update.get('message') if isinstance(update, dict) else None
+            if not isinstance(message, dict):
+                continue
+            text = message.get('text')
+            if not isinstance(text, str) or not _START_COMMAND.match(text):
+                continue
+            chat_id = (message.get('chat') or {}).get('id')
+            if chat_id is not None and chat_id not in chat_ids:
+                chat_ids.append(chat_id)
+        return chat_ids

@@ -1,0 +1,170 @@
+"""``{% sitemessage_prefs_table %}``: syntax, errors, and the markup of the shipped tables."""
+from __future__ import annotations
+
+import re
+
+import pytest
+from django.template import Context, Template, TemplateSyntaxError
+from django.test import override_settings
+
+from sitemessage.exceptions import SiteMessageConfigurationError
+from sitemessage.messages.base import MessageBase
+from sitemessage.models import Subscription
+from sitemessage.toolbox import get_user_preferences_for_ui, register_message_types
+from tests.fakes import FakeMessenger
+
+pytestmark = pytest.mark.django_db
+
+NOTATION = ('`sitemessage_prefs_table` tag expects the following notation: '
+            '{% sitemessage_prefs_table from user_prefs template "sitemessage/my_pref_table.html" %}.')
+BOOTSTRAP = 'sitemessage/user_prefs_table-bootstrap.html'
+
+
+@pytest.fixture
+def user(django_user_model):
+    return django_user_model.objects.create_user('user1', email='user1@example.com')
+
+
+@pytest.fixture
+def prefs(user):
+    Subscription.create(user, 'greeting', 'fake')
+    return get_user_preferences_for_ui(user)
+
+
+def render(source, **context):
+    return Template('{% load sitemessage %}' + source).render(Context(context))
+
+
+def squeeze(html):
+    return re.sub(r'>\s+<', '><', html)
+
+
+def test_table_lists_messengers_as_columns_and_message_types_as_rows(prefs):
+    html = render('{% sitemessage_prefs_table from subscr_prefs %}', subscr_prefs=prefs)
+
+    assert '<table class="sitemessage_prefs ">' in html
+    assert '<th></th>' in html
+    assert '<th style="text-align:center">Fake messenger</th>' in html
+    assert '<td>Greetings</td>' in html and '<td>Text notification</td>' in html
+    assert 'value="greeting|fake" checked>' in html
+    assert re.search(r'value="plain\|fake">', html)
+    assert html.count('name="sm_user_pref"') == 2
+
+
+def test_each_cell_carries_its_pair_and_wraps_its_checkbox_in_a_label(prefs):
+    html = squeeze(render('{% sitemessage_prefs_table from subscr_prefs %}', subscr_prefs=prefs))
+
+    assert ('<td style="text-align:center" data-pref="greeting|fake"><label>'
+            '<input type="checkbox" name="sm_user_pref" value="greeting|fake" checked></label></td>') in html
+
+
+def test_an_unsupported_cell_is_empty(user, smtp_messenger):
+    html = squeeze(render('{% sitemessage_prefs_table from subscr_prefs %}',
+                          subscr_prefs=get_user_preferences_for_ui(user)))
+
+    assert '<th style="text-align:center">E-mail</th>' in html
+    row = re.search(r'<td>Email notification</td>(.*?)</tr>', html).group(1)
+    assert row.endswith('<td style="text-align:center" data-pref=""></td>')
+    assert 'data-pref="email_' in row
+
+
+@pytest.mark.parametrize('source', [
+    '{% sitemessage_prefs_table from subscr_prefs template "sitemessage/user_prefs_table-bootstrap.html" %}',
+    '{% sitemessage_prefs_table template "sitemessage/user_prefs_table-bootstrap.html" from subscr_prefs %}',
+    '{% sitemessage_prefs_table template tpl from subscr_prefs %}',
+    '{% sitemessage_prefs_table from missing|default:subscr_prefs template tpl %}',
+])
+def test_bootstrap_template_in_any_clause_order(prefs, source):
+    html = render(source, subscr_prefs=prefs, tpl=BOOTSTRAP)
+
+    assert '<table class="sitemessage_prefs table table-striped">' in html
+    assert 'value="greeting|fake" checked>' in html
+
+
+def test_table_class_comes_from_the_surrounding_context(prefs):
+    html = render('{% sitemessage_prefs_table from subscr_prefs %}', subscr_prefs=prefs, table_class='wide')
+
+    assert '<table class="sitemessage_prefs wide">' in html
+
+
+def test_context_is_restored_after_the_tag(prefs):
+    html = render('{% sitemessage_prefs_table from subscr_prefs %}[{{ sitemessage_user_prefs }}]', subscr_prefs=prefs)
+
+    assert html.endswith('[]')
+
+
+@pytest.mark.parametrize('arguments', [
+    'subscr_prefs', 'from', 'from subscr_prefs template', 'from subscr_prefs extra', 'a b c d',
+    'from subscr_prefs template "x.html" extra',
+])
+def test_wrong_notation_is_a_syntax_error_naming_the_right_one(arguments):
+    with pytest.raises(TemplateSyntaxError) as error:
+        render('{% sitemessage_prefs_table ' + arguments + ' %}')
+
+    assert str(error.value) == NOTATION
+
+
+@pytest.mark.parametrize('arguments', ['', 'a b'])
+def test_tag_without_prefs_renders_nothing(arguments):
+    assert render('{% sitemessage_prefs_table ' + arguments + ' %}') == ''
+
+
+@pytest.mark.parametrize('value, type_repr', [
+    ([['x'], {}], "<class 'list'>"), ('prefs', "<class 'str'>"), (None, "<class 'NoneType'>")])
+def test_prefs_that_are_not_a_tuple_raise_with_debug(value, type_repr):
+    with override_settings(DEBUG=True), pytest.raises(SiteMessageConfigurationError) as error:
+        render('{% sitemessage_prefs_table from subscr_prefs %}', subscr_prefs=value)
+
+    assert str(error.value) == (
+        '`sitemessage_prefs_table` template tag expects a tuple generated by `get_user_preferences_for_ui` '
+        f'but `{type_repr}` is given.')
+
+
+@pytest.mark.parametrize('value', [[['x'], {}], 'prefs', None])
+def test_prefs_that_are_not_a_tuple_render_nothing_without_debug(value):
+    with override_settings(DEBUG=False):
+        assert render('{% sitemessage_prefs_table from subscr_prefs %}', subscr_prefs=value) == ''
+
+
+def test_messenger_and_message_titles_are_escaped(user):
+
+    class Shady(MessageBase):
+        alias = 'shady'
+        title = '<b>Bold</b> & co'
+
+    register_message_types(Shady)
+    prefs = get_user_preferences_for_ui(user, new_messengers_titles={'fake': '<script>alert(1)</script>'})
+
+    html = render('{% sitemessage_prefs_table from subscr_prefs %}', subscr_prefs=prefs)
+
+    assert '<script>' not in html and '<b>' not in html
+    assert '<th style="text-align:center">&lt;script&gt;alert(1)&lt;/script&gt;</th>' in html
+    assert '<td>&lt;b&gt;Bold&lt;/b&gt; &amp; co</td>' in html
+
+
+def test_messenger_class_title_is_escaped(user):
+
+    class ShadyMessenger(FakeMessenger):
+        alias = 'shady_messenger'
+        title = '<img src=x onerror=alert(1)>'
+
+    from sitemessage.toolbox import register_messenger_objects
+    register_messenger_objects(ShadyMessenger())
+
+    html = render('{% sitemessage_prefs_table from subscr_prefs %}', subscr_prefs=get_user_preferences_for_ui(user))
+
+    assert '<img' not in html
+    assert '&lt;img src=x onerror=alert(1)&gt;</th>' in html
+
+
+def test_values_posted_from_the_rendered_table_round_trip(client, user):
+    client.force_login(user)
+    Subscription.create(user, 'plain', 'fake')
+
+    page = client.get('/prefs/').content.decode()
+    values = re.findall(r'name="sm_user_pref" value="([^"]+)"', page)
+    assert sorted(values) == ['greeting|fake', 'plain|fake']
+    client.post('/prefs/', {'sm_user_pref': ['greeting|fake']})
+
+    assert list(Subscription.objects.values_list('message_cls', 'messenger_cls')) == [('greeting', 'fake')]
+    assert 'value="greeting|fake" checked>' in client.get('/prefs/').content.decode()

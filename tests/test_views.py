@@ -1,0 +1,394 @@
+"""Bundled views: signed unsubscribe and mark-read links, their signals, and every kind of bad link."""
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from django.contrib.staticfiles import finders
+from django.test import Client, override_settings
+
+from sitemessage.messages.base import MessageBase
+from sitemessage.models import Dispatch, Message, Subscription
+from sitemessage.signals import (
+    sig_mark_read_failed, sig_mark_read_success, sig_unsubscribe_failed, sig_unsubscribe_success,
+)
+from sitemessage.toolbox import recipients, register_message_types, schedule_messages
+from tests.testapp.sitemessages import GreetingMessage
+
+pytestmark = pytest.mark.django_db
+
+BLANK = '/static/img/sitemessage/blank.png'
+SIGNALS = {'unsubscribe_success': sig_unsubscribe_success, 'unsubscribe_failed': sig_unsubscribe_failed,
+           'mark_read_success': sig_mark_read_success, 'mark_read_failed': sig_mark_read_failed}
+
+
+class Received(list):
+    """Every signal sent, as ``(name, sender, kwargs)``."""
+
+    def names(self):
+        return [name for name, _sender, _kwargs in self]
+
+
+@pytest.fixture
+def received():
+    log = Received()
+    receivers = {}
+    for name, signal in SIGNALS.items():
+        def receiver(sender, _name=name, **kwargs):
+            log.append((_name, sender, kwargs))
+        receivers[name] = receiver
+        signal.connect(receiver)
+    yield log
+    for name, signal in SIGNALS.items():
+        signal.disconnect(receivers[name])
+
+
+@pytest.fixture
+def csrf_client():
+    """A client that enforces CSRF like a browser-less mail client would meet it."""
+    return Client(enforce_csrf_checks=True)
+
+
+def schedule(to, message_type=GreetingMessage):
+    message, dispatches = schedule_messages(message_type({'name': 'Ann'}), recipients('fake', to))[0]
+    return message, dispatches[0]
+
+
+def unsubscribe_path(message, dispatch):
+    return urlsplit(GreetingMessage.get_unsubscribe_directive(message, dispatch)).path
+
+
+def mark_read_path(message, dispatch):
+    return urlsplit(GreetingMessage.get_mark_read_directive(message, dispatch)).path
+
+
+def subscribed(*args):
+    return Subscription.objects.filter(**Subscription._get_base_kwargs(*args)).exists()
+
+
+def assert_signal_with_models(received, name, message_type, message, dispatch, request_path):
+    (got_name, sender, kwargs), = received
+    assert (got_name, sender) == (name, message_type)
+    assert set(kwargs) == {'signal', 'request', 'message', 'dispatch'}
+    assert kwargs['signal'] is SIGNALS[name]
+    assert kwargs['request'].path == request_path
+    assert isinstance(kwargs['message'], Message) and kwargs['message'].pk == message.pk
+    assert isinstance(kwargs['dispatch'], Dispatch) and kwargs['dispatch'].pk == dispatch.pk
+
+
+def assert_signal_with_raw_ids(received, name, message_id, dispatch_id):
+    (got_name, sender, kwargs), = received
+    assert (got_name, sender) == (name, None)
+    assert set(kwargs) == {'signal', 'request', 'message', 'dispatch'}
+    assert (kwargs['message'], kwargs['dispatch']) == (message_id, dispatch_id)
+
+
+# Unsubscribe: GET asks, POST acts --------------------------------------------------------------------
+
+def test_get_of_a_valid_unsubscribe_link_shows_a_confirmation_page_and_changes_nothing(client, received):
+    Subscription.create('ann', 'greeting', 'fake')
+    message, dispatch = schedule('ann')
+    path = unsubscribe_path(message, dispatch)
+
+    response = client.get(path)
+
+    assert response.status_code == 200
+    assert [t.name for t in response.templates] == ['sitemessage/unsubscribe_confirm.html']
+    html = response.content.decode()
+    assert f'<form method="post" action="{path}">' in html
+    assert '<button type="submit">Unsubscribe</button>' in html
+    assert 'csrfmiddlewaretoken' not in html
+    assert '“Greetings”' in html
+    assert received == []
+    assert subscribed('ann', 'greeting', 'fake')
+
+
+def test_head_of_a_valid_unsubscribe_link_changes_nothing(client, received):
+    Subscription.create('ann', 'greeting', 'fake')
+    message, dispatch = schedule('ann')
+
+    assert client.head(unsubscribe_path(message, dispatch)).status_code == 200
+    assert received == []
+    assert subscribed('ann', 'greeting', 'fake')
+
+
+def test_submitting_the_confirmation_form_unsubscribes_without_a_csrf_token(csrf_client, received):
+    Subscription.create('ann', 'greeting', 'fake')
+    message, dispatch = schedule('ann')
+    path = unsubscribe_path(message, dispatch)
+    page = csrf_client.get(path).content.decode()
+    action = page.split('<form method="post" action="', 1)[1].split('"', 1)[0]
+
+    response = csrf_client.post(action)
+
+    assert (response.status_code, response['Location']) == (302, '/')
+    assert not subscribed('ann', 'greeting', 'fake')
+    assert_signal_with_models(received, 'unsubscribe_success', GreetingMessage, message, dispatch, path)
+
+
+@pytest.mark.parametrize('content_type', ['application/x-www-form-urlencoded', 'multipart/form-data'])
+def test_rfc8058_one_click_post_unsubscribes(csrf_client, received, content_type):
+    Subscription.create('ann', 'greeting', 'fake')
+    message, dispatch = schedule('ann')
+    path = unsubscribe_path(message, dispatch)
+
+    if content_type == 'multipart/form-data':
+        response = csrf_client.post(path, {'List-Unsubscribe': 'One-Click'})
+    else:
+        response = csrf_client.post(path, 'List-Unsubscribe=One-Click', content_type=content_type)
+
+    assert (response.status_code, response['Location']) == (302, '/')
+    assert not subscribed('ann', 'greeting', 'fake')
+    assert received.names() == ['unsubscribe_success']
+
+
+@override_settings(SITEMESSAGE_UNSUBSCRIBE_CONFIRM=False)
+def test_with_confirmation_off_a_get_unsubscribes_at_once_as_in_1_4_0(client, received):
+    Subscription.create('ann', 'greeting', 'fake')
+    message, dispatch = schedule('ann')
+    path = unsubscribe_path(message, dispatch)
+
+    response = client.get(path)
+
+    assert (response.status_code, response['Location']) == (302, '/')
+    assert not subscribed('ann', 'greeting', 'fake')
+    assert_signal_with_models(received, 'unsubscribe_success', GreetingMessage, message, dispatch, path)
+
+
+def test_unsubscribing_a_user_removes_only_that_users_subscription_to_that_type_and_messenger(
+        client, received, django_user_model):
+    ann = django_user_model.objects.create_user('ann')
+    bob = django_user_model.objects.create_user('bob')
+    Subscription.create(ann, 'greeting', 'fake')
+    Subscription.create(ann, 'plain', 'fake')
+    Subscription.create(bob, 'greeting', 'fake')
+    message, dispatch = schedule(ann)
+    assert dispatch.recipient_id == ann.pk
+
+    client.post(unsubscribe_path(message, dispatch))
+
+    assert sorted(Subscription.objects.values_list('recipient__username', 'message_cls')) == [
+        ('ann', 'plain'), ('bob', 'greeting')]
+
+
+def test_confirmation_page_escapes_the_message_type_title(client):
+
+    class Shady(MessageBase):
+        alias = 'shady'
+        title = '<script>alert(1)</script>'
+
+    register_message_types(Shady)
+    message, dispatch = schedule('ann', Shady)
+
+    html = client.get(unsubscribe_path(message, dispatch)).content.decode()
+
+    assert '<script>' not in html
+    assert '&lt;script&gt;alert(1)&lt;/script&gt;' in html
+
+
+# Bad links --------------------------------------------------------------------------------------------
+
+def forged_hashes(message, dispatch, other_dispatch):
+    valid = GreetingMessage.get_dispatch_hash(dispatch.pk, message.pk)
+    return {
+        'zeros': '0' * 40,
+        'truncated': valid[:-1],
+        'extended': valid + '0',
+        'upper-case': valid.upper(),
+        'other dispatch': GreetingMessage.get_dispatch_hash(other_dispatch.pk, message.pk),
+        'other key': GreetingMessage.get_dispatch_hash(dispatch.pk, message.pk, secret='another-key'),
+        'non-ascii': 'ÿ' * 40,
+    }
+
+
+FORGERIES = ['zeros', 'truncated', 'extended', 'upper-case', 'other dispatch', 'other key', 'non-ascii']
+
+
+@pytest.mark.parametrize('method', ['get', 'post'])
+@pytest.mark.parametrize('forgery', FORGERIES)
+def test_unsubscribe_with_a_forged_signature_changes_nothing_and_sends_the_failure_signal(
+        client, received, method, forgery):
+    Subscription.create('ann', 'greeting', 'fake')
+    message, dispatches = schedule_messages(GreetingMessage({'name': 'Ann'}), recipients('fake', ['ann', 'bob']))[0]
+    dispatch, other = dispatches
+    hashed = forged_hashes(message, dispatch, other)[forgery]
+    path = f'/messages/unsubscribe/{message.pk}/{dispatch.pk}/{hashed}/'
+
+    response = getattr(client, method)(path)
+
+    assert (response.status_code, response['Location']) == (302, '/')
+    assert subscribed('ann', 'greeting', 'fake')
+    assert_signal_with_models(received, 'unsubscribe_failed', GreetingMessage, message, dispatch, path)
+
+
+@pytest.mark.parametrize('forgery', FORGERIES)
+def test_mark_read_with_a_forged_signature_changes_nothing_and_sends_the_failure_signal(client, received, forgery):
+    message, dispatches = schedule_messages(GreetingMessage({'name': 'Ann'}), recipients('fake', ['ann', 'bob']))[0]
+    dispatch, other = dispatches
+    hashed = forged_hashes(message, dispatch, other)[forgery]
+    path = f'/messages/ping/{message.pk}/{dispatch.pk}/{hashed}/'
+
+    response = client.get(path)
+
+    assert (response.status_code, response['Location']) == (302, BLANK)
+    assert Dispatch.objects.get(pk=dispatch.pk).read_status == Dispatch.READ_STATUS_UNREAD
+    assert_signal_with_models(received, 'mark_read_failed', GreetingMessage, message, dispatch, path)
+
+
+@pytest.mark.parametrize('view, failure, location', [
+    ('unsubscribe', 'unsubscribe_failed', '/'), ('ping', 'mark_read_failed', BLANK)])
+@pytest.mark.parametrize('method', ['get', 'post'])
+def test_link_whose_message_id_does_not_match_the_dispatch_fails_with_raw_ids(
+        client, received, view, failure, location, method):
+    Subscription.create('ann', 'greeting', 'fake')
+    message, dispatch = schedule('ann')
+    other_message, _ = schedule('bob')
+    # Even correctly signed for the mismatched pair: the dispatch does not belong to that message.
+    hashed = GreetingMessage.get_dispatch_hash(dispatch.pk, other_message.pk)
+
+    response = getattr(client, method)(f'/messages/{view}/{other_message.pk}/{dispatch.pk}/{hashed}/')
+
+    assert (response.status_code, response['Location']) == (302, location)
+    assert_signal_with_raw_ids(received, failure, str(other_message.pk), str(dispatch.pk))
+    assert subscribed('ann', 'greeting', 'fake')
+    assert Dispatch.objects.get(pk=dispatch.pk).read_status == Dispatch.READ_STATUS_UNREAD
+
+
+@pytest.mark.parametrize('view, failure, location', [
+    ('unsubscribe', 'unsubscribe_failed', '/'), ('ping', 'mark_read_failed', BLANK)])
+@pytest.mark.parametrize('method', ['get', 'post'])
+def test_link_to_an_unknown_dispatch_fails_with_raw_ids(client, received, view, failure, location, method):
+    message, dispatch = schedule('ann')
+    missing = dispatch.pk + 100
+    hashed = GreetingMessage.get_dispatch_hash(missing, message.pk)
+
+    response = getattr(client, method)(f'/messages/{view}/{message.pk}/{missing}/{hashed}/')
+
+    assert (response.status_code, response['Location']) == (302, location)
+    assert_signal_with_raw_ids(received, failure, str(message.pk), str(missing))
+
+
+@pytest.mark.parametrize('view, failure, location', [
+    ('unsubscribe', 'unsubscribe_failed', '/'), ('ping', 'mark_read_failed', BLANK)])
+@pytest.mark.parametrize('method', ['get', 'post'])
+def test_link_of_a_message_type_no_longer_registered_fails_with_raw_ids(
+        client, received, view, failure, location, method):
+    Subscription.create('ann', 'retired', 'fake')
+    message, (dispatch,) = Message.create('retired', {'x': 1}, recipients=recipients('fake', 'ann'))
+    hashed = MessageBase.get_dispatch_hash(dispatch.pk, message.pk)
+
+    response = getattr(client, method)(f'/messages/{view}/{message.pk}/{dispatch.pk}/{hashed}/')
+
+    assert (response.status_code, response['Location']) == (302, location)
+    assert_signal_with_raw_ids(received, failure, str(message.pk), str(dispatch.pk))
+    assert subscribed('ann', 'retired', 'fake')
+
+
+OVERFLOWS = ['9' * 20, '9223372036854775808', '2147483648', '9' * 5000]
+
+
+@pytest.mark.parametrize('view', ['unsubscribe', 'ping'])
+@pytest.mark.parametrize('method', ['get', 'post'])
+@pytest.mark.parametrize('huge', OVERFLOWS, ids=['20 digits', 'int64+1', 'int32+1', '5000 digits'])
+def test_huge_ids_in_a_link_redirect_or_404_never_500(client, received, view, method, huge):
+    message, dispatch = schedule('ann')
+    paths = [f'/messages/{view}/{huge}/{dispatch.pk}/{"0" * 40}/',
+             f'/messages/{view}/{message.pk}/{huge}/{"0" * 40}/',
+             f'/messages/{view}/{huge}/{huge}/{"0" * 40}/']
+
+    statuses = [getattr(client, method)(path).status_code for path in paths]
+
+    assert set(statuses) <= {302, 404}
+    assert 'unsubscribe_success' not in received.names() and 'mark_read_success' not in received.names()
+
+
+@pytest.mark.parametrize('view', ['unsubscribe', 'ping'])
+@pytest.mark.parametrize('tail', ['x/1/abc/', '1/-1/abc/', '1/1/', '1/1/abc/def/', '1.5/1/abc/', '%00/1/abc/'])
+def test_malformed_link_is_a_404(client, view, tail):
+    assert client.get(f'/messages/{view}/{tail}').status_code == 404
+
+
+@pytest.mark.parametrize('method', ['get', 'post'])
+def test_non_ascii_digits_in_ids_redirect_and_change_nothing(client, received, method):
+    Subscription.create('ann', 'greeting', 'fake')
+    message, dispatch = schedule('ann')
+    arabic = str.maketrans('0123456789', '٠١٢٣٤٥٦٧٨٩')
+    hashed = GreetingMessage.get_dispatch_hash(dispatch.pk, message.pk)
+    path = f'/messages/unsubscribe/{str(message.pk).translate(arabic)}/{str(dispatch.pk).translate(arabic)}/{hashed}/'
+
+    response = getattr(client, method)(path)
+
+    assert response.status_code in (302, 404)
+    assert subscribed('ann', 'greeting', 'fake')
+    assert 'unsubscribe_success' not in received.names()
+
+
+# Key rotation -----------------------------------------------------------------------------------------
+
+def test_link_signed_before_a_key_rotation_works_while_the_old_key_is_a_fallback(client, received):
+    Subscription.create('ann', 'greeting', 'fake')
+    message, dispatch = schedule('ann')
+    with override_settings(SECRET_KEY='old-key'):
+        path = unsubscribe_path(message, dispatch)
+
+    with override_settings(SECRET_KEY='new-key'):
+        assert client.post(path).status_code == 302
+    assert received.names() == ['unsubscribe_failed']
+    assert subscribed('ann', 'greeting', 'fake')
+
+    with override_settings(SECRET_KEY='new-key', SECRET_KEY_FALLBACKS=['older-key', 'old-key']):
+        assert client.get(path).status_code == 200  # the confirmation page: the signature is accepted
+        assert client.post(path).status_code == 302
+    assert received.names() == ['unsubscribe_failed', 'unsubscribe_success']
+    assert not subscribed('ann', 'greeting', 'fake')
+
+
+# Mark read ---------------------------------------------------------------------------------------------
+
+def test_mark_read_get_marks_only_its_dispatch_read_and_redirects_to_the_blank_pixel(client, received):
+    message, dispatches = schedule_messages(GreetingMessage({'name': 'Ann'}), recipients('fake', ['ann', 'bob']))[0]
+    ann, bob = dispatches
+    path = mark_read_path(message, ann)
+
+    response = client.get(path)
+
+    assert (response.status_code, response['Location']) == (302, BLANK)
+    assert dict(Dispatch.objects.values_list('address', 'read_status')) == {
+        'ann': Dispatch.READ_STATUS_READ, 'bob': Dispatch.READ_STATUS_UNREAD}
+    assert_signal_with_models(received, 'mark_read_success', GreetingMessage, message, ann, path)
+
+
+@override_settings(STATIC_URL='/assets/')
+def test_mark_read_redirect_follows_the_static_files_url(client):
+    message, dispatch = schedule('ann')
+
+    assert client.get(mark_read_path(message, dispatch))['Location'] == '/assets/img/sitemessage/blank.png'
+
+
+def png_pixels(data: bytes):
+    """Return ``(width, height, colour type, raw scanlines)`` of a non-interlaced PNG."""
+    assert data[:8] == b'\x89PNG\r\n\x1a\n'
+    offset, chunks = 8, {}
+    while offset < len(data):
+        length, kind = struct.unpack('>I4s', data[offset:offset + 8])
+        body = data[offset + 8:offset + 8 + length]
+        assert zlib.crc32(kind + body) == struct.unpack('>I', data[offset + 8 + length:offset + 12 + length])[0]
+        chunks[kind] = chunks.get(kind, b'') + body
+        offset += 12 + length
+    width, height, depth, colour_type, _c, _f, interlace = struct.unpack('>IIBBBBB', chunks[b'IHDR'])
+    assert (depth, interlace) == (8, 0)
+    assert b'IEND' in chunks
+    return width, height, colour_type, zlib.decompress(chunks[b'IDAT'])
+
+
+def test_blank_png_is_a_one_pixel_fully_transparent_image():
+    data = Path(finders.find('img/sitemessage/blank.png')).read_bytes()
+
+    width, height, colour_type, raw = png_pixels(data)
+
+    assert (width, height, colour_type) == (1, 1, 6)  # RGBA
+    filter_type, alpha = raw[0], raw[4]
+    assert (len(raw), filter_type, alpha) == (5, 0, 0)
