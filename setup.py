@@ -27,7 +27,8 @@ EXTRAS = {
     'facebook': ['requests'],
     'vkontakte': ['requests'],
     'celery': ['celery[redis]'],
-    'test': ['pytest', 'pytest-django', 'aiosmtpd', 'psycopg[binary]', 'requests'],
+    'test': ['pytest', 'pytest-django', 'aiosmtpd', 'psycopg[binary]', 'requests', 'requests-oauthlib',
+             'slixmpp', 'celery[redis]', 'playwright'],
     'docs': ['sphinx'],
 }
 

@@ -21,7 +21,7 @@ DEFAULTS: dict[str, Any] = {
     # New in 2.0: the delivery engine.
     'SEND_BATCH_SIZE': 200,
     'SEND_LEASE_SECONDS': 600,
-    'RETRY_DELAY_SECONDS': 0,
+    'RETRY_DELAY_SECONDS': 30,
     'RETRY_DELAY_MAX_SECONDS': 6 * 3600,
     'CLEANUP_BATCH_SIZE': 1000,
     'RATE_LIMITS': {},

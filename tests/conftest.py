@@ -1,6 +1,7 @@
 """Fixtures: a real SMTP server on loopback, an isolated registry per test, users."""
 from __future__ import annotations
 
+import os
 import time
 from unittest import mock
 
@@ -101,3 +102,28 @@ def api_server(_api_server):
     """A local imitation of a provider's HTTP API (tests/http_api.py), emptied for each test."""
     _api_server.reset()
     return _api_server
+
+
+# Fixtures of tests that start real processes (workers, Celery): process_db, procs, sink.
+pytest_plugins = ['tests.processes']
+
+
+# In CI (SITEMESSAGE_TEST_STRICT=1) a real peer that is missing (Prosody, Chromium, Redis, Celery...)
+# must fail the run: only skips that are about the database in use stay allowed.
+_ALLOWED_SKIPS = ('SITEMESSAGE_TEST_DB',)
+_STRICT_SKIPS = []
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and os.environ.get('SITEMESSAGE_TEST_STRICT'):
+        reason = str(report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr)
+        if not any(allowed in reason for allowed in _ALLOWED_SKIPS):
+            _STRICT_SKIPS.append(f'{report.nodeid}: {reason}')
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _STRICT_SKIPS:
+        print('\nSITEMESSAGE_TEST_STRICT: these tests were skipped but must run in CI:')
+        for line in _STRICT_SKIPS:
+            print(f'  {line}')
+        session.exitstatus = 1

@@ -61,6 +61,7 @@ for _name, _raw in os.environ.items():
 # Celery (tests/celery_app.py): broker and result backend in a Redis database chosen per test run.
 CELERY_BROKER_URL = os.environ.get('SITEMESSAGE_CELERY_BROKER', 'redis://127.0.0.1:6379/0')
 CELERY_RESULT_BACKEND = CELERY_BROKER_URL
+CELERY_RESULT_EXPIRES = 600  # results of enqueued sends nobody reads do not linger in Redis
 CELERY_TASK_DEFAULT_QUEUE = os.environ.get('SITEMESSAGE_CELERY_QUEUE', 'celery')
 
 LOGGING = {

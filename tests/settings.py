@@ -69,3 +69,5 @@ else:
 DEFAULT_AUTO_FIELD = 'django.db.models.BigAutoField'  # proves the app keeps its AutoField ids
 DEFAULT_FROM_EMAIL = 'robot@example.com'
 PASSWORD_HASHERS = ['django.contrib.auth.hashers.MD5PasswordHasher']  # fast test users
+# Retries are due at once in most tests; backoff tests set their own delay (the default is 30 s).
+SITEMESSAGE_RETRY_DELAY_SECONDS = 0

@@ -598,3 +598,17 @@ def test_concurrent_workers_never_claim_the_same_dispatch():
     assert first | second == all_ids
     assert not first & second
     assert Dispatch.objects.filter(dispatch_status=PROCESSING).count() == 200
+
+
+def test_default_backoff_delays_a_retry_by_15_to_30_seconds(fake_messenger, settings):
+    del settings.SITEMESSAGE_RETRY_DELAY_SECONDS  # back to the shipped default
+    fake_messenger.fail_addresses['flaky'] = 'temporary trouble'
+    schedule('text', 'flaky')
+
+    before = timezone.now()
+    send_scheduled_messages()
+    dispatch = Dispatch.objects.get()
+
+    assert dispatch.dispatch_status == Dispatch.DISPATCH_STATUS_ERROR
+    assert before + timedelta(seconds=15) <= dispatch.next_attempt_at <= timezone.now() + timedelta(seconds=30)
+    assert send_scheduled_messages().sent == 0  # not due yet

@@ -11,6 +11,7 @@ import math
 import os
 import signal
 import socket
+import subprocess
 import time
 import uuid
 from collections import Counter
@@ -27,9 +28,7 @@ from sitemessage.messages.plain import PlainTextMessage
 from sitemessage.models import Dispatch, DispatchError, Message
 from sitemessage.sending import send_scheduled_messages
 from sitemessage.toolbox import recipients, register_message_types, schedule_messages
-from tests.processes import (  # noqa: F401 (fixtures)
-    ON_POSTGRES, _process_db_template, address, process_db, procs, sink,
-)
+from tests.processes import ON_POSTGRES, address  # fixtures procs, sink: tests/processes.py via conftest
 
 ALL_ZERO = {'pending': 0, 'sent': 0, 'error': 0, 'failed': 0, 'processing': 0}
 
@@ -255,14 +254,17 @@ def celery_worker_process(procs, sink):
         assert worker.wait_for_output(' ready.', timeout=30), worker.output()
         yield client, queue, worker
     finally:
-        worker.signal(signal.SIGTERM) if worker.popen.poll() is None else None
-        try:
-            worker.wait(5)
-        except Exception:
-            pass  # procs' teardown kills it
+        if worker.popen.poll() is None:
+            worker.signal(signal.SIGTERM)  # a warm shutdown; procs' teardown kills it if that hangs
+            try:
+                worker.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
         client.close()
         connection_ = redis.Redis.from_url(REDIS_URL)
-        connection_.delete(queue, f'_kombu.binding.{queue}')
+        leftovers = list(connection_.scan_iter(match=f'*{queue}*'))  # the queue and kombu's bindings of it
+        if leftovers:
+            connection_.delete(*leftovers)
         connection_.close()
 
 
@@ -285,6 +287,7 @@ def test_slow_scheduling_enqueues_a_celery_send_after_commit(procs, sink, celery
     procs.orm('schedule', count=1, prefix='enqueued', settings={'ENQUEUE_ON_SCHEDULE': 'celery'})
 
     assert sink.handler.wait_for(1, timeout=20), worker.output()
+    assert worker.wait_for_output('Task sitemessage.send_scheduled[', timeout=5)  # delivered by the Celery task
     assert set(sink.handler.counts()) == {address('enqueued', 0)}
     assert procs.orm('status')['counts'] == only(sent=1)
 
@@ -314,6 +317,7 @@ def test_scheduling_1000_emails_takes_a_handful_of_queries(smtp_messenger):
     assert others <= 4
     if ON_POSTGRES:
         assert len(queries) <= 6
+    print(f'\nscheduling 1000 e-mails x 2 recipients: {len(queries)} queries ({len(inserts)} INSERTs)')
     assert Message.objects.count() == 1000
     assert Dispatch.objects.count() == 2000
     assert [len(tuple_.dispatches) for tuple_ in scheduled] == [2] * 1000

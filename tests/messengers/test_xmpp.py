@@ -462,7 +462,7 @@ def test_server_refusals_are_mapped_by_error_type(messenger, peers):
 
 def test_server_that_stops_answering_mid_batch_leaves_dispatches_to_retry(prosody, peers, relay):
     front = relay()
-    messenger = make_messenger(prosody, port=front.port, timeout=1)
+    messenger = make_messenger(prosody, port=front.port, timeout=2)
     register_messenger_objects(messenger)
     schedule_messages('first', recipients('xmppsleek', ALICE))
     schedule_messages('second', recipients('xmppsleek', ALICE))
@@ -478,7 +478,7 @@ def test_server_that_stops_answering_mid_batch_leaves_dispatches_to_retry(prosod
     assert time.monotonic() - started < 8
     assert statuses() == [ERROR, ERROR]
     first, second = DispatchError.objects.order_by('dispatch_id').values_list('error_log', flat=True)
-    assert first == f'XMPP Error: 127.0.0.1:{front.port} did not confirm the messages within 1 seconds'
+    assert first == f'XMPP Error: 127.0.0.1:{front.port} did not confirm the messages within 2 seconds'
     assert second.startswith('XMPP Error: no session with')  # one reconnection attempt, then no more
     assert peers.received() == []
     assert xmpp_threads() == []
