@@ -22,7 +22,10 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 from django.utils.translation import gettext_lazy
 
 from ..exceptions import (
-    MessengerException, MessengerWarmupException, PermanentDeliveryError, SiteMessageConfigurationError,
+    MessengerException,
+    MessengerWarmupException,
+    PermanentDeliveryError,
+    SiteMessageConfigurationError,
     TemporaryDeliveryError,
 )
 from ..utils import import_optional
@@ -67,6 +70,7 @@ class _Session:
         self.client = None
         self.alive = False
         self.refusals: Dict[str, Refusal] = {}  # stanza id -> error, filled on the loop
+        self.lost: Optional[asyncio.Future] = None  # done when the stream has ended
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name='sitemessage-xmpp', daemon=True)
         self._thread.start()
@@ -80,10 +84,13 @@ class _Session:
         try:
             self.loop.run_forever()
         finally:
-            tasks = asyncio.all_tasks(self.loop)
-            for task in tasks:
-                task.cancel()
-            self.loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            for _round in range(3):  # cancelling a task may start another (slixmpp event handlers)
+                tasks = asyncio.all_tasks(self.loop)
+                if not tasks:
+                    break
+                for task in tasks:
+                    task.cancel()
+                self.loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
             self.loop.run_until_complete(self.loop.shutdown_asyncgens())
             self.loop.close()
 
@@ -229,6 +236,8 @@ class _Session:
             if client.transport is not None:
                 # Sends what is still queued, closes the stream and waits for the server's close.
                 await client.disconnect(wait=self.timeout)
+        except Exception:  # noqa: BLE001 -- every message was confirmed already; only the goodbye failed
+            pass
         finally:
             self._abort()
 

@@ -6,6 +6,7 @@ The session fixture writes a throw-away Prosody config, registers the accounts w
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import socket
 import ssl
@@ -21,10 +22,14 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from sitemessage.exceptions import (
-    MessengerWarmupException, PermanentDeliveryError, SiteMessageConfigurationError, TemporaryDeliveryError,
+    MessengerWarmupException,
+    PermanentDeliveryError,
+    SiteMessageConfigurationError,
+    TemporaryDeliveryError,
 )
 from sitemessage.messengers.xmpp import XMPPSleekMessenger
 from sitemessage.models import Dispatch, DispatchError
+from sitemessage.shortcuts import schedule_jabber_message
 from sitemessage.toolbox import recipients, schedule_messages, send_scheduled_messages
 from sitemessage.utils import register_messenger_objects
 from tests.fakes import free_port
@@ -135,9 +140,19 @@ class Peers:
         self.messages: List[Received] = []
         self.clients = []
         self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name='xmpp-test-peers', daemon=True)
+        self.thread = threading.Thread(target=self._run, name='xmpp-test-peers', daemon=True)
         self.thread.start()
         self.call(self._start())
+
+    def _run(self):
+        try:
+            self.loop.run_forever()
+        finally:
+            tasks = asyncio.all_tasks(self.loop)
+            for task in tasks:
+                task.cancel()
+            self.loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            self.loop.close()
 
     def call(self, coroutine, timeout: float = 20):
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
@@ -213,8 +228,8 @@ def peers(_peers):
 class Relay:
     """A TCP relay in front of Prosody that can delay the server's bytes or stop forwarding."""
 
-    def __init__(self, port: int, delay: float = 0.0):
-        self.target, self.delay = port, delay
+    def __init__(self, port: int, delay: float = 0.0, rewrite=None):
+        self.target, self.delay, self.rewrite = port, delay, rewrite
         self.frozen = threading.Event()
         self.closed = threading.Event()
         self.sockets = []
@@ -230,16 +245,17 @@ class Relay:
                 return
             server = socket.create_connection(('127.0.0.1', self.target))
             self.sockets += [client, server]
-            threading.Thread(target=self._pump, args=(client, server, 0.0), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, self.delay), daemon=True).start()
+            threading.Thread(target=self._pump, args=(client, server, 0.0, None), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, self.delay, self.rewrite), daemon=True).start()
 
-    def _pump(self, source, target, delay):
+    def _pump(self, source, target, delay, rewrite):
         try:
             while True:
                 data = source.recv(65536)
                 if not data:
                     break
                 time.sleep(delay)
+                data = rewrite(data) if rewrite else data
                 while self.frozen.is_set() and not self.closed.is_set():
                     time.sleep(0.02)
                 if self.closed.is_set():
@@ -265,8 +281,8 @@ class Relay:
 def relay(prosody):
     relays = []
 
-    def make(delay=0.0):
-        relays.append(Relay(prosody.port, delay))
+    def make(delay=0.0, rewrite=None):
+        relays.append(Relay(prosody.port, delay, rewrite))
         return relays[-1]
 
     yield make
@@ -423,6 +439,16 @@ def test_use_tls_verifies_the_servers_certificate(prosody):
         messenger.before_send()
 
 
+def test_use_tls_refuses_to_log_in_when_starttls_was_stripped(prosody, relay):
+    # A man in the middle removes STARTTLS from the server's stream features (a downgrade).
+    front = relay(rewrite=lambda data: re.sub(rb'<starttls xmlns=.urn:ietf:params:xml:ns:xmpp-tls.(/>|>.*?</starttls>)',
+                                              b'', data))
+    with pytest.raises(MessengerWarmupException) as caught:
+        make_messenger(prosody, port=front.port).before_send()
+    assert str(caught.value) == (f'XMPP Error: 127.0.0.1:{front.port} does not offer STARTTLS, but use_tls is set; '
+                                 'refusing to log in in plain text')
+
+
 @pytest.mark.parametrize('options, encrypted', [
     ({}, True),  # STARTTLS (use_tls=True, the default)
     ({'use_ssl': True}, True),  # direct TLS
@@ -439,6 +465,14 @@ def test_stream_is_encrypted_as_configured_and_delivers(prosody, peers, options,
     finally:
         messenger.after_send()
     assert peers.texts() == [f'over {options or "starttls"}']
+
+
+def test_jabber_shortcut_schedules_for_this_messenger(messenger, peers):
+    schedule_jabber_message('Via the shortcut', [ALICE, f'dave@{DOMAIN}'])
+    send_scheduled_messages()
+    assert statuses() == [SENT, SENT]
+    assert sorted((item.to, item.text) for item in peers.received()) == [
+        (ALICE, 'Via the shortcut'), (f'dave@{DOMAIN}', 'Via the shortcut')]
 
 
 def test_invalid_jid_fails_naming_it_and_others_are_sent(messenger, peers):
@@ -541,6 +575,6 @@ def test_invalid_sender_jid_is_a_configuration_error():
 
 def test_missing_slixmpp_names_the_pip_extra():
     # A None entry in sys.modules is how Python marks a module that cannot be imported.
-    with mock.patch.dict(sys.modules, {'slixmpp': None}):
-        with pytest.raises(SiteMessageConfigurationError, match=r'pip install "django-sitemessage\[xmpp\]"'):
-            XMPPSleekMessenger('bot@example.com', 'pw')
+    with mock.patch.dict(sys.modules, {'slixmpp': None}), \
+            pytest.raises(SiteMessageConfigurationError, match=r'pip install "django-sitemessage\[xmpp\]"'):
+        XMPPSleekMessenger('bot@example.com', 'pw')
