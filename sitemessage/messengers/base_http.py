@@ -125,17 +125,28 @@ class RequestsMessengerBase(MessengerBase):
     def send(self, message_cls, message_model, dispatch_models) -> None:
         """Send each dispatch; permanent errors fail it, temporary ones are retried later."""
         for dispatch in dispatch_models:
-            try:
-                self._send_message(self._build_message(dispatch.message_cache, to=dispatch.address),
-                                   to=dispatch.address)
-            except PermanentDeliveryError as error:
-                self.mark_failed(dispatch, error)
-            except TemporaryDeliveryError as error:
-                self.mark_error(dispatch, error, message_cls, retry_after=error.retry_after)
-            except MessengerException as error:
-                self.mark_error(dispatch, MessengerException(self.redact(str(error))), message_cls)
-            else:
-                self.mark_sent(dispatch)
+            self.deliver(dispatch, message_cls)
+
+    def deliver(self, dispatch, message_cls, call: Optional[Callable[[], Any]] = None) -> None:
+        """Make the delivery ``call`` for one dispatch (by default ``_send_message``) and mark it.
+
+        A permanent error fails the dispatch, a temporary one is retried (after the service's
+        ``retry_after`` when given), any other messenger error is retried with its text redacted.
+        """
+        if call is None:
+            def call():
+                return self._send_message(self._build_message(dispatch.message_cache, to=dispatch.address),
+                                          to=dispatch.address)
+        try:
+            call()
+        except PermanentDeliveryError as error:
+            self.mark_failed(dispatch, error)
+        except TemporaryDeliveryError as error:
+            self.mark_error(dispatch, error, message_cls, retry_after=error.retry_after)
+        except MessengerException as error:
+            self.mark_error(dispatch, MessengerException(self.redact(str(error))), message_cls)
+        else:
+            self.mark_sent(dispatch)
 
 
 def parse_retry_after(value: Any) -> Optional[float]:

@@ -316,17 +316,7 @@ class TelegramMessenger(RequestsMessengerBase):
             if not dispatch.address:
                 self.mark_failed(dispatch, MessengerException('Telegram: the recipient has no chat id'))
                 continue
-            try:
-                self._send_message(self._build_message(dispatch.message_cache, to=dispatch.address),
-                                   to=dispatch.address)
-            except PermanentDeliveryError as error:
-                self.mark_failed(dispatch, error)
-            except TemporaryDeliveryError as error:
-                self.mark_error(dispatch, error, message_cls, retry_after=error.retry_after)
-            except MessengerException as error:
-                self.mark_error(dispatch, MessengerException(self.redact(str(error))), message_cls)
-            else:
-                self.mark_sent(dispatch)
+            self.deliver(dispatch, message_cls)
 
     # Updates --------------------------------------------------------------------------------------
 

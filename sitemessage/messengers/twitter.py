@@ -234,19 +234,14 @@ class TwitterMessenger(RequestsMessengerBase):
                 # Posting it untargeted would publish a message meant for one person.
                 self.mark_failed(dispatch, f'{self.title}: the recipient user has no `{self.address_attr}` handle.')
                 continue
-            try:
-                self._send_message(self._build_message(dispatch.address, dispatch.message_cache))
-            except AccountWideError as error:
-                self._run.stopped = error
-                self.mark_error(dispatch, error, message_cls, retry_after=error.retry_after)
-            except PermanentDeliveryError as error:
-                self.mark_failed(dispatch, error)
-            except TemporaryDeliveryError as error:
-                self.mark_error(dispatch, error, message_cls, retry_after=error.retry_after)
-            except MessengerException as error:
-                self.mark_error(dispatch, MessengerException(self.redact(str(error))), message_cls)
-            else:
-                self.mark_sent(dispatch)
+            self.deliver(dispatch, message_cls, call=lambda dispatch=dispatch: self._post(dispatch))
+
+    def _post(self, dispatch) -> Any:
+        try:
+            return self._send_message(self._build_message(dispatch.address, dispatch.message_cache))
+        except AccountWideError as error:
+            self._run.stopped = error  # the rest of this run waits as well
+            raise
 
 
 def rate_limit_wait(headers) -> Optional[float]:
