@@ -28,7 +28,7 @@ EXTRAS = {
     'vkontakte': ['requests'],
     'celery': ['celery[redis]'],
     'test': ['pytest', 'pytest-django', 'aiosmtpd', 'psycopg[binary]', 'requests', 'requests-oauthlib',
-             'slixmpp', 'celery[redis]', 'playwright'],
+             'slixmpp', 'celery[redis]', 'playwright', 'pymysql'],
     'docs': ['sphinx'],
 }
 

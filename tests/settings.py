@@ -50,7 +50,9 @@ if _DB == 'postgres':
         'NAME': 'sitemessage',
         'TEST': {'NAME': 'test_sitemessage'},
     }}
-elif _DB == 'mysql':
+elif _DB == 'mysql':  # MySQL or MariaDB, through PyMySQL (pure Python: nothing to compile)
+    import pymysql
+    pymysql.install_as_MySQLdb()
     DATABASES = {'default': {
         'ENGINE': 'django.db.backends.mysql',
         'HOST': os.environ.get('SITEMESSAGE_MYSQL_HOST', '127.0.0.1'),

@@ -191,7 +191,7 @@ def test_cleanup_deletes_one_bounded_batch_at_a_time():
     with CaptureQueriesContext(connection) as context:
         assert cleanup_sent_messages() == 5
 
-    deletes = [q['sql'] for q in context.captured_queries if q['sql'].startswith('DELETE FROM "sitemessage_dispatch" ')]
+    deletes = [q['sql'] for q in context.captured_queries if q['sql'].replace('`', '"').startswith('DELETE FROM "sitemessage_dispatch" ')]
     assert len(deletes) == 3  # batches of 2, 2 and 1
     assert not Dispatch.objects.exists() and not Message.objects.exists()
 

@@ -562,8 +562,8 @@ def test_group_by_messengers_groups_by_alias_then_message_keeping_order():
 
 # Real concurrency ------------------------------------------------------------------------------
 
-@pytest.mark.skipif(os.environ.get('SITEMESSAGE_TEST_DB') != 'postgres',
-                    reason='needs row locks of a real server: run with SITEMESSAGE_TEST_DB=postgres')
+@pytest.mark.skipif(os.environ.get('SITEMESSAGE_TEST_DB') not in ('postgres', 'mysql'),
+                    reason='needs row locks of a real server: run with SITEMESSAGE_TEST_DB=postgres or mysql')
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_workers_never_claim_the_same_dispatch():
     message = Message.objects.create(cls='plain', context={'stext_': 'x'}, dispatches_ready=True)
