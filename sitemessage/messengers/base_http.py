@@ -9,8 +9,10 @@ Subclasses refine it from the service's own error payload in :meth:`check_respon
 """
 from __future__ import annotations
 
+import logging
 import threading
-from typing import Any, Callable, Dict, Iterable, Optional, Union
+from typing import Any, Callable, Dict, Iterable, Optional, Set, Union
+from urllib.parse import quote
 
 from ..exceptions import MessengerException, PermanentDeliveryError, TemporaryDeliveryError
 from ..settings import get_setting
@@ -18,6 +20,43 @@ from ..utils import import_optional
 from .base import MessengerBase
 
 TypeProxy = Union[Dict[str, str], Callable[[], Dict[str, str]], None]
+
+# Loggers that write request URLs or headers (and so tokens) at DEBUG level.
+_LEAKY_LOGGERS = ('urllib3.connectionpool', 'requests_oauthlib.oauth1_auth', 'oauthlib.oauth1.rfc5849')
+
+
+class _RedactSecrets(logging.Filter):
+    """Scrub registered secrets from third-party debug log records."""
+
+    def __init__(self):
+        super().__init__()
+        self.secrets: Set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            text = record.getMessage()
+            redacted = text
+            for secret in list(self.secrets):
+                redacted = redacted.replace(secret, '***')
+            if redacted != text:
+                record.msg, record.args = redacted, ()
+        return True
+
+
+_LOG_FILTER = _RedactSecrets()
+_LOG_FILTER_LOCK = threading.Lock()
+
+
+def protect_secrets_in_logs(secrets: Iterable[str]) -> None:
+    """Make sure ``secrets`` (as they are and URL-encoded) never reach urllib3/oauthlib logs."""
+    with _LOG_FILTER_LOCK:
+        for secret in secrets:
+            if secret:
+                _LOG_FILTER.secrets.update({str(secret), quote(str(secret), safe='')})
+        for name in _LEAKY_LOGGERS:
+            logger = logging.getLogger(name)
+            if _LOG_FILTER not in logger.filters:
+                logger.addFilter(_LOG_FILTER)
 
 
 class RequestsMessengerBase(MessengerBase):
@@ -58,6 +97,7 @@ class RequestsMessengerBase(MessengerBase):
             sessions = self.__dict__.setdefault('_sessions', threading.local())
         session = getattr(sessions, 'session', None)
         if session is None:
+            protect_secrets_in_logs(self.get_secrets())
             session = sessions.session = self.lib.Session()
             from .. import VERSION
             session.headers['User-Agent'] = f'django-sitemessage/{".".join(map(str, VERSION))}'

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 import time
 from typing import Any, Dict, List, Optional, Union
 
@@ -108,36 +107,6 @@ def _boundary(window: str) -> int:
     return len(window)
 
 
-class _RedactTokens(logging.Filter):
-    """Scrub bot tokens from ``urllib3`` debug records, which show request paths."""
-
-    def __init__(self):
-        super().__init__()
-        self.tokens: 'set[str]' = set()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self.tokens:
-            text = record.getMessage()
-            redacted = text
-            for token in list(self.tokens):
-                redacted = redacted.replace(token, '***')
-            if redacted != text:
-                record.msg, record.args = redacted, ()
-        return True
-
-
-_TOKEN_FILTER = _RedactTokens()
-_TOKEN_FILTER_LOCK = threading.Lock()
-
-
-def _protect_token_in_logs(token: str) -> None:
-    with _TOKEN_FILTER_LOCK:
-        _TOKEN_FILTER.tokens.add(token)
-        logger = logging.getLogger('urllib3.connectionpool')
-        if _TOKEN_FILTER not in logger.filters:
-            logger.addFilter(_TOKEN_FILTER)
-
-
 class TelegramMessenger(RequestsMessengerBase):
     """Send messages to Telegram chats (``'12345678'``) and channels (``'@mychannel'``) as a bot.
 
@@ -174,8 +143,6 @@ class TelegramMessenger(RequestsMessengerBase):
         self.disable_notification = disable_notification
         self.message_thread_id = message_thread_id
         self.link_preview = link_preview
-        if auth_token:
-            _protect_token_in_logs(str(auth_token))
 
     def get_secrets(self):
         return (self.auth_token,)

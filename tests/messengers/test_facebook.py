@@ -400,3 +400,19 @@ def test_probe_command_reports_an_expired_token(fb, graph):
 
 def test_facebook_errors_are_messenger_errors():
     assert issubclass(FacebookMessengerException, MessengerException)
+
+
+def test_the_page_token_is_scrubbed_from_urllib3_debug_logs(api_server, caplog):
+    """The warm-up GET carries the token in its query string, which urllib3 logs at DEBUG level."""
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger='urllib3')
+    secret = 'PAGE-TOKEN/with+odd|chars'
+    messenger = FacebookMessenger(secret, api_url=api_server.url)
+    api_server.routes[('GET', f'/{messenger.graph_version}/me')] = Reply(200, {'id': '1', 'name': 'Page'})
+
+    messenger.before_send()
+
+    logged = [record.getMessage() for record in caplog.records if record.name.startswith('urllib3')]
+    assert any('/me?' in line for line in logged)
+    assert not any(secret in line or 'PAGE-TOKEN%2Fwith' in line for line in logged)
