@@ -612,3 +612,51 @@ def test_default_backoff_delays_a_retry_by_15_to_30_seconds(fake_messenger, sett
     assert dispatch.dispatch_status == Dispatch.DISPATCH_STATUS_ERROR
     assert before + timedelta(seconds=15) <= dispatch.next_attempt_at <= timezone.now() + timedelta(seconds=30)
     assert send_scheduled_messages().sent == 0  # not due yet
+
+
+class _FlakyWarmUpMessenger(FakeMessenger):
+    """Several connections; the first ``broken`` warm-ups fail (e.g. the server's connection limit)."""
+
+    alias = 'flaky_warm_up'
+
+    def __init__(self, broken):
+        super().__init__()
+        self.parallel_connections = 3
+        self.broken = broken
+        self.lock = threading.Lock()
+
+    def before_send(self):
+        with self.lock:
+            self.broken -= 1
+            if self.broken >= 0:
+                raise RuntimeError('too many connections')
+
+    def after_send(self):
+        pass
+
+
+def test_parallel_connections_that_fail_to_warm_up_leave_work_to_the_others():
+    messenger = _FlakyWarmUpMessenger(broken=1)
+    register_messenger_objects(messenger)
+    schedule_messages([f'text {n}' for n in range(12)], recipients('flaky_warm_up', ['a', 'b']))
+
+    send_scheduled_messages()
+
+    statuses = list(Dispatch.objects.values_list('dispatch_status', flat=True))
+    errors = statuses.count(Dispatch.DISPATCH_STATUS_ERROR)
+    assert statuses.count(Dispatch.DISPATCH_STATUS_SENT) + errors == 24
+    assert errors <= 2  # only the chunk the failing connection had pulled
+    assert sorted(messenger.delivered) == sorted({d for d in messenger.delivered})
+
+
+def test_parallel_connections_all_failing_to_warm_up_record_the_reason_on_every_dispatch():
+    messenger = _FlakyWarmUpMessenger(broken=100)
+    register_messenger_objects(messenger)
+    schedule_messages([f'text {n}' for n in range(12)], recipients('flaky_warm_up', ['a', 'b']))
+
+    send_scheduled_messages()
+
+    assert set(Dispatch.objects.values_list('dispatch_status', flat=True)) == {Dispatch.DISPATCH_STATUS_ERROR}
+    logs = list(DispatchError.objects.values_list('error_log', flat=True))
+    assert len(logs) == 24
+    assert all('warm-up failed' in log and 'too many connections' in log for log in logs)

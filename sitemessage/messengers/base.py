@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import math
+import queue
 import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -199,30 +201,68 @@ class MessengerBase:
         return configured
 
     def _send_work(self, work: List[Tuple[Any, Message, List[Dispatch]]]) -> None:
-        shares = split_work(work, self.get_parallel_connections())
-        if len(shares) == 1:
-            self._send_share(shares[0])
+        total = sum(len(group) for _cls, _message, group in work)
+        parallel = min(self.get_parallel_connections(), total)
+        if parallel <= 1:
+            self._send_share(work)
             return
-        # Each share runs on its own thread with its own connection (see SMTPMessenger); the
-        # threads never touch the database: outcomes stay on the dispatches until stored.
-        with ThreadPoolExecutor(max_workers=len(shares), thread_name_prefix=f'sitemessage-{self.get_alias()}') as pool:
-            futures = [pool.submit(contextvars.copy_context().run, self._send_share_in_thread, share)
-                       for share in shares]
+        # Connections pull small chunks from one queue, so a slow one never holds up the others.
+        # Each runs on its own thread with its own connection (see SMTPMessenger); the threads
+        # never touch the database: outcomes stay on the dispatches until stored.
+        units: 'queue.SimpleQueue' = queue.SimpleQueue()
+        for unit in chunk_work(work, parallel):
+            units.put(unit)
+        with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix=f'sitemessage-{self.get_alias()}') as pool:
+            futures = [pool.submit(contextvars.copy_context().run, self._pull_and_send, units)
+                       for _ in range(parallel)]
             for future in futures:
                 future.result()
+        self._fail_leftovers(units, work)
 
-    def _send_share_in_thread(self, share) -> None:
+    def _pull_and_send(self, units: 'queue.SimpleQueue') -> None:
         try:
-            self._send_share(share)
+            unit = _next_unit(units)
+            if unit is None:
+                return
+            if not self._warm_up(unit[2]):
+                self._fail_warm_up([unit])
+                return  # the remaining units go to connections that did warm up
+            delivered = []
+            try:
+                while unit is not None:
+                    delivered.extend(unit[2])
+                    self._deliver_message(*unit)
+                    unit = _next_unit(units)
+            finally:
+                self._cool_down(delivered)
         finally:
             connections.close_all()  # only this thread's connections, if any was opened
+
+    def _fail_leftovers(self, units: 'queue.SimpleQueue', work) -> None:
+        """Units no connection could take (every warm-up failed) are errors, with the reason."""
+        leftovers = []
+        unit = _next_unit(units)
+        while unit is not None:
+            leftovers.append(unit)
+            unit = _next_unit(units)
+        if leftovers:
+            reasons = [d.warm_up_error for _cls, _message, group in work for d in group
+                       if getattr(d, 'warm_up_error', None) is not None]
+            for _cls, _message, group in leftovers:
+                for dispatch in group:
+                    dispatch.warm_up_error = reasons[0] if reasons else None
+            self._fail_warm_up(leftovers)
+
+    def _fail_warm_up(self, share) -> None:
+        dispatches = [dispatch for _cls, _message, group in share for dispatch in group]
+        for message_cls, _message, group in share:
+            for dispatch in group:
+                self.mark_error(dispatch, warm_up_failure(dispatches), message_cls)
 
     def _send_share(self, share) -> None:
         dispatches = [dispatch for _cls, _message, group in share for dispatch in group]
         if not self._warm_up(dispatches):
-            for message_cls, _message, group in share:
-                for dispatch in group:
-                    self.mark_error(dispatch, warm_up_failure(dispatches), message_cls)
+            self._fail_warm_up(share)
             return
         try:
             for message_cls, message, group in share:
@@ -320,21 +360,20 @@ class MessengerBase:
                 self.after_send()
 
 
-def split_work(work: list, shares: int) -> list:
-    """Deal the dispatches of ``(message_cls, message, dispatches)`` items into ``shares`` lists."""
-    total = sum(len(group) for _cls, _message, group in work)
-    shares = max(min(shares, total), 1)
-    if shares == 1:
-        return [work]
-    dealt = [[] for _ in range(shares)]
-    dealt_so_far = 0  # deal on across messages: many one-dispatch messages must not all land in share 0
+def chunk_work(work: list, connections_count: int) -> list:
+    """Cut each message's dispatches into chunks, about four per connection, for connections to pull."""
+    units = []
     for message_cls, message, group in work:
-        for index in range(shares):
-            part = group[(index - dealt_so_far) % shares::shares]
-            if part:
-                dealt[index].append((message_cls, message, part))
-        dealt_so_far += len(group)
-    return [share for share in dealt if share]
+        size = max(math.ceil(len(group) / (connections_count * 4)), 1)
+        units.extend((message_cls, message, group[start:start + size]) for start in range(0, len(group), size))
+    return units
+
+
+def _next_unit(units: 'queue.SimpleQueue'):
+    try:
+        return units.get_nowait()
+    except queue.Empty:
+        return None
 
 
 def warm_up_failure(dispatches: List[Dispatch]) -> str:

@@ -6,6 +6,7 @@ Each message carries ``Date``, ``Message-ID``, ``From``, ``To`` and ``Subject``;
 """
 from __future__ import annotations
 
+import re
 import smtplib
 import ssl
 import threading
@@ -25,8 +26,24 @@ from ..exceptions import MessengerException, MessengerWarmupException, Permanent
 from ..plaintext import html_to_text
 from .base import MessengerBase
 
-# RFC 5322 allows 998 characters a line: long List-Unsubscribe URLs stay unfolded and unencoded.
-_POLICY = policy.compat32.clone(max_line_length=998, linesep='\r\n')
+_PLAIN_ADDRESS = re.compile(r'[^@\s<>"(),;:]+@[^@\s<>"(),;:]+\Z')
+
+
+class _Policy(policy.Compat32):
+    """compat32 that writes short ASCII headers as they are, without the costly folding machinery.
+
+    RFC 5322 allows 998 characters a line, so long List-Unsubscribe URLs stay unfolded. Encoded
+    (``Header``) values and anything unusual go through compat32's own folding.
+    """
+
+    def _fold(self, name, value, sanitize):
+        if isinstance(value, str) and value.isascii() and '\n' not in value and '\r' not in value \
+                and len(name) + len(value) + 2 <= self.max_line_length:
+            return f'{name}: {value}{self.linesep}'
+        return super()._fold(name, value, sanitize)
+
+
+_POLICY = _Policy(max_line_length=998, linesep='\r\n')
 
 
 class _ConnectionState(threading.local):
@@ -163,6 +180,7 @@ class SMTPMessenger(MessengerBase):
         else:
             msg = _text_part(text, 'plain')
         sender_header, _sender_address, sender_domain = _sender_parts(self.from_email)
+        msg.envelope_recipient = parseaddr(to)[1] if '<' in to else to  # spares re-parsing To later
         msg['From'] = sender_header
         msg['To'] = to if to.isascii() else _encode_address(to)
         subject = str(subject or _('No Subject'))
@@ -175,8 +193,8 @@ class SMTPMessenger(MessengerBase):
         return msg
 
     def _send_message(self, msg: Message) -> dict:
-        return self.smtp.sendmail(_sender_parts(self.from_email)[1], [parseaddr(str(msg['To']))[1]],
-                                  msg.as_bytes(policy=_POLICY))
+        recipient = getattr(msg, 'envelope_recipient', None) or parseaddr(str(msg['To']))[1]
+        return self.smtp.sendmail(_sender_parts(self.from_email)[1], [recipient], msg.as_bytes(policy=_POLICY))
 
     def _test_message(self, to: str, text: str) -> dict:
         return self._send_message(self._build_message(to, text, mtype='html'))
@@ -245,6 +263,8 @@ def address_problem(address: str) -> str:
     """Return why ``address`` cannot receive e-mail, or ''."""
     if not address:
         return 'The recipient has no e-mail address'
+    if _PLAIN_ADDRESS.match(address):
+        return ''  # the common case, without the cost of the full parser
     if any(char in address for char in '\r\n') or '@' not in parseaddr(address)[1]:
         return f'`{address}` is not a valid e-mail address'
     return ''
