@@ -9,8 +9,8 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from .models import Dispatch, Message
-from .settings import get_positive_int_setting
-from .utils import get_registered_message_types, get_site_url, register_message_types
+from .settings import get_positive_int_setting, get_setting
+from .utils import get_registered_message_types, get_site_url, recipients, register_message_types
 
 ALERT_PRIORITY = 999
 
@@ -41,9 +41,12 @@ def cleanup_sent_messages(ago: Optional[int] = None, dispatches_only: bool = Fal
 
 
 def check_undelivered(to: Union[str, List[str], None] = None) -> int:
-    """Count failed dispatches; if any, e-mail ``to`` (default: ``ADMINS``) about them. Return the count."""
-    from .shortcuts import schedule_email
-    from .sending import send_scheduled_messages
+    """Count failed dispatches; if any, e-mail ``to`` (default: ``ADMINS``) about them. Return the count.
+
+    Only the alert itself is sent right away (1.4.0 sent every queued message of priority 999).
+    """
+    from .sending import SendReport, deliver_batch
+    from .toolbox import schedule_messages
 
     failed_count = Dispatch.objects.filter(dispatch_status=Dispatch.DISPATCH_STATUS_FAILED).count()
     if failed_count:
@@ -52,11 +55,17 @@ def check_undelivered(to: Union[str, List[str], None] = None) -> int:
             if admins:
                 to = [admin[1] for admin in admins]
         if to:
+            from .messages.email import EmailTextMessage
             if 'email_plain' not in get_registered_message_types():
-                from .messages.email import EmailTextMessage
                 register_message_types(EmailTextMessage)
             text = _('You have %(count)s undelivered dispatch(es) at %(url)s') % {
                 'count': failed_count, 'url': get_site_url()}
-            schedule_email(text, subject=_('[SITEMESSAGE] Undelivered dispatches'), to=to, priority=ALERT_PRIORITY)
-            send_scheduled_messages(priority=ALERT_PRIORITY)
+            alert = EmailTextMessage(_('[SITEMESSAGE] Undelivered dispatches'), text)
+            (message, _dispatches), = schedule_messages(
+                alert, recipients(get_setting('SHORTCUT_EMAIL_MESSENGER_TYPE'), to), priority=ALERT_PRIORITY)
+            batch = Dispatch.objects.filter(message=message).claim(
+                get_positive_int_setting('SEND_BATCH_SIZE'), get_positive_int_setting('SEND_LEASE_SECONDS'))
+            error = deliver_batch(batch, SendReport(), False, False)
+            if error is not None:
+                raise error
     return failed_count

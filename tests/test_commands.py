@@ -14,6 +14,7 @@ from django.core.management import CommandError, call_command
 from django.test.utils import override_settings
 from django.utils import timezone
 
+from sitemessage.messages.email import EmailTextMessage
 from sitemessage.models import Dispatch, Message
 from sitemessage.toolbox import Recipient, recipients, schedule_messages
 
@@ -243,3 +244,17 @@ def test_failing_commands_exit_non_zero():
     failure = _django('sitemessage_probe', 'ghost')
     assert failure.returncode == 1
     assert 'Error on probe: `ghost` messenger is not registered' in failure.stderr
+
+
+def test_check_undelivered_sends_only_its_own_alert(smtp_server, smtp_messenger, settings):
+    from sitemessage.maintenance import check_undelivered
+    settings.ADMINS = [('Ops', 'ops@example.com')]
+    failed = schedule_messages(EmailTextMessage('broken', 'x'), recipients('smtp', 'gone@example.com'))[0]
+    Dispatch.objects.filter(message=failed.message).update(dispatch_status=Dispatch.DISPATCH_STATUS_FAILED)
+    other = schedule_messages(EmailTextMessage('someone else', 'y'), recipients('smtp', 'later@example.com'),
+                              priority=999)[0]
+
+    assert check_undelivered() == 1
+
+    assert [env.rcpt_tos for env in smtp_server.handler.envelopes] == [['ops@example.com']]
+    assert Dispatch.objects.get(message=other.message).dispatch_status == Dispatch.DISPATCH_STATUS_PENDING
