@@ -9,21 +9,15 @@ import pytest
 
 from sitemessage import utils
 from tests.fakes import free_port
+from tests.smtp_handlers import RefusingHandler
 
 
-class Mailbox:
+class Mailbox(RefusingHandler):
     """aiosmtpd handler keeping every accepted envelope; some recipients can be refused."""
 
     def __init__(self):
+        super().__init__()
         self.envelopes = []
-        self.refuse = {}  # address -> SMTP reply, e.g. '550 No such user'
-
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
-        reply = self.refuse.get(address)
-        if reply:
-            return reply
-        envelope.rcpt_tos.append(address)
-        return '250 OK'
 
     async def handle_DATA(self, server, session, envelope):
         self.envelopes.append(envelope)

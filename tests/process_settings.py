@@ -25,14 +25,8 @@ ROOT_URLCONF = 'sitemessage.urls'
 SITEMESSAGE_SITE_URL = 'https://process.example.com'
 
 if os.environ.get('SITEMESSAGE_PROCESS_PG'):
-    DATABASES = {'default': {
-        'ENGINE': 'django.db.backends.postgresql',
-        'HOST': os.environ.get('SITEMESSAGE_PG_HOST', '127.0.0.1'),
-        'PORT': os.environ.get('SITEMESSAGE_PG_PORT', '5432'),
-        'USER': os.environ.get('SITEMESSAGE_PG_USER', 'postgres'),
-        'PASSWORD': os.environ.get('SITEMESSAGE_PG_PASSWORD', ''),
-        'NAME': os.environ['SITEMESSAGE_PROCESS_PG'],
-    }}
+    from tests.settings import postgres_database
+    DATABASES = {'default': postgres_database(os.environ['SITEMESSAGE_PROCESS_PG'])}
 elif os.environ.get('SITEMESSAGE_PROCESS_SQLITE'):
     # SQLite has one writer at a time: the others wait for the lock up to `timeout` seconds.
     DATABASES = {'default': {'ENGINE': 'django.db.backends.sqlite3', 'NAME': os.environ['SITEMESSAGE_PROCESS_SQLITE'],

@@ -30,6 +30,8 @@ from typing import Dict, List, Optional, Tuple
 
 import pytest
 
+from tests.smtp_handlers import RefusingHandler
+
 REPO = Path(__file__).resolve().parent.parent
 PROCESS_SETTINGS = 'tests.process_settings'
 ON_POSTGRES = os.environ.get('SITEMESSAGE_TEST_DB', 'sqlite') == 'postgres'
@@ -43,7 +45,7 @@ def address(prefix: str, index: int) -> str:
 
 # The slow SMTP sink -------------------------------------------------------------------------------
 
-class SlowSink:
+class SlowSink(RefusingHandler):
     """aiosmtpd handler answering each DATA after ``delay`` seconds; records ``(time.time(), rcpt)``.
 
     ``refuse`` maps an address to the reply to its RCPT (``'550 ...'``, ``'451 ...'``).
@@ -52,20 +54,13 @@ class SlowSink:
     """
 
     def __init__(self, delay: float = 0.0):
+        super().__init__()
         self.delay = delay
-        self.refuse: Dict[str, str] = {}
         self.received: List[Tuple[float, str]] = []
         self.hold_at: Optional[int] = None
         self.holding = threading.Event()
         self._released = threading.Event()
         self._data_count = 0
-
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
-        reply = self.refuse.get(address)
-        if reply:
-            return reply
-        envelope.rcpt_tos.append(address)
-        return '250 OK'
 
     async def handle_DATA(self, server, session, envelope):
         now = time.time()

@@ -39,17 +39,21 @@ TEMPLATES = [{
     ]},
 }]
 
-_DB = os.environ.get('SITEMESSAGE_TEST_DB', 'sqlite')
-if _DB == 'postgres':
-    DATABASES = {'default': {
+def postgres_database(name: str) -> dict:
+    """PostgreSQL at SITEMESSAGE_PG_HOST/PORT/USER/PASSWORD (default 127.0.0.1:5432, postgres)."""
+    return {
         'ENGINE': 'django.db.backends.postgresql',
         'HOST': os.environ.get('SITEMESSAGE_PG_HOST', '127.0.0.1'),
         'PORT': os.environ.get('SITEMESSAGE_PG_PORT', '5432'),
         'USER': os.environ.get('SITEMESSAGE_PG_USER', 'postgres'),
         'PASSWORD': os.environ.get('SITEMESSAGE_PG_PASSWORD', ''),
-        'NAME': 'sitemessage',
-        'TEST': {'NAME': 'test_sitemessage'},
-    }}
+        'NAME': name,
+    }
+
+
+_DB = os.environ.get('SITEMESSAGE_TEST_DB', 'sqlite')
+if _DB == 'postgres':
+    DATABASES = {'default': {**postgres_database('sitemessage'), 'TEST': {'NAME': 'test_sitemessage'}}}
 elif _DB == 'mysql':  # MySQL or MariaDB, through PyMySQL (pure Python: nothing to compile)
     import pymysql
     pymysql.install_as_MySQLdb()

@@ -5,7 +5,8 @@ tokens and secrets never reach ``DispatchError`` texts, logs or exceptions.
 
 Error mapping: connection errors, timeouts, HTTP 408, 429 and 5xx are temporary (retried,
 honouring ``Retry-After``); any other 4xx is permanent (the dispatch fails at once).
-Subclasses refine it from the service's own error payload in :meth:`check_response`.
+Subclasses read the service's own error payload through :meth:`payload_error` and
+:meth:`map_payload_error`.
 """
 from __future__ import annotations
 
@@ -126,11 +127,22 @@ class RequestsMessengerBase(MessengerBase):
         return payload if payload is not None else response.text
 
     def check_response(self, response, payload: Any) -> None:
-        """Raise for an unsuccessful response; subclasses read the service's error payload."""
+        """Raise for an unsuccessful response: the service's own error payload first, then the status."""
+        error = self.payload_error(response, payload)
+        if error is not None:
+            raise self.map_payload_error(response, error)
         if response.status_code < 400:
             return
         self.raise_for_status(response.status_code, self.describe_error(response, payload),
                               retry_after=response.headers.get('Retry-After'))
+
+    def payload_error(self, response, payload: Any) -> Optional[dict]:
+        """Hook: return the error object the service put in its JSON reply (often with HTTP 200)."""
+        return None
+
+    def map_payload_error(self, response, error: dict) -> MessengerException:
+        """Hook: turn what :meth:`payload_error` found into a temporary or a permanent error."""
+        raise NotImplementedError(f'{type(self).__name__} must implement map_payload_error()')
 
     def describe_error(self, response, payload: Any) -> str:
         return (response.text or '')[:300]

@@ -109,17 +109,12 @@ class FacebookMessenger(RequestsMessengerBase):
                               data={field: text, 'access_token': self.access_token})
         return result.get('id') if isinstance(result, dict) else result
 
-    def check_response(self, response, payload: Any) -> None:
-        """Map Graph API errors (``{"error": {"code", "message", ...}}``) to temporary or permanent."""
+    def payload_error(self, response, payload: Any) -> Optional[dict]:
+        """Graph API errors come as ``{"error": {"code", "message", ...}}``."""
         error = payload.get('error') if isinstance(payload, dict) else None
-        if error is None:
-            super().check_response(response, payload)
-            return
-        if not isinstance(error, dict):
-            error = {'message': str(error)}
-        raise self._map_error(response, error)
+        return error if error is None or isinstance(error, dict) else {'message': str(error)}
 
-    def _map_error(self, response, error: Dict[str, Any]) -> FacebookMessengerException:
+    def map_payload_error(self, response, error: Dict[str, Any]) -> FacebookMessengerException:
         code, subcode = _int(error.get('code')), _int(error.get('error_subcode'))
         details = ', '.join(f'{label} {error[key]}' for key, label in (
             ('code', 'code'), ('error_subcode', 'subcode'), ('type', 'type'), ('fbtrace_id', 'fbtrace_id'))

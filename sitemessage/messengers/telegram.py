@@ -190,12 +190,13 @@ class TelegramMessenger(RequestsMessengerBase):
             raise self._error_from(payload, 200)
         return payload.get('result')
 
-    def check_response(self, response, payload: Any) -> None:
-        if response.status_code < 400 and not (isinstance(payload, dict) and payload.get('ok') is False):
-            return
-        if isinstance(payload, dict) and 'description' in payload:
-            raise self._error_from(payload, response.status_code, response.headers.get('Retry-After'))
-        super().check_response(response, payload)
+    def payload_error(self, response, payload: Any) -> Optional[dict]:
+        """A failed call answers ``{"ok": false, "error_code", "description", "parameters"}``."""
+        failed = response.status_code >= 400 or (isinstance(payload, dict) and payload.get('ok') is False)
+        return payload if failed and isinstance(payload, dict) and 'description' in payload else None
+
+    def map_payload_error(self, response, error: dict) -> TelegramMessengerException:
+        return self._error_from(error, response.status_code, response.headers.get('Retry-After'))
 
     def _error_from(self, payload: dict, status: int, header_retry_after: Any = None) -> TelegramMessengerException:
         code = payload.get('error_code') or status

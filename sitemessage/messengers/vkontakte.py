@@ -89,17 +89,12 @@ class VKontakteMessenger(RequestsMessengerBase):
         payload = self.request('POST', f'{self.api_url.rstrip("/")}/method/{method}', data=data)
         return payload.get('response') if isinstance(payload, dict) else payload
 
-    def check_response(self, response, payload: Any) -> None:
-        """Map ``{"error": {"error_code", "error_msg", "request_params"}}`` (sent with HTTP 200)."""
+    def payload_error(self, response, payload: Any) -> Optional[dict]:
+        """VK errors come as ``{"error": {"error_code", "error_msg", "request_params"}}``, with HTTP 200."""
         error = payload.get('error') if isinstance(payload, dict) else None
-        if error is None:
-            super().check_response(response, payload)
-            return
-        if not isinstance(error, dict):
-            error = {'error_msg': str(error)}
-        raise self._map_error(error)
+        return error if error is None or isinstance(error, dict) else {'error_msg': str(error)}
 
-    def _map_error(self, error: Dict[str, Any]) -> VKontakteMessengerException:
+    def map_payload_error(self, response, error: Dict[str, Any]) -> VKontakteMessengerException:
         # request_params is left out: VK echoes the call's parameters there, the token among them.
         code = _int(error.get('error_code'))
         description = f'error {code}: {error.get("error_msg") or "unknown error"}'
