@@ -8,11 +8,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Set
+from contextlib import ExitStack
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from django.utils import timezone
 
 from .exceptions import UnknownMessageTypeError, UnknownMessengerError
+from .messengers.base import MessengerBase
+from .messengers.session import DeliverySession
 from .models import Dispatch, Message
 from .settings import get_positive_int_setting
 from .utils import get_registered_message_type, get_registered_messenger_object
@@ -67,10 +70,13 @@ def send_scheduled_messages(priority=None, ignore_unknown_messengers: bool = Fal
                             should_stop: Optional[Callable[[], bool]] = None) -> SendReport:
     """Send every dispatch that is due, batch by batch, oldest first.
 
-    Dispatches attempted in this run are not taken again in the same run, so a failing one is
-    retried on a later run (after its backoff). An unknown messenger or message type raises
-    (unless ignored) after the current batch is stored; its dispatches stay in the queue.
-    ``should_stop`` is asked between batches (a worker's stop request).
+    Each messenger's connections stay open for the whole run. With several connections the
+    next batch is claimed while the connections still deliver the current one, so they never
+    sit idle between batches. Dispatches attempted in this run are not taken again in the
+    same run, so a failing one is retried on a later run (after its backoff). An unknown
+    messenger or message type raises (unless ignored) after the current batch is stored; its
+    dispatches stay in the queue. ``should_stop`` is asked between batches (a worker's stop
+    request).
     """
     priority = validate_priority(priority)
     batch_size = get_positive_int_setting('SEND_BATCH_SIZE')
@@ -78,18 +84,37 @@ def send_scheduled_messages(priority=None, ignore_unknown_messengers: bool = Fal
     report = SendReport()
     started = time.monotonic()
     run_started_at = timezone.now()
+
+    def claim() -> List[Dispatch]:
+        if should_stop and should_stop():
+            return []
+        return Dispatch.objects.claim(
+            batch_size, lease_seconds, priority=priority, attempted_before=run_started_at,
+            exclude_messengers=report.skipped_messengers, exclude_types=report.skipped_message_types)
+
     try:
-        while not (should_stop and should_stop()):
-            batch = Dispatch.objects.claim(
-                batch_size, lease_seconds, priority=priority, attempted_before=run_started_at,
-                exclude_messengers=report.skipped_messengers, exclude_types=report.skipped_message_types)
-            if not batch:
-                break
-            report.batches += 1
-            error = deliver_batch(batch, report, ignore_unknown_messengers, ignore_unknown_message_types)
-            report.count(batch)
-            if error is not None:
-                raise error
+        with DeliveryRun(report, ignore_unknown_messengers, ignore_unknown_message_types) as run:
+            # The run closes its sessions on the way out, storing whatever was handed over.
+            batch = claim()
+            delivery = run.start(batch) if batch else None
+            while delivery is not None:
+                report.batches += 1
+                next_batch, next_delivery = [], None
+                overlap = delivery.error is None and delivery.threaded
+                if overlap:
+                    # Hand over the next batch while the connections still have this one's last
+                    # units, so they never wait for the database between batches.
+                    run.wait_until_drained()
+                    next_batch = claim()
+                    next_delivery = run.start(next_batch) if next_batch else None
+                error = run.finish(delivery)
+                report.count(batch)
+                if error is not None:
+                    raise error
+                if not overlap:  # one connection: this thread sends, so claim only once it is done
+                    next_batch = claim()
+                    next_delivery = run.start(next_batch) if next_batch else None
+                batch, delivery = next_batch, next_delivery
     finally:
         report.seconds = time.monotonic() - started
     return report
@@ -97,35 +122,101 @@ def send_scheduled_messages(priority=None, ignore_unknown_messengers: bool = Fal
 
 def deliver_batch(batch: List[Dispatch], report: SendReport, ignore_unknown_messengers: bool,
                   ignore_unknown_message_types: bool):
-    """Deliver one claimed batch; return the first unknown-alias error not to be ignored."""
-    first_error = None
-    for alias, messages in Dispatch.group_by_messengers(batch).items():
-        try:
-            messenger = get_registered_messenger_object(alias)
-        except UnknownMessengerError as error:
-            Dispatch.objects.release([d for _message, group in messages.values() for d in group])
-            report.skipped_messengers.add(alias)
-            first_error = first_error or (None if ignore_unknown_messengers else error)
-            continue
-        try:
-            messenger.process_messages(messages, ignore_unknown_message_types=ignore_unknown_message_types)
-        except UnknownMessageTypeError as error:
-            first_error = first_error or error
-        report.skipped_message_types.update(_unknown_types(messages))
-        for message, _group in messages.values():
-            if message.cls in report.skipped_message_types:
-                LOGGER.warning('Message %s of unknown type `%s` left in the queue.', message.pk, message.cls)
-    return first_error
+    """Deliver one claimed batch and store its outcomes; return the first unknown-alias error not ignored."""
+    with DeliveryRun(report, ignore_unknown_messengers, ignore_unknown_message_types) as run:
+        return run.finish(run.start(batch))
 
 
-def _unknown_types(messages) -> Set[str]:
-    unknown = set()
+class _Delivery:
+    """A batch handed to the messengers: their shares, and the first error to raise once it is stored."""
+
+    def __init__(self):
+        self.shares: list = []  # (session, SubmittedBatch)
+        self.error: Optional[Exception] = None
+
+    @property
+    def threaded(self) -> bool:
+        """Whether connection threads deliver some of it (the caller may claim the next batch meanwhile)."""
+        return any(session.threaded for session, _share in self.shares)
+
+
+class DeliveryRun:
+    """The messengers' delivery sessions of one run, opened as each messenger is first needed."""
+
+    def __init__(self, report: SendReport, ignore_unknown_messengers: bool, ignore_unknown_message_types: bool):
+        self.report = report
+        self.ignore_unknown_messengers = ignore_unknown_messengers
+        self.ignore_unknown_message_types = ignore_unknown_message_types
+        self._sessions: Dict[str, DeliverySession] = {}
+        self._stack = ExitStack()
+
+    def __enter__(self) -> 'DeliveryRun':
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stack.close()  # stores whatever is still open, then disconnects
+
+    def start(self, batch: List[Dispatch]) -> _Delivery:
+        """Hand a claimed batch to its messengers: connection threads start on it, the rest waits for finish()."""
+        delivery = _Delivery()
+        for alias, messages in Dispatch.group_by_messengers(batch).items():
+            try:
+                messenger = get_registered_messenger_object(alias)
+            except UnknownMessengerError as error:
+                Dispatch.objects.release([d for _message, group in messages.values() for d in group])
+                self.report.skipped_messengers.add(alias)
+                delivery.error = delivery.error or (None if self.ignore_unknown_messengers else error)
+                continue
+            unknown, type_error = _unknown_types(messages)
+            self.report.skipped_message_types.update(unknown)  # before the next claim
+            if not self.ignore_unknown_message_types:
+                delivery.error = delivery.error or type_error
+            if type(messenger).process_messages is not MessengerBase.process_messages:
+                self._process_overridden(messenger, messages)  # a project's own loop: synchronous
+                continue
+            session = self._session(alias, messenger)
+            delivery.shares.append((session, session.submit(messages, self.ignore_unknown_message_types)))
+            for message, _group in messages.values():
+                if message.cls in unknown:
+                    LOGGER.warning('Message %s of unknown type `%s` left in the queue.', message.pk, message.cls)
+        return delivery
+
+    def wait_until_drained(self) -> None:
+        for session in self._sessions.values():
+            session.wait_until_drained()
+
+    def finish(self, delivery: _Delivery) -> Optional[Exception]:
+        """Wait for every share of the batch and store it; return the first error to raise."""
+        for session, share in delivery.shares:
+            try:
+                session.finish(share)
+            except UnknownMessageTypeError:
+                pass  # already in delivery.error
+        return delivery.error
+
+    def _session(self, alias: str, messenger) -> DeliverySession:
+        session = self._sessions.get(alias)
+        if session is None:
+            session = self._sessions[alias] = self._stack.enter_context(DeliverySession(messenger))
+        return session
+
+    def _process_overridden(self, messenger, messages) -> None:
+        try:
+            messenger.process_messages(messages, ignore_unknown_message_types=self.ignore_unknown_message_types)
+        except UnknownMessageTypeError:
+            pass  # already recorded by start()
+
+
+def _unknown_types(messages) -> Tuple[Set[str], Optional[UnknownMessageTypeError]]:
+    """Return the unregistered message types among ``messages`` and the error naming the first."""
+    unknown, first_error = set(), None
     for message, _group in messages.values():
         try:
             get_registered_message_type(message.cls)
-        except UnknownMessageTypeError:
+        except UnknownMessageTypeError as error:
             unknown.add(message.cls)
-    return unknown
+            first_error = first_error or error
+    return unknown, first_error
 
 
 def prepare_dispatches() -> List[Dispatch]:

@@ -601,3 +601,19 @@ def test_message_create_without_merge_hook_replaces_the_context():
 
     assert Message.objects.get().context == {'stext_': 'new'}
     assert [d.address for d in dispatches] == ['ann']
+
+
+def test_signed_links_from_the_cached_template_equal_reverse():
+    from django.urls import NoReverseMatch, reverse
+
+    from sitemessage.messages.base import reverse_signed_link
+
+    for message_id, dispatch_id, hashed in ((1, 2, 'abc'), (10, 987654321, 'f' * 40), (5, 5, '5')):
+        for name in ('sitemessage_unsubscribe', 'sitemessage_mark_read'):
+            assert reverse_signed_link(name, message_id, dispatch_id, hashed) == reverse(
+                name, args=[message_id, dispatch_id, hashed])
+    with override_settings(ROOT_URLCONF='tests.test_smtp'):  # a URLconf without sitemessage's views
+        with pytest.raises(NoReverseMatch):
+            reverse_signed_link('sitemessage_unsubscribe', 1, 2, 'abc')
+    assert reverse_signed_link('sitemessage_unsubscribe', 1, 2, 'abc') == reverse(
+        'sitemessage_unsubscribe', args=[1, 2, 'abc'])

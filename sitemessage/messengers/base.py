@@ -6,21 +6,16 @@ all outcomes of a batch with a few bulk queries.
 """
 from __future__ import annotations
 
-import contextvars
 import logging
-import math
-import queue
 import threading
 import weakref
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple, Type
 
 from django.contrib.auth.base_user import AbstractBaseUser
-from django.db import connections
 
 from .. import ratelimit
-from ..exceptions import MessengerException, SiteMessageConfigurationError, UnknownMessageTypeError
+from ..exceptions import MessengerException, SiteMessageConfigurationError
 from ..models import Dispatch, Message, MessageTuple
 from ..settings import get_setting
 from ..utils import Recipient, is_iterable
@@ -107,6 +102,16 @@ class MessengerBase:
         """Deliver ``dispatch_models`` (their compiled text is in ``message_cache``) and mark each."""
         raise NotImplementedError(f'{type(self).__name__} must implement send()')
 
+    def send_many(self, items: List[Tuple[Type['MessageBase'], Message, List[Dispatch]]]) -> None:
+        """Deliver several messages at once: ``items`` are ``(message type, message, dispatches)``.
+
+        The engine hands a connection its share this way. By default it calls :meth:`send` for
+        each message (a failure in one does not touch the others); override it to stream over
+        a connection, as ``SMTPMessenger`` pipelines e-mails. Not used when a rate limit applies.
+        """
+        for message_cls, message, dispatches in items:
+            self._send_guarded(message_cls, message, dispatches)
+
     def _test_message(self, to: str, text: str) -> Any:
         raise NotImplementedError(f'{type(self).__name__} must implement _test_message() to be probed')
 
@@ -162,32 +167,14 @@ class MessengerBase:
 
         Whatever fails, each dispatch ends sent, in error (to retry), failed, or back in the
         queue untouched. ``UnknownMessageTypeError`` reaches the caller (after the other
-        messages are delivered) unless ``ignore_unknown_message_types`` is set.
+        messages are delivered) unless ``ignore_unknown_message_types`` is set. The delivery
+        loop itself keeps one :class:`~sitemessage.messengers.session.DeliverySession` open for
+        a whole run instead, so connections stay open from batch to batch.
         """
-        tuples = list(messages.values())
-        dispatches = [dispatch for _message, group in tuples for dispatch in group]
-        unknown_type_error = None
-        untouched: List[Dispatch] = []
-        with self._lock():
-            try:
-                work = []
-                for message, group in tuples:
-                    try:
-                        message_cls = message.get_type()
-                    except UnknownMessageTypeError as error:
-                        untouched.extend(group)
-                        if not ignore_unknown_message_types:
-                            unknown_type_error = unknown_type_error or error
-                        continue
-                    compiled = self._compile(message_cls, message, group)
-                    if compiled:
-                        work.append((message_cls, message, compiled))
-                if work:
-                    self._send_work(work)
-            finally:
-                self._store(dispatches, untouched)
-        if unknown_type_error is not None:
-            raise unknown_type_error
+        from .session import DeliverySession
+
+        with DeliverySession(self) as session:
+            session.finish(session.submit(messages, ignore_unknown_message_types))
 
     def get_parallel_connections(self) -> int:
         """How many connections deliver a batch at once: the constructor's, the setting's, or 1."""
@@ -200,97 +187,13 @@ class MessengerBase:
                 f'got {configured!r}.')
         return configured
 
-    def _send_work(self, work: List[Tuple[Any, Message, List[Dispatch]]]) -> None:
-        total = sum(len(group) for _cls, _message, group in work)
-        parallel = min(self.get_parallel_connections(), total)
-        if parallel <= 1:
-            self._send_share(work)
-            return
-        # Connections pull small chunks from one queue, so a slow one never holds up the others.
-        # Each runs on its own thread with its own connection (see SMTPMessenger); the threads
-        # never touch the database: outcomes stay on the dispatches until stored.
-        units: 'queue.SimpleQueue' = queue.SimpleQueue()
-        for unit in chunk_work(work, parallel):
-            units.put(unit)
-        with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix=f'sitemessage-{self.get_alias()}') as pool:
-            futures = [pool.submit(contextvars.copy_context().run, self._pull_and_send, units)
-                       for _ in range(parallel)]
-            for future in futures:
-                future.result()
-        self._fail_leftovers(units, work)
+    def rate_limits(self) -> Tuple[Optional[float], Optional[float]]:
+        """The configured limits of this messenger: (messages a second, per recipient); None is no limit."""
+        return ratelimit.limit_for(self.get_alias()), ratelimit.limit_for(self.get_alias(), per_recipient=True)
 
-    def _pull_and_send(self, units: 'queue.SimpleQueue') -> None:
-        try:
-            unit = _next_unit(units)
-            if unit is None:
-                return
-            if not self._warm_up(unit[2]):
-                self._fail_warm_up([unit])
-                return  # the remaining units go to connections that did warm up
-            delivered = []
-            try:
-                while unit is not None:
-                    delivered.extend(unit[2])
-                    self._deliver_message(*unit)
-                    unit = _next_unit(units)
-            finally:
-                self._cool_down(delivered)
-        finally:
-            connections.close_all()  # only this thread's connections, if any was opened
-
-    def _fail_leftovers(self, units: 'queue.SimpleQueue', work) -> None:
-        """Units no connection could take (every warm-up failed) are errors, with the reason."""
-        leftovers = []
-        unit = _next_unit(units)
-        while unit is not None:
-            leftovers.append(unit)
-            unit = _next_unit(units)
-        if leftovers:
-            reasons = [d.warm_up_error for _cls, _message, group in work for d in group
-                       if getattr(d, 'warm_up_error', None) is not None]
-            for _cls, _message, group in leftovers:
-                for dispatch in group:
-                    dispatch.warm_up_error = reasons[0] if reasons else None
-            self._fail_warm_up(leftovers)
-
-    def _fail_warm_up(self, share) -> None:
-        dispatches = [dispatch for _cls, _message, group in share for dispatch in group]
-        for message_cls, _message, group in share:
-            for dispatch in group:
-                self.mark_error(dispatch, warm_up_failure(dispatches), message_cls)
-
-    def _send_share(self, share) -> None:
-        dispatches = [dispatch for _cls, _message, group in share for dispatch in group]
-        if not self._warm_up(dispatches):
-            self._fail_warm_up(share)
-            return
-        try:
-            for message_cls, message, group in share:
-                self._deliver_message(message_cls, message, group)
-        finally:
-            self._cool_down(dispatches)
-
-    def _warm_up(self, dispatches: List[Dispatch]) -> bool:
-        try:
-            self.before_send()
-        except Exception as error:
-            LOGGER.warning('%s: warm-up failed: %s', self.get_alias(), error)
-            for dispatch in dispatches:
-                dispatch.warm_up_error = error
-            return False
-        return True
-
-    def _cool_down(self, dispatches: List[Dispatch]) -> None:
-        try:
-            self.after_send()
-        except Exception as error:
-            # Dispatches already marked keep their outcome: a failed QUIT does not unsend mail.
-            LOGGER.warning('%s: cool-down failed: %s', self.get_alias(), error)
-            self._mark_unmarked(dispatches, error)
-
-    def _deliver_message(self, message_cls, message: Message, dispatches: List[Dispatch]) -> None:
-        limit = ratelimit.limit_for(self.get_alias())
-        per_recipient = ratelimit.limit_for(self.get_alias(), per_recipient=True)
+    def _deliver_message(self, message_cls, message: Message, dispatches: List[Dispatch],
+                         limits: Optional[Tuple[Optional[float], Optional[float]]] = None) -> None:
+        limit, per_recipient = self.rate_limits() if limits is None else limits
         if limit is None and per_recipient is None:
             self._send_guarded(message_cls, message, dispatches)
             return
@@ -307,6 +210,23 @@ class MessengerBase:
                     self.mark_pending(waiting)
                 return
             self._send_guarded(message_cls, message, [dispatch])
+
+    def _deliver_bundle(self, items: list, limits: Tuple[Optional[float], Optional[float]]) -> None:
+        """Deliver several messages: in one :meth:`send_many` call, or one by one under a rate limit."""
+        if limits != (None, None):
+            for message_cls, message, dispatches in items:
+                self._deliver_message(message_cls, message, dispatches, limits)
+            return
+        try:
+            self.send_many(items)
+        except Exception as error:
+            LOGGER.exception('%s: send_many() raised', self.get_alias())
+            for message_cls, _message, dispatches in items:
+                self._mark_unmarked(dispatches, error, message_cls)
+        else:
+            for message_cls, _message, dispatches in items:
+                self._mark_unmarked(dispatches, MessengerException(
+                    f'{type(self).__name__}.send_many() did not report an outcome for this dispatch'), message_cls)
 
     def _send_guarded(self, message_cls, message: Message, dispatches: List[Dispatch]) -> None:
         try:
@@ -358,27 +278,6 @@ class MessengerBase:
                 yield
             finally:
                 self.after_send()
-
-
-def chunk_work(work: list, connections_count: int) -> list:
-    """Cut each message's dispatches into chunks, about four per connection, for connections to pull."""
-    units = []
-    for message_cls, message, group in work:
-        size = max(math.ceil(len(group) / (connections_count * 4)), 1)
-        units.extend((message_cls, message, group[start:start + size]) for start in range(0, len(group), size))
-    return units
-
-
-def _next_unit(units: 'queue.SimpleQueue'):
-    try:
-        return units.get_nowait()
-    except queue.Empty:
-        return None
-
-
-def warm_up_failure(dispatches: List[Dispatch]) -> str:
-    error = getattr(dispatches[0], 'warm_up_error', None) if dispatches else None
-    return f'Messenger warm-up failed: {describe_error(error)}'
 
 
 def __getattr__(name):

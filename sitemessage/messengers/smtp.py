@@ -25,6 +25,9 @@ from django.utils.translation import gettext as _, gettext_lazy
 from ..exceptions import MessengerException, MessengerWarmupException, PermanentDeliveryError
 from ..plaintext import html_to_text
 from .base import MessengerBase
+from .smtp_pipelining import (
+    can_pipeline, content_refusal, read_envelope_replies, send_pipelined, write_content, write_envelope,
+)
 
 _PLAIN_ADDRESS = re.compile(r'[^@\s<>"(),;:]+@[^@\s<>"(),;:]+\Z')
 
@@ -49,6 +52,7 @@ _POLICY = _Policy(max_line_length=998, linesep='\r\n')
 class _ConnectionState(threading.local):
     smtp: Optional[smtplib.SMTP] = None
     session_started: bool = False
+    pipelining: bool = False  # the server said PIPELINING (RFC 2920) in its EHLO reply
 
 
 def _smtp_code(error: BaseException) -> Optional[int]:
@@ -56,6 +60,12 @@ def _smtp_code(error: BaseException) -> Optional[int]:
         codes = [code for code, _msg in error.recipients.values()]
         return max(codes) if codes else None
     return getattr(error, 'smtp_code', None)
+
+
+def is_connection_lost(error: BaseException) -> bool:
+    """A broken connection (SMTPException is an OSError too, but a refusal leaves the session usable)."""
+    return isinstance(error, smtplib.SMTPServerDisconnected) or (
+        isinstance(error, OSError) and not isinstance(error, smtplib.SMTPException))
 
 
 def is_permanent(error: BaseException) -> bool:
@@ -78,9 +88,10 @@ class SMTPMessenger(MessengerBase):
     def __init__(self, from_email: Optional[str] = None, login: Optional[str] = None,
                  password: Optional[str] = None, host: Optional[str] = None, port: Optional[int] = None,
                  use_tls: Optional[bool] = None, use_ssl: Optional[bool] = None, debug: bool = False,
-                 timeout: Optional[float] = None, *, connections: Optional[int] = None):
+                 timeout: Optional[float] = None, *, connections: Optional[int] = None, pipelining: bool = True):
         self.lib = smtplib
         self.debug = debug
+        self.pipelining = pipelining
         if connections is not None:
             self.parallel_connections = connections
         self._options = {'from_email': from_email, 'login': login, 'password': password, 'host': host,
@@ -138,6 +149,8 @@ class SMTPMessenger(MessengerBase):
                 self.smtp.ehlo()
             if self.login:
                 self.smtp.login(self.login, self.password)
+            self.smtp.ehlo_or_helo_if_needed()
+            self._thread_state().pipelining = self.pipelining and bool(self.smtp.has_extn('pipelining'))
         except (smtplib.SMTPException, OSError) as error:
             self._drop_connection()
             raise MessengerWarmupException(f'SMTP Error: {describe_smtp_error(error)}') from error
@@ -167,7 +180,8 @@ class SMTPMessenger(MessengerBase):
     # Messages ---------------------------------------------------------------------------------
 
     def _build_message(self, to: str, text: str, subject: Optional[str] = None, mtype: Optional[str] = None,
-                       unsubscribe_url: Optional[str] = None) -> Message:
+                       unsubscribe_url: Optional[str] = None, *, date: Optional[str] = None,
+                       message_id: Optional[str] = None) -> Message:
         """Build the e-mail: headers, and a text part plus an HTML alternative for ``mtype='html'``.
 
         Uses the stdlib's ``compat32`` MIME classes: about six times faster to build than
@@ -180,52 +194,142 @@ class SMTPMessenger(MessengerBase):
         else:
             msg = _text_part(text, 'plain')
         sender_header, _sender_address, sender_domain = _sender_parts(self.from_email)
-        msg.envelope_recipient = parseaddr(to)[1] if '<' in to else to  # spares re-parsing To later
+        msg.envelope_recipient = envelope_address(to)  # spares re-parsing To later
         msg['From'] = sender_header
         msg['To'] = to if to.isascii() else _encode_address(to)
         subject = str(subject or _('No Subject'))
         msg['Subject'] = subject if subject.isascii() else Header(subject, 'utf-8')
-        msg['Date'] = formatdate(localtime=True)
-        msg['Message-ID'] = make_msgid(domain=sender_domain)
+        msg['Date'] = date or formatdate(localtime=True)
+        msg['Message-ID'] = message_id or make_msgid(domain=sender_domain)
         if unsubscribe_url:
             msg['List-Unsubscribe'] = f'<{unsubscribe_url}>'
             msg['List-Unsubscribe-Post'] = 'List-Unsubscribe=One-Click'
         return msg
 
+    def _message_bytes(self, to: str, text: str, subject: Optional[str] = None, mtype: Optional[str] = None,
+                       unsubscribe_url: Optional[str] = None) -> bytes:
+        """The e-mail as sent: what ``_build_message(...).as_bytes()`` gives, written directly when plain.
+
+        A plain-text ASCII e-mail with short header values (most notifications) is formatted
+        from a template, byte for byte what the MIME classes write (a test holds both to that),
+        at a tenth of the cost; anything else goes through :meth:`_build_message`.
+        """
+        sender_header, _sender_address, sender_domain = _sender_parts(self.from_email)
+        subject = str(subject or _('No Subject'))
+        date, message_id = formatdate(localtime=True), make_msgid(domain=sender_domain)
+        if mtype != 'html':
+            data = plain_message_bytes(sender_header, to, subject, date, message_id, text, unsubscribe_url)
+            if data is not None:
+                return data
+        return self._build_message(to, text, subject, mtype, unsubscribe_url, date=date,
+                                   message_id=message_id).as_bytes(policy=_POLICY)
+
     def _send_message(self, msg: Message) -> dict:
         recipient = getattr(msg, 'envelope_recipient', None) or parseaddr(str(msg['To']))[1]
-        return self.smtp.sendmail(_sender_parts(self.from_email)[1], [recipient], msg.as_bytes(policy=_POLICY))
+        return self._send_bytes(recipient, msg.as_bytes(policy=_POLICY))
+
+    def _send_bytes(self, recipient: str, data: bytes) -> dict:
+        sender = _sender_parts(self.from_email)[1]
+        if self._thread_state().pipelining and can_pipeline(self.smtp, sender, recipient):
+            return send_pipelined(self.smtp, sender, recipient, data)
+        return self.smtp.sendmail(sender, [recipient], data)
 
     def _test_message(self, to: str, text: str) -> dict:
         return self._send_message(self._build_message(to, text, mtype='html'))
 
     def send(self, message_cls, message_model, dispatch_models) -> None:
         """Send one e-mail per dispatch; 5xx refusals fail the dispatch, anything else is retried."""
-        subject = message_model.context.get('subject')
-        mtype = message_model.context.get('type')
-        for dispatch in dispatch_models:
-            problem = address_problem(dispatch.address)
-            if problem:
-                self.mark_failed(dispatch, problem)
-                continue
+        self.send_many([(message_cls, message_model, dispatch_models)])
+
+    def send_many(self, items) -> None:
+        """Send the e-mails of several messages over this thread's connection.
+
+        Where the server offers PIPELINING, an e-mail's content and the next one's envelope go
+        out together, and the next e-mail is built while the server handles the previous one:
+        about one round trip per e-mail instead of four.
+        """
+        in_flight = None  # (dispatch, message type): content sent, the server's verdict not read yet
+        for dispatch, message_cls, recipient, data in self._outgoing(items):
             if self.smtp is None:
                 try:
-                    self.before_send()  # the server dropped us earlier in this batch: reconnect once
+                    self.before_send()  # the server dropped us earlier in this run: reconnect
                 except MessengerWarmupException as error:
                     self.mark_error(dispatch, error, message_cls)
                     continue
+            smtp, sender = self.smtp, _sender_parts(self.from_email)[1]
+            if not (self._thread_state().pipelining and can_pipeline(smtp, sender, recipient)):
+                in_flight = self._settle(in_flight)
+                self._send_one(dispatch, message_cls, recipient, data)
+                continue
             try:
-                msg = self._build_message(dispatch.address, dispatch.message_cache, subject=subject, mtype=mtype,
-                                          unsubscribe_url=message_cls.get_unsubscribe_directive(message_model,
-                                                                                                dispatch))
-                refused = self._send_message(msg)
+                write_envelope(smtp, sender, recipient, len(data))
+            except (smtplib.SMTPException, OSError) as error:
+                in_flight = self._settle(in_flight, error)
+                self._record_failure(dispatch, error, message_cls)
+                continue
+            in_flight = self._settle(in_flight)
+            if self.smtp is not smtp:  # the connection broke while reading the previous verdict
+                self._record_failure(dispatch, smtplib.SMTPServerDisconnected('Connection lost'), message_cls)
+                continue
+            try:
+                refusal = read_envelope_replies(smtp, sender, recipient)
+                if refusal is None:
+                    write_content(smtp, data)
             except (smtplib.SMTPException, OSError) as error:
                 self._record_failure(dispatch, error, message_cls)
                 continue
-            if refused:
-                self.mark_failed(dispatch, f'`{dispatch.address}` address is rejected by server: {refused}')
-            else:
-                self.mark_sent(dispatch)
+            if refusal is not None:
+                self._record_failure(dispatch, refusal, message_cls)
+                continue
+            in_flight = (dispatch, message_cls)
+        self._settle(in_flight)
+
+    def _outgoing(self, items):
+        """Yield ``(dispatch, message type, envelope recipient, e-mail bytes)``; bad addresses fail here."""
+        for message_cls, message_model, dispatches in items:
+            subject = message_model.context.get('subject')
+            mtype = message_model.context.get('type')
+            for dispatch in dispatches:
+                problem = address_problem(dispatch.address)
+                if problem:
+                    self.mark_failed(dispatch, problem)
+                    continue
+                try:
+                    data = self._message_bytes(
+                        dispatch.address, dispatch.message_cache, subject=subject, mtype=mtype,
+                        unsubscribe_url=message_cls.get_unsubscribe_directive(message_model, dispatch))
+                except Exception as error:
+                    self.mark_error(dispatch, error, message_cls)
+                    continue
+                yield dispatch, message_cls, envelope_address(dispatch.address), data
+
+    def _settle(self, in_flight, error: Optional[BaseException] = None) -> None:
+        """Read the server's verdict on the e-mail in flight (if any) and mark its dispatch."""
+        if in_flight is None:
+            return None
+        dispatch, message_cls = in_flight
+        if error is None:
+            try:
+                error = content_refusal(self.smtp, self.smtp.getreply())
+            except (smtplib.SMTPException, OSError) as lost:
+                error = lost
+        if error is None:
+            self.mark_sent(dispatch)
+        else:  # a lost connection leaves the verdict unknown: retried later, like a timeout
+            self._record_failure(dispatch, error, message_cls)
+        return None
+
+    def _send_one(self, dispatch, message_cls, recipient: str, data: bytes) -> None:
+        """Send one e-mail waiting for each reply (``sendmail``): servers without PIPELINING."""
+        try:
+            refused = self.smtp.sendmail(_sender_parts(self.from_email)[1], [recipient], data)
+        except (smtplib.SMTPException, OSError) as error:
+            self._record_failure(dispatch, error, message_cls)
+            return
+        if refused:
+            self.mark_failed(dispatch, f'`{dispatch.address}` address is rejected by server: {refused}')
+        else:
+            self.mark_sent(dispatch)
 
     def _record_failure(self, dispatch, error: BaseException, message_cls) -> None:
         reason = MessengerException(f'SMTP Error: {describe_smtp_error(error)}')
@@ -233,8 +337,37 @@ class SMTPMessenger(MessengerBase):
             self.mark_failed(dispatch, PermanentDeliveryError(str(reason)))
         else:
             self.mark_error(dispatch, reason, message_cls)
-        if isinstance(error, (smtplib.SMTPServerDisconnected, OSError)):
-            self._drop_connection()
+        if is_connection_lost(error) or getattr(self.smtp, 'sock', True) is None:
+            self._drop_connection()  # gone, or closed after a 421: the next message reconnects
+
+
+_LINE_BREAK = re.compile(r'\r\n|\r|\n')  # what the email package's generator turns into CRLF
+
+
+def envelope_address(to: str) -> str:
+    """The bare address of a ``To`` value (``Name <a@b>`` gives ``a@b``)."""
+    return parseaddr(to)[1] if '<' in to else to
+
+
+def plain_message_bytes(sender_header: str, to: str, subject: str, date: str, message_id: str, text: str,
+                        unsubscribe_url: Optional[str]) -> Optional[bytes]:
+    """Format a 7bit text/plain e-mail as ``compat32`` would, or return None when that needs encoding or folding.
+
+    Every header value must be ASCII with no line break and fit on one line, and the text must
+    be ASCII with lines of at most 998 characters (RFC 5322); otherwise the MIME classes do it.
+    """
+    headers = [('From', sender_header), ('To', to), ('Subject', subject), ('Date', date), ('Message-ID', message_id)]
+    if unsubscribe_url:
+        headers += [('List-Unsubscribe', f'<{unsubscribe_url}>'),
+                    ('List-Unsubscribe-Post', 'List-Unsubscribe=One-Click')]
+    for name, value in headers:
+        if not value.isascii() or '\n' in value or '\r' in value or len(name) + len(value) + 2 > 998:
+            return None
+    if not text.isascii() or any(len(line) > 998 for line in text.splitlines()):
+        return None
+    head = ''.join(f'{name}: {value}\r\n' for name, value in headers)
+    return (f'Content-Type: text/plain; charset="us-ascii"\r\nMIME-Version: 1.0\r\n'
+            f'Content-Transfer-Encoding: 7bit\r\n{head}\r\n{_LINE_BREAK.sub(chr(13) + chr(10), text)}').encode('ascii')
 
 
 def _text_part(text: str, subtype: str) -> MIMEText:

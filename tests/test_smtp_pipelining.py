@@ -1,0 +1,256 @@
+"""SMTP command pipelining (RFC 2920), the plain-message fast path, and connections kept across batches."""
+from __future__ import annotations
+
+import socket
+import threading
+from email import message_from_bytes
+
+import pytest
+from django.test.utils import override_settings
+
+from sitemessage.messengers.smtp import SMTPMessenger, _POLICY, plain_message_bytes
+from sitemessage.models import Dispatch, DispatchError
+from sitemessage.sending import send_scheduled_messages
+from sitemessage.shortcuts import schedule_email
+from sitemessage.toolbox import register_messenger_objects
+
+from tests.fakes import free_port
+
+pytestmark = pytest.mark.django_db
+
+SENT = Dispatch.DISPATCH_STATUS_SENT
+ERROR = Dispatch.DISPATCH_STATUS_ERROR
+FAILED = Dispatch.DISPATCH_STATUS_FAILED
+
+
+def status_of(address):
+    return Dispatch.objects.get(address=address).dispatch_status
+
+
+def errors_of(address):
+    return list(DispatchError.objects.filter(dispatch__address=address).values_list('error_log', flat=True))
+
+
+def use_server(smtp_server, **options):
+    messenger = SMTPMessenger('robot@example.com', host='127.0.0.1', port=smtp_server.port, timeout=5, **options)
+    register_messenger_objects(messenger)
+    return messenger
+
+
+# The fast path writes what the MIME classes write --------------------------------------------------
+
+@pytest.mark.parametrize('to, subject, text, url', [
+    ('a@example.com', 'Hello', 'Line one\nLine two\n', 'https://example.com/u/1/2/abc/'),
+    ('Someone <a@example.com>', 'No trailing newline', 'one line', None),
+    ('a@example.com', 'Mixed breaks', 'a\r\nb\rc\n\n.leading dot\n', ''),
+    ('a@example.com', 'Empty', '', None),
+])
+def test_plain_fast_path_is_byte_for_byte_the_mime_output(to, subject, text, url):
+    messenger = SMTPMessenger('Robot <robot@example.com>')
+    date, message_id = 'Sat, 21 Nov 2026 12:00:00 +0000', '<1.2.3@example.com>'
+
+    fast = plain_message_bytes('Robot <robot@example.com>', to, subject, date, message_id, text, url)
+    mime = messenger._build_message(to, text, subject, None, url, date=date, message_id=message_id).as_bytes(
+        policy=_POLICY)
+
+    assert fast is not None
+    assert fast == mime
+
+
+@pytest.mark.parametrize('to, subject, text', [
+    ('a@example.com', 'Привет', 'text'),  # encoded subject
+    ('Éva <eva@example.com>', 'Hi', 'text'),  # encoded display name
+    ('a@example.com', 'Hi', 'Grüße'),  # UTF-8 body
+    ('a@example.com', 'Hi', 'x' * 999),  # a line too long for 7bit
+    ('a@example.com', 'Injected\nBcc: x@example.com', 'text'),  # a line break in a header
+    ('a@example.com', 'S' * 1000, 'text'),  # a header that must be folded
+])
+def test_plain_fast_path_leaves_anything_needing_encoding_or_folding_to_the_mime_classes(to, subject, text):
+    assert plain_message_bytes('robot@example.com', to, subject, 'd', '<m@example.com>', text, None) is None
+
+
+def test_message_that_takes_the_slow_path_still_arrives_correctly(smtp_server):
+    use_server(smtp_server)
+    schedule_email('Schöne Grüße\n', 'eva@example.com', subject='Grüße')
+
+    send_scheduled_messages()
+
+    [message] = smtp_server.handler.messages()
+    assert str(message['Subject']) == 'Grüße'
+    assert message.get_content().replace('\r\n', '\n') == 'Schöne Grüße\n'
+
+
+# Pipelining -----------------------------------------------------------------------------------------
+
+class RecordingSMTPServer:
+    """A minimal SMTP server on a raw socket that records each chunk it reads (one client at a time)."""
+
+    def __init__(self, pipelining: bool):
+        self.pipelining = pipelining
+        self.chunks = []
+        self.port = free_port()
+        self._socket = socket.create_server(('127.0.0.1', self.port))
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self):
+        connection, _address = self._socket.accept()
+        with connection:
+            connection.sendall(b'220 recorder ESMTP\r\n')
+            in_data = False
+            buffer = b''
+            while True:
+                chunk = connection.recv(65536)
+                if not chunk:
+                    return
+                self.chunks.append(chunk)
+                buffer += chunk
+                while b'\r\n' in buffer:
+                    line, buffer = buffer.split(b'\r\n', 1)
+                    if in_data:
+                        if line == b'.':
+                            in_data = False
+                            connection.sendall(b'250 queued\r\n')
+                        continue
+                    verb = line[:4].upper()
+                    if verb == b'EHLO':
+                        extensions = b'250-PIPELINING\r\n' if self.pipelining else b''
+                        connection.sendall(b'250-recorder\r\n' + extensions + b'250 8BITMIME\r\n')
+                    elif verb == b'DATA':
+                        in_data = True
+                        connection.sendall(b'354 go ahead\r\n')
+                    elif verb == b'QUIT':
+                        connection.sendall(b'221 bye\r\n')
+                        return
+                    else:
+                        connection.sendall(b'250 ok\r\n')
+
+    def close(self):
+        self._socket.close()
+        self._thread.join(5)
+
+
+@pytest.mark.parametrize('offered, wanted, expected_commands_in_one_write', [
+    (True, True, True),
+    (False, True, False),  # the server did not offer it
+    (True, False, False),  # SMTPMessenger(pipelining=False)
+])
+def test_envelope_commands_go_out_in_one_write_only_when_offered_and_wanted(offered, wanted,
+                                                                             expected_commands_in_one_write):
+    server = RecordingSMTPServer(pipelining=offered)
+    try:
+        messenger = SMTPMessenger('robot@example.com', host='127.0.0.1', port=server.port, timeout=5,
+                                  pipelining=wanted)
+        register_messenger_objects(messenger)
+        schedule_email('Hello', 'someone@example.com', subject='Hi')
+
+        report = send_scheduled_messages()
+    finally:
+        server.close()
+
+    assert report.sent == 1
+    envelope = b'mail from:<robot@example.com>\r\nrcpt to:<someone@example.com>\r\ndata\r\n'
+    assert any(chunk.lower() == envelope for chunk in server.chunks) is expected_commands_in_one_write
+    commands = b''.join(server.chunks)
+    assert commands.lower().count(b'mail from:<robot@example.com>') == 1
+    assert b'Subject: Hi\r\n' in commands
+
+
+@pytest.mark.parametrize('reply, status', [('550 5.1.1 No such user', FAILED), ('450 4.2.1 Try later', ERROR)])
+def test_pipelined_refused_recipient_is_classified_and_the_connection_goes_on(smtp_server, reply, status):
+    use_server(smtp_server)
+    smtp_server.handler.refuse['refused@example.com'] = reply
+    schedule_email('One', 'refused@example.com', subject='One')
+    schedule_email('Two', 'fine@example.com', subject='Two')
+
+    report = send_scheduled_messages()
+
+    assert status_of('refused@example.com') == status
+    assert reply.split()[0] in errors_of('refused@example.com')[0]
+    assert status_of('fine@example.com') == SENT
+    assert [envelope.rcpt_tos for envelope in smtp_server.handler.envelopes] == [['fine@example.com']]
+    assert report.sent == 1
+
+
+class ContentRefusingMailbox:
+    """Refuses the content of messages to some recipients, and the sender of some messages."""
+
+    def __init__(self):
+        self.envelopes = []
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        return responses[:-1] + ['250-PIPELINING', responses[-1]]
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        if address == 'blocked@example.com':
+            return '553 5.7.1 Sender not allowed'
+        envelope.mail_from = address
+        return '250 OK'
+
+    async def handle_DATA(self, server, session, envelope):
+        if 'spam@example.com' in envelope.rcpt_tos:
+            return '554 5.7.1 Message looks like spam'
+        self.envelopes.append(envelope)
+        return '250 OK'
+
+
+@pytest.fixture
+def refusing_content_server():
+    from aiosmtpd.controller import Controller
+    controller = Controller(ContentRefusingMailbox(), hostname='127.0.0.1', port=free_port())
+    controller.start()
+    yield controller
+    controller.stop()
+
+
+def test_pipelined_content_refusal_fails_that_dispatch_only(refusing_content_server):
+    use_server(refusing_content_server)
+    schedule_email('Buy now', 'spam@example.com', subject='Offer')
+    schedule_email('Hello', 'friend@example.com', subject='Hi')
+
+    send_scheduled_messages()
+
+    assert status_of('spam@example.com') == FAILED
+    assert '554' in errors_of('spam@example.com')[0]
+    assert status_of('friend@example.com') == SENT
+    assert len(refusing_content_server.handler.envelopes) == 1
+
+
+def test_pipelined_sender_refusal_fails_with_the_reply(refusing_content_server):
+    register_messenger_objects(SMTPMessenger('blocked@example.com', host='127.0.0.1',
+                                             port=refusing_content_server.port, timeout=5))
+    schedule_email('Hello', 'friend@example.com', subject='Hi')
+
+    send_scheduled_messages()
+
+    assert status_of('friend@example.com') == FAILED
+    assert '553' in errors_of('friend@example.com')[0]
+    assert refusing_content_server.handler.envelopes == []
+
+
+# One connection for a whole run ---------------------------------------------------------------------
+
+@pytest.mark.parametrize('connections', [1, 3])
+def test_connections_stay_open_from_batch_to_batch(smtp_server, connections):
+    greetings = []
+    handler = smtp_server.handler
+    original = type(handler).handle_EHLO
+
+    async def counting_ehlo(server, session, envelope, hostname, responses):
+        greetings.append(hostname)
+        return await original(handler, server, session, envelope, hostname, responses)
+
+    handler.handle_EHLO = counting_ehlo
+    try:
+        use_server(smtp_server, connections=connections)
+        for number in range(12):
+            schedule_email(f'Message {number}', f'to{number}@example.com', subject=f'S{number}')
+        with override_settings(SITEMESSAGE_SEND_BATCH_SIZE=2):
+            report = send_scheduled_messages()
+    finally:
+        del handler.handle_EHLO
+
+    assert (report.sent, report.batches) == (12, 6)
+    assert len(handler.envelopes) == 12
+    assert 1 <= len(greetings) <= connections  # not one session per batch
