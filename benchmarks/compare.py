@@ -1238,7 +1238,7 @@ def run_engine(engine: str, args, sink: Sink, workdir: Path, libs: list) -> Benc
             ('django-post_office (5 threads, its default)', 'post_office', 1),
             ('django-mailer', 'mailer', 1)) if item[1] == 'raw' or item[1] in have]
         if 2 in args.scenarios:
-            bench.scenario_rates(2, 0.02, size(800 if quick else 2000), 1, contenders)
+            bench.scenario_rates(2, 0.02, size(800 if quick else 2000), 1 if quick else 3, contenders)
 
         sizes = [size(1000), size(10000)] + ([] if quick else [size(100000)])
         contenders = [(name, lib, limit) for name, lib, limit in (

@@ -660,3 +660,106 @@ def test_parallel_connections_all_failing_to_warm_up_record_the_reason_on_every_
     logs = list(DispatchError.objects.values_list('error_log', flat=True))
     assert len(logs) == 24
     assert all('warm-up failed' in log and 'too many connections' in log for log in logs)
+
+
+# Delivery sessions: connections kept for a run, the next batch handed over early ------------------
+
+class _SlowMessenger(FakeMessenger):
+    """Takes a while per dispatch and counts the dispatches being sent right now (any thread)."""
+
+    alias = 'slow'
+
+    def __init__(self, connections, seconds=0.02):
+        super().__init__()
+        self.parallel_connections = connections
+        self.seconds = seconds
+        self.active = 0
+        self.guard = threading.Lock()
+        self.connected = 0
+
+    def before_send(self):
+        with self.guard:
+            self.connected += 1
+
+    def send(self, message_cls, message_model, dispatch_models):
+        for dispatch in dispatch_models:
+            with self.guard:
+                self.active += 1
+            threading.Event().wait(self.seconds)
+            with self.guard:
+                self.active -= 1
+                self.delivered.append((dispatch.address, dispatch.message_cache))
+            self.mark_sent(dispatch)
+
+
+def _record_claims(monkeypatch, messenger):
+    """Record, for each claim, how many dispatches the messenger was sending at that moment."""
+    claims = []
+    original = type(Dispatch.objects.get_queryset()).claim
+
+    def claim(queryset, *args, **kwargs):
+        claims.append(messenger.active)
+        return original(queryset, *args, **kwargs)
+
+    monkeypatch.setattr(type(Dispatch.objects.get_queryset()), 'claim', claim)
+    return claims
+
+
+@override_settings(SITEMESSAGE_SEND_BATCH_SIZE=4)
+def test_with_several_connections_the_next_batch_is_claimed_while_the_last_is_on_the_wire(monkeypatch):
+    messenger = _SlowMessenger(connections=2)
+    register_messenger_objects(messenger)
+    schedule_messages([f'text {n}' for n in range(12)], recipients('slow', ['a']))
+    claims = _record_claims(monkeypatch, messenger)
+
+    report = send_scheduled_messages()
+
+    assert (report.sent, report.batches) == (12, 3)
+    assert any(claims), f'every claim waited for the connections to go idle: {claims}'
+    assert messenger.connected == 2  # once per connection for the whole run, not per batch
+    assert_nothing_processing()
+
+
+@override_settings(SITEMESSAGE_SEND_BATCH_SIZE=4)
+def test_with_one_connection_a_batch_is_stored_before_the_next_is_claimed(monkeypatch):
+    messenger = _SlowMessenger(connections=1, seconds=0.005)
+    register_messenger_objects(messenger)
+    schedule_messages([f'text {n}' for n in range(12)], recipients('slow', ['a']))
+    seen_by_claims = []  # (dispatches being sent, dispatches stored as sent) at each claim
+    original = type(Dispatch.objects.get_queryset()).claim
+
+    def claim(queryset, *args, **kwargs):
+        seen_by_claims.append((messenger.active, Dispatch.objects.filter(dispatch_status=SENT).count()))
+        return original(queryset, *args, **kwargs)
+
+    monkeypatch.setattr(type(Dispatch.objects.get_queryset()), 'claim', claim)
+
+    report = send_scheduled_messages()
+
+    assert (report.sent, report.batches) == (12, 3)
+    # At most one batch in hand, the crash window of one connection.
+    assert seen_by_claims == [(0, 0), (0, 4), (0, 8), (0, 12)]
+    assert messenger.connected == 1
+
+
+@override_settings(SITEMESSAGE_SEND_BATCH_SIZE=4)
+def test_a_run_that_breaks_off_stores_what_was_sent_and_gives_back_the_rest_untouched():
+    messenger = _SlowMessenger(connections=2)
+    register_messenger_objects(messenger)
+    schedule_messages([f'text {n}' for n in range(12)], recipients('slow', ['a']))
+    asked = []
+
+    def should_stop():
+        asked.append(1)
+        if len(asked) == 2:  # while the first batch is on the wire, the second just handed over
+            raise KeyboardInterrupt
+        return False
+
+    with pytest.raises(KeyboardInterrupt):
+        send_scheduled_messages(should_stop=should_stop)
+
+    assert_nothing_processing()
+    statuses = list(Dispatch.objects.values_list('dispatch_status', flat=True))
+    assert len(statuses) == 12 and set(statuses) <= {SENT, PENDING}
+    assert statuses.count(SENT) == len(messenger.delivered)  # what went out is recorded, the rest waits
+    assert not DispatchError.objects.exists()  # nothing counted as a failed attempt

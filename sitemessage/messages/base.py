@@ -1,6 +1,7 @@
 """The base of message types: what a message says and how it is rendered for each messenger."""
 from __future__ import annotations
 
+import threading
 import weakref
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Union
@@ -284,6 +285,7 @@ class MessageBase:
 
 _LINK_SAMPLE_ARGS = (987654321987, 123456789123, '0f1e2d3c4b5a69788796a5b4c3d2e1f001234567')
 _LINK_TEMPLATES: 'weakref.WeakKeyDictionary' = weakref.WeakKeyDictionary()
+_LINK_TEMPLATES_LOCK = threading.Lock()
 
 
 def reverse_signed_link(name: str, message_id: int, dispatch_id: int, hashed: str) -> str:
@@ -294,11 +296,13 @@ def reverse_signed_link(name: str, message_id: int, dispatch_id: int, hashed: st
     changes (``clear_url_caches()``), so it is never staler than Django's own reverse cache.
     A URL whose pattern does not take the sample values verbatim is reversed every time.
     """
-    templates = _LINK_TEMPLATES.setdefault(get_resolver(get_urlconf()), {})
-    key = (name, get_script_prefix())
-    parts = templates.get(key)
+    resolver, key = get_resolver(get_urlconf()), (name, get_script_prefix())
+    with _LINK_TEMPLATES_LOCK:  # connection threads build links at once
+        parts = _LINK_TEMPLATES.setdefault(resolver, {}).get(key)
     if parts is None:
-        parts = templates[key] = _link_template(name)
+        parts = _link_template(name)
+        with _LINK_TEMPLATES_LOCK:
+            _LINK_TEMPLATES[resolver][key] = parts
     if parts is False:
         return reverse(name, args=[message_id, dispatch_id, hashed])
     return f'{parts[0]}{message_id}{parts[1]}{dispatch_id}{parts[2]}{hashed}{parts[3]}'
