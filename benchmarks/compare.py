@@ -4,8 +4,8 @@ Run from the repository root::
 
     .venv/bin/python benchmarks/compare.py [--quick] [--db sqlite|postgres|both]
 
-Every figure is measured in the same run, against the same local SMTP sink (aiosmtpd in a
-process of its own), on a throw-away database per library and engine (SQLite files in a
+Every figure is measured in the same run, against the same local SMTP sink (a pool of aiosmtpd
+processes behind a dispatcher, see ``Sink``), on a throw-away database per library and engine (SQLite files in a
 temporary directory; PostgreSQL databases at 127.0.0.1:5432, user ``postgres``, created and
 dropped by the script). The baselines run in their own virtualenvs, created under
 ``benchmarks/`` with pip on first use; each measurement runs in a fresh subprocess
@@ -934,7 +934,7 @@ class Bench:
                               if measured[key][0] and key.startswith(('django-post_office', 'django-mailer'))}
                     if others:
                         top_name, top = max(others.items(), key=lambda item: item[1])
-                        checks.append((f'ahead of post_office/mailer', best >= top,
+                        checks.append(('ahead of post_office/mailer', best >= top,
                                        f'{best / top:.3f}x {top_name.split(" (")[0]}'))
                 elif number == 2 and connections == 8 and not settings and old:
                     checks.append(('>= 8x 1.4.0', best / old >= 8, f'{best / old:.3f}x 1.4.0'))
@@ -1314,8 +1314,8 @@ def main(argv=None) -> int:
         lib = LIBS[key]
         state = lib.versions if key in libs else f'NOT MEASURED: {lib.error or "not selected (--only)"}'
         print(f'  {lib.label}: {state}')
-    print('  sink: aiosmtpd in its own process on 127.0.0.1; every e-mail is plain text with a List-Unsubscribe '
-          'link, one recipient')
+    print(f'  sink: {SINK_PROCESSES} aiosmtpd processes behind a dispatcher on 127.0.0.1, offering PIPELINING; '
+          'every e-mail is plain text with a List-Unsubscribe link, one recipient')
     workdir = Path(tempfile.mkdtemp(prefix='sitemessage-compare-'))
     sink = Sink().start()
     benches = []

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import socket
 import threading
-from email import message_from_bytes
 
 import pytest
 from django.test.utils import override_settings
