@@ -41,6 +41,8 @@ from collections import Counter
 from email.utils import formatdate
 from pathlib import Path
 
+from query_counter import QueryCounter  # benchmarks/ is the script's directory, first on sys.path
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RESULT_MARK = '@@compare-result@@ '
@@ -427,17 +429,6 @@ def configure_django(spec: dict) -> None:
             register_messenger_objects(SMTPMessenger(connections=connections, pipelining=pipelining))
         else:
             register_messenger_objects(SMTPMessenger())
-
-
-class QueryCounter:
-    """``connection.execute_wrapper`` that counts statements without storing them."""
-
-    def __init__(self):
-        self.count = 0
-
-    def __call__(self, execute, sql, params, many, context):
-        self.count += 1
-        return execute(sql, params, many, context)
 
 
 # Child tasks ------------------------------------------------------------------------------------------

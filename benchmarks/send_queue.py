@@ -32,6 +32,8 @@ import tracemalloc
 from email.utils import formatdate
 from pathlib import Path
 
+from query_counter import QueryCounter  # benchmarks/ is the script's directory, first on sys.path
+
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -221,17 +223,6 @@ def requeue() -> None:
     DispatchError.objects.all().delete()
     Dispatch.objects.update(dispatch_status=Dispatch.DISPATCH_STATUS_PENDING, retry_count=0, message_cache=None,
                             time_dispatched=None, claim_token=None, lease_until=None, next_attempt_at=None)
-
-
-class QueryCounter:
-    """``connection.execute_wrapper`` that counts statements without storing them."""
-
-    def __init__(self):
-        self.count = 0
-
-    def __call__(self, execute, sql, params, many, context):
-        self.count += 1
-        return execute(sql, params, many, context)
 
 
 class BenchmarkError(Exception):

@@ -167,15 +167,17 @@ class DeliveryRun:
                 self.report.skipped_messengers.add(alias)
                 delivery.error = delivery.error or (None if self.ignore_unknown_messengers else error)
                 continue
-            unknown, type_error = _unknown_types(messages)
+            if type(messenger).process_messages is MessengerBase.process_messages:
+                session = self._session(alias, messenger)
+                share = session.submit(messages, self.ignore_unknown_message_types)
+                delivery.shares.append((session, share))
+                unknown, type_error = share.unknown_types, share.error
+            else:  # a project's own loop: synchronous
+                unknown, type_error = _unknown_types(messages)
+                self._process_overridden(messenger, messages)
             self.report.skipped_message_types.update(unknown)  # before the next claim
             if not self.ignore_unknown_message_types:
                 delivery.error = delivery.error or type_error
-            if type(messenger).process_messages is not MessengerBase.process_messages:
-                self._process_overridden(messenger, messages)  # a project's own loop: synchronous
-                continue
-            session = self._session(alias, messenger)
-            delivery.shares.append((session, session.submit(messages, self.ignore_unknown_message_types)))
             for message, _group in messages.values():
                 if message.cls in unknown:
                     LOGGER.warning('Message %s of unknown type `%s` left in the queue.', message.pk, message.cls)
@@ -208,7 +210,10 @@ class DeliveryRun:
 
 
 def _unknown_types(messages) -> Tuple[Set[str], Optional[UnknownMessageTypeError]]:
-    """Return the unregistered message types among ``messages`` and the error naming the first."""
+    """Return the unregistered message types among ``messages`` and the error naming the first.
+
+    For messengers that override ``process_messages()``; a delivery session finds them itself.
+    """
     unknown, first_error = set(), None
     for message, _group in messages.values():
         try:

@@ -253,3 +253,8 @@ def test_connections_stay_open_from_batch_to_batch(smtp_server, connections):
     assert (report.sent, report.batches) == (12, 6)
     assert len(handler.envelopes) == 12
     assert 1 <= len(greetings) <= connections  # not one session per batch
+
+
+def test_pipelining_option_must_be_a_boolean():
+    with pytest.raises(TypeError, match="pipelining must be True or False, got 'no'"):
+        SMTPMessenger('robot@example.com', pipelining='no')

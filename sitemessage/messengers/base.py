@@ -191,12 +191,10 @@ class MessengerBase:
         """The configured limits of this messenger: (messages a second, per recipient); None is no limit."""
         return ratelimit.limit_for(self.get_alias()), ratelimit.limit_for(self.get_alias(), per_recipient=True)
 
-    def _deliver_message(self, message_cls, message: Message, dispatches: List[Dispatch],
-                         limits: Optional[Tuple[Optional[float], Optional[float]]] = None) -> None:
-        limit, per_recipient = self.rate_limits() if limits is None else limits
-        if limit is None and per_recipient is None:
-            self._send_guarded(message_cls, message, dispatches)
-            return
+    def _deliver_rate_limited(self, message_cls, message: Message, dispatches: List[Dispatch],
+                              limits: Tuple[Optional[float], Optional[float]]) -> None:
+        """Send one dispatch at a time, each after taking a slot of the messenger's quotas."""
+        limit, per_recipient = limits
         for index, dispatch in enumerate(dispatches):
             try:
                 if limit is not None:
@@ -215,7 +213,7 @@ class MessengerBase:
         """Deliver several messages: in one :meth:`send_many` call, or one by one under a rate limit."""
         if limits != (None, None):
             for message_cls, message, dispatches in items:
-                self._deliver_message(message_cls, message, dispatches, limits)
+                self._deliver_rate_limited(message_cls, message, dispatches, limits)
             return
         try:
             self.send_many(items)

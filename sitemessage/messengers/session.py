@@ -13,12 +13,13 @@ import contextvars
 import logging
 import math
 import threading
-from typing import TYPE_CHECKING, Callable, Deque, Dict, List, NamedTuple, Optional
+from typing import TYPE_CHECKING, Callable, Deque, Dict, List, NamedTuple, Optional, Set
 
 from django.db import connections as db_connections
 
 from ..exceptions import UnknownMessageTypeError
 from ..models import Dispatch, MessageTuple
+from .base import describe_error
 
 if TYPE_CHECKING:  # pragma: nocover
     from .base import MessengerBase
@@ -34,6 +35,7 @@ class SubmittedBatch:
     def __init__(self, dispatches: List[Dispatch]):
         self.dispatches = dispatches
         self.untouched: List[Dispatch] = []  # given back to the queue as they were (no attempt)
+        self.unknown_types: Set[str] = set()  # unregistered message types: their dispatches are untouched
         self.error: Optional[UnknownMessageTypeError] = None  # raised once the batch is stored
         self.outstanding = 0  # units not delivered yet; guarded by the session's condition
         self.inline_work: list = []  # one connection: delivered on the caller's thread by finish()
@@ -99,6 +101,7 @@ class DeliverySession:
                 message_cls = message.get_type()
             except UnknownMessageTypeError as error:
                 batch.untouched.extend(group)
+                batch.unknown_types.add(message.cls)
                 if not ignore_unknown_message_types:
                     batch.error = batch.error or error
                 continue
@@ -300,5 +303,4 @@ def bundle_work(work: list, connections_count: int) -> List[list]:
 
 
 def warm_up_failure(error: Optional[BaseException]) -> str:
-    from .base import describe_error
     return f'Messenger warm-up failed: {describe_error(error)}'

@@ -26,10 +26,9 @@ from ..exceptions import MessengerException, MessengerWarmupException, Permanent
 from ..plaintext import html_to_text
 from .base import MessengerBase
 from .smtp_pipelining import (
-    can_pipeline, content_refusal, read_envelope_replies, send_pipelined, write_content, write_envelope,
+    PLAIN_ADDRESS, can_pipeline, content_refusal, read_envelope_replies, send_pipelined, write_content, write_envelope,
 )
 
-_PLAIN_ADDRESS = re.compile(r'[^@\s<>"(),;:]+@[^@\s<>"(),;:]+\Z')
 
 
 class _Policy(policy.Compat32):
@@ -91,6 +90,8 @@ class SMTPMessenger(MessengerBase):
                  timeout: Optional[float] = None, *, connections: Optional[int] = None, pipelining: bool = True):
         self.lib = smtplib
         self.debug = debug
+        if not isinstance(pipelining, bool):
+            raise TypeError(f'SMTPMessenger: pipelining must be True or False, got {pipelining!r}.')
         self.pipelining = pipelining
         if connections is not None:
             self.parallel_connections = connections
@@ -363,16 +364,21 @@ def plain_message_bytes(sender_header: str, to: str, subject: str, date: str, me
     for name, value in headers:
         if not value.isascii() or '\n' in value or '\r' in value or len(name) + len(value) + 2 > 998:
             return None
-    if not text.isascii() or any(len(line) > 998 for line in text.splitlines()):
+    if not is_7bit_text(text):
         return None
     head = ''.join(f'{name}: {value}\r\n' for name, value in headers)
     return (f'Content-Type: text/plain; charset="us-ascii"\r\nMIME-Version: 1.0\r\n'
             f'Content-Transfer-Encoding: 7bit\r\n{head}\r\n{_LINE_BREAK.sub(chr(13) + chr(10), text)}').encode('ascii')
 
 
+def is_7bit_text(text: str) -> bool:
+    """ASCII with lines of at most 998 characters (RFC 5322): sent as it is, no transfer encoding."""
+    return text.isascii() and all(len(line) <= 998 for line in text.splitlines())
+
+
 def _text_part(text: str, subtype: str) -> MIMEText:
     """A body part: plain 7bit when the text is ASCII with short lines (readable), else UTF-8 base64."""
-    if text.isascii() and all(len(line) <= 998 for line in text.splitlines()):
+    if is_7bit_text(text):
         return MIMEText(text, subtype, 'us-ascii')
     return MIMEText(text, subtype, 'utf-8')
 
@@ -396,7 +402,7 @@ def address_problem(address: str) -> str:
     """Return why ``address`` cannot receive e-mail, or ''."""
     if not address:
         return 'The recipient has no e-mail address'
-    if _PLAIN_ADDRESS.match(address):
+    if PLAIN_ADDRESS.match(address):
         return ''  # the common case, without the cost of the full parser
     if any(char in address for char in '\r\n') or '@' not in parseaddr(address)[1]:
         return f'`{address}` is not a valid e-mail address'

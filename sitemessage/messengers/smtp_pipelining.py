@@ -12,7 +12,8 @@ import re
 import smtplib
 from typing import Optional, Tuple
 
-_PLAIN_ADDRESS = re.compile(r'[^@\s<>"(),;:]+@[^@\s<>"(),;:]+\Z')
+PLAIN_ADDRESS = re.compile(  # a bare address, no display name nor quoting
+    r'[^@\s<>"(),;:]+@[^@\s<>"(),;:]+\Z')
 _DOT_AT_LINE_START = re.compile(rb'(?m)^\.')
 
 Reply = Tuple[int, bytes]
@@ -91,4 +92,4 @@ def abandon_transaction(smtp: smtplib.SMTP, *codes: int) -> None:
 
 
 def quote_address(address: str) -> str:
-    return f'<{address}>' if _PLAIN_ADDRESS.match(address) else smtplib.quoteaddr(address)
+    return f'<{address}>' if PLAIN_ADDRESS.match(address) else smtplib.quoteaddr(address)
