@@ -276,7 +276,7 @@ def test_link_to_an_unknown_dispatch_fails_with_raw_ids(client, received, view, 
 @pytest.mark.parametrize('method', ['get', 'post'])
 def test_link_of_a_message_type_no_longer_registered_fails_with_raw_ids(
         client, received, view, failure, location, method):
-    Subscription.create('ann', 'retired', 'fake')
+    Subscription.objects.create(address='ann', message_cls='retired', messenger_cls='fake')  # create() refuses it
     message, (dispatch,) = Message.create('retired', {'x': 1}, recipients=recipients('fake', 'ann'))
     hashed = MessageBase.get_dispatch_hash(dispatch.pk, message.pk)
 
