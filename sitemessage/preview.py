@@ -57,7 +57,8 @@ def render_previews(message: Message) -> List[Preview]:
         try:
             messenger = get_registered_messenger_object(alias)
             title = str(messenger.title)
-            text = message.get_type().compile(message, messenger, dispatch=stand_in)
+            # A rendered template is a SafeString: make it plain text, so nothing outputs it unescaped.
+            text = str.__str__(message.get_type().compile(message, messenger, dispatch=stand_in))
         except Exception as exc:  # shown to staff instead of a server error
             text, error, is_html = f'{type(exc).__name__}: {exc}', True, False
         previews.append(Preview(alias, title, subject, text, is_html,
