@@ -30,6 +30,13 @@ from .wakeup import queue_changed
 SENT = Dispatch.DISPATCH_STATUS_SENT
 
 
+class ListStyles:
+    """The lists' stylesheet: long texts wrap, so every list fits 1280 px (sitemessage/admin.css)."""
+
+    class Media:
+        css = {'all': ('sitemessage/admin.css',)}
+
+
 def _cut(text: Optional[str], length: int):
     """Show the start of a long text; the whole of it (as far as loaded) in a tooltip."""
     if not text:
@@ -87,7 +94,7 @@ class MessageForm(forms.ModelForm):
         return self.cleaned_data.get('context') or {}
 
 
-class MessageAdmin(admin.ModelAdmin):
+class MessageAdmin(ListStyles, admin.ModelAdmin):
     form = MessageForm
     list_display = ('time_created', 'cls', 'subject', 'priority', 'dispatches_ready',
                     'count_total', 'count_pending', 'count_sent', 'count_error', 'count_failed')
@@ -160,9 +167,9 @@ class MessageAdmin(admin.ModelAdmin):
         return TemplateResponse(request, 'admin/sitemessage/message/preview.html', context)
 
 
-class DispatchAdmin(admin.ModelAdmin):
-    list_display = ('time_created', 'dispatch_status', 'message_type', 'address', 'recipient', 'messenger',
-                    'time_dispatched', 'attempts', 'last_error')
+class DispatchAdmin(ListStyles, admin.ModelAdmin):
+    list_display = ('time_created', 'dispatch_status', 'message_type', 'to', 'messenger', 'time_dispatched',
+                    'attempts', 'last_error')
     list_filter = ('dispatch_status', 'messenger', ('message__cls', admin.AllValuesFieldListFilter))
     list_select_related = ('recipient',)
     search_fields = ('=address',)
@@ -173,9 +180,6 @@ class DispatchAdmin(admin.ModelAdmin):
     inlines = (DispatchErrorInlineAdmin,)
     show_full_result_count = False
 
-    class Media:
-        css = {'all': ('sitemessage/admin.css',)}
-
     def get_queryset(self, request):
         # The latest error of each dispatch in the same query (its first 300 characters).
         last_error = DispatchError.objects.filter(dispatch=OuterRef('pk')).order_by('-pk').annotate(
@@ -185,6 +189,13 @@ class DispatchAdmin(admin.ModelAdmin):
     @admin.display(description=_('Message type'), ordering='message__cls')
     def message_type(self, dispatch):
         return dispatch.message_type
+
+    @admin.display(description=_('Recipient'), ordering='address')
+    def to(self, dispatch):
+        """The address, and below it the user it belongs to (if any): one column, so the list fits."""
+        if dispatch.recipient_id is None:
+            return dispatch.address
+        return format_html('{}<br><small class="sitemessage-user">{}</small>', dispatch.address, dispatch.recipient)
 
     @admin.display(description=_('Failed attempts'), ordering='retry_count')
     def attempts(self, dispatch):
@@ -252,7 +263,7 @@ class DispatchAdmin(admin.ModelAdmin):
         return TemplateResponse(request, 'admin/sitemessage/dispatch/resend_confirmation.html', context)
 
 
-class DispatchErrorAdmin(admin.ModelAdmin):
+class DispatchErrorAdmin(ListStyles, admin.ModelAdmin):
     list_display = ('time_created', 'dispatch', 'error')
     ordering = ('-time_created',)
     readonly_fields = ('time_created', 'dispatch', 'error_log')
@@ -267,7 +278,7 @@ class DispatchErrorAdmin(admin.ModelAdmin):
         return _cut(error.head, 120)
 
 
-class SubscriptionAdmin(admin.ModelAdmin):
+class SubscriptionAdmin(ListStyles, admin.ModelAdmin):
     list_display = ('time_created', 'message_cls', 'messenger_cls', 'recipient', 'address')
     ordering = ('-time_created',)
     readonly_fields = ('time_created',)

@@ -458,7 +458,7 @@ def test_dispatch_list_shows_type_recipient_attempts_and_the_latest_error_escape
     html = admin_client.get(changelist('dispatch')).content.decode()
 
     assert cells(html, 'message_type') == ['greeting']
-    assert cells(html, 'recipient') == ['ann']
+    assert cells(html, 'to') == ['ann<br><small class="sitemessage-user">ann</small>']  # the fake's address: username
     assert cells(html, 'attempts') == ['2']
     error, = cells(html, 'last_error')
     assert error.startswith('<span title="421 &lt;script&gt;alert(1)&lt;/script&gt; try later xxx')
