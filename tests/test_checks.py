@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from django.core.checks import run_checks
-from django.core.management import call_command
 from django.db import connection
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
@@ -125,31 +125,38 @@ def test_database_checks_run_before_migrations_on_an_empty_database_without_fail
 
 # W001 and W005 with the Sites framework ------------------------------------------------------------
 
-@pytest.fixture
-def sites_framework(settings):
-    """django.contrib.sites installed and migrated (its default Site is example.com)."""
-    settings.INSTALLED_APPS = [*settings.INSTALLED_APPS, 'django.contrib.sites']
-    settings.SITE_ID = 1
-    call_command('migrate', 'sites', verbosity=0)
-    from django.contrib.sites.models import Site
-    Site.objects.clear_cache()
-    yield Site
-    Site.objects.clear_cache()
-    call_command('migrate', 'sites', 'zero', verbosity=0)
+SITES_SETTINGS = """
+from tests.settings import *  # noqa
+INSTALLED_APPS = [*INSTALLED_APPS, 'django.contrib.sites']
+SITE_ID = 1
+DATABASES = {'default': {'ENGINE': 'django.db.backends.sqlite3', 'NAME': %r}}
+"""
 
 
-@pytest.mark.django_db(transaction=True)
-def test_w005_w001_the_sites_framework_gives_the_domain_once_it_is_set(sites_framework):
-    assert ids() == []  # without a database the domain is unknown: no guess
-    assert ids(['default']) == ['sitemessage.W005']
+def test_w005_w001_the_sites_framework_gives_the_domain_once_it_is_set(tmp_path):
+    """In a project of its own (a settings module and an SQLite file): the Sites framework installed."""
+    (tmp_path / 'sites_settings.py').write_text(SITES_SETTINGS % str(tmp_path / 'db.sqlite3'))
 
-    sites_framework.objects.filter(pk=1).update(domain='www.example.org')
-    sites_framework.objects.clear_cache()
-    assert ids(['default']) == []
+    def django(*args):
+        env = {**os.environ, 'DJANGO_SETTINGS_MODULE': 'sites_settings', 'SITEMESSAGE_TEST_DB': 'sqlite',
+               'PYTHONPATH': os.pathsep.join([str(tmp_path), str(ROOT)])}
+        result = subprocess.run([sys.executable, '-m', 'django', *args], cwd=ROOT, env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        return result.stderr
 
-    sites_framework.objects.all().delete()
-    sites_framework.objects.clear_cache()
-    assert ids(['default']) == ['sitemessage.W001']
+    def warnings():
+        return sorted(set(re.findall(r'sitemessage\.W\d+', django('check', '--database', 'default'))))
+
+    assert 'sitemessage.W' not in django('check')  # without a database the domain is unknown: no guess
+    django('migrate', '-v', '0')
+    assert warnings() == ['sitemessage.W005']  # Django's default Site: example.com
+
+    django('shell', '-c', "from django.contrib.sites.models import Site; Site.objects.update(domain='www.example.org')")
+    assert warnings() == []
+
+    django('shell', '-c', 'from django.contrib.sites.models import Site; Site.objects.all().delete()')
+    assert warnings() == ['sitemessage.W001']
 
 
 # Subscription.create refuses unknown aliases -----------------------------------------------------------
