@@ -259,7 +259,11 @@ def import_optional(module_name: str, *, extra: str):
     from .exceptions import SiteMessageConfigurationError
     top = module_name.partition('.')[0]
     try:
-        if sys.modules.get(top) is None and find_spec(top) is None:
+        try:
+            missing = find_spec(top) is None
+        except ValueError:  # in sys.modules without a __spec__: a stand-in, used as it is
+            missing = False
+        if missing:
             raise ModuleNotFoundError(f'No module named {top!r}', name=top)
         return import_module(module_name)
     except ImportError as error:
