@@ -215,7 +215,8 @@ def test_xmpp_send_test_message_makes_the_1_4_0_calls(messenger_xmpp):
 
 
 def test_xmpp_session_start_handler_marks_the_session_started():
-    messenger = mock_thirdparty('sleekxmpp', lambda: XMPPSleekMessenger('somjid', 'somepasswd', port=5223))
+    messenger = mock_thirdparty('sleekxmpp', lambda: XMPPSleekMessenger('somjid', 'somepasswd'))
+    messenger.host, messenger.port, messenger.use_tls, messenger.use_ssl = 'xmpp.example.com', 5223, False, True
     messenger.before_send()
     assert messenger._session_started is False
 
@@ -226,7 +227,7 @@ def test_xmpp_session_start_handler_marks_the_session_started():
     messenger.xmpp.get_roster.assert_called_once_with()
     assert messenger._session_started is True
     messenger.xmpp.connect.assert_called_once_with(
-        address=('localhost', 5223), reattempt=False, use_tls=True, use_ssl=False)
+        address=('xmpp.example.com', 5223), reattempt=False, use_tls=False, use_ssl=True)
 
 
 @pytest.mark.django_db
@@ -331,6 +332,23 @@ def test_twitter_failure_of_the_mocked_api_is_logged(messenger_twitter):
     errors = list(DispatchError.objects.all())
     assert len(errors) == 1
     assert 'tweet failed' in errors[0].error_log and errors[0].dispatch.address == 'someone'
+
+
+@pytest.mark.django_db
+def test_twitter_assigned_api_is_used_by_send():
+    """Built normally; an ``api`` the suite assigned posts the dispatches, as 1.4.0's send() did."""
+    messenger = TwitterMessenger('key', 'secret', 'token', 'token_secret')
+    register_messenger_objects(messenger)
+    message, dispatches = schedule('twitter', 'someone')
+    for dispatch in dispatches:
+        dispatch.message_cache = 'text'
+
+    messenger.api = MagicMock()
+    messenger._session_started = True
+    messenger.send(PlainTextMessage, message, dispatches)
+
+    messenger.api.statuses.update.assert_called_once_with(status='@someone text')
+    assert [dispatch.dispatch_status for dispatch in dispatches] == [Dispatch.DISPATCH_STATUS_SENT]
 
 
 def test_twitter_stand_in_needs_neither_requests_nor_oauthlib():
