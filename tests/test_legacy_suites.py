@@ -130,7 +130,7 @@ def test_smtp_failure_of_the_mocked_connection_is_logged(messenger_smtp):
 
     errors = list(DispatchError.objects.all())
     assert len(errors) == 1
-    assert 'smtp failed' in errors[0].error_log and errors[0].dispatch.address == 'someone@example.com'
+    assert errors[0].error_log == 'Exception: smtp failed' and errors[0].dispatch.address == 'someone@example.com'
 
 
 @pytest.mark.django_db
@@ -250,7 +250,7 @@ def test_xmpp_failure_of_the_mocked_client_is_logged(messenger_xmpp):
 
     errors = list(DispatchError.objects.all())
     assert len(errors) == 1
-    assert 'xmppsleek failed' in errors[0].error_log and errors[0].dispatch.address == 'someone'
+    assert errors[0].error_log == 'Exception: xmppsleek failed' and errors[0].dispatch.address == 'someone'
 
 
 @pytest.mark.django_db
@@ -331,7 +331,7 @@ def test_twitter_failure_of_the_mocked_api_is_logged(messenger_twitter):
 
     errors = list(DispatchError.objects.all())
     assert len(errors) == 1
-    assert 'tweet failed' in errors[0].error_log and errors[0].dispatch.address == 'someone'
+    assert errors[0].error_log == 'Exception: tweet failed' and errors[0].dispatch.address == 'someone'
 
 
 @pytest.mark.django_db
