@@ -17,6 +17,7 @@ from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from email.utils import formataddr, formatdate, make_msgid, parseaddr
 from functools import lru_cache
+from importlib import import_module
 from typing import Any, Optional, Tuple
 
 from django.conf import settings
@@ -74,6 +75,12 @@ def is_permanent(error: BaseException) -> bool:
     return code is not None and 500 <= code < 600
 
 
+def _option_property(name: str, setting: str, default: Any) -> property:
+    """An option: the constructor's argument (or an assigned value), else the setting when None."""
+    return property(lambda self: self._option(name, setting, default),
+                    lambda self, value: self._options.__setitem__(name, value))
+
+
 class SMTPMessenger(MessengerBase):
     """Send e-mails through an SMTP server; options default to Django's SMTP settings.
 
@@ -92,7 +99,7 @@ class SMTPMessenger(MessengerBase):
                  password: Optional[str] = None, host: Optional[str] = None, port: Optional[int] = None,
                  use_tls: Optional[bool] = None, use_ssl: Optional[bool] = None, debug: bool = False,
                  timeout: Optional[float] = None, *, connections: Optional[int] = None, pipelining: bool = True):
-        self.lib = smtplib
+        self.lib = import_module('smtplib')  # as 1.4.0 did: a test's stand-in in sys.modules is used
         self.debug = debug
         if not isinstance(pipelining, bool):
             raise TypeError(f'SMTPMessenger: pipelining must be True or False, got {pipelining!r}.')
@@ -109,14 +116,15 @@ class SMTPMessenger(MessengerBase):
         value = self._options[name]
         return email_setting(setting, default) if value is None else value
 
-    from_email = property(lambda self: self._option('from_email', 'DEFAULT_FROM_EMAIL', 'webmaster@localhost'))
-    login = property(lambda self: self._option('login', 'EMAIL_HOST_USER', ''))
-    password = property(lambda self: self._option('password', 'EMAIL_HOST_PASSWORD', ''))
-    host = property(lambda self: self._option('host', 'EMAIL_HOST', 'localhost'))
-    port = property(lambda self: self._option('port', 'EMAIL_PORT', 25))
-    use_tls = property(lambda self: self._option('use_tls', 'EMAIL_USE_TLS', False))
-    use_ssl = property(lambda self: self._option('use_ssl', 'EMAIL_USE_SSL', False))
-    timeout = property(lambda self: self._option('timeout', 'EMAIL_TIMEOUT', None))
+    # Assignable, as in 1.4.0 (``messenger.port = 1``): the next connection uses the new value.
+    from_email = _option_property('from_email', 'DEFAULT_FROM_EMAIL', 'webmaster@localhost')
+    login = _option_property('login', 'EMAIL_HOST_USER', '')
+    password = _option_property('password', 'EMAIL_HOST_PASSWORD', '')
+    host = _option_property('host', 'EMAIL_HOST', 'localhost')
+    port = _option_property('port', 'EMAIL_PORT', 25)
+    use_tls = _option_property('use_tls', 'EMAIL_USE_TLS', False)
+    use_ssl = _option_property('use_ssl', 'EMAIL_USE_SSL', False)
+    timeout = _option_property('timeout', 'EMAIL_TIMEOUT', None)
 
     # Connection ---------------------------------------------------------------------------------
     # Each thread delivering a share of a batch holds its own connection.
@@ -165,8 +173,8 @@ class SMTPMessenger(MessengerBase):
         self._session_started = True
 
     def after_send(self) -> None:
-        """Say QUIT; a server that already hung up is fine."""
-        smtp, self.smtp, self._session_started = self.smtp, None, False
+        """Say QUIT; a server that already hung up is fine. ``smtp`` stays readable, as in 1.4.0."""
+        smtp, self._session_started = self.smtp, False
         if smtp is None:
             return
         try:
@@ -255,7 +263,7 @@ class SMTPMessenger(MessengerBase):
         """
         in_flight = None  # (dispatch, message type): content sent, the server's verdict not read yet
         for dispatch, message_cls, recipient, data in self._outgoing(items):
-            if self.smtp is None:
+            if self.smtp is None or not self._session_started:
                 try:
                     self.before_send()  # the server dropped us earlier in this run: reconnect
                 except MessengerWarmupException as error:
