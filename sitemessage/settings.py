@@ -35,6 +35,10 @@ DEFAULTS: dict[str, Any] = {
     'UNSUBSCRIBE_CONFIRM': True,
     'FACEBOOK_GRAPH_VERSION': 'v24.0',
     'VKONTAKTE_API_VERSION': '5.199',
+    # New in 2.0: Prometheus metrics (sitemessage.metrics).
+    'METRICS': False,
+    'METRICS_PORT': None,
+    'METRICS_ADDRESS': '127.0.0.1',
 }
 
 
