@@ -52,7 +52,8 @@ class QueueCollector:
     def collect(self):
         from prometheus_client.core import GaugeMetricFamily
 
-        from .queue_status import QUEUE_STATUSES, get_queue_status
+        from .queue_status import QUEUE_STATUSES, MessengerStatus, get_queue_status
+        from .utils import get_registered_messenger_objects
 
         was_open = connection.connection is not None
         try:
@@ -68,6 +69,9 @@ class QueueCollector:
         oldest = GaugeMetricFamily('sitemessage_queue_oldest_due_age_seconds',
                                    'Seconds since the oldest due dispatch became due (0 when none is due).',
                                    labels=['messenger'])
+        # Registered messengers with an empty queue report zeros rather than no series at all.
+        for alias in get_registered_messenger_objects():
+            status.messengers.setdefault(alias, MessengerStatus())
         for alias, messenger in sorted(status.messengers.items()):
             for name in QUEUE_STATUSES.values():
                 depth.add_metric([alias, name], getattr(messenger, name))
