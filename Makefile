@@ -20,6 +20,7 @@ $(VENV)/.installed: setup.py
 # The demo needs only Django and aiosmtpd (the `demo` extra), not the test tools; pip shows its progress.
 # A stamp of its own: `make test` after `make demo` still installs the test extra.
 $(VENV)/.demo-installed: setup.py
+	@test -x $(PY) || echo 'Creating the virtualenv $(VENV) (takes a few seconds) ...'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo 'Installing django-sitemessage with the demo extra (Django, aiosmtpd) into $(VENV) ...'
 	$(PY) -m pip install --progress-bar on -e '.[demo]'
