@@ -181,6 +181,10 @@ def start_metrics_server() -> Optional[int]:
         raise SiteMessageConfigurationError('SITEMESSAGE_METRICS_PORT is set but SITEMESSAGE_METRICS is False: '
                                             'set it to True.')
     address = get_setting('METRICS_ADDRESS')
-    _prometheus().start_http_server(port, addr=address, registry=metrics.registry)
+    try:
+        _prometheus().start_http_server(port, addr=address, registry=metrics.registry)
+    except OSError as error:
+        raise SiteMessageConfigurationError(
+            f'Cannot serve the metrics on {address}:{port} (SITEMESSAGE_METRICS_ADDRESS, _PORT): {error}') from error
     LOGGER.info('sitemessage metrics served on http://%s:%s/metrics', address, port)
     return port

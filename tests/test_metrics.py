@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import urllib.request
 from datetime import timedelta
 
@@ -163,3 +164,13 @@ def test_worker_serves_metrics_on_the_port_setting(procs, sink):
     assert re.search(r'^sitemessage_dispatches_total\{messenger="smtp",outcome="sent"\} 3\.0$', text, re.M), text
     assert re.search(r'^sitemessage_queue_dispatches\{messenger="smtp",status="pending"\} 0\.0$', text, re.M)
     assert sorted(sink.handler.rcpts()) == [address('metrics', index) for index in range(3)]
+
+
+def test_a_busy_metrics_port_is_named(registry, settings):
+    with socket.socket() as busy:
+        busy.bind(('127.0.0.1', 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        settings.SITEMESSAGE_METRICS_PORT = port
+        with pytest.raises(SiteMessageConfigurationError, match=f'Cannot serve the metrics on 127.0.0.1:{port}'):
+            metrics.start_metrics_server()
