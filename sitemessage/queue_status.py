@@ -77,7 +77,7 @@ class QueueStatus:
                 'awaiting_preparation': self.awaiting_preparation}
 
 
-def due_since():
+def due_since() -> Case:
     """When a due dispatch became sendable: its claim's lease ran out, its retry time came, or it was created."""
     return Case(
         When(dispatch_status=Dispatch.DISPATCH_STATUS_PROCESSING, lease_until__isnull=False, then=F('lease_until')),

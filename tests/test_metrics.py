@@ -133,7 +133,8 @@ def test_bad_metrics_settings_are_named(monkeypatch, settings):
         metrics.get_metrics()
     settings.SITEMESSAGE_METRICS = True
     settings.SITEMESSAGE_METRICS_PORT = 'http'
-    with pytest.raises(SiteMessageConfigurationError, match="SITEMESSAGE_METRICS_PORT must be a port number, got 'http'"):
+    with pytest.raises(SiteMessageConfigurationError,
+                       match="SITEMESSAGE_METRICS_PORT must be a port number, got 'http'"):
         metrics.start_metrics_server()
 
 
