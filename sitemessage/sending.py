@@ -67,7 +67,8 @@ def validate_priority(priority) -> Optional[int]:
 
 def send_scheduled_messages(priority=None, ignore_unknown_messengers: bool = False,
                             ignore_unknown_message_types: bool = False,
-                            should_stop: Optional[Callable[[], bool]] = None) -> SendReport:
+                            should_stop: Optional[Callable[[], bool]] = None,
+                            progress: Optional[Callable[[SendReport], None]] = None) -> SendReport:
     """Send every dispatch that is due, batch by batch, oldest first.
 
     Each messenger's connections stay open for the whole run. With several connections the
@@ -76,7 +77,7 @@ def send_scheduled_messages(priority=None, ignore_unknown_messengers: bool = Fal
     same run, so a failing one is retried on a later run (after its backoff). An unknown
     messenger or message type raises (unless ignored) after the current batch is stored; its
     dispatches stay in the queue. ``should_stop`` is asked between batches (a worker's stop
-    request).
+    request). ``progress`` is called with the report so far after each batch is stored.
     """
     priority = validate_priority(priority)
     batch_size = get_positive_int_setting('SEND_BATCH_SIZE')
@@ -109,6 +110,8 @@ def send_scheduled_messages(priority=None, ignore_unknown_messengers: bool = Fal
                     next_delivery = run.start(next_batch) if next_batch else None
                 error = run.finish(delivery)
                 report.count(batch)
+                if progress is not None:
+                    progress(report)
                 if error is not None:
                     raise error
                 if not overlap:  # one connection: this thread sends, so claim only once it is done

@@ -37,6 +37,10 @@ DEFAULTS: dict[str, Any] = {
     'VKONTAKTE_API_VERSION': '5.199',
     # New in 2.0: which of Django 6.1's MAILERS holds the SMTP options (None: found by backend).
     'SMTP_MAILER': None,
+    # New in 2.0: Prometheus metrics (sitemessage.metrics).
+    'METRICS': False,
+    'METRICS_PORT': None,
+    'METRICS_ADDRESS': '127.0.0.1',
 }
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple, Ty
 
 from django.contrib.auth.base_user import AbstractBaseUser
 
-from .. import ratelimit
+from .. import metrics, ratelimit
 from ..exceptions import MessengerException, SiteMessageConfigurationError
 from ..models import Dispatch, Message, MessageTuple
 from ..settings import get_setting
@@ -263,6 +263,7 @@ class MessengerBase:
             # Reached only when something raised mid-way: still record why it was not sent.
             dispatch.set_outcome(Dispatch.DISPATCH_STATUS_ERROR, 'Delivery was interrupted before an outcome')
         Dispatch.objects.store_outcomes(attempted)
+        metrics.observe_outcomes(attempted)
         Dispatch.objects.release(untouched)
 
     # 1.4.0 helpers kept for projects' messengers --------------------------------------------------

@@ -1,5 +1,6 @@
 from django.core.management.base import CommandParser
 
+from ...progress import Progress
 from ...sending import send_scheduled_messages
 from ._base import SitemessageCommand
 
@@ -28,6 +29,10 @@ class Command(SitemessageCommand):
     def run(self, priority=None, **options):
         priority_str = f'with priority {priority} ' if priority is not None else ''
         self.stdout.write(f'Sending scheduled messages {priority_str} ...\n')
-        report = send_scheduled_messages(priority=priority)
+        progress = Progress(self.stdout, options.get('verbosity', 1))
+        try:
+            report = send_scheduled_messages(priority=priority, progress=progress)
+        finally:
+            progress.done()
         self.stdout.write('Sending done.\n')
         self.stdout.write(f'{report}\n')

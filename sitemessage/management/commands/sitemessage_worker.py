@@ -1,5 +1,6 @@
 from django.core.management.base import CommandParser
 
+from ...metrics import start_metrics_server
 from ...worker import Worker
 from ._base import SitemessageCommand
 from .sitemessage_send_scheduled import _priority
@@ -23,6 +24,7 @@ class Command(SitemessageCommand):
         worker = Worker(priority=priority, idle_seconds=idle, max_passes=passes,
                         report=lambda report: self.stdout.write(f'{report}\n'))
         worker.install_signal_handlers()
+        start_metrics_server()
         self.stdout.write('Worker started.\n')
         totals = worker.run()
         self.stdout.write(f'Worker stopped. {totals}\n')
