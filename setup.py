@@ -45,7 +45,7 @@ setup(
     include_package_data=True,
     zip_safe=False,
     python_requires='>=3.10',
-    install_requires=['Django>=4.2,<6.0'],
+    install_requires=['Django>=4.2,<6.2'],
     extras_require=EXTRAS,
     classifiers=[
         'Development Status :: 5 - Production/Stable',
