@@ -1,7 +1,7 @@
 """django.tasks support: a lazily built task that every backend can run, and an enqueue that never raises.
 
 The tests of real backends need Django 6.0+ (django.tasks); on older Django they skip with a
-reason naming it (allowed in strict runs: CI runs this module on the newest Django as well).
+reason starting "Django version:" (allowed in strict runs: CI runs this module on the newest Django as well).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from sitemessage.models import Dispatch
 from sitemessage.toolbox import recipients, schedule_messages
 
 HAS_DJANGO_TASKS = importlib.util.find_spec('django.tasks') is not None
-needs_django_tasks = pytest.mark.skipif(not HAS_DJANGO_TASKS, reason='needs Django 6.0+ (django.tasks)')
+needs_django_tasks = pytest.mark.skipif(not HAS_DJANGO_TASKS, reason='Django version: needs django.tasks (Django 6.0+)')
 
 IMMEDIATE = {'default': {'BACKEND': 'django.tasks.backends.immediate.ImmediateBackend'}}
 DUMMY = {'default': {'BACKEND': 'django.tasks.backends.dummy.DummyBackend'}}
@@ -55,7 +55,7 @@ def test_import_is_safe_with_any_tasks_setting(settings_tasks):
     assert result.stdout.startswith('imported sitemessage.tasks')
 
 
-@pytest.mark.skipif(HAS_DJANGO_TASKS, reason='checks the behaviour of Django without django.tasks')
+@pytest.mark.skipif(HAS_DJANGO_TASKS, reason='Django version: needs a Django without django.tasks (before 6.0)')
 def test_without_django_tasks_the_task_is_none_and_enqueue_logs(caplog):
     from sitemessage import tasks
 
