@@ -29,6 +29,9 @@ DEFAULTS: dict[str, Any] = {
     'RATE_LIMIT_CACHE': 'default',
     'ENQUEUE_ON_SCHEDULE': None,
     'WORKER_IDLE_SECONDS': 5,
+    'WORKER_PREPARE_DISPATCHES': False,
+    # Seconds to wait for an SMTP or XMPP server (connect, reply); EMAIL_TIMEOUT or a messenger's own wins.
+    'CONNECT_TIMEOUT': 30,
     'PARALLEL_CONNECTIONS': {},
     'HTTP_TIMEOUT': 10,
     # New in 2.0: a GET of an unsubscribe link shows a confirmation page; only a POST unsubscribes.

@@ -24,6 +24,7 @@ from django.utils.translation import gettext as _, gettext_lazy
 
 from ..exceptions import MessengerException, MessengerWarmupException, PermanentDeliveryError
 from ..plaintext import html_to_text
+from ..settings import get_setting
 from .base import MessengerBase
 from .smtp_pipelining import (
     PLAIN_ADDRESS, can_pipeline, content_refusal, read_envelope_replies, send_pipelined, write_content, write_envelope,
@@ -112,7 +113,11 @@ class SMTPMessenger(MessengerBase):
     port = property(lambda self: self._option('port', 'EMAIL_PORT', 25))
     use_tls = property(lambda self: self._option('use_tls', 'EMAIL_USE_TLS', False))
     use_ssl = property(lambda self: self._option('use_ssl', 'EMAIL_USE_SSL', False))
-    timeout = property(lambda self: self._option('timeout', 'EMAIL_TIMEOUT', None))
+    @property
+    def timeout(self) -> Optional[float]:
+        """Seconds to wait for the server: the argument, ``EMAIL_TIMEOUT``, else ``SITEMESSAGE_CONNECT_TIMEOUT`` (30)."""
+        value = self._option('timeout', 'EMAIL_TIMEOUT', None)
+        return get_setting('CONNECT_TIMEOUT') if value is None else value
 
     # Connection ---------------------------------------------------------------------------------
     # Each thread delivering a share of a batch holds its own connection.
@@ -154,7 +159,8 @@ class SMTPMessenger(MessengerBase):
             self._thread_state().pipelining = self.pipelining and bool(self.smtp.has_extn('pipelining'))
         except (smtplib.SMTPException, OSError) as error:
             self._drop_connection()
-            raise MessengerWarmupException(f'SMTP Error: {describe_smtp_error(error)}') from error
+            raise MessengerWarmupException(
+                f'SMTP Error: {self.host}:{self.port}: {describe_smtp_error(error)}') from error
         except MessengerWarmupException:
             self._drop_connection()
             raise
