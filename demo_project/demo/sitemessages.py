@@ -64,7 +64,7 @@ class WeeklyDigest(MessageBase):
 
     @classmethod
     def create(cls, items):
-        """Schedule a digest for everybody subscribed (dispatches are prepared by the sender loop)."""
+        """Schedule a digest for everybody subscribed (dispatches are prepared by the sender: sitemessage_worker --prepare)."""
         return cls(items).schedule()
 
 
