@@ -278,19 +278,31 @@ def closed_port() -> int:
     return free_port()
 
 
+SILENCE_SECONDS = 8  # the silent server hangs up after this: a client without a timeout fails, not hangs
+
+
 @pytest.fixture
 def silent_server():
-    """A TCP server on 127.0.0.1 that accepts connections and never says a word (not an SMTP server)."""
+    """A TCP server on 127.0.0.1 that accepts connections and says nothing (not an SMTP server).
+
+    It hangs up after ``SILENCE_SECONDS``, so that a client waiting for ever shows up as a slow
+    run (a failed assertion) instead of a test that never ends.
+    """
     import socket
     import threading
+    import time
     listener = socket.socket()
     listener.bind(('127.0.0.1', 0))
     listener.listen(8)
     accepted, stop = [], threading.Event()
+    started = time.monotonic()
 
     def accept():
         listener.settimeout(0.1)
         while not stop.is_set():
+            if time.monotonic() - started > SILENCE_SECONDS:
+                for connection in accepted:
+                    connection.close()
             try:
                 accepted.append(listener.accept()[0])
             except OSError:
@@ -359,7 +371,7 @@ def test_silent_server_times_out_and_exits_3(silent_server):
     started = time.monotonic()
     status, lines, _errors = status_of('sitemessage_send_scheduled')
 
-    assert time.monotonic() - started < 10  # 1.4.0 and 2.0 before issue 10 waited for ever
+    assert time.monotonic() - started < SILENCE_SECONDS - 2  # 1.4.0 and 2.0 before issue 10 waited for ever
     assert accepted  # it did connect: the wait was for the greeting
     assert status == 3
     assert f'SMTP Error: 127.0.0.1:{port}: ' in lines[3] and 'timed out' in lines[3]
@@ -376,7 +388,7 @@ def test_email_timeout_wins_over_the_connect_timeout(silent_server):
     status, _lines, _errors = status_of('sitemessage_send_scheduled')
 
     assert status == 3
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < SILENCE_SECONDS - 2
 
 
 def test_timeout_precedence(settings):
