@@ -611,3 +611,48 @@ def test_worker_prepare_setting(fake_messenger):
 
     assert totals.sent == 1
     assert fake_messenger.delivered == [('reader', 'news')]
+
+
+def test_use_ssl_on_a_plain_port_exits_3(smtp_server):
+    register_smtp(port=smtp_server.port, use_ssl=True, timeout=5)
+    schedule_mail('a@example.com')
+
+    status, lines, _errors = status_of('sitemessage_send_scheduled')
+
+    assert status == 3
+    assert f'SMTP Error: 127.0.0.1:{smtp_server.port}: SSL' in lines[3]
+
+
+@override_settings(SITEMESSAGE_CONNECT_TIMEOUT=0.5)
+def test_xmpp_waits_for_a_silent_server_at_most_the_connect_timeout(silent_server):
+    import time
+
+    from sitemessage import utils
+    from sitemessage.messengers.xmpp import XMPPSleekMessenger
+    port, accepted = silent_server
+    utils.register_messenger_objects(XMPPSleekMessenger('bot@localhost', 'secret', '127.0.0.1', port, use_tls=False))
+    schedule_messages('hello', recipients('xmppsleek', 'someone@localhost'))
+
+    started = time.monotonic()
+    status, lines, _errors = status_of('sitemessage_send_scheduled')
+
+    assert time.monotonic() - started < SILENCE_SECONDS - 2
+    assert accepted
+    assert status == 3
+    assert lines[3].startswith('Could not connect: xmppsleek: Messenger warm-up failed: XMPP Error: ')
+    assert f'127.0.0.1:{port}' in lines[3]
+
+
+def test_worker_process_exits_3_when_smtp_is_down_and_0_when_stopped(procs, sink):
+    import signal
+    procs.settings['SMTP_PORT'] = str(closed_port())
+    procs.orm('schedule', count=1, prefix='down')
+
+    down = procs.django('sitemessage_worker', '--passes', '1', '--idle', '0', check=False)
+    assert down.returncode == 3, down.stdout + down.stderr
+    assert 'Could not connect: smtp: ' in down.stdout
+
+    worker = procs.start('sitemessage_worker', '--idle', '0.2')
+    assert worker.wait_for_output('Worker started.')
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(20) == 0, worker.output()
