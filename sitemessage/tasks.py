@@ -10,6 +10,7 @@ attribute, so a backend that stores the path and imports it again in its worker 
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 import threading
 from typing import Any, Optional
@@ -54,11 +55,7 @@ _TASKS: dict = {}  # backend alias -> Task
 
 def has_django_tasks() -> bool:
     """Whether this Django has ``django.tasks`` (Django 6.0+)."""
-    try:
-        import django.tasks  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec('django.tasks') is not None
 
 
 def get_django_task() -> Any:
@@ -90,7 +87,7 @@ def get_django_task() -> Any:
 
 def __getattr__(name: str) -> Any:
     if name == 'django_send_scheduled':
-        # 1.x/2.0 code tested this name for None where Django has no django.tasks.
+        # None where Django has no django.tasks, as before the task was built lazily.
         return get_django_task() if has_django_tasks() else None
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 

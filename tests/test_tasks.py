@@ -96,6 +96,8 @@ def test_task_path_leads_back_to_the_task(fresh_tasks):
         assert isinstance(task, Task)
         assert task.module_path == 'sitemessage.tasks.django_send_scheduled'
         assert import_string(task.module_path) is task
+        from sitemessage.tasks import django_send_scheduled  # as the docs show
+        assert django_send_scheduled is task
         assert pickle.loads(pickle.dumps(task)).func is task.func  # how queue backends ship it
         assert copy.deepcopy(task).func is task.func
 
