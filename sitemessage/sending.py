@@ -24,7 +24,8 @@ from .utils import get_registered_message_type, get_registered_messenger_object
 LOGGER = logging.getLogger(__name__)
 
 
-WARM_UP_FAILURE = 'Messenger warm-up failed'  # how a dispatch's error log starts when its messenger could not connect
+# How a dispatch's error log starts when its messenger could not connect (messengers.session.warm_up_failure).
+WARM_UP_FAILURE = 'Messenger warm-up failed'
 
 
 @dataclass
