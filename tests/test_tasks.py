@@ -98,7 +98,8 @@ def test_task_path_leads_back_to_the_task(fresh_tasks):
         assert import_string(task.module_path) is task
         from sitemessage.tasks import django_send_scheduled  # as the docs show
         assert django_send_scheduled is task
-        assert pickle.loads(pickle.dumps(task)).func is task.func  # how queue backends ship it
+        if '__reduce__' in Task.__dict__:  # Django 6.1+ pickles a Task as its path (6.0 backends store the path)
+            assert pickle.loads(pickle.dumps(task)).func is task.func
         assert copy.deepcopy(task).func is task.func
 
 
