@@ -6,7 +6,7 @@ resolved through the module ``__getattr__`` and so reflect the live value.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from django.conf import settings as django_settings
 
@@ -53,6 +53,16 @@ def get_positive_int_setting(name: str) -> int:
         from .exceptions import SiteMessageConfigurationError
         raise SiteMessageConfigurationError(
             f'SITEMESSAGE_{name} must be a positive integer, got {value!r}.')
+    return value
+
+
+def get_timeout_setting(name: str) -> Optional[float]:
+    """Return ``SITEMESSAGE_<name>`` as seconds (a positive number, or None: no timeout); a bad value is named."""
+    value = get_setting(name)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+        from .exceptions import SiteMessageConfigurationError
+        raise SiteMessageConfigurationError(
+            f'SITEMESSAGE_{name} must be a positive number of seconds or None, got {value!r}.')
     return value
 
 

@@ -657,3 +657,21 @@ def test_worker_process_exits_3_when_smtp_is_down_and_0_when_stopped(procs, sink
     assert worker.wait_for_output('Worker started.')
     worker.signal(signal.SIGTERM)
     assert worker.wait(20) == 0, worker.output()
+
+
+@pytest.mark.parametrize('value', ['30', 0, -1, True])
+def test_a_bad_connect_timeout_is_named(settings, value):
+    from sitemessage.exceptions import SiteMessageConfigurationError
+    from sitemessage.messengers.smtp import SMTPMessenger
+    settings.EMAIL_TIMEOUT = None
+    settings.SITEMESSAGE_CONNECT_TIMEOUT = value
+
+    with pytest.raises(SiteMessageConfigurationError, match=f'SITEMESSAGE_CONNECT_TIMEOUT .* got {value!r}'):
+        SMTPMessenger().timeout
+
+
+def test_no_connect_timeout_is_allowed(settings):
+    from sitemessage.messengers.smtp import SMTPMessenger
+    settings.EMAIL_TIMEOUT = None
+    settings.SITEMESSAGE_CONNECT_TIMEOUT = None
+    assert SMTPMessenger().timeout is None

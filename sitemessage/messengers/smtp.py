@@ -24,7 +24,7 @@ from django.utils.translation import gettext as _, gettext_lazy
 
 from ..exceptions import MessengerException, MessengerWarmupException, PermanentDeliveryError
 from ..plaintext import html_to_text
-from ..settings import get_setting
+from ..settings import get_timeout_setting
 from .base import MessengerBase
 from .smtp_pipelining import (
     PLAIN_ADDRESS, can_pipeline, content_refusal, read_envelope_replies, send_pipelined, write_content, write_envelope,
@@ -117,7 +117,7 @@ class SMTPMessenger(MessengerBase):
     def timeout(self) -> Optional[float]:
         """Seconds to wait for the server: the argument, ``EMAIL_TIMEOUT``, else ``SITEMESSAGE_CONNECT_TIMEOUT`` (30)."""
         value = self._option('timeout', 'EMAIL_TIMEOUT', None)
-        return get_setting('CONNECT_TIMEOUT') if value is None else value
+        return get_timeout_setting('CONNECT_TIMEOUT') if value is None else value
 
     # Connection ---------------------------------------------------------------------------------
     # Each thread delivering a share of a batch holds its own connection.

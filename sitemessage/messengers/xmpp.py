@@ -28,7 +28,7 @@ from ..exceptions import (
     SiteMessageConfigurationError,
     TemporaryDeliveryError,
 )
-from ..settings import get_setting
+from ..settings import get_timeout_setting
 from ..utils import import_optional
 from .base import MessengerBase
 
@@ -67,7 +67,9 @@ class _Session:
         self.password = messenger.password
         self.host, self.port = messenger.host, messenger.port
         self.use_tls, self.use_ssl, self.ca_certs = messenger.use_tls, messenger.use_ssl, messenger.ca_certs
-        self.timeout = messenger.timeout if messenger.timeout is not None else get_setting('CONNECT_TIMEOUT')
+        self.timeout = messenger.timeout
+        if self.timeout is None:  # the setting; with no bound there either, the 20 s of earlier releases
+            self.timeout = get_timeout_setting('CONNECT_TIMEOUT') or 20
         self.client = None
         self.alive = False
         self.refusals: Dict[str, Refusal] = {}  # stanza id -> error, filled on the loop
