@@ -36,7 +36,7 @@ test: venv
 test-postgres: venv
 	SITEMESSAGE_TEST_DB=postgres $(PY) -m pytest $(PYTEST_ARGS)
 
-# The demo: SQLite, a local SMTP sink, a sender loop and runserver on 127.0.0.1:$(PORT).
+# The demo: SQLite, a local SMTP sink, a sender (sitemessage_worker --prepare) and runserver on 127.0.0.1:$(PORT).
 demo: $(VENV)/.demo-installed
 	cd demo_project && PORT=$(PORT) ../$(PY) run_demo.py
 

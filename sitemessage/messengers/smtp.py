@@ -26,6 +26,7 @@ from django.utils.translation import gettext as _, gettext_lazy
 from ..exceptions import MessengerException, MessengerWarmupException, PermanentDeliveryError
 from ..mail_settings import email_setting
 from ..plaintext import html_to_text
+from ..settings import get_timeout_setting
 from .base import MessengerBase
 from .smtp_pipelining import (
     PLAIN_ADDRESS, can_pipeline, content_refusal, read_envelope_replies, send_pipelined, write_content, write_envelope,
@@ -124,7 +125,16 @@ class SMTPMessenger(MessengerBase):
     port = _option_property('port', 'EMAIL_PORT', 25)
     use_tls = _option_property('use_tls', 'EMAIL_USE_TLS', False)
     use_ssl = _option_property('use_ssl', 'EMAIL_USE_SSL', False)
-    timeout = _option_property('timeout', 'EMAIL_TIMEOUT', None)
+
+    @property
+    def timeout(self) -> Optional[float]:
+        """Seconds to wait for the server: the argument, ``EMAIL_TIMEOUT``, else ``SITEMESSAGE_CONNECT_TIMEOUT`` (30)."""
+        value = self._option('timeout', 'EMAIL_TIMEOUT', None)
+        return get_timeout_setting('CONNECT_TIMEOUT') if value is None else value
+
+    @timeout.setter
+    def timeout(self, value: Optional[float]) -> None:
+        self._options['timeout'] = value
 
     # Connection ---------------------------------------------------------------------------------
     # Each thread delivering a share of a batch holds its own connection.
@@ -166,7 +176,8 @@ class SMTPMessenger(MessengerBase):
             self._thread_state().pipelining = self.pipelining and bool(self.smtp.has_extn('pipelining'))
         except (smtplib.SMTPException, OSError) as error:
             self._drop_connection()
-            raise MessengerWarmupException(f'SMTP Error: {describe_smtp_error(error)}') from error
+            raise MessengerWarmupException(
+                f'SMTP Error: {self.host}:{self.port}: {describe_smtp_error(error)}') from error
         except MessengerWarmupException:
             self._drop_connection()
             raise

@@ -28,6 +28,7 @@ from ..exceptions import (
     SiteMessageConfigurationError,
     TemporaryDeliveryError,
 )
+from ..settings import get_timeout_setting
 from ..utils import import_optional
 from . import xmpp_sleek
 from .base import MessengerBase
@@ -68,6 +69,8 @@ class _Session:
         self.host, self.port = messenger.host, messenger.port
         self.use_tls, self.use_ssl, self.ca_certs = messenger.use_tls, messenger.use_ssl, messenger.ca_certs
         self.timeout = messenger.timeout
+        if self.timeout is None:  # the setting; with no bound there either, the 20 s of earlier releases
+            self.timeout = get_timeout_setting('CONNECT_TIMEOUT') or 20
         self.client = None
         self.alive = False
         self.refusals: Dict[str, Refusal] = {}  # stanza id -> error, filled on the loop
@@ -259,7 +262,8 @@ class XMPPSleekMessenger(MessengerBase):
     ``use_tls`` requires STARTTLS (the server's certificate is verified; ``ca_certs`` names a CA
     bundle to trust), ``use_ssl`` connects with direct TLS (XEP-0368, usually port 5223), and
     with neither the stream is plain text (SCRAM login only). ``timeout`` bounds connecting,
-    logging in and each confirmation; ``connections`` sets parallel connections.
+    logging in and each confirmation (default: ``SITEMESSAGE_CONNECT_TIMEOUT``); ``connections``
+    sets parallel connections.
 
     Where ``sleekxmpp`` imports (a 1.4.0 project's test stand-in in ``sys.modules``), it is used
     with 1.4.0's calls (:mod:`~sitemessage.messengers.xmpp_sleek`); so is a client assigned to
@@ -270,7 +274,7 @@ class XMPPSleekMessenger(MessengerBase):
     title = gettext_lazy('XMPP')
     address_attr = 'jabber'
 
-    timeout: float = 20
+    timeout: Optional[float] = None  # None: SITEMESSAGE_CONNECT_TIMEOUT
 
     def __init__(self, from_jid: str, password: str, host: str = 'localhost', port: int = 5222,
                  use_tls: bool = True, use_ssl: bool = False, *, ca_certs: Optional[str] = None,
