@@ -28,8 +28,11 @@ EXTRAS = {
     'vkontakte': ['requests'],
     'celery': ['celery[redis]'],
     'test': ['pytest', 'pytest-django', 'aiosmtpd', 'psycopg[binary]', 'requests', 'requests-oauthlib',
-             'slixmpp', 'celery[redis]', 'playwright', 'pymysql'],
+             'slixmpp', 'celery[redis]', 'playwright', 'pymysql', 'prometheus_client'],
     'docs': ['sphinx'],
+    'prometheus': ['prometheus_client'],
+    # `make demo`: only what demo_project needs besides Django (its SMTP sink).
+    'demo': ['aiosmtpd'],
 }
 
 setup(
@@ -45,7 +48,7 @@ setup(
     include_package_data=True,
     zip_safe=False,
     python_requires='>=3.10',
-    install_requires=['Django>=4.2,<6.0'],
+    install_requires=['Django>=4.2,<6.2'],
     extras_require=EXTRAS,
     classifiers=[
         'Development Status :: 5 - Production/Stable',
@@ -53,6 +56,8 @@ setup(
         'Framework :: Django',
         'Framework :: Django :: 4.2',
         'Framework :: Django :: 5.2',
+        'Framework :: Django :: 6.0',
+        'Framework :: Django :: 6.1',
         'Intended Audience :: Developers',
         'License :: OSI Approved :: BSD License',
         'Operating System :: OS Independent',
@@ -62,6 +67,7 @@ setup(
         'Programming Language :: Python :: 3.10',
         'Programming Language :: Python :: 3.11',
         'Programming Language :: Python :: 3.12',
+        'Programming Language :: Python :: 3.13',
         'Topic :: Communications',
         'Topic :: Communications :: Email',
     ],
