@@ -17,14 +17,14 @@ from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from email.utils import formataddr, formatdate, make_msgid, parseaddr
 from functools import lru_cache
-from typing import Any, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 from django.conf import settings
 from django.utils.translation import gettext as _, gettext_lazy
 
 from ..exceptions import MessengerException, MessengerWarmupException, PermanentDeliveryError
 from ..plaintext import html_to_text
-from .base import MessengerBase
+from .base import Dispatch, MessengerBase
 from .smtp_pipelining import (
     PLAIN_ADDRESS, can_pipeline, content_refusal, read_envelope_replies, send_pipelined, write_content, write_envelope,
 )
@@ -249,6 +249,7 @@ class SMTPMessenger(MessengerBase):
         out together, and the next e-mail is built while the server handles the previous one:
         about one round trip per e-mail instead of four.
         """
+        items = self._send_prebuilt(items)  # e-mails Django built (EmailBackend), before any pipelining
         in_flight = None  # (dispatch, message type): content sent, the server's verdict not read yet
         for dispatch, message_cls, recipient, data in self._outgoing(items):
             if self.smtp is None:
@@ -284,6 +285,52 @@ class SMTPMessenger(MessengerBase):
                 continue
             in_flight = (dispatch, message_cls)
         self._settle(in_flight)
+
+    # E-mails built elsewhere (Django's EmailMessage, queued by sitemessage.backends.EmailBackend) ---
+
+    def send_mime(self, sender: str, recipients: List[str], data: bytes) -> dict:
+        """Send prebuilt e-mail bytes unchanged to several envelope recipients in one transaction.
+
+        As Django's SMTP backend: ``sendmail`` raises only when every recipient is refused and
+        returns the refused ones otherwise.
+        """
+        return self.smtp.sendmail(sender or _sender_parts(self.from_email)[1], recipients, data)
+
+    def _send_prebuilt(self, items):
+        """Send the e-mails of message types with ``prebuilt_mime``; return the other items."""
+        rest = []
+        for item in items:
+            message_cls, message_model, dispatches = item
+            if not getattr(message_cls, 'prebuilt_mime', False):
+                rest.append(item)
+                continue
+            for dispatch in dispatches:
+                self._send_prebuilt_one(message_cls, message_model, dispatch)
+        return rest
+
+    def _send_prebuilt_one(self, message_cls, message_model, dispatch) -> None:
+        if self.smtp is None:
+            try:
+                self.before_send()
+            except MessengerWarmupException as error:
+                self.mark_error(dispatch, error, message_cls)
+                return
+        context = message_model.context
+        try:
+            data = message_cls.get_mime(context)
+            refused = self.send_mime(context.get('envelope_from') or '', list(context['envelope_to']), data)
+        except (smtplib.SMTPException, OSError) as error:
+            self._record_failure(dispatch, error, message_cls)
+            return
+        except (UnicodeError, KeyError, ValueError) as error:  # cannot get better by retrying
+            self.mark_failed(dispatch, f'Cannot send the stored e-mail: {type(error).__name__}: {error}')
+            return
+        if refused:
+            details = '; '.join(f'{rcpt}: {code} {msg.decode(errors="replace") if isinstance(msg, bytes) else msg}'
+                                for rcpt, (code, msg) in refused.items())
+            dispatch.set_outcome(Dispatch.DISPATCH_STATUS_SENT, f'Sent; recipients refused by the server: {details}')
+        else:
+            self.mark_sent(dispatch)
 
     def _outgoing(self, items):
         """Yield ``(dispatch, message type, envelope recipient, e-mail bytes)``; bad addresses fail here."""
