@@ -27,7 +27,7 @@ EXTRAS = {
     'facebook': ['requests'],
     'vkontakte': ['requests'],
     'celery': ['celery[redis]'],
-    'test': ['pytest', 'pytest-django', 'aiosmtpd', 'psycopg[binary]', 'requests', 'requests-oauthlib',
+    'test': ['pytest', 'hypothesis', 'pytest-django', 'aiosmtpd', 'psycopg[binary]', 'requests', 'requests-oauthlib',
              'slixmpp', 'celery[redis]', 'playwright', 'pymysql'],
     'docs': ['sphinx'],
 }

@@ -16,7 +16,7 @@ from typing import Any, Iterable, List, Optional
 from .exceptions import SiteMessageError
 
 _UNSAFE = re.compile(r'[\r\n\x00]')
-_PLAIN_ADDRESS = re.compile(r'[^@\s<>"(),;:\\\[\]]+@[^@\s<>"(),;:\\\[\]]+\Z')  # one bare address
+_PLAIN_ADDRESS = re.compile(r'[^@\s<>"(),;:\\\[\]\x00]+@[^@\s<>"(),;:\\\[\]\x00]+\Z')  # one bare address
 _HEADER_NAME = re.compile(r'[!-9;-~]+\Z')  # RFC 5322 field name: printable ASCII but ':'
 
 # Context keys the SMTP messenger writes into headers.
@@ -59,10 +59,10 @@ def check_email_address(field: str, value: Any) -> None:
         return
     if _UNSAFE.search(value):
         raise UnsafeHeaderValueError(field, value)
-    if ',' in value or ';' in value:
-        mailboxes = [address for _name, address in getaddresses([value]) if address]
-        if len(mailboxes) > 1:
-            raise UnsafeHeaderValueError(field, value, 'must hold exactly one address')
+    pairs = [pair for pair in getaddresses([value]) if pair != ('', '')]
+    # 'a@x, b@y', 'Name <a@x> junk', 'x <<@y>': several mailboxes; 'a@x b@y': an '@' the parse lost.
+    if len(pairs) > 1 or (pairs and value.count('@') > pairs[0][0].count('@') + pairs[0][1].count('@')):
+        raise UnsafeHeaderValueError(field, value, 'must hold exactly one address')
 
 
 def check_context(context: Any, email: bool) -> None:
