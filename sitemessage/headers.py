@@ -9,11 +9,14 @@ precompiled regular expression on the common path: scheduling thousands of messa
 """
 from __future__ import annotations
 
+import logging
 import re
 from email.utils import getaddresses
 from typing import Any, Iterable, List, Optional
 
 from .exceptions import SiteMessageError
+
+LOGGER = logging.getLogger(__name__)
 
 _UNSAFE = re.compile(r'[\r\n\x00]')
 _PLAIN_ADDRESS = re.compile(r'[^@\s<>"(),;:\\\[\]\x00]+@[^@\s<>"(),;:\\\[\]\x00]+\Z')  # one bare address
@@ -87,6 +90,23 @@ def check_recipients(items: Iterable) -> None:
             check_email_address('Address', address)
         elif _UNSAFE.search(address):
             raise UnsafeHeaderValueError(f'Address (messenger `{item.messenger}`)', address)
+
+
+def safe_recipients(items: List) -> List:
+    """The recipients that pass :func:`check_recipients`; the others are logged and left out.
+
+    For recipients read from the database (subscribers): one bad stored address must not stop
+    a message from reaching everybody else.
+    """
+    safe = []
+    for item in items:
+        try:
+            check_recipients((item,))
+        except UnsafeHeaderValueError as error:
+            LOGGER.warning('Recipient left out: %s', error)
+            continue
+        safe.append(item)
+    return safe
 
 
 def unique_recipients(items: List) -> List:

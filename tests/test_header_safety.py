@@ -256,3 +256,16 @@ def test_property_email_backend(smtp_server, smtp_messenger, subject, name, head
     assert decoded(mail['Subject']) == decoded(subject)
     assert len(mail['From'].addresses) == 1 and mail['From'].addresses[0].addr_spec == 'from@example.com'
     assert mail.get_content().rstrip('\r\n') == 'Body line.'
+
+
+def test_a_stored_unsafe_subscriber_address_is_left_out_of_the_others_dispatches(smtp_messenger, caplog):
+    from sitemessage.models import Subscription
+    from sitemessage.toolbox import prepare_dispatches
+    Subscription.create('ann@example.com', 'email_plain', 'smtp')
+    Subscription.objects.create(message_cls='email_plain', messenger_cls='smtp', address='x@y.test\r\nBcc: e@z.test')
+    schedule_messages(EmailTextMessage('Hi', 'text'))
+
+    prepare_dispatches()
+
+    assert list(Dispatch.objects.values_list('address', flat=True)) == ['ann@example.com']
+    assert "'x@y.test\\r\\nBcc: e@z.test'" in caplog.text
