@@ -18,7 +18,9 @@ from .exceptions import SiteMessageError
 
 LOGGER = logging.getLogger(__name__)
 
-_UNSAFE = re.compile(r'[\r\n\x00]')
+# CR, LF and NUL, and what Python's email package also splits header lines at (str.splitlines()):
+# VT, FF, FS, GS, RS, NEL, LINE and PARAGRAPH SEPARATOR.
+_UNSAFE = re.compile('[\r\n\x00\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]')
 _PLAIN_ADDRESS = re.compile(r'[^@\s<>"(),;:\\\[\]\x00]+@[^@\s<>"(),;:\\\[\]\x00]+\Z')  # one bare address
 _HEADER_NAME = re.compile(r'[!-9;-~]+\Z')  # RFC 5322 field name: printable ASCII but ':'
 
@@ -29,13 +31,13 @@ HEADER_CONTEXT_KEYS = ('subject',)
 class UnsafeHeaderValueError(SiteMessageError, ValueError):
     """A value meant for an e-mail header (or an address) holds a line break or NUL, or several addresses."""
 
-    def __init__(self, field: str, value: Any, reason: str = 'contains a line break (CR or LF) or NUL'):
+    def __init__(self, field: str, value: Any, reason: str = 'contains a line break (CR, LF or another line separator) or NUL'):
         self.field, self.value = field, value
         super().__init__(f'{field} {reason}: {value!r}')
 
 
 def check_header_value(field: str, value: Any) -> None:
-    """Refuse a header value (subject, display name...) holding CR, LF or NUL."""
+    """Refuse a header value (subject, display name...) holding a line break or NUL."""
     if isinstance(value, str) and _UNSAFE.search(value):
         raise UnsafeHeaderValueError(field, value)
 

@@ -21,7 +21,9 @@ from sitemessage.utils import Recipient
 pytestmark = pytest.mark.django_db
 
 INJECTIONS = ['Order\r\nReply-To : x@evil.test', 'Hi\r\n\r\nINJECTED BODY', 'Hi\nBcc: evil@attacker.test',
-              'Hi\rthere', 'Hi\x00there']
+              'Hi\rthere', 'Hi\x00there', 'Hi\x0cBcc: evil@attacker.test', 'Hi\u2028there']
+# Line breaks for SMTP (CR, LF), NUL, and what Python's email package also splits header lines at.
+BREAKS = '\r\n\x00\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029'
 UNSAFE_ADDRESSES = ['victim@x.test, evil@attacker.test', 'victim@x.test\r\nBcc: evil@attacker.test',
                     'victim@x.test\x00', 'Victim <victim@x.test>; evil@attacker.test', 'victim@x.test evil@attacker.test',
                     'Victim <victim@x.test> evil@attacker.test']
@@ -198,15 +200,16 @@ def test_property_schedule_email_subject(smtp_server, smtp_messenger, subject):
     try:
         schedule_email('Body line.', 'ann@example.com', subject=subject)
     except UnsafeHeaderValueError as error:
-        assert any(char in subject for char in '\r\n\x00') and repr(subject) in str(error)
+        assert any(char in subject for char in BREAKS) and repr(subject) in str(error)
         return
-    assert not any(char in subject for char in '\r\n\x00')
+    assert not any(char in subject for char in BREAKS)
     send_scheduled_messages()
     envelope, mail = arrived(smtp_server)
     assert envelope.rcpt_tos == ['ann@example.com']
     assert_headers(mail, ['from', 'to', 'subject', 'date', 'message-id', 'content-type', 'mime-version',
                           'content-transfer-encoding'])
-    assert decoded(mail['Subject']) == decoded(subject or 'No Subject')
+    if '=?' not in subject:  # text that looks like an RFC 2047 encoded word is decoded by the reader
+        assert decoded(mail['Subject']) == decoded(subject or 'No Subject')
     assert mail.get_content().rstrip('\r\n') == 'Body line.'
 
 
@@ -247,13 +250,14 @@ def test_property_email_backend(smtp_server, smtp_messenger, subject, name, head
     except ValueError:  # BadHeaderError, or Django/Python refusing the value while building the MIME
         assert not Message.objects.exists()
         return
-    assert not any(char in subject + name + header for char in '\r\n\x00')
+    assert not any(char in subject + sender + header for char in BREAKS)  # a name may be RFC 2047-encoded
     send_scheduled_messages()
     envelope, mail = arrived(smtp_server)
     assert (envelope.mail_from, envelope.rcpt_tos) == ('from@example.com', ['ann@example.com'])
     assert_headers(mail, ['from', 'to', 'subject', 'date', 'message-id', 'content-type', 'mime-version',
                           'content-transfer-encoding', 'x-note'])
-    assert decoded(mail['Subject']) == decoded(subject)
+    if '=?' not in subject:
+        assert decoded(mail['Subject']) == decoded(subject)
     assert len(mail['From'].addresses) == 1 and mail['From'].addresses[0].addr_spec == 'from@example.com'
     assert mail.get_content().rstrip('\r\n') == 'Body line.'
 
