@@ -10,7 +10,9 @@ from django.core.mail.backends.base import BaseEmailBackend
 from django.db import DatabaseError
 from django.utils.html import escape, linebreaks
 
-from .headers import UnsafeHeaderValueError, check_email_address, check_header_name, check_header_value
+from .headers import (
+    UnsafeHeaderValueError, check_email_address, check_header_name, check_header_value, is_plain_address,
+)
 from .settings import get_setting
 
 
@@ -49,12 +51,16 @@ def envelope_of(message: EmailMessage) -> Tuple[str, List[str]]:
     """The envelope Django's SMTP backend would use: sanitized (IDN as punycode), without display names."""
     from django.core.mail.message import sanitize_address
     encoding = message.encoding or settings.DEFAULT_CHARSET
+
+    def bare(address: str) -> str:
+        if is_plain_address(address):  # most addresses: the parsing below would give them back as they are
+            return address
+        return parseaddr(sanitize_address(address, encoding))[1]
+
     try:
-        sender = parseaddr(sanitize_address(message.from_email, encoding))[1]
-        recipients = [parseaddr(sanitize_address(address, encoding))[1] for address in message.recipients()]
+        return bare(message.from_email), unique([bare(address) for address in message.recipients()])
     except ValueError as error:  # e.g. Invalid address; only a@x could be parsed from "a@x, b@y"
         raise BadHeaderError(str(error)) from error
-    return sender, unique(recipients)
 
 
 class EmailBackend(BaseEmailBackend):

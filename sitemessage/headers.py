@@ -70,6 +70,11 @@ def check_email_address(field: str, value: Any) -> None:
         raise UnsafeHeaderValueError(field, value, 'must hold exactly one address')
 
 
+def is_plain_address(value: str) -> bool:
+    """A bare ASCII ``user@host``: its own envelope address, nothing to parse or encode."""
+    return value.isascii() and _PLAIN_ADDRESS.match(value) is not None
+
+
 def check_context(context: Any, email: bool) -> None:
     """Check the context values the SMTP messenger writes into headers (``subject``)."""
     if not email or not isinstance(context, dict):
