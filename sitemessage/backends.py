@@ -1,12 +1,15 @@
 """A Django e-mail backend that schedules mail through sitemessage instead of sending it."""
 from __future__ import annotations
 
+import email.policy
+import inspect
 from email.utils import parseaddr
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from django.conf import settings
-from django.core.mail import BadHeaderError, EmailMessage
+from django.core.mail import EmailMessage
 from django.core.mail.backends.base import BaseEmailBackend
+from django.core.mail.message import BadHeaderError  # a ValueError (Django 6.1: ValueError itself)
 from django.db import DatabaseError
 from django.utils.html import escape, linebreaks
 
@@ -41,6 +44,23 @@ def check_email_message(message: EmailMessage) -> None:
         raise BadHeaderError(str(error)) from error
 
 
+def mime_bytes(message: EmailMessage) -> bytes:
+    """The e-mail as Django's SMTP backend puts it on the wire (CRLF line ends)."""
+    if 'policy' in inspect.signature(message.message).parameters:  # Django 6: modern email API
+        return message.message(policy=email.policy.SMTP).as_bytes()
+    return message.message().as_bytes(linesep='\r\n')
+
+
+def _bare_address_function() -> Callable[[str, str], str]:
+    """Django's own envelope address rule: ``prep_address`` on Django 6, ``sanitize_address`` before."""
+    from django.core.mail.backends import smtp
+    prep_address = getattr(smtp.EmailBackend, 'prep_address', None)
+    if prep_address is not None:
+        return lambda address, _encoding: prep_address(None, address)  # it does not use the instance
+    from django.core.mail.message import sanitize_address
+    return lambda address, encoding: parseaddr(sanitize_address(address, encoding))[1]
+
+
 def unique(addresses: Sequence[str]) -> List[str]:
     """Addresses in order, each once (to, cc and bcc may name the same one)."""
     seen = set()
@@ -49,13 +69,15 @@ def unique(addresses: Sequence[str]) -> List[str]:
 
 def envelope_of(message: EmailMessage) -> Tuple[str, List[str]]:
     """The envelope Django's SMTP backend would use: sanitized (IDN as punycode), without display names."""
-    from django.core.mail.message import sanitize_address
     encoding = message.encoding or settings.DEFAULT_CHARSET
+    parse = None
 
     def bare(address: str) -> str:
+        nonlocal parse
         if is_plain_address(address):  # most addresses: the parsing below would give them back as they are
             return address
-        return parseaddr(sanitize_address(address, encoding))[1]
+        parse = parse or _bare_address_function()
+        return parse(address, encoding)
 
     try:
         return bare(message.from_email), unique([bare(address) for address in message.recipients()])
@@ -84,7 +106,8 @@ class EmailBackend(BaseEmailBackend):
     """
 
     def __init__(self, fail_silently: bool = False, *, priority: Optional[int] = None, **kwargs):
-        super().__init__(fail_silently=fail_silently, **kwargs)
+        super().__init__(**kwargs)  # Django 6.1 passes ``alias`` (MAILERS) and deprecates fail_silently there
+        self.fail_silently = fail_silently
         self.priority = priority
 
     def _priority(self) -> Optional[int]:
@@ -109,7 +132,7 @@ class EmailBackend(BaseEmailBackend):
         try:
             check_email_message(message)
             sender, recipients = envelope_of(message)
-            mime = message.message().as_bytes(linesep='\r\n')
+            mime = mime_bytes(message)
         except ValueError:  # BadHeaderError is a ValueError; so are Python's own header refusals
             if self.fail_silently:
                 return None

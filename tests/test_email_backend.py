@@ -6,7 +6,8 @@ from email import message_from_bytes, policy
 from email.mime.image import MIMEImage
 
 import pytest
-from django.core.mail import BadHeaderError, EmailMessage, EmailMultiAlternatives, get_connection, send_mail
+from django.core.mail import EmailMessage, EmailMultiAlternatives, get_connection, send_mail
+from django.core.mail.message import BadHeaderError
 from django.test.utils import override_settings
 
 from sitemessage.backends import EmailBackend
@@ -230,3 +231,17 @@ def test_mime_type_is_not_offered_for_subscription():
     cls = get_registered_message_type('email_django')
     assert cls is EmailMimeMessage
     assert (cls.allow_user_subscription, cls.supported_messengers) == (False, ['smtp'])
+
+
+def test_configured_as_djangos_mailers_setting_says(smtp_server, smtp_messenger):
+    """Django 6.1 configures backends in MAILERS (OPTIONS become keyword arguments); older, EMAIL_BACKEND."""
+    import django
+    if django.VERSION >= (6, 1):
+        mailers = {'default': {'BACKEND': 'sitemessage.backends.EmailBackend', 'OPTIONS': {'priority': 4}}}
+        with override_settings(MAILERS=mailers):
+            assert send_mail('Hi', 'text', 'from@example.com', ['ann@example.com']) == 1
+    else:
+        with override_settings(EMAIL_BACKEND='sitemessage.backends.EmailBackend'):
+            assert get_connection(priority=4).send_messages([plain()]) == 1
+    assert (Message.objects.get().cls, Message.objects.get().priority) == ('email_django', 4)
+    assert send_scheduled_messages().sent == 1

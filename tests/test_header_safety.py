@@ -5,7 +5,8 @@ from email import message_from_bytes, policy
 from email.utils import formataddr
 
 import pytest
-from django.core.mail import BadHeaderError, EmailMessage
+from django.core.mail import EmailMessage
+from django.core.mail.message import BadHeaderError
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 from sitemessage.backends import EmailBackend
