@@ -1,7 +1,8 @@
 """Header safety at the door: values that would become e-mail headers are checked when scheduled.
 
 A CR or LF in a subject, a name or an address becomes a header line (or the start of the body)
-on the wire; a NUL is refused by many servers and truncates text in others. Such values are
+on the wire; so do the other line separators Python's email package splits header values at
+(VT, FF, NEL, U+2028...); a NUL is refused by many servers and truncates text in others. Such values are
 refused when a message is scheduled, with :class:`UnsafeHeaderValueError` naming the field and
 the value, so nothing of the kind is ever stored, let alone sent. An e-mail address field holds
 exactly one address (``'victim@x, evil@attacker.test'`` is refused). The checks are a
@@ -28,10 +29,13 @@ _HEADER_NAME = re.compile(r'[!-9;-~]+\Z')  # RFC 5322 field name: printable ASCI
 HEADER_CONTEXT_KEYS = ('subject',)
 
 
+_LINE_BREAK = 'contains a line break (CR, LF or another line separator) or NUL'
+
+
 class UnsafeHeaderValueError(SiteMessageError, ValueError):
     """A value meant for an e-mail header (or an address) holds a line break or NUL, or several addresses."""
 
-    def __init__(self, field: str, value: Any, reason: str = 'contains a line break (CR, LF or another line separator) or NUL'):
+    def __init__(self, field: str, value: Any, reason: str = _LINE_BREAK):
         self.field, self.value = field, value
         super().__init__(f'{field} {reason}: {value!r}')
 
@@ -49,13 +53,13 @@ def check_header_name(name: Any) -> None:
 
 
 def check_address(field: str, value: Any) -> None:
-    """Refuse an address holding CR, LF or NUL (any messenger: chat ids, JIDs...)."""
+    """Refuse an address holding a line break or NUL (any messenger: chat ids, JIDs...)."""
     if isinstance(value, str) and _UNSAFE.search(value):
         raise UnsafeHeaderValueError(field, value)
 
 
 def check_email_address(field: str, value: Any) -> None:
-    """Refuse an e-mail address with CR, LF or NUL, or naming more than one mailbox.
+    """Refuse an e-mail address with a line break or NUL, or naming more than one mailbox.
 
     ``Name <user@host>`` and quoted local parts are fine; an empty address is left to the
     messenger (the dispatch fails with its reason, as for a user without an e-mail).
@@ -95,8 +99,8 @@ def check_recipients(items: Iterable) -> None:
             email = email_aliases[item.messenger] = is_email_messenger(item.messenger)
         if email:
             check_email_address('Address', address)
-        elif _UNSAFE.search(address):
-            raise UnsafeHeaderValueError(f'Address (messenger `{item.messenger}`)', address)
+        else:
+            check_address(f'Address (messenger `{item.messenger}`)', address)
 
 
 def safe_recipients(items: List) -> List:

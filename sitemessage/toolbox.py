@@ -44,6 +44,8 @@ def schedule_messages(messages: TypeMessages, recipients=None, sender=None,
     """Schedule one or several messages (texts become :class:`PlainTextMessage`) to recipients.
 
     Without ``recipients`` the dispatches are created later by :func:`prepare_dispatches`.
+    Recipients are checked and de-duplicated (see :mod:`sitemessage.headers`): an unsafe address or
+    e-mail subject raises :class:`~sitemessage.headers.UnsafeHeaderValueError` before anything is stored.
     """
     if not is_iterable(messages) or isinstance(messages, MessageBase):
         messages = (messages,)

@@ -27,8 +27,8 @@ INJECTIONS = ['Order\r\nReply-To : x@evil.test', 'Hi\r\n\r\nINJECTED BODY', 'Hi\
 # Line breaks for SMTP (CR, LF), NUL, and what Python's email package also splits header lines at.
 BREAKS = '\r\n\x00\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029'
 UNSAFE_ADDRESSES = ['victim@x.test, evil@attacker.test', 'victim@x.test\r\nBcc: evil@attacker.test',
-                    'victim@x.test\x00', 'Victim <victim@x.test>; evil@attacker.test', 'victim@x.test evil@attacker.test',
-                    'Victim <victim@x.test> evil@attacker.test']
+                    'victim@x.test\x00', 'Victim <victim@x.test>; evil@attacker.test',
+                    'victim@x.test evil@attacker.test', 'Victim <victim@x.test> evil@attacker.test']
 
 
 def nothing_stored():
@@ -260,7 +260,7 @@ def test_property_email_backend(smtp_server, smtp_messenger, subject, name, head
                           'content-transfer-encoding', 'x-note'])
     if '=?' not in subject:
         assert decoded(mail['Subject']) == decoded(subject)
-    if django.VERSION < (6, 1):  # Django 6.1's modern policy may write a ';' of an encoded name raw (as its own backend)
+    if django.VERSION < (6, 1):  # 6.1's modern policy may write a ';' of an encoded name raw (its own backend too)
         assert len(mail['From'].addresses) == 1 and mail['From'].addresses[0].addr_spec == 'from@example.com'
     # The header block is what Django builds for this e-mail (Date and Message-ID are made anew each time).
     built = message_from_bytes(mime_bytes(message), policy=policy.default)
