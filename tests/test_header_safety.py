@@ -280,3 +280,13 @@ def test_a_stored_unsafe_subscriber_address_is_left_out_of_the_others_dispatches
 
     assert list(Dispatch.objects.values_list('address', flat=True)) == ['ann@example.com']
     assert "'x@y.test\\r\\nBcc: e@z.test'" in caplog.text
+
+
+def test_several_messages_one_by_one_are_all_checked_before_any_is_stored(smtp_messenger):
+    class Grouped(EmailTextMessage):  # grouped types are scheduled one by one, not in bulk
+        alias = 'grouped_for_header_test'
+        group_mark = 'g'
+
+    with pytest.raises(UnsafeHeaderValueError):
+        schedule_messages([Grouped('Fine', 'a'), Grouped('Bad\r\nX: y', 'b')], recipients('smtp', 'ann@example.com'))
+    assert nothing_stored()
