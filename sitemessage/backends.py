@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import email.policy
 import inspect
+from email.generator import BytesGenerator
+from io import BytesIO
 from email.utils import parseaddr
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -14,7 +16,7 @@ from django.db import DatabaseError
 from django.utils.html import escape, linebreaks
 
 from .headers import (
-    UnsafeHeaderValueError, check_email_address, check_header_name, check_header_value, is_plain_address,
+    UnsafeHeaderValueError, check_email_address, check_header_name, check_header_value, is_plain_address, is_unsafe,
 )
 from .settings import get_setting
 
@@ -44,11 +46,36 @@ def check_email_message(message: EmailMessage) -> None:
         raise BadHeaderError(str(error)) from error
 
 
+class _Compat32(email.policy.Compat32):
+    """compat32 that writes a short one-line ASCII header as it is, skipping ``Header`` folding.
+
+    What compat32 writes for such a header is exactly ``Name: value`` (a test holds both to
+    that); the folding machinery is most of the cost of writing an e-mail, and schedulers queue
+    thousands at once. Anything else goes through compat32 itself.
+    """
+
+    def _fold(self, name, value, sanitize):
+        if isinstance(value, str) and value.isascii() and not is_unsafe(value) \
+                and len(name) + len(value) + 2 <= self.max_line_length:
+            return f'{name}: {value}{self.linesep}'
+        return super()._fold(name, value, sanitize)
+
+
+_COMPAT32 = _Compat32(linesep='\r\n')
+
+
 def mime_bytes(message: EmailMessage) -> bytes:
     """The e-mail as Django's SMTP backend puts it on the wire (CRLF line ends)."""
     if 'policy' in inspect.signature(message.message).parameters:  # Django 6: modern email API
         return message.message(policy=email.policy.SMTP).as_bytes()
-    return message.message().as_bytes(linesep='\r\n')
+    return flatten(message.message())
+
+
+def flatten(mime) -> bytes:
+    """``mime.as_bytes(linesep='\\r\\n')`` of Django's compat32 MIME classes, byte for byte, faster."""
+    out = BytesIO()
+    BytesGenerator(out, mangle_from_=False, policy=_COMPAT32).flatten(mime, linesep='\r\n')
+    return out.getvalue()
 
 
 def _bare_address_function() -> Callable[[str, str], str]:

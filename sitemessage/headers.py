@@ -40,6 +40,11 @@ class UnsafeHeaderValueError(SiteMessageError, ValueError):
         super().__init__(f'{field} {reason}: {value!r}')
 
 
+def is_unsafe(value: str) -> bool:
+    """Whether ``value`` holds a line break or NUL."""
+    return _UNSAFE.search(value) is not None
+
+
 def check_header_value(field: str, value: Any) -> None:
     """Refuse a header value (subject, display name...) holding a line break or NUL."""
     if isinstance(value, str) and _UNSAFE.search(value):
