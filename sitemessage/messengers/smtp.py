@@ -18,7 +18,7 @@ from email.mime.text import MIMEText
 from email.utils import formataddr, formatdate, make_msgid, parseaddr
 from functools import lru_cache
 from importlib import import_module
-from typing import Any, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 from django.conf import settings
 from django.utils.translation import gettext as _, gettext_lazy
@@ -26,8 +26,9 @@ from django.utils.translation import gettext as _, gettext_lazy
 from ..exceptions import MessengerException, MessengerWarmupException, PermanentDeliveryError
 from ..mail_settings import email_setting
 from ..plaintext import html_to_text
+from ..headers import UnsafeHeaderValueError, check_context
 from ..settings import get_timeout_setting
-from .base import MessengerBase
+from .base import Dispatch, MessengerBase
 from .smtp_pipelining import (
     PLAIN_ADDRESS, can_pipeline, content_refusal, read_envelope_replies, send_pipelined, write_content, write_envelope,
 )
@@ -272,6 +273,7 @@ class SMTPMessenger(MessengerBase):
         out together, and the next e-mail is built while the server handles the previous one:
         about one round trip per e-mail instead of four.
         """
+        items = self._send_prebuilt(self._refuse_unsafe(items))  # EmailBackend's e-mails, before pipelining
         in_flight = None  # (dispatch, message type): content sent, the server's verdict not read yet
         for dispatch, message_cls, recipient, data in self._outgoing(items):
             if self.smtp is None or not self._session_started:
@@ -307,6 +309,67 @@ class SMTPMessenger(MessengerBase):
                 continue
             in_flight = (dispatch, message_cls)
         self._settle(in_flight)
+
+    # E-mails built elsewhere (Django's EmailMessage, queued by sitemessage.backends.EmailBackend) ---
+
+    def send_mime(self, sender: str, recipients: List[str], data: bytes) -> dict:
+        """Send prebuilt e-mail bytes unchanged to several envelope recipients in one transaction.
+
+        As Django's SMTP backend: ``sendmail`` raises only when every recipient is refused and
+        returns the refused ones otherwise.
+        """
+        return self.smtp.sendmail(sender or _sender_parts(self.from_email)[1], recipients, data)
+
+    def _refuse_unsafe(self, items):
+        """Fail the dispatches of messages stored with a line break or NUL in a header value (a row
+        written by an older version or by hand: scheduling refuses them); return the other items."""
+        safe = []
+        for item in items:
+            message_cls, message_model, dispatches = item
+            try:
+                check_context(message_model.context, email=True)
+            except UnsafeHeaderValueError as error:
+                for dispatch in dispatches:
+                    self.mark_failed(dispatch, PermanentDeliveryError(f'Not sent: {error}'))
+                continue
+            safe.append(item)
+        return safe
+
+    def _send_prebuilt(self, items):
+        """Send the e-mails of message types with ``prebuilt_mime``; return the other items."""
+        rest = []
+        for item in items:
+            message_cls, message_model, dispatches = item
+            if not getattr(message_cls, 'prebuilt_mime', False):
+                rest.append(item)
+                continue
+            for dispatch in dispatches:
+                self._send_prebuilt_one(message_cls, message_model, dispatch)
+        return rest
+
+    def _send_prebuilt_one(self, message_cls, message_model, dispatch) -> None:
+        if self.smtp is None:
+            try:
+                self.before_send()
+            except MessengerWarmupException as error:
+                self.mark_error(dispatch, error, message_cls)
+                return
+        context = message_model.context
+        try:
+            data = message_cls.get_mime(context)
+            refused = self.send_mime(context.get('envelope_from') or '', list(context['envelope_to']), data)
+        except (smtplib.SMTPException, OSError) as error:
+            self._record_failure(dispatch, error, message_cls)
+            return
+        except (UnicodeError, KeyError, ValueError) as error:  # cannot get better by retrying
+            self.mark_failed(dispatch, f'Cannot send the stored e-mail: {type(error).__name__}: {error}')
+            return
+        if refused:
+            details = '; '.join(f'{rcpt}: {code} {msg.decode(errors="replace") if isinstance(msg, bytes) else msg}'
+                                for rcpt, (code, msg) in refused.items())
+            dispatch.set_outcome(Dispatch.DISPATCH_STATUS_SENT, f'Sent; recipients refused by the server: {details}')
+        else:
+            self.mark_sent(dispatch)
 
     def _outgoing(self, items):
         """Yield ``(dispatch, message type, envelope recipient, e-mail bytes)``; bad addresses fail here."""
