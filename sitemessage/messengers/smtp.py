@@ -349,7 +349,8 @@ class SMTPMessenger(MessengerBase):
         refusal) answered the previous transaction, not this e-mail: its transaction has been reset
         (RSET) or its connection closed, and the e-mail goes again, one command at a time.
         """
-        if self.smtp is None:
+        if self.smtp is None or self.smtp.sock is None:
+            self._drop_connection()
             try:
                 self.before_send()
             except MessengerWarmupException as error:
