@@ -8,13 +8,14 @@ one dispatch fail. Addresses are also put in their wire form: an international d
 """
 from __future__ import annotations
 
-from email.header import Header
+from email.charset import Charset
 from email.utils import getaddresses, parseaddr
 from typing import Optional
 
 import idna
 
 _UNSAFE = ('\r', '\n', '\0')
+_UTF8 = Charset('utf-8')
 
 
 def header_problem(field: str, value: Optional[str]) -> str:
@@ -69,7 +70,7 @@ def header_address(to: str) -> str:
         return address
     if name.isascii():
         return f'{quote_name(name)} <{address}>'
-    return f'{Header(name, "utf-8").encode()} <{address}>'
+    return f'{_UTF8.header_encode(name)} <{address}>'  # one encoded word, as formataddr() writes it
 
 
 def quote_name(name: str) -> str:
