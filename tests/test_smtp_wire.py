@@ -188,3 +188,16 @@ def test_sender_naming_two_addresses_is_refused(smtp_server):
     assert report.failed == 1
     assert smtp_server.handler.envelopes == []
     assert 'names 2 addresses' in errors_of('a@example.com')[0]
+
+
+def test_test_message_to_a_hostile_address_is_refused_before_the_wire(smtp_server):
+    from sitemessage.exceptions import PermanentDeliveryError
+    from sitemessage.toolbox import send_test_message
+    use_server(smtp_server)
+
+    with pytest.raises(PermanentDeliveryError, match="names 2 addresses"):
+        send_test_message('smtp', to='probe@example.com, evil@attacker.test')
+    with pytest.raises(PermanentDeliveryError, match=r"'probe@example.com\\r\\nBcc: evil@attacker.test'"):
+        send_test_message('smtp', to='probe@example.com\r\nBcc: evil@attacker.test')
+
+    assert smtp_server.handler.envelopes == []

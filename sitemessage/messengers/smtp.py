@@ -278,6 +278,9 @@ class SMTPMessenger(MessengerBase):
         return self.smtp.sendmail(sender, [recipient], data, self._mail_options(sender, recipient))
 
     def _test_message(self, to: str, text: str) -> dict:
+        problem = address_problem(to) or self._header_problem(None, None)
+        if problem:  # the wire guard holds for test messages too
+            raise PermanentDeliveryError(problem)
         return self._send_message(self._build_message(to, text, mtype='html'))
 
     def send(self, message_cls, message_model, dispatch_models) -> None:
