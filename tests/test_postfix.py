@@ -109,7 +109,7 @@ def test_every_good_email_arrives_once_and_each_refusal_is_its_own(mailboxes, pi
 def test_international_addresses_reach_postfix(mailboxes, pipelining):
     use_postfix(mailboxes, pipelining=pipelining)
     schedule_email('Grüße\n', UTF8_USER, subject='Für Jürgen')
-    schedule_email('Hallo\n', f'Leser <leser@bücher.example>', subject='IDN')
+    schedule_email('Hallo\n', 'Leser <leser@bücher.example>', subject='IDN')
     schedule_email('After them\n', GOOD[1], subject='Plain')
 
     report = send_scheduled_messages()

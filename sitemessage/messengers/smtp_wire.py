@@ -4,7 +4,10 @@ Scheduling validates input, but rows already queued (by 1.4.0, by raw inserts) r
 messenger unchecked. Here a header value with CR, LF or NUL (which would end the header, or the
 header block, and inject lines), or an address field naming more than one address, makes that
 one dispatch fail. Addresses are also put in their wire form: an international domain name
-(IDN) as punycode, as Django does; a non-ASCII local part needs the server's SMTPUTF8 (RFC 6531).
+(IDN) as punycode, as Django's mail does, but by IDNA 2008 with UTS 46 mapping (the ``idna``
+package, as browsers and registries do) where Django uses the stdlib's IDNA 2003 codec, which
+maps ``faß.de`` to another domain (``fass.de``). A non-ASCII local part needs the server's
+SMTPUTF8 (RFC 6531).
 """
 from __future__ import annotations
 
