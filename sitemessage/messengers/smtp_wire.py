@@ -17,7 +17,6 @@ from typing import Optional
 
 import idna
 
-_UNSAFE = ('\r', '\n', '\0')
 _UTF8 = Charset('utf-8')
 
 
@@ -25,8 +24,8 @@ def header_problem(field: str, value: Optional[str]) -> str:
     """Why ``value`` cannot be written in a header (it holds CR, LF or NUL), or ''."""
     if value is None:
         return ''
-    text = str(value)
-    if any(char in text for char in _UNSAFE):
+    text = value if type(value) is str else str(value)
+    if '\n' in text or '\r' in text or '\0' in text:  # not any(): this runs once per e-mail
         return f'{field} {text!r} contains a CR, LF or NUL character: refused, it would inject header lines'
     return ''
 
