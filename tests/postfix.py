@@ -17,6 +17,8 @@ from email import message_from_bytes, policy
 from pathlib import Path
 from typing import Dict, List
 
+from tests.fakes import free_port
+
 POSTFIX = shutil.which('postfix') or '/usr/sbin/postfix'
 DOMAIN = 'sitemessage.test'
 IDN_DOMAIN = 'xn--bcher-kva.example'  # bücher.example
@@ -93,12 +95,6 @@ anvil unix - - n - 1 anvil
 scache unix - - n - 1 scache
 postlog unix-dgram n - n - 1 postlogd
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
 
 
 def why_postfix_cannot_run() -> str:
