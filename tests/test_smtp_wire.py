@@ -201,3 +201,30 @@ def test_test_message_to_a_hostile_address_is_refused_before_the_wire(smtp_serve
         send_test_message('smtp', to='probe@example.com\r\nBcc: evil@attacker.test')
 
     assert smtp_server.handler.envelopes == []
+
+
+class FaultyMessenger(SMTPMessenger):
+    """Fault injection: sending to one address raises what no SMTP library would (a bug of ours)."""
+
+    def _send_one(self, dispatch, message_cls, recipient, data):
+        if recipient.startswith('bööm@'):
+            raise RuntimeError('injected fault')
+        return super()._send_one(dispatch, message_cls, recipient, data)
+
+
+@pytest.mark.parametrize('connections', [1, 4])
+def test_an_unexpected_exception_is_that_dispatchs_outcome_and_the_batch_goes_on(utf8_server, connections):
+    register_messenger_objects(FaultyMessenger('robot@example.com', host='127.0.0.1', port=utf8_server.port,
+                                               timeout=5, connections=connections))
+    good = good_batch(25)
+    schedule_email('Boom\n', 'bööm@example.com', subject='Boom')
+    good += [f'late{number}@example.com' for number in range(25)]
+    for address in good[25:]:
+        schedule_email('Good\n', address, subject='Good')
+
+    report = send_scheduled_messages()
+
+    assert (report.sent, report.errors) == (50, 1)
+    assert sorted(rcpt for envelope in utf8_server.handler.envelopes for rcpt in envelope.rcpt_tos) == sorted(good)
+    [reason] = errors_of('bööm@example.com')
+    assert '`bööm@example.com`' in reason and 'RuntimeError: injected fault' in reason

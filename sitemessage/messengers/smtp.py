@@ -340,7 +340,8 @@ class SMTPMessenger(MessengerBase):
             except Exception as error:  # a bug or an encoding problem: this dispatch's outcome, not the batch's
                 LOGGER.exception('SMTP: unexpected error sending to %r', dispatch.address)
                 previous, in_flight = in_flight, None
-                self._settle(previous, error)  # its verdict is unknown: retried
+                self._settle(previous, smtplib.SMTPServerDisconnected(  # its verdict is unknown: retried
+                    f'verdict not read: the connection was dropped after {type(error).__name__}'))
                 self._record_failure(dispatch, error, message_cls)
                 self._drop_connection()  # the session's state is unknown: the next e-mail reconnects
         self._settle(in_flight)
