@@ -322,3 +322,26 @@ def test_content_refusal_is_followed_by_rset_before_the_next_envelope(refusing_c
 
     assert (status_of('friend@example.com'), status_of('spam@example.com')) == (SENT, FAILED)
     assert resets == [True]
+
+
+def test_a_refused_recipient_is_not_sent_again(smtp_server):
+    """aiosmtpd, like Exim, answers DATA with 503 after a refused RCPT: that 503 is no sequencing error."""
+    rcpt_calls = []
+    handler = smtp_server.handler
+    original = type(handler).handle_RCPT
+
+    async def counting_rcpt(server, session, envelope, address, rcpt_options):
+        rcpt_calls.append(address)
+        return await original(handler, server, session, envelope, address, rcpt_options)
+
+    handler.handle_RCPT = counting_rcpt
+    try:
+        use_server(smtp_server)
+        smtp_server.handler.refuse['gone@example.com'] = '550 5.1.1 No such user'
+        schedule_email('Hello', 'gone@example.com', subject='Hi')
+        send_scheduled_messages()
+    finally:
+        del handler.handle_RCPT
+
+    assert status_of('gone@example.com') == FAILED
+    assert rcpt_calls == ['gone@example.com']
