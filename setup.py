@@ -50,7 +50,7 @@ setup(
     include_package_data=True,
     zip_safe=False,
     python_requires='>=3.10',
-    install_requires=['Django>=4.2,<6.2'],
+    install_requires=['Django>=4.2,<6.2', 'idna>=3.0'],  # IDN e-mail domains (IDNA 2008)
     extras_require=EXTRAS,
     classifiers=[
         'Development Status :: 5 - Production/Stable',
