@@ -1,6 +1,7 @@
 """Bundled views: signed unsubscribe and mark-read links, their signals, and every kind of bad link."""
 from __future__ import annotations
 
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -563,6 +564,31 @@ def test_mark_read_redirect_follows_the_static_files_url(client):
     message, dispatch = schedule('ann')
 
     assert client.get(mark_read_path(message, dispatch))['Location'] == '/assets/img/sitemessage/blank.png'
+
+
+PIXEL_TEMPLATE = (  # the recipe of docs/views.rst
+    '{% extends "sitemessage/messages/_base.html" %}\n'
+    '{% block footer %}{{ block.super }}{% if directive_mark_read %}'
+    '<img src="{{ directive_mark_read }}" alt="" width="1" height="1">{% endif %}{% endblock %}\n')
+
+
+@override_settings(TEMPLATES=[{'BACKEND': 'django.template.backends.django.DjangoTemplates', 'OPTIONS': {'loaders': [
+    ('django.template.loaders.locmem.Loader', {'news_with_pixel.html': PIXEL_TEMPLATE}),
+    'django.template.loaders.app_directories.Loader']}}])
+def test_the_default_template_has_no_pixel_but_a_template_can_ask_for_it(client, smtp_server, smtp_messenger):
+    from sitemessage.messages.email import EmailHtmlMessage
+    from sitemessage.toolbox import send_scheduled_messages
+    schedule_messages(EmailHtmlMessage('Plain news', {'contents': 'Hi'}), recipients('smtp', 'a@example.com'))
+    schedule_messages(EmailHtmlMessage('Tracked news', {'contents': 'Hi'}, template_path='news_with_pixel.html'),
+                      recipients('smtp', 'b@example.com'))
+    send_scheduled_messages()
+    mails = {str(mail['To']): mail.get_body(('html',)).get_content() for mail in smtp_server.handler.messages()}
+
+    assert '<img' not in mails['a@example.com']
+    pixel = re.search(r'<img src="([^"]+)" alt="" width="1" height="1">', mails['b@example.com']).group(1)
+    assert client.get(urlsplit(pixel).path)['Location'] == BLANK
+    assert dict(Dispatch.objects.values_list('address', 'read_status')) == {
+        'a@example.com': Dispatch.READ_STATUS_UNREAD, 'b@example.com': Dispatch.READ_STATUS_READ}
 
 
 def png_pixels(data: bytes):
