@@ -84,12 +84,18 @@ def test_no_one_click_for_a_type_users_cannot_subscribe_to(smtp_server, smtp_mes
 
 
 @override_settings(SITEMESSAGE_SITE_URL='https://shop.example.com')
-def test_subscriptions_are_looked_up_once_per_message_not_per_dispatch(
-        smtp_server, smtp_messenger, django_user_model):
+@pytest.mark.parametrize('shape', ['one message', 'a message each'])
+def test_subscriptions_are_looked_up_once_per_batch_not_per_dispatch(
+        smtp_server, smtp_messenger, django_user_model, shape):
     people = [django_user_model.objects.create_user(f'u{n}', email=f'u{n}@example.com') for n in range(30)]
     for person in people[::2]:
         Subscription.create(person, 'email_plain', 'smtp')
-    schedule_messages(EmailTextMessage('News', 'Hello'), recipients('smtp', people))
+    Subscription.create(people[1], 'email_html', 'smtp')  # another type: no one-click for email_plain
+    if shape == 'one message':
+        schedule_messages(EmailTextMessage('News', 'Hello'), recipients('smtp', people))
+    else:
+        for person in people:
+            schedule_messages(EmailTextMessage('News', f'Hello {person}'), recipients('smtp', person))
 
     with CaptureQueriesContext(connection) as queries:
         send_scheduled_messages()

@@ -291,10 +291,10 @@ class SMTPMessenger(MessengerBase):
 
     def _outgoing(self, items):
         """Yield ``(dispatch, message type, envelope recipient, e-mail bytes)``; bad addresses fail here."""
+        list_headers = list_headers_for(items)  # one subscription query for the batch, at most
         for message_cls, message_model, dispatches in items:
             subject = message_model.context.get('subject')
             mtype = message_model.context.get('type')
-            list_headers = list_headers_for(message_cls, message_model, dispatches)
             for dispatch in dispatches:
                 problem = address_problem(dispatch.address)
                 if problem:
@@ -303,7 +303,7 @@ class SMTPMessenger(MessengerBase):
                 try:
                     data = self._message_bytes(
                         dispatch.address, dispatch.message_cache, subject=subject, mtype=mtype,
-                        headers=list_headers(dispatch))
+                        headers=list_headers(message_cls, message_model, dispatch))
                 except Exception as error:
                     self.mark_error(dispatch, error, message_cls)
                     continue
