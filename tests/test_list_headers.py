@@ -120,7 +120,8 @@ def test_no_list_headers_on_a_test_message(smtp_server, smtp_messenger):
     ('https://shop.example.com:8443/sub/', 'News', 'News Letter!', 'News <news-letter!.shop.example.com>'),
     ('https://bücher.example', 'Bücher', 'books', '=?utf-8?q?B=C3=BCcher?= <books.xn--bcher-kva.example>'),
     ('http://127.0.0.1:8000', 'A "quoted" title', 'x', '"A \\"quoted\\" title" <x.localhost>'),
-    ('https://shop.example.com', 'Evil\r\nBcc: x@evil.test', 'evil\r\nx', '"Evil Bcc: x@evil.test" <evil-x.shop.example.com>'),
+    ('https://shop.example.com', 'Evil\r\nBcc: x@evil.test', 'evil\r\nx',
+     '"Evil Bcc: x@evil.test" <evil-x.shop.example.com>'),
     ('https://shop.example.com', '', '<>', '<sitemessage.shop.example.com>'),
 ])
 def test_default_list_id_is_always_one_valid_ascii_line(site, title, alias, expected):
