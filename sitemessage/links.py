@@ -95,7 +95,7 @@ def _unsubscribe_signer() -> signing.Signer:
 
 def unsubscribe_token(message_id: int, dispatch_id: int, message_type: str, messenger: str,
                       recipient_id: Optional[int], address: str) -> str:
-    """Return the signed token of an unsubscribe link (URL-safe: base64url, ``:`` and ``.``)."""
+    """Return the signed token of an unsubscribe link (URL-safe: base64url and ``:``)."""
     # A user is unsubscribed by id, an address by itself: the other is left out to keep links short.
     data = [message_id, dispatch_id, message_type, messenger, recipient_id, '' if recipient_id else address]
     # What ``Signer(salt=..., algorithm='sha256').sign_object(data)`` gives, with the derived key kept.
