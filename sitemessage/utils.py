@@ -125,9 +125,12 @@ def recipients(messenger: TypeMessenger, addresses: TypeRecipients) -> List[Reci
     ``addresses`` is one user or address, or an iterable of them. Lists from several
     calls can be added together.
     """
+    from .headers import check_recipients
     if isinstance(messenger, str):
         messenger = get_registered_messenger_object(messenger)
-    return RecipientList(messenger.structure_recipients_data(addresses))
+    result = RecipientList(messenger.structure_recipients_data(addresses))
+    check_recipients(result)  # a line break or a second address is refused here, naming the value
+    return result
 
 
 class RecipientList(list):

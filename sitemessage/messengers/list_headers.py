@@ -19,7 +19,9 @@ _CHUNK = 500  # keeps IN (...) under every database's parameter limit
 
 
 def list_headers_for(items: Sequence[tuple]) -> Callable[..., Headers]:
-    """Return ``headers(message type, message, dispatch)`` for the ``(type, message, dispatches)`` items of a batch.
+    """Return ``headers(message type, message, dispatch, unsubscribe URL)`` for the items of a batch.
+
+    ``items`` are ``(message type, message, dispatches)``, as ``send_many()`` gets them.
 
     Subscriptions are looked up at the first dispatch that needs it, in one query for the whole
     batch. Nothing is computed before the first call, so a faulty ``get_list_id()`` fails each
@@ -28,13 +30,13 @@ def list_headers_for(items: Sequence[tuple]) -> Callable[..., Headers]:
     subscribed: Optional[Set[int]] = None
     list_ids: Dict[type, str] = {}
 
-    def headers(message_cls, message_model, dispatch) -> Headers:
+    def headers(message_cls, message_model, dispatch, unsubscribe_url: Optional[str]) -> Headers:
         nonlocal subscribed
         if message_cls not in list_ids:
             value = message_cls.get_list_id()
             list_ids[message_cls] = check_list_id(str(value), message_cls.get_alias()) if value else ''
         found: Headers = [('List-Id', list_ids[message_cls])] if list_ids[message_cls] else []
-        url = message_cls.get_unsubscribe_directive(message_model, dispatch)
+        url = unsubscribe_url  # the caller has it already: get_unsubscribe_directive(message_model, dispatch)
         if not url or any(char in url for char in '\r\n<>'):
             return found
         found.append(('List-Unsubscribe', f'<{url}>'))
