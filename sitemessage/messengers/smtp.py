@@ -22,7 +22,6 @@ from functools import lru_cache
 from importlib import import_module
 from typing import Any, List, Optional, Sequence, Tuple
 
-from django.conf import settings
 from django.utils.translation import gettext as _, gettext_lazy
 
 from ..exceptions import MessengerException, MessengerWarmupException, PermanentDeliveryError
@@ -304,11 +303,20 @@ class SMTPMessenger(MessengerBase):
         sender = _sender_parts(self.from_email)[1]
         if self._thread_state().pipelining and can_pipeline(self.smtp, sender, recipient):
             return send_pipelined(self.smtp, sender, recipient, data)
-        return self.smtp.sendmail(sender, [recipient], data, self._mail_options(sender, recipient))
+        return self._sendmail(sender, recipient, data)
+
+    def _sendmail(self, sender: str, recipient: str, data: bytes) -> dict:
+        """``sendmail`` one command at a time; MAIL options only when needed (SMTPUTF8), so the call is 1.4.0's otherwise."""
+        options = self._mail_options(sender, recipient)
+        if options:
+            return self.smtp.sendmail(sender, [recipient], data, options)
+        return self.smtp.sendmail(sender, [recipient], data)
 
     def _test_message(self, to: str, text: str) -> dict:
-        problem = address_problem(to) or self._header_problem(None, None)
-        if problem:  # the wire guard holds for test messages too
+        # The wire guard holds for test messages too; a bare local name may be tried, as in 1.4.0.
+        problem = smtp_wire.one_address_problem('recipient', to, require_domain=False) if to else 'No recipient'
+        problem = problem or self._header_problem(None, None)
+        if problem:
             raise PermanentDeliveryError(problem)
         return self._send_message(self._build_message(to, text, mtype='html'))
 
@@ -530,7 +538,7 @@ class SMTPMessenger(MessengerBase):
                 'does not offer'))
             return
         try:
-            refused = self.smtp.sendmail(sender, [recipient], data, self._mail_options(sender, recipient))
+            refused = self._sendmail(sender, recipient, data)
         except (smtplib.SMTPException, OSError) as error:
             self._record_failure(dispatch, error, message_cls)
             return

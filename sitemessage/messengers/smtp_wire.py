@@ -30,15 +30,19 @@ def header_problem(field: str, value: Optional[str]) -> str:
     return ''
 
 
-def one_address_problem(field: str, value: str) -> str:
-    """Why ``value`` is not exactly one e-mail address (``a@x, b@y`` names two), or ''."""
+def one_address_problem(field: str, value: str, *, require_domain: bool = True) -> str:
+    """Why ``value`` is not exactly one e-mail address (``a@x, b@y`` names two), or ''.
+
+    ``require_domain=False`` accepts a bare local name (``postmaster``), which a test message
+    may be sent to, as in 1.4.0.
+    """
     problem = header_problem(field, value)
     if problem:
         return problem
     found = getaddresses([value])
     if len(found) != 1:
         return f'{field} {value!r} names {len(found)} addresses; one is allowed'
-    if '@' not in found[0][1]:
+    if require_domain and '@' not in found[0][1]:
         return f'{field} {value!r} has no @domain'
     return ''
 
