@@ -15,6 +15,7 @@ import pytest
 from django.core.mail import send_mail
 from django.test import override_settings
 
+from sitemessage.backends import EmailBackend
 from sitemessage.messages.email import EmailHtmlMessage, EmailTextMessage
 from sitemessage.models import Subscription
 from sitemessage.sending import send_scheduled_messages
@@ -105,9 +106,8 @@ def structural(fired: dict) -> dict:
 def test_the_built_in_emails_with_unsubscribe_links_fire_no_structural_rule(
         spamassassin, smtp_server, smtp_messenger, subscriber):
     schedule_the_built_in_emails(subscriber)
-    with override_settings(EMAIL_BACKEND='sitemessage.backends.EmailBackend'):
-        send_mail('Reset your password', 'Follow the link below to choose a new password.\n',
-                  'robot@example.com', ['carol@example.com'])
+    send_mail('Reset your password', 'Follow the link below to choose a new password.\n',
+              'robot@example.com', ['carol@example.com'], connection=EmailBackend())
     send_scheduled_messages()
     mails = received(smtp_server)
     assert len(mails) == 6
