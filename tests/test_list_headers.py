@@ -37,7 +37,7 @@ def test_one_click_only_for_recipients_holding_a_subscription(smtp_server, smtp_
     alias = message_type.get_alias()
     Subscription.create(ann, alias, 'smtp')
     Subscription.create('sub@example.com', alias, 'smtp')
-    Subscription.create(bob, 'some_other_type', 'smtp')
+    Subscription.create(bob, 'greeting', 'smtp')  # another (registered) type: create() refuses unknown ones
     schedule_messages(message_type('News', text),
                       recipients('smtp', [ann, bob, 'sub@example.com', 'explicit@example.com']))
 
