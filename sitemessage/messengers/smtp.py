@@ -288,8 +288,8 @@ class SMTPMessenger(MessengerBase):
         subject = str(subject or _('No Subject'))
         date, message_id = formatdate(localtime=True), make_msgid(domain=sender_domain)
         if mtype != 'html':
-            data = plain_message_bytes(sender_header, to, subject, date, message_id, text, unsubscribe_url,
-                                       headers=headers)
+            data = plain_message_bytes(sender_header, smtp_wire.header_address(to), subject, date, message_id, text,
+                                       unsubscribe_url, headers=headers)
             if data is not None:
                 return data
         return self._build_message(to, text, subject, mtype, unsubscribe_url, date=date, message_id=message_id,
