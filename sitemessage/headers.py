@@ -75,7 +75,8 @@ def check_email_address(field: str, value: Any) -> None:
         raise UnsafeHeaderValueError(field, value)
     pairs = [pair for pair in getaddresses([value]) if pair != ('', '')]
     # 'a@x, b@y', 'Name <a@x> junk', 'x <<@y>': several mailboxes; 'a@x b@y': an '@' the parse lost.
-    if len(pairs) > 1 or (pairs and value.count('@') > pairs[0][0].count('@') + pairs[0][1].count('@')):
+    # Nothing parsed from a non-empty value (Python 3.13's strict parser, 'a <b@x>; c@y'): refused too.
+    if not pairs or len(pairs) > 1 or (pairs and value.count('@') > pairs[0][0].count('@') + pairs[0][1].count('@')):
         raise UnsafeHeaderValueError(field, value, 'must hold exactly one address')
 
 
