@@ -3,14 +3,20 @@
 It wakes at once on PostgreSQL (LISTEN/NOTIFY) when a message is scheduled, polls elsewhere,
 and stops cleanly on SIGTERM or SIGINT: the batch in hand is finished and stored (a batch is
 bounded by ``SITEMESSAGE_SEND_BATCH_SIZE``); nothing stays claimed.
+
+A lost database connection (a restart, a fail-over, a killed backend) does not end it: the
+error is logged, the connection closed, and the pass retried after a capped exponential backoff.
 """
 from __future__ import annotations
 
 import logging
+import random
 import signal
 import threading
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple, Type
+
+from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError, connections
 
 from .sending import SendReport, send_scheduled_messages
 from .settings import get_setting
@@ -19,17 +25,54 @@ from .wakeup import listen, wait_for_work
 LOGGER = logging.getLogger(__name__)
 
 
+def connection_errors(using: str = DEFAULT_DB_ALIAS) -> Tuple[Type[BaseException], ...]:
+    """Errors meaning "the database connection is gone": Django's, and the driver's own.
+
+    The driver's come from the raw connection the worker waits on for notifications.
+    """
+    errors: Tuple[Type[BaseException], ...] = (OperationalError, InterfaceError)
+    database = getattr(connections[using], 'Database', None)
+    for name in ('OperationalError', 'InterfaceError'):
+        error = getattr(database, name, None)
+        if isinstance(error, type) and issubclass(error, BaseException):
+            errors += (error,)
+    return errors
+
+
+def reconnect_delay(failures: int, base: float, cap: float) -> float:
+    """Seconds to wait after ``failures`` failures in a row: doubled each time up to ``cap``, jittered."""
+    delay = min(base * 2 ** max(failures - 1, 0), cap)
+    return random.uniform(delay / 2, delay)  # several workers do not hammer a database coming back at once
+
+
+def close_connection(using: str = DEFAULT_DB_ALIAS) -> None:
+    """Drop the (broken) connection; Django opens a new one on the next query."""
+    try:
+        connections[using].close()
+    except Exception as error:  # closing a dead connection may fail too: it is gone either way
+        LOGGER.debug('Closing the broken database connection failed: %s', error)
+        connections[using].connection = None
+
+
 class Worker:
-    """Runs delivery passes until stopped; ``report`` is called with each non-empty pass' report."""
+    """Runs delivery passes until stopped; ``report`` is called with each non-empty pass' report.
+
+    ``reconnect_base`` and ``reconnect_max`` (seconds) shape the backoff after a lost database
+    connection: 1 s, 2 s, 4 s... up to 60 s by default, jittered, for as long as it takes.
+    """
 
     def __init__(self, priority: Optional[int] = None, idle_seconds: Optional[float] = None,
-                 max_passes: Optional[int] = None, report: Optional[Callable[[SendReport], None]] = None):
+                 max_passes: Optional[int] = None, report: Optional[Callable[[SendReport], None]] = None,
+                 reconnect_base: float = 1.0, reconnect_max: float = 60.0):
         self.priority = priority
         self.idle_seconds = float(get_setting('WORKER_IDLE_SECONDS') if idle_seconds is None else idle_seconds)
         self.max_passes = max_passes
         self.report = report or (lambda pass_report: None)
+        self.reconnect_base = reconnect_base
+        self.reconnect_max = reconnect_max
         self.stop_event = threading.Event()
         self.totals = SendReport()
+        self.reconnects = 0  # database connections lost and retried so far
 
     def stop(self, *_args) -> None:
         """Ask the worker to stop after the batch in hand."""
@@ -41,18 +84,32 @@ class Worker:
 
     def run(self) -> SendReport:
         """Deliver until stopped (or ``max_passes`` passes); return the totals."""
-        notifications = listen()
-        passes = 0
+        errors = connection_errors()
+        notifications: Optional[bool] = None  # listening yet? (again after each reconnect)
+        passes = failures = 0
         while not self.stop_event.is_set():
-            pass_report = send_scheduled_messages(priority=self.priority, should_stop=self.stop_event.is_set)
-            passes += 1
-            self._add(pass_report)
-            if pass_report.batches:
-                self.report(pass_report)
-            if self.max_passes is not None and passes >= self.max_passes:
-                break
-            if not pass_report.batches:
-                self._idle(notifications)
+            try:
+                if notifications is None:
+                    notifications = listen()
+                pass_report = send_scheduled_messages(priority=self.priority, should_stop=self.stop_event.is_set)
+                failures = 0
+                passes += 1
+                self._add(pass_report)
+                if pass_report.batches:
+                    self.report(pass_report)
+                if self.max_passes is not None and passes >= self.max_passes:
+                    break
+                if not pass_report.batches:
+                    self._idle(notifications)
+            except errors as error:
+                failures += 1
+                self.reconnects += 1
+                notifications = None  # a new connection listens afresh
+                delay = reconnect_delay(failures, self.reconnect_base, self.reconnect_max)
+                LOGGER.warning('Database connection lost (%s: %s); reconnecting in %.1f s (attempt %s).',
+                               type(error).__name__, str(error).strip(), delay, failures)
+                close_connection()
+                self.stop_event.wait(delay)
         return self.totals
 
     def _idle(self, notifications: bool) -> None:

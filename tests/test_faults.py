@@ -1,0 +1,65 @@
+"""Faults (issue 9, item 6): a database that goes away under a worker, a broker that is down when
+a message is scheduled, a message row that cannot be read, secrets in third-party debug logs.
+
+Worker tests run real worker processes (tests/processes.py) against a real database: on SQLite
+the database is locked by this process for a while (a real ``OperationalError`` in the worker),
+on PostgreSQL (``SITEMESSAGE_TEST_DB=postgres``) the worker's backends are terminated with
+``pg_terminate_backend()``, as a server restart or a fail-over does.
+"""
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+
+import pytest
+
+from tests.conftest import wait_for as wait_until
+from tests.processes import ON_POSTGRES, _pg_connect, address
+
+
+# 1. The worker survives a database that goes away --------------------------------------------------
+
+def _cut_database(procs) -> str:
+    """Take the database away from the worker for a moment; return what was done (for messages)."""
+    if ON_POSTGRES:
+        name = procs.db_env['SITEMESSAGE_PROCESS_PG']
+        with _pg_connect() as connection:
+            killed = connection.execute(
+                'SELECT pg_terminate_backend(pid) FROM pg_stat_activity '
+                'WHERE datname = %s AND pid <> pg_backend_pid()', [name]).fetchall()
+        assert killed, 'the worker had no connection to terminate'
+        return f'terminated {len(killed)} backend(s)'
+    # SQLite has no server to restart: an exclusive lock held past the worker's busy timeout
+    # makes its queries fail with a real OperationalError ("database is locked").
+    lock = sqlite3.connect(procs.db_env['SITEMESSAGE_PROCESS_SQLITE'], isolation_level=None, timeout=5)
+    lock.execute('BEGIN EXCLUSIVE')
+    time.sleep(2.5)
+    lock.execute('COMMIT')
+    lock.close()
+    return 'held an exclusive lock for 2.5 s'
+
+
+def test_slow_worker_reconnects_after_losing_its_database_and_keeps_delivering(procs, sink):
+    procs.use_sink(sink)
+    procs.settings['SEND_BATCH_SIZE'] = 10
+    worker = procs.start('sitemessage_worker', '--idle', '0.2', extra_env={'SITEMESSAGE_PROCESS_SQLITE_TIMEOUT': '0.2'})
+    assert worker.wait_for_output('Worker started.'), worker.output()
+
+    procs.orm('schedule', count=3, prefix='before')
+    assert sink.handler.wait_for(3, timeout=15), worker.output()
+
+    for round_ in range(2):  # twice: the backoff resets and listening resumes after a reconnect
+        done = _cut_database(procs)
+        assert wait_until(lambda: worker.output().count('Database connection lost') > round_), \
+            f'{done}\n{worker.output()}'
+        procs.orm('schedule', count=4, prefix=f'after{round_}')
+        assert sink.handler.wait_for(3 + 4 * (round_ + 1), timeout=30), f'{done}\n{worker.output()}'
+        assert worker.popen.poll() is None, worker.output()
+
+    assert 'reconnecting in' in worker.output()
+    counts = sink.handler.counts()
+    assert set(counts) == ({address('before', i) for i in range(3)} | {address('after0', i) for i in range(4)}
+                           | {address('after1', i) for i in range(4)})
+    assert max(counts.values()) == 1
+    assert procs.orm('status')['counts']['sent'] == 11
