@@ -33,19 +33,26 @@ else:  # pragma: no cover - needs Django 6
     django_send_scheduled = _django_task()(send_scheduled)
 
 
-def enqueue_send(target: str, priority: Optional[int] = None) -> None:
-    """Enqueue a send pass on ``'celery'`` or ``'django_tasks'``."""
+def check_target(target: str) -> None:
+    """Raise :class:`SiteMessageConfigurationError` unless ``target`` can be enqueued on here."""
     if target == 'celery':
         if celery_send_scheduled is None:
             raise SiteMessageConfigurationError(
                 'SITEMESSAGE_ENQUEUE_ON_SCHEDULE is "celery" but Celery is not installed: '
                 'pip install "django-sitemessage[celery]"')
-        celery_send_scheduled.delay(priority)
     elif target == 'django_tasks':
         if django_send_scheduled is None:
             raise SiteMessageConfigurationError(
                 'SITEMESSAGE_ENQUEUE_ON_SCHEDULE is "django_tasks" but this Django has no django.tasks (Django 6.0+).')
-        django_send_scheduled.enqueue(priority)
     else:
         raise SiteMessageConfigurationError(
             f'SITEMESSAGE_ENQUEUE_ON_SCHEDULE must be "celery", "django_tasks" or None, got {target!r}.')
+
+
+def enqueue_send(target: str, priority: Optional[int] = None) -> None:
+    """Enqueue a send pass on ``'celery'`` or ``'django_tasks'``; a broker error reaches the caller."""
+    check_target(target)
+    if target == 'celery':
+        celery_send_scheduled.delay(priority)
+    else:
+        django_send_scheduled.enqueue(priority)

@@ -63,3 +63,69 @@ def test_slow_worker_reconnects_after_losing_its_database_and_keeps_delivering(p
                            | {address('after1', i) for i in range(4)})
     assert max(counts.values()) == 1
     assert procs.orm('status')['counts']['sent'] == 11
+
+
+# 2. A broker that is down when a message is scheduled ------------------------------------------------
+
+@pytest.fixture
+def celery_app_with_broker_down():
+    """A Celery app (the current one) whose broker is a closed port on loopback, with short timeouts."""
+    pytest.importorskip('celery', reason='Celery is not installed: pip install "celery[redis]"')
+    from celery import Celery
+
+    from tests.fakes import free_port
+
+    app = Celery('sitemessage-broker-down', broker=f'amqp://guest:s3cret-broker-pw@127.0.0.1:{free_port()}//',
+                 set_as_current=True)
+    app.conf.update(broker_connection_timeout=0.5, broker_connection_retry=False,
+                    broker_connection_max_retries=1, task_publish_retry=True,
+                    task_publish_retry_policy={'max_retries': 1, 'interval_start': 0, 'interval_step': 0.1,
+                                               'interval_max': 0.1})
+    try:
+        yield app
+    finally:
+        app.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_scheduling_with_the_celery_broker_down_logs_and_the_next_run_sends(
+        celery_app_with_broker_down, smtp_messenger, smtp_server, caplog, settings):
+    from kombu.exceptions import OperationalError as KombuOperationalError
+
+    from sitemessage.messages.email import EmailTextMessage
+    from sitemessage.models import Dispatch
+    from sitemessage.sending import send_scheduled_messages
+    from sitemessage.tasks import enqueue_send
+    from sitemessage.toolbox import recipients, schedule_messages
+
+    settings.SITEMESSAGE_ENQUEUE_ON_SCHEDULE = 'celery'
+    with pytest.raises(KombuOperationalError):  # the broker is really down: publishing fails
+        enqueue_send('celery')
+
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger='sitemessage'):
+        schedule_messages(EmailTextMessage('Hi', 'Body'), recipients('smtp', 'queued@example.com'))  # no raise
+    assert time.monotonic() - started < 10
+
+    (record,) = [r for r in caplog.records if 'Could not enqueue a send task' in r.getMessage()]
+    assert record.levelno == logging.ERROR
+    assert 'on celery (OperationalError: ' in record.getMessage()  # names the broker error
+    assert 's3cret-broker-pw' not in caplog.text
+    assert Dispatch.objects.get().dispatch_status == Dispatch.DISPATCH_STATUS_PENDING  # committed, queued
+
+    report = send_scheduled_messages()  # the next run
+    assert report.sent == 1
+    assert [env.rcpt_tos for env in smtp_server.handler.envelopes] == [['queued@example.com']]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_misconfigured_enqueue_target_raises_before_anything_is_stored(settings):
+    from sitemessage.exceptions import SiteMessageConfigurationError
+    from sitemessage.messages.plain import PlainTextMessage
+    from sitemessage.models import Message
+    from sitemessage.toolbox import recipients, schedule_messages
+
+    settings.SITEMESSAGE_ENQUEUE_ON_SCHEDULE = 'rq'
+    with pytest.raises(SiteMessageConfigurationError, match="got 'rq'"):
+        schedule_messages(PlainTextMessage('text'), recipients('fake', 'someone'))
+    assert not Message.objects.exists()  # raised before the commit: a retry duplicates nothing
