@@ -16,7 +16,7 @@ from django.contrib.auth.base_user import AbstractBaseUser
 
 from .. import ratelimit
 from ..exceptions import MessengerException, SiteMessageConfigurationError
-from ..models import Dispatch, Message, MessageTuple
+from ..models import Dispatch, Message, MessageTuple, context_problem, has_text
 from ..settings import get_setting
 from ..utils import Recipient, is_iterable
 
@@ -237,8 +237,18 @@ class MessengerBase:
                 f'{type(self).__name__}.send() did not report an outcome for this dispatch'), message_cls)
 
     def _compile(self, message_cls, message: Message, dispatches: List[Dispatch]) -> List[Dispatch]:
-        """Fill ``message_cache`` where empty; return the dispatches that compiled."""
-        to_compile = [dispatch for dispatch in dispatches if not dispatch.message_cache]
+        """Fill ``message_cache`` where empty; return the dispatches that compiled.
+
+        A message whose stored context cannot be read fails all its dispatches here, with the
+        reason: retrying cannot make the row readable.
+        """
+        problem = context_problem(message)
+        if problem is not None:
+            LOGGER.error('%s', problem)
+            for dispatch in dispatches:
+                self.mark_failed(dispatch, problem)
+            return []
+        to_compile = [dispatch for dispatch in dispatches if not has_text(dispatch)]
         if to_compile:
             try:
                 texts = message_cls.compile_for_dispatches(message, self, to_compile)
