@@ -129,3 +129,74 @@ def test_a_misconfigured_enqueue_target_raises_before_anything_is_stored(setting
     with pytest.raises(SiteMessageConfigurationError, match="got 'rq'"):
         schedule_messages(PlainTextMessage('text'), recipients('fake', 'someone'))
     assert not Message.objects.exists()  # raised before the commit: a retry duplicates nothing
+
+
+# 3. A message row that cannot be read --------------------------------------------------------------
+
+BROKEN_CONTEXTS = {
+    'invalid JSON': ('{"subject": "Hi", "stext_": "unterminated', 'not valid JSON (JSONDecodeError: '),
+    'nested 1,000 levels': ('[' * 1000 + ']' * 1000, 'nested too deeply to parse'),
+    'nested 100,000 levels': ('{"a":' * 100000 + '1' + '}' * 100000, 'nested too deeply to parse'),
+    'not an object': ('[1, 2, 3]', 'a JSON object was expected, got [1, 2, 3]'),
+}
+
+
+def _break_context(message_id: int, raw: str) -> None:
+    from django.db import connection
+
+    with connection.cursor() as cursor:  # the ORM would not write it: only raw SQL (or another program) can
+        cursor.execute('UPDATE sitemessage_message SET context = %s WHERE id = %s', [raw, message_id])
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize('broken', BROKEN_CONTEXTS, ids=list(BROKEN_CONTEXTS))
+def test_an_unreadable_message_row_fails_alone_and_the_rest_of_its_batch_is_delivered(
+        broken, smtp_messenger, smtp_server, settings):
+    from sitemessage.messages.email import EmailTextMessage
+    from sitemessage.models import Dispatch, DispatchError
+    from sitemessage.sending import send_scheduled_messages
+    from sitemessage.toolbox import recipients, schedule_messages
+
+    settings.SITEMESSAGE_SEND_BATCH_SIZE = 50
+    scheduled = [schedule_messages(EmailTextMessage(f'Subject {n}', f'Body {n}'),
+                                   recipients('smtp', [f'r{n}a@example.com', f'r{n}b@example.com']))[0]
+                 for n in range(3)]
+    bad_message = scheduled[1].message
+    raw, expected_reason = BROKEN_CONTEXTS[broken]
+    _break_context(bad_message.pk, raw)
+
+    report = send_scheduled_messages()  # twice the same batch: the row is read in every claim
+    again = send_scheduled_messages()
+
+    assert (report.sent, report.errors, report.failed) == (4, 0, 2)
+    assert (again.sent, again.errors, again.failed) == (0, 0, 0)  # failed for good, not retried
+    delivered = sorted(rcpt for env in smtp_server.handler.envelopes for rcpt in env.rcpt_tos)
+    assert delivered == ['r0a@example.com', 'r0b@example.com', 'r2a@example.com', 'r2b@example.com']
+    for dispatch in Dispatch.objects.filter(message=bad_message):
+        assert dispatch.dispatch_status == Dispatch.DISPATCH_STATUS_FAILED
+        (error,) = DispatchError.objects.filter(dispatch=dispatch).values_list('error_log', flat=True)
+        assert error.startswith(f'The context of message {bad_message.pk} cannot be read: ')
+        assert expected_reason in error
+        assert len(error) < 500  # truncated: never the whole row
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize('broken', BROKEN_CONTEXTS, ids=list(BROKEN_CONTEXTS))
+def test_links_of_an_unreadable_message_row_do_not_answer_5xx(broken, client, settings):
+    from urllib.parse import urlsplit
+
+    from sitemessage.models import Dispatch, Subscription
+    from sitemessage.toolbox import recipients, schedule_messages
+    from tests.testapp.sitemessages import GreetingMessage
+
+    Subscription.create('reader', GreetingMessage, 'fake')
+    message, (dispatch,) = schedule_messages(GreetingMessage({'name': 'Ann'}), recipients('fake', 'reader'))[0]
+    unsubscribe = urlsplit(GreetingMessage.get_unsubscribe_directive(message, dispatch)).path
+    mark_read = urlsplit(GreetingMessage.get_mark_read_directive(message, dispatch)).path
+    _break_context(message.pk, BROKEN_CONTEXTS[broken][0])
+
+    assert client.get(unsubscribe).status_code == 200  # the confirmation page
+    assert client.post(unsubscribe).status_code == 302
+    assert client.get(mark_read).status_code == 302
+    assert not Subscription.objects.exists()  # the link acted: it needs no context
+    assert Dispatch.objects.get().is_read()
