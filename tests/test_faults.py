@@ -200,3 +200,28 @@ def test_links_of_an_unreadable_message_row_do_not_answer_5xx(broken, client, se
     assert client.get(mark_read).status_code == 302
     assert not Subscription.objects.exists()  # the link acted: it needs no context
     assert Dispatch.objects.get().is_read()
+
+
+# 4. Secrets in urllib3's DEBUG log ------------------------------------------------------------------
+
+def test_facebook_token_exchange_keeps_secrets_out_of_urllib3_debug_log(api_server, caplog):
+    from sitemessage.messengers.facebook import FacebookMessenger
+    from tests.http_api import Reply
+
+    secret, user_token, long_lived = 'app0secret0exchange', 'short0user0token0x', 'long0lived0token0x'
+    next_url = f'{api_server.url}/v24.0/me/accounts?access_token={long_lived}&after=b'
+    api_server.routes[('GET', '/v24.0/oauth/access_token')] = Reply(200, {'access_token': long_lived})
+    api_server.routes[('GET', '/v24.0/me/accounts')] = [
+        Reply(200, {'data': [{'name': 'One', 'access_token': 'page0token0one0x'}], 'paging': {'next': next_url}}),
+        Reply(200, {'data': [{'name': 'Two', 'access_token': 'page0token0two0x'}], 'paging': {}}),
+    ]
+
+    with caplog.at_level(logging.DEBUG, logger='urllib3'):
+        tokens = FacebookMessenger('', api_url=api_server.url).get_page_access_token('app-id', secret, user_token)
+
+    assert tokens == {'One': 'page0token0one0x', 'Two': 'page0token0two0x'}
+    requests_logged = [r.getMessage() for r in caplog.records if r.name == 'urllib3.connectionpool' and '"GET ' in r.getMessage()]
+    assert len(requests_logged) == 3, caplog.text  # the log is really written: exchange, two pages
+    assert 'client_secret=***' in requests_logged[0] and 'fb_exchange_token=***' in requests_logged[0]
+    for value in (secret, user_token, long_lived):
+        assert value not in caplog.text
