@@ -225,3 +225,32 @@ def test_facebook_token_exchange_keeps_secrets_out_of_urllib3_debug_log(api_serv
     assert requests_logged[0].endswith('=***&fb_exchange_token=*** HTTP/1.1" 200 38'), requests_logged[0]
     for value in (secret, user_token, long_lived):
         assert value not in caplog.text
+
+
+@pytest.mark.skipif(not ON_POSTGRES, reason='a server-side kill needs PostgreSQL: run with SITEMESSAGE_TEST_DB=postgres')
+@pytest.mark.django_db(transaction=True)
+def test_worker_retry_loop_recovers_from_a_connection_killed_by_the_server(smtp_messenger, smtp_server, caplog):
+    from django.db import connection
+
+    from sitemessage.messages.email import EmailTextMessage
+    from sitemessage.toolbox import recipients, schedule_messages
+    from sitemessage.worker import Worker
+
+    schedule_messages(EmailTextMessage('Hi', 'Body'), recipients('smtp', ['one@example.com', 'two@example.com']))
+    with connection.cursor() as cursor:
+        cursor.execute('SELECT pg_backend_pid()')
+        (pid,), = cursor.fetchall()
+    with _pg_connect() as admin:
+        admin.execute('SELECT pg_terminate_backend(%s)', [pid])  # as a server restart does
+
+    worker = Worker(idle_seconds=0, max_passes=1, reconnect_base=0.05, reconnect_max=0.1)
+    with caplog.at_level(logging.WARNING, logger='sitemessage.worker'):
+        totals = worker.run()
+
+    assert worker.reconnects == 1
+    assert (totals.sent, totals.errors, totals.failed) == (2, 0, 0)
+    (record,) = [r for r in caplog.records if r.name == 'sitemessage.worker']
+    assert 'Database connection lost (OperationalError: ' in record.getMessage()
+    assert 'terminating connection due to administrator command' in record.getMessage()
+    assert sorted(rcpt for env in smtp_server.handler.envelopes for rcpt in env.rcpt_tos) == [
+        'one@example.com', 'two@example.com']
