@@ -2,7 +2,7 @@
 # `make demo` and `make test` are the only two commands a newcomer needs.
 
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
 PYTEST_ARGS ?=

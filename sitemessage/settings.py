@@ -35,6 +35,8 @@ DEFAULTS: dict[str, Any] = {
     'UNSUBSCRIBE_CONFIRM': True,
     'FACEBOOK_GRAPH_VERSION': 'v24.0',
     'VKONTAKTE_API_VERSION': '5.199',
+    # New in 2.0: which of Django 6.1's MAILERS holds the SMTP options (None: found by backend).
+    'SMTP_MAILER': None,
 }
 
 

@@ -23,6 +23,7 @@ from django.conf import settings
 from django.utils.translation import gettext as _, gettext_lazy
 
 from ..exceptions import MessengerException, MessengerWarmupException, PermanentDeliveryError
+from ..mail_settings import email_setting
 from ..plaintext import html_to_text
 from .base import MessengerBase
 from .smtp_pipelining import (
@@ -74,7 +75,10 @@ def is_permanent(error: BaseException) -> bool:
 
 
 class SMTPMessenger(MessengerBase):
-    """Send e-mails through an SMTP server; options default to Django's ``EMAIL_*`` settings.
+    """Send e-mails through an SMTP server; options default to Django's SMTP settings.
+
+    Those are the OPTIONS of the SMTP mailer in ``MAILERS`` where the project defines it (Django
+    6.1+; see :mod:`sitemessage.mail_settings`), else the ``EMAIL_*`` settings.
 
     ``from_email`` falls back to ``DEFAULT_FROM_EMAIL``. An argument given explicitly (even
     ``False`` or ``0``) wins over the setting.
@@ -103,7 +107,7 @@ class SMTPMessenger(MessengerBase):
 
     def _option(self, name: str, setting: str, default: Any = None) -> Any:
         value = self._options[name]
-        return getattr(settings, setting, default) if value is None else value
+        return email_setting(setting, default) if value is None else value
 
     from_email = property(lambda self: self._option('from_email', 'DEFAULT_FROM_EMAIL', 'webmaster@localhost'))
     login = property(lambda self: self._option('login', 'EMAIL_HOST_USER', ''))
