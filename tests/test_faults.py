@@ -9,6 +9,7 @@ on PostgreSQL (``SITEMESSAGE_TEST_DB=postgres``) the worker's backends are termi
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 import time
 
@@ -134,10 +135,11 @@ def test_a_misconfigured_enqueue_target_raises_before_anything_is_stored(setting
 # 3. A message row that cannot be read --------------------------------------------------------------
 
 BROKEN_CONTEXTS = {
-    'invalid JSON': ('{"subject": "Hi", "stext_": "unterminated', 'not valid JSON (JSONDecodeError: '),
-    'nested 1,000 levels': ('[' * 1000 + ']' * 1000, 'nested too deeply to parse'),
+    'invalid JSON': ('{"subject": "Hi", "stext_": "unterminated', r'not valid JSON \(JSONDecodeError: '),
+    # RecursionError up to Python 3.12; 3.13 parses it (a list: not an object, so unreadable all the same)
+    'nested 1,000 levels': ('[' * 1000 + ']' * 1000, 'nested too deeply to parse|a JSON object was expected'),
     'nested 100,000 levels': ('{"a":' * 100000 + '1' + '}' * 100000, 'nested too deeply to parse'),
-    'not an object': ('[1, 2, 3]', 'a JSON object was expected, got [1, 2, 3]'),
+    'not an object': ('[1, 2, 3]', r'a JSON object was expected, got \[1, 2, 3\]'),
 }
 
 
@@ -176,7 +178,7 @@ def test_an_unreadable_message_row_fails_alone_and_the_rest_of_its_batch_is_deli
         assert dispatch.dispatch_status == Dispatch.DISPATCH_STATUS_FAILED
         (error,) = DispatchError.objects.filter(dispatch=dispatch).values_list('error_log', flat=True)
         assert error.startswith(f'The context of message {bad_message.pk} cannot be read: ')
-        assert expected_reason in error
+        assert re.search(expected_reason, error), error
         assert len(error) < 500  # truncated: never the whole row
 
 
