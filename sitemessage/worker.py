@@ -92,6 +92,8 @@ class Worker:
                 if notifications is None:
                     notifications = listen()
                 pass_report = send_scheduled_messages(priority=self.priority, should_stop=self.stop_event.is_set)
+                if failures:
+                    LOGGER.info('Database connection back after %s failed attempt(s).', failures)
                 failures = 0
                 passes += 1
                 self._add(pass_report)
