@@ -17,6 +17,15 @@ $(VENV)/.installed: setup.py
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
+# The demo needs only Django and aiosmtpd (the `demo` extra), not the test tools; pip shows its progress.
+# A stamp of its own: `make test` after `make demo` still installs the test extra.
+$(VENV)/.demo-installed: setup.py
+	@test -x $(PY) || echo 'Creating the virtualenv $(VENV) (takes a few seconds) ...'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo 'Installing django-sitemessage with the demo extra (Django, aiosmtpd) into $(VENV) ...'
+	$(PY) -m pip install --progress-bar on -e '.[demo]'
+	touch $@
+
 $(VENV)/.docs-installed: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[test,docs]'
 	touch $@
@@ -27,8 +36,8 @@ test: venv
 test-postgres: venv
 	SITEMESSAGE_TEST_DB=postgres $(PY) -m pytest $(PYTEST_ARGS)
 
-# The demo: SQLite, a local SMTP sink, a sender loop and runserver on 127.0.0.1:$(PORT).
-demo: venv
+# The demo: SQLite, a local SMTP sink, a sender (sitemessage_worker --prepare) and runserver on 127.0.0.1:$(PORT).
+demo: $(VENV)/.demo-installed
 	cd demo_project && PORT=$(PORT) ../$(PY) run_demo.py
 
 docs: $(VENV)/.docs-installed

@@ -27,9 +27,14 @@ EXTRAS = {
     'facebook': ['requests'],
     'vkontakte': ['requests'],
     'celery': ['celery[redis]'],
-    'test': ['pytest', 'pytest-django', 'aiosmtpd', 'psycopg[binary]', 'requests', 'requests-oauthlib',
-             'slixmpp', 'celery[redis]', 'playwright', 'pymysql'],
+    'test': ['pytest', 'hypothesis', 'pytest-django', 'aiosmtpd', 'psycopg[binary]', 'requests', 'requests-oauthlib',
+             'slixmpp', 'celery[redis]', 'playwright', 'pymysql', 'prometheus_client',
+             # A real django.tasks queue backend (it needs Django 5.2+; the newest-Django run has it).
+             'django-tasks-db; python_version >= "3.12"'],
     'docs': ['sphinx'],
+    'prometheus': ['prometheus_client'],
+    # `make demo`: only what demo_project needs besides Django (its SMTP sink).
+    'demo': ['aiosmtpd'],
 }
 
 setup(
@@ -45,7 +50,7 @@ setup(
     include_package_data=True,
     zip_safe=False,
     python_requires='>=3.10',
-    install_requires=['Django>=4.2,<6.2'],
+    install_requires=['Django>=4.2,<6.2', 'idna>=3.0'],  # IDN e-mail domains (IDNA 2008)
     extras_require=EXTRAS,
     classifiers=[
         'Development Status :: 5 - Production/Stable',

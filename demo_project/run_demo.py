@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Run the demo (``make demo``): migrate, create the demo users, then start the SMTP sink,
-the sender loop and ``runserver 127.0.0.1:$PORT``. Ctrl-C stops all of them."""
+the sender (``sitemessage_worker --prepare``) and ``runserver 127.0.0.1:$PORT``. Ctrl-C stops all of them."""
 import os
 import signal
 import socket
@@ -64,7 +64,8 @@ def main():
             if sink.poll() is not None:
                 sys.exit('The SMTP sink could not start (see above).')
             time.sleep(0.1)
-        processes.append(start('manage.py', 'demo_send_loop'))
+        # What cron would do with `sitemessage_send_scheduled --prepare`, every few seconds.
+        processes.append(start('manage.py', 'sitemessage_worker', '--prepare'))
         processes.append(start('manage.py', 'runserver', f'127.0.0.1:{PORT}'))
         print(f'\n  Demo: http://127.0.0.1:{PORT}/   (admin: http://127.0.0.1:{PORT}/admin/, demo / demo)\n'
               '  Press Ctrl-C to stop.\n', flush=True)

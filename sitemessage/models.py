@@ -21,6 +21,7 @@ from django.db.models.query_utils import DeferredAttribute
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from .headers import check_message_type_context, check_recipients, unique_recipients
 from .settings import get_setting
 from .utils import Recipient, get_registered_message_type
 from .wakeup import queue_changed
@@ -204,6 +205,9 @@ class Message(models.Model):
             group_mark: str = '', context_merge_hook: Optional[Callable[[dict, dict], dict]] = None,
     ) -> Tuple['Message', Union[List['Dispatch'], models.QuerySet]]:
         """Create a message and its dispatches, or merge it into a pending message of its group."""
+        if recipients is not None:
+            recipients = Dispatch.normalize_recipients(recipients)
+        check_message_type_context(message_class, context, recipients)
         with transaction.atomic():
             grouped = cls._find_group_message(message_class, group_mark, sender) if group_mark else None
             if grouped is None:
@@ -356,8 +360,9 @@ class DispatchQuerySet(models.QuerySet):
                                              claim_token=None, next_attempt_at=None)
         if failed:  # each has its own retry count and time
             target.bulk_update(failed, [name for name in Dispatch.OUTCOME_FIELDS if name != 'message_cache'])
+        # A sent dispatch may carry a note too (recipients an SMTP server refused among others).
         errors = [DispatchError(dispatch=d, error_log=str(d.error_log)) for d in dispatches
-                  if d.dispatch_status in Dispatch.ERROR_STATUSES and d.error_log is not None]
+                  if d.error_log is not None]
         DispatchError.objects.bulk_create(errors)
 
     @staticmethod
@@ -526,10 +531,15 @@ class Dispatch(models.Model):
 
     @classmethod
     def normalize_recipients(cls, recipients) -> List[Recipient]:
-        """Accept one Recipient or any iterable of them (list, tuple, set, generator)."""
+        """Accept one Recipient or any iterable of them (list, tuple, set, generator).
+
+        Addresses are checked (:mod:`sitemessage.headers`) and a (messenger, address) pair named
+        several times is kept once, in order of first appearance: it is sent once.
+        """
         if not recipients:
             return []
         if isinstance(recipients, Recipient):
+            check_recipients((recipients,))
             return [recipients]
         result = []
         for item in recipients:
@@ -540,7 +550,8 @@ class Dispatch(models.Model):
                 result.extend(item)  # e.g. `recipients(...),` -- a tuple holding a list
             else:
                 raise ValueError(f'Expected a Recipient (see sitemessage.toolbox.recipients()), got {item!r}.')
-        return result
+        check_recipients(result)
+        return unique_recipients(result)
 
     @classmethod
     def create(cls, message_model: Message, recipients) -> List['Dispatch']:

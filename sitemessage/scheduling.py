@@ -5,6 +5,7 @@ from typing import List, Optional, Sequence, Tuple
 
 from django.db import connections, router, transaction
 
+from .headers import check_message_type_context
 from .messages.base import MessageBase
 from .models import Dispatch, Message, MessageTuple
 from .wakeup import queue_changed
@@ -28,6 +29,8 @@ def schedule_pairs_in_bulk(pairs: Sequence[Tuple[MessageBase, Optional[list]]], 
     database = router.db_for_write(Message)
     pairs = [(message, Dispatch.normalize_recipients(items) if items is not None else None)
              for message, items in pairs]
+    for message, items in pairs:  # refused before anything is stored
+        check_message_type_context(type(message), message.get_context(), items)
     if not connections[database].features.can_return_rows_from_bulk_insert:
         return [message.schedule(recipients=items, sender=sender,
                                  priority=priority if priority is not None else message.priority)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from contextlib import ExitStack
 from typing import Callable, Dict, List, Optional, Set, Tuple
@@ -23,9 +24,18 @@ from .utils import get_registered_message_type, get_registered_messenger_object
 LOGGER = logging.getLogger(__name__)
 
 
+# How a dispatch's error log starts when its messenger could not connect (messengers.session.warm_up_failure).
+WARM_UP_FAILURE = 'Messenger warm-up failed'
+
+
 @dataclass
 class SendReport:
-    """What one run of :func:`send_scheduled_messages` did."""
+    """What one run of :func:`send_scheduled_messages` did.
+
+    ``unreachable_messengers`` names the messengers that could not connect (warm-up failed)
+    for any dispatch they were given in this run, with the first reason: the run could not
+    deliver through them at all (the commands exit with status 3).
+    """
 
     sent: int = 0
     errors: int = 0
@@ -35,6 +45,9 @@ class SendReport:
     seconds: float = 0.0
     skipped_messengers: Set[str] = field(default_factory=set)
     skipped_message_types: Set[str] = field(default_factory=set)
+    attempts: 'Counter[str]' = field(default_factory=Counter, repr=False)  # messenger alias -> dispatches attempted
+    warm_up_failures: 'Counter[str]' = field(default_factory=Counter, repr=False)  # alias -> dispatches not connected
+    warm_up_reasons: Dict[str, str] = field(default_factory=dict, repr=False)  # alias -> first warm-up error
 
     def count(self, dispatches: List[Dispatch]) -> None:
         for dispatch in dispatches:
@@ -43,10 +56,33 @@ class SendReport:
                 self.sent += 1
             elif status == Dispatch.DISPATCH_STATUS_ERROR:
                 self.errors += 1
+                log = str(dispatch.error_log or '')
+                if log.startswith(WARM_UP_FAILURE):
+                    self.warm_up_failures[dispatch.messenger] += 1
+                    self.warm_up_reasons.setdefault(dispatch.messenger, log)
             elif status == Dispatch.DISPATCH_STATUS_FAILED:
                 self.failed += 1
             else:
                 self.released += 1
+                continue
+            self.attempts[dispatch.messenger] += 1
+
+    @property
+    def unreachable_messengers(self) -> Dict[str, str]:
+        """Messengers whose every attempt in this run failed to connect, each with its first reason."""
+        return {alias: reason for alias, reason in self.warm_up_reasons.items()
+                if self.warm_up_failures[alias] == self.attempts[alias]}
+
+    def merge(self, other: 'SendReport') -> None:
+        """Add another run's report to this one (a worker's totals)."""
+        for name in ('sent', 'errors', 'failed', 'released', 'batches', 'seconds'):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.skipped_messengers |= other.skipped_messengers
+        self.skipped_message_types |= other.skipped_message_types
+        self.attempts.update(other.attempts)
+        self.warm_up_failures.update(other.warm_up_failures)
+        for alias, reason in other.warm_up_reasons.items():
+            self.warm_up_reasons.setdefault(alias, reason)
 
     def __str__(self):
         return f'Sent: {self.sent}, errors: {self.errors}, failed: {self.failed}, seconds: {self.seconds:.2f}'
@@ -67,7 +103,8 @@ def validate_priority(priority) -> Optional[int]:
 
 def send_scheduled_messages(priority=None, ignore_unknown_messengers: bool = False,
                             ignore_unknown_message_types: bool = False,
-                            should_stop: Optional[Callable[[], bool]] = None) -> SendReport:
+                            should_stop: Optional[Callable[[], bool]] = None,
+                            progress: Optional[Callable[[SendReport], None]] = None) -> SendReport:
     """Send every dispatch that is due, batch by batch, oldest first.
 
     Each messenger's connections stay open for the whole run. With several connections the
@@ -76,7 +113,7 @@ def send_scheduled_messages(priority=None, ignore_unknown_messengers: bool = Fal
     same run, so a failing one is retried on a later run (after its backoff). An unknown
     messenger or message type raises (unless ignored) after the current batch is stored; its
     dispatches stay in the queue. ``should_stop`` is asked between batches (a worker's stop
-    request).
+    request). ``progress`` is called with the report so far after each batch is stored.
     """
     priority = validate_priority(priority)
     batch_size = get_positive_int_setting('SEND_BATCH_SIZE')
@@ -109,6 +146,8 @@ def send_scheduled_messages(priority=None, ignore_unknown_messengers: bool = Fal
                     next_delivery = run.start(next_batch) if next_batch else None
                 error = run.finish(delivery)
                 report.count(batch)
+                if progress is not None:
+                    progress(report)
                 if error is not None:
                     raise error
                 if not overlap:  # one connection: this thread sends, so claim only once it is done
@@ -224,10 +263,29 @@ def _unknown_types(messages) -> Tuple[Set[str], Optional[UnknownMessageTypeError
     return unknown, first_error
 
 
-def prepare_dispatches() -> List[Dispatch]:
-    """Create dispatches for messages scheduled without recipients, from current subscribers."""
+def prepare_dispatches(ignore_unknown_message_types: bool = False) -> List[Dispatch]:
+    """Create dispatches for messages scheduled without recipients, from current subscribers.
+
+    A message of an unregistered type raises ``UnknownMessageTypeError``, or, with
+    ``ignore_unknown_message_types``, is logged and left waiting while the others are prepared.
+    """
     dispatches = []
     for message in Message.get_without_dispatches().iterator():
-        message_cls = get_registered_message_type(message.cls)
+        try:
+            message_cls = get_registered_message_type(message.cls)
+        except UnknownMessageTypeError:
+            if not ignore_unknown_message_types:
+                raise
+            LOGGER.warning('Message %s of unknown type `%s` left waiting for prepare_dispatches().',
+                           message.pk, message.cls)
+            continue
         dispatches.extend(message_cls.prepare_dispatches(message))
     return dispatches
+
+
+def count_waiting_for_preparation() -> int:
+    """Messages scheduled without recipients that still wait for :func:`prepare_dispatches` (one COUNT query).
+
+    After ``prepare_dispatches()`` the ones left have no subscribers yet.
+    """
+    return Message.get_without_dispatches().count()

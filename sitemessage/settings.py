@@ -6,7 +6,7 @@ resolved through the module ``__getattr__`` and so reflect the live value.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from django.conf import settings as django_settings
 
@@ -29,6 +29,9 @@ DEFAULTS: dict[str, Any] = {
     'RATE_LIMIT_CACHE': 'default',
     'ENQUEUE_ON_SCHEDULE': None,
     'WORKER_IDLE_SECONDS': 5,
+    'WORKER_PREPARE_DISPATCHES': False,
+    # Seconds to wait for an SMTP or XMPP server (connect, reply); EMAIL_TIMEOUT or a messenger's own wins.
+    'CONNECT_TIMEOUT': 30,
     'PARALLEL_CONNECTIONS': {},
     'HTTP_TIMEOUT': 10,
     # New in 2.0: a GET of an unsubscribe link shows a confirmation page; only a POST unsubscribes.
@@ -37,6 +40,10 @@ DEFAULTS: dict[str, Any] = {
     'VKONTAKTE_API_VERSION': '5.199',
     # New in 2.0: which of Django 6.1's MAILERS holds the SMTP options (None: found by backend).
     'SMTP_MAILER': None,
+    # New in 2.0: Prometheus metrics (sitemessage.metrics).
+    'METRICS': False,
+    'METRICS_PORT': None,
+    'METRICS_ADDRESS': '127.0.0.1',
 }
 
 
@@ -52,6 +59,16 @@ def get_positive_int_setting(name: str) -> int:
         from .exceptions import SiteMessageConfigurationError
         raise SiteMessageConfigurationError(
             f'SITEMESSAGE_{name} must be a positive integer, got {value!r}.')
+    return value
+
+
+def get_timeout_setting(name: str) -> Optional[float]:
+    """Return ``SITEMESSAGE_<name>`` as seconds (a positive number, or None: no timeout); a bad value is named."""
+    value = get_setting(name)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+        from .exceptions import SiteMessageConfigurationError
+        raise SiteMessageConfigurationError(
+            f'SITEMESSAGE_{name} must be a positive number of seconds or None, got {value!r}.')
     return value
 
 

@@ -14,7 +14,12 @@ __all__ = ['schedule_email', 'schedule_jabber_message', 'schedule_tweet', 'sched
 
 
 def schedule_email(message, to, subject: Optional[str] = None, sender=None, priority: Optional[int] = None) -> None:
-    """Schedule an e-mail: a dict renders the HTML template, anything else is plain text."""
+    """Schedule an e-mail: a dict renders the HTML template, anything else is plain text.
+
+    A line break or NUL in ``subject`` or an address, or an address naming several mailboxes,
+    raises :class:`~sitemessage.headers.UnsafeHeaderValueError` (nothing is stored); an address
+    named several times gets one e-mail.
+    """
     forced_type = get_setting('SHORTCUT_EMAIL_MESSAGE_TYPE')
     if forced_type:
         message_cls = get_registered_message_type(forced_type)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any, List, Optional, Union
 
 from .exceptions import UnknownMessageTypeError, UnknownMessengerError
+from .headers import check_message_type_context
 from .maintenance import check_undelivered, cleanup_sent_messages
 from .messages import register_builtin_message_types
 from .messages.base import MessageBase
@@ -44,6 +45,8 @@ def schedule_messages(messages: TypeMessages, recipients=None, sender=None,
     """Schedule one or several messages (texts become :class:`PlainTextMessage`) to recipients.
 
     Without ``recipients`` the dispatches are created later by :func:`prepare_dispatches`.
+    Recipients are checked and de-duplicated (see :mod:`sitemessage.headers`): an unsafe address or
+    e-mail subject raises :class:`~sitemessage.headers.UnsafeHeaderValueError` before anything is stored.
     """
     if not is_iterable(messages) or isinstance(messages, MessageBase):
         messages = (messages,)
@@ -55,6 +58,7 @@ def schedule_messages(messages: TypeMessages, recipients=None, sender=None,
             message = PlainTextMessage(message)
         elif not isinstance(message, MessageBase):
             raise TypeError(f'Expected a message text or a MessageBase instance, got {message!r}.')
+        check_message_type_context(type(message), message.get_context(), recipients)  # all before any is stored
         prepared.append(message)
 
     bulk = [message for message in prepared if can_bulk_schedule(message)]

@@ -18,7 +18,7 @@ from typing import Callable, Optional, Tuple, Type
 
 from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError, connections
 
-from .sending import SendReport, send_scheduled_messages
+from .sending import SendReport, prepare_dispatches, send_scheduled_messages
 from .settings import get_setting
 from .wakeup import listen, wait_for_work
 
@@ -63,8 +63,10 @@ class Worker:
 
     def __init__(self, priority: Optional[int] = None, idle_seconds: Optional[float] = None,
                  max_passes: Optional[int] = None, report: Optional[Callable[[SendReport], None]] = None,
-                 reconnect_base: float = 1.0, reconnect_max: float = 60.0):
+                 prepare: Optional[bool] = None, reconnect_base: float = 1.0, reconnect_max: float = 60.0):
         self.priority = priority
+        # Create the dispatches of messages scheduled without recipients before each pass.
+        self.prepare = bool(get_setting('WORKER_PREPARE_DISPATCHES') if prepare is None else prepare)
         self.idle_seconds = float(get_setting('WORKER_IDLE_SECONDS') if idle_seconds is None else idle_seconds)
         self.max_passes = max_passes
         self.report = report or (lambda pass_report: None)
@@ -91,6 +93,8 @@ class Worker:
             try:
                 if notifications is None:
                     notifications = listen()
+                if self.prepare:
+                    prepare_dispatches(ignore_unknown_message_types=True)
                 pass_report = send_scheduled_messages(priority=self.priority, should_stop=self.stop_event.is_set)
                 if failures:
                     LOGGER.info('Database connection back after %s failed attempt(s).', failures)

@@ -25,6 +25,9 @@ pytestmark = pytest.mark.django_db
 
 SENT = Dispatch.DISPATCH_STATUS_SENT
 BACKEND = override_settings(EMAIL_BACKEND='sitemessage.backends.EmailBackend')
+# The 1.4.0 way (a type named by SITEMESSAGE_SHORTCUT_EMAIL_MESSAGE_TYPE, one dispatch per recipient) is kept
+# for projects that set it; the default queues Django's own MIME (tests/test_email_backend.py).
+LEGACY = override_settings(SITEMESSAGE_SHORTCUT_EMAIL_MESSAGE_TYPE='email_html')
 
 
 def content_of(part):
@@ -33,6 +36,7 @@ def content_of(part):
 
 # EmailBackend ------------------------------------------------------------------------------------
 
+@LEGACY
 @BACKEND
 def test_send_mail_schedules_an_html_email(smtp_messenger):
     count = send_mail('Welcome', 'Hello there', 'from@example.com', ['to@example.com'])
@@ -45,6 +49,7 @@ def test_send_mail_schedules_an_html_email(smtp_messenger):
     assert list(message.dispatch_set.values_list('messenger', 'address')) == [('smtp', 'to@example.com')]
 
 
+@LEGACY
 @BACKEND
 def test_plain_text_body_is_escaped_and_keeps_line_breaks(smtp_messenger):
     send_mail('Hi', 'Dear <script>alert(1)</script> & co,\nsecond line', 'from@example.com', ['to@example.com'])
@@ -55,6 +60,7 @@ def test_plain_text_body_is_escaped_and_keeps_line_breaks(smtp_messenger):
     assert '<br>second line' in contents
 
 
+@LEGACY
 @BACKEND
 def test_html_message_alternative_is_used_as_is(smtp_messenger):
     html = '<p>Hi <b>there</b></p>'
@@ -63,6 +69,7 @@ def test_html_message_alternative_is_used_as_is(smtp_messenger):
     assert Message.objects.get().context['contents'] == html
 
 
+@LEGACY
 @BACKEND
 def test_html_body_is_used_as_is(smtp_messenger):
     message = EmailMessage('Hi', '<p>Already <i>html</i></p>', to=['to@example.com'])
@@ -79,6 +86,7 @@ def test_no_messages_return_zero(smtp_messenger):
     assert not Message.objects.exists()
 
 
+@LEGACY
 @BACKEND
 def test_cc_and_bcc_are_recipients_too(smtp_messenger):
     EmailMultiAlternatives('Hi', 'text', 'from@example.com', ['to@example.com'],
@@ -96,6 +104,7 @@ def test_backend_uses_the_configured_priority(smtp_messenger):
     assert Message.objects.get().priority == 7
 
 
+@LEGACY
 @BACKEND
 def test_mail_from_the_backend_is_delivered_by_the_queue(smtp_server, smtp_messenger):
     send_mail('Password reset', 'Hello <Mallory>,\nclick below.', 'from@example.com', ['to@example.com'])

@@ -13,7 +13,7 @@ from sitemessage.exceptions import MessengerWarmupException
 from sitemessage.messages.base import MessageBase
 from sitemessage.messages.email import EmailHtmlMessage, EmailTextMessage
 from sitemessage.messengers.smtp import SMTPMessenger
-from sitemessage.models import Dispatch, DispatchError
+from sitemessage.models import Dispatch, DispatchError, Message
 from sitemessage.sending import send_scheduled_messages
 from sitemessage.shortcuts import schedule_email
 from sitemessage.toolbox import recipients, register_messenger_objects, schedule_messages, send_test_message
@@ -251,7 +251,10 @@ def test_server_down_errors_all_with_a_warm_up_reason_and_nothing_is_lost(smtp_s
 
 @pytest.mark.parametrize('address', ['not-an-address', 'a@example.com\nBcc: evil@example.com'])
 def test_invalid_address_fails_naming_the_address(smtp_server, smtp_messenger, address):
-    schedule_email('Hello', address, subject='S')
+    # Scheduling refuses a line break now (tests/test_header_safety.py): store the row as an older database holds it.
+    message = Message.objects.create(cls='email_plain', context={'subject': 'S', 'type': 'plain', 'stext_': 'Hello'},
+                                     dispatches_ready=True)
+    Dispatch.objects.create(message=message, messenger='smtp', address=address)
 
     report = send_scheduled_messages()
 

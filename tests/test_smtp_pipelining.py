@@ -258,3 +258,90 @@ def test_connections_stay_open_from_batch_to_batch(smtp_server, connections):
 def test_pipelining_option_must_be_a_boolean():
     with pytest.raises(TypeError, match="pipelining must be True or False, got 'no'"):
         SMTPMessenger('robot@example.com', pipelining='no')
+
+
+# A 503 (bad sequence of commands) answers the session's state, not the e-mail ---------------------------
+
+class SequenceRefusingMailbox(ContentRefusingMailbox):
+    """Answers MAIL with 503 for the first ``refusals`` transactions after each RSET-less start."""
+
+    def __init__(self, refusals):
+        super().__init__()
+        self.refusals = refusals
+        self.resets = 0
+
+    async def handle_RSET(self, server, session, envelope):
+        self.resets += 1
+        return '250 OK'
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        if self.refusals:
+            self.refusals -= 1
+            return '503 5.5.1 Error: nested MAIL command'
+        return await super().handle_MAIL(server, session, envelope, address, mail_options)
+
+
+@pytest.mark.parametrize('refusals, status, delivered', [(1, SENT, 1), (100, ERROR, 0)])
+def test_a_503_is_retried_once_after_rset_and_never_fails_the_email(refusals, status, delivered):
+    from aiosmtpd.controller import Controller
+    handler = SequenceRefusingMailbox(refusals)
+    controller = Controller(handler, hostname='127.0.0.1', port=free_port())
+    controller.start()
+    try:
+        use_server(controller)
+        schedule_email('Hello', 'friend@example.com', subject='Hi')
+        send_scheduled_messages()
+    finally:
+        controller.stop()
+
+    assert status_of('friend@example.com') == status
+    assert len(handler.envelopes) == delivered
+    assert handler.resets >= 1  # the transaction was reset before the second try
+    if status == ERROR:
+        assert '503' in errors_of('friend@example.com')[0]
+        assert Dispatch.objects.get(address='friend@example.com').retry_count == 1
+
+
+def test_content_refusal_is_followed_by_rset_before_the_next_envelope(refusing_content_server):
+    """What smtplib does: after a refused content, RSET (here the refusal is the batch's last e-mail)."""
+    resets = []
+    handler = refusing_content_server.handler
+
+    async def handle_RSET(server, session, envelope):
+        resets.append(True)
+        return '250 OK'
+
+    handler.handle_RSET = handle_RSET
+    try:
+        use_server(refusing_content_server)
+        schedule_email('Hello', 'friend@example.com', subject='Hi')
+        schedule_email('Buy now', 'spam@example.com', subject='Offer')
+        send_scheduled_messages()
+    finally:
+        del handler.handle_RSET
+
+    assert (status_of('friend@example.com'), status_of('spam@example.com')) == (SENT, FAILED)
+    assert resets == [True]
+
+
+def test_a_refused_recipient_is_not_sent_again(smtp_server):
+    """aiosmtpd, like Exim, answers DATA with 503 after a refused RCPT: that 503 is no sequencing error."""
+    rcpt_calls = []
+    handler = smtp_server.handler
+    original = type(handler).handle_RCPT
+
+    async def counting_rcpt(server, session, envelope, address, rcpt_options):
+        rcpt_calls.append(address)
+        return await original(handler, server, session, envelope, address, rcpt_options)
+
+    handler.handle_RCPT = counting_rcpt
+    try:
+        use_server(smtp_server)
+        smtp_server.handler.refuse['gone@example.com'] = '550 5.1.1 No such user'
+        schedule_email('Hello', 'gone@example.com', subject='Hi')
+        send_scheduled_messages()
+    finally:
+        del handler.handle_RCPT
+
+    assert status_of('gone@example.com') == FAILED
+    assert rcpt_calls == ['gone@example.com']

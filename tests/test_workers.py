@@ -176,7 +176,7 @@ def test_slow_four_smtp_connections_send_faster_with_exact_outcomes(procs, sink)
     for prefix, connections in (('one', 1), ('four', 4)):
         procs.use_sink(sink, connections=connections)
         procs.orm('schedule', count=40, prefix=prefix)
-        result = procs.django('sitemessage_send_scheduled')
+        result = procs.django('sitemessage_send_scheduled', '--ok-on-errors')  # one refused: exit 4 without it
         (summary,) = [line for line in result.stdout.splitlines() if line.startswith('Sent:')]
         assert summary.startswith('Sent: 39, errors: 0, failed: 1, '), result.stdout
         seconds[connections] = float(summary.rpartition('seconds: ')[2])

@@ -64,7 +64,7 @@ class WeeklyDigest(MessageBase):
 
     @classmethod
     def create(cls, items):
-        """Schedule a digest for everybody subscribed (dispatches are prepared by the sender loop)."""
+        """Schedule a digest for everybody subscribed (the sender, run with --prepare, makes the dispatches)."""
         return cls(items).schedule()
 
 

@@ -21,7 +21,7 @@ DEMO_USERNAME = 'demo'
 
 
 def home(request):
-    """A form that schedules a message; the sender loop delivers it within a few seconds."""
+    """A form that schedules a message; the sender (sitemessage_worker) delivers it within a few seconds."""
     form = ScheduleForm(request.POST or None)
     if request.method == 'POST' and form.is_valid():
         data = form.cleaned_data
@@ -36,7 +36,7 @@ def home(request):
             items = [line.strip() for line in data['text'].splitlines() if line.strip()]
             schedule_messages(WeeklyDigest(items), recipients(data['messenger'], to), sender=sender)
         messages.success(request, f'Scheduled for {", ".join(map(str, to))}. '
-                                  'The sender loop delivers it within a few seconds: see the outbox.')
+                                  'The sender delivers it within a few seconds: see the outbox.')
         return redirect('home')
     dispatches = Dispatch.objects.select_related('message').order_by('-pk')[:15]
     return render(request, 'demo/home.html', {'form': form, 'dispatches': dispatches})

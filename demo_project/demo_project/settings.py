@@ -50,7 +50,7 @@ WSGI_APPLICATION = 'demo_project.wsgi.application'
 DATABASES = {'default': {
     'ENGINE': 'django.db.backends.sqlite3',
     'NAME': BASE_DIR / 'db.sqlite3',
-    # runserver and the sender loop write to the same file: wait for each other's locks.
+    # runserver and the sender write to the same file: wait for each other's locks.
     'OPTIONS': {'timeout': 20},
 }}
 
@@ -67,12 +67,14 @@ EMAIL_PORT = SMTP_PORT
 
 # Links in messages (unsubscribe, mark read) point back to this very demo.
 SITEMESSAGE_SITE_URL = f'http://127.0.0.1:{PORT}'
+# The sender (sitemessage_worker) looks for due messages every 3 seconds (SQLite cannot wake it).
+SITEMESSAGE_WORKER_IDLE_SECONDS = 3
+
 # A failed attempt waits a little before the next one (exponential backoff with jitter).
 SITEMESSAGE_RETRY_DELAY_SECONDS = 10
 
 # Where mail_sink.py stores received e-mails, and the console messenger its messages.
 DEMO_OUTBOX = BASE_DIR / 'outbox.jsonl'
-DEMO_SEND_INTERVAL = 3  # seconds between runs of the sender loop
 
 LOGGING = {
     'version': 1,

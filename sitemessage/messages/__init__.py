@@ -5,14 +5,15 @@ _BUILTIN = {
     'PlainTextMessage': 'plain',
     'EmailTextMessage': 'email',
     'EmailHtmlMessage': 'email',
+    'EmailMimeMessage': 'email',
 }
 
 
 def register_builtin_message_types() -> None:
-    """Register the built-in message types: ``plain``, ``email_plain`` and ``email_html``."""
-    from .email import EmailHtmlMessage, EmailTextMessage
+    """Register the built-in message types: ``plain``, ``email_plain``, ``email_html`` and ``email_django``."""
+    from .email import EmailHtmlMessage, EmailMimeMessage, EmailTextMessage
     from .plain import PlainTextMessage
-    register_message_types(PlainTextMessage, EmailTextMessage, EmailHtmlMessage)
+    register_message_types(PlainTextMessage, EmailTextMessage, EmailHtmlMessage, EmailMimeMessage)
 
 
 def __getattr__(name):

@@ -146,7 +146,8 @@ class MessageBase:
                     address = None
             if isinstance(address, str) and address:
                 subscribers.append(Recipient(subscription.messenger_cls, user, address))
-        return subscribers
+        from ..headers import safe_recipients
+        return safe_recipients(subscribers)  # a stored address with a line break is left out, logged
 
     @classmethod
     def prepare_dispatches(cls, message: 'Message', recipients=None) -> List['Dispatch']:

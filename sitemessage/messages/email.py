@@ -1,7 +1,8 @@
 """E-mail message types: plain text and HTML (``subject`` and ``type`` are read by the SMTP messenger)."""
 from __future__ import annotations
 
-from typing import Optional, Union
+import base64
+from typing import List, Optional, Tuple, Union
 
 from django.utils.translation import gettext_lazy as _
 
@@ -38,3 +39,50 @@ class EmailHtmlMessage(_EmailMessageBase):
 
     def __init__(self, subject: str, html_or_dict: Union[str, dict], template_path: Optional[str] = None):
         super().__init__(subject, html_or_dict, 'html', template_path=template_path)
+
+
+class EmailMimeMessage(MessageBase):
+    """An e-mail exactly as Django built it (``EmailMessage.message()``): sent byte for byte.
+
+    Scheduled by :class:`sitemessage.backends.EmailBackend`. The MIME bytes are stored once, on the
+    message (ASCII as it is, anything else base64), with the envelope sender and recipients; its
+    single dispatch goes to all recipients in one SMTP transaction, as Django's SMTP backend does.
+    Nothing is rendered: no template, no links added.
+    """
+
+    alias = 'email_django'
+    supported_messengers = ['smtp']
+    allow_user_subscription = False
+    title = _('Email from Django')
+    send_retry_limit = 10
+
+    #: The SMTP messenger sends these bytes unchanged (see ``SMTPMessenger.send_mime``).
+    prebuilt_mime = True
+
+    def __init__(self, mime: bytes, envelope_from: str, envelope_to: List[str], subject: str = ''):
+        super().__init__()
+        encoding, text = encode_mime(mime)
+        self.context.update({
+            'subject': subject, 'type': 'mime', 'mime': text, 'mime_encoding': encoding,
+            'envelope_from': envelope_from, 'envelope_to': list(envelope_to),
+            # What compile() gives: a dispatch's message_cache never holds a second copy of the MIME.
+            self.SIMPLE_TEXT_ID: f'E-mail built by Django, {len(mime)} bytes (stored on the message).',
+        })
+
+    @staticmethod
+    def get_mime(context: dict) -> bytes:
+        """The stored e-mail bytes."""
+        return decode_mime(context.get('mime_encoding', 'ascii'), context['mime'])
+
+
+def encode_mime(data: bytes) -> Tuple[str, str]:
+    """Bytes as JSON-safe text that round-trips: ASCII as it is (readable in the admin), else base64."""
+    if data.isascii():
+        return 'ascii', data.decode('ascii')
+    return 'base64', base64.b64encode(data).decode('ascii')
+
+
+def decode_mime(encoding: str, text: str) -> bytes:
+    if encoding == 'base64':
+        return base64.b64decode(text)
+    return text.encode('ascii')

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple, Ty
 
 from django.contrib.auth.base_user import AbstractBaseUser
 
-from .. import ratelimit
+from .. import metrics, ratelimit
 from ..exceptions import MessengerException, SiteMessageConfigurationError
 from ..models import Dispatch, Message, MessageTuple, context_problem, has_text
 from ..settings import get_setting
@@ -273,6 +273,7 @@ class MessengerBase:
             # Reached only when something raised mid-way: still record why it was not sent.
             dispatch.set_outcome(Dispatch.DISPATCH_STATUS_ERROR, 'Delivery was interrupted before an outcome')
         Dispatch.objects.store_outcomes(attempted)
+        metrics.observe_outcomes(attempted)
         Dispatch.objects.release(untouched)
 
     # 1.4.0 helpers kept for projects' messengers --------------------------------------------------
@@ -288,9 +289,36 @@ class MessengerBase:
                 self.after_send()
 
 
+class _DispatchProcessingHandler:
+    """1.4.0's ``DispatchProcessingHandler(messenger=..., messages=...)``: a messenger's warm-up and cool-down.
+
+    Now :meth:`MessengerBase.before_after_send_handling`, which this delegates to; errors reach
+    the caller (1.4.0 swallowed them).
+    """
+
+    def __init__(self, *, messenger: MessengerBase, messages: Optional[List[MessageTuple]] = None):
+        self.messenger = messenger
+        self.messages = messages
+        self._context = None
+
+    def __enter__(self):
+        self._context = self.messenger.before_after_send_handling(self.messages)
+        self._context.__enter__()
+        return self
+
+    def __exit__(self, *exc_info):
+        return self._context.__exit__(*exc_info)
+
+
 def __getattr__(name):
+    from ..deprecation import warn_deprecated
+
     # RequestsMessengerBase lives in base_http; importable from here as in 1.4.0.
     if name in ('RequestsMessengerBase', 'TypeProxy'):
         from . import base_http
+        warn_deprecated(f'{__name__}.{name}', f'sitemessage.messengers.base_http.{name}')
         return getattr(base_http, name)
+    if name == 'DispatchProcessingHandler':
+        warn_deprecated(f'{__name__}.{name}', 'MessengerBase.before_after_send_handling()')
+        return _DispatchProcessingHandler
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -6,6 +6,7 @@ Each message carries ``Date``, ``Message-ID``, ``From``, ``To`` and ``Subject``;
 """
 from __future__ import annotations
 
+import logging
 import re
 import smtplib
 import ssl
@@ -15,21 +16,28 @@ from email.header import Header
 from email.message import Message
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
-from email.utils import formataddr, formatdate, make_msgid, parseaddr
+from email.utils import formatdate, make_msgid, parseaddr
 from functools import lru_cache
-from typing import Any, Optional, Tuple
+from importlib import import_module
+from typing import Any, List, Optional, Tuple
 
-from django.conf import settings
 from django.utils.translation import gettext as _, gettext_lazy
 
 from ..exceptions import MessengerException, MessengerWarmupException, PermanentDeliveryError
 from ..mail_settings import email_setting
 from ..plaintext import html_to_text
-from .base import MessengerBase
+from ..headers import UnsafeHeaderValueError, check_context
+from ..settings import get_timeout_setting
+from .base import Dispatch, MessengerBase
 from .smtp_pipelining import (
-    PLAIN_ADDRESS, can_pipeline, content_refusal, read_envelope_replies, send_pipelined, write_content, write_envelope,
+    PLAIN_ADDRESS, can_pipeline, content_refusal, is_sequencing_refusal, read_envelope_replies, send_pipelined,
+    write_content, write_envelope,
 )
+from . import smtp_wire
+from .smtp_tls import tls_context
 
+
+LOGGER = logging.getLogger(__name__)
 
 
 class _Policy(policy.Compat32):
@@ -49,10 +57,26 @@ class _Policy(policy.Compat32):
 _POLICY = _Policy(max_line_length=998, linesep='\r\n')
 
 
+class _UTF8Policy(_Policy):
+    """Writes a header holding a UTF-8 address as UTF-8 (RFC 6532): only for SMTPUTF8 transactions."""
+
+    def _fold(self, name, value, sanitize):
+        if isinstance(value, str) and not value.isascii() and '\n' not in value and '\r' not in value:
+            return f'{name}: {value}{self.linesep}'
+        return super()._fold(name, value, sanitize)
+
+    def fold_binary(self, name, value):
+        return self._fold(name, value, sanitize=False).encode('utf-8', 'surrogateescape')
+
+
+_UTF8_POLICY = _UTF8Policy(max_line_length=998, linesep='\r\n')
+
+
 class _ConnectionState(threading.local):
     smtp: Optional[smtplib.SMTP] = None
     session_started: bool = False
     pipelining: bool = False  # the server said PIPELINING (RFC 2920) in its EHLO reply
+    reset_pending: bool = False  # content refused while the next envelope was already on its way: RSET due
 
 
 def _smtp_code(error: BaseException) -> Optional[int]:
@@ -69,9 +93,21 @@ def is_connection_lost(error: BaseException) -> bool:
 
 
 def is_permanent(error: BaseException) -> bool:
-    """A 5xx reply means the server will never accept this message: retrying cannot help."""
+    """A 5xx reply means the server will never accept this message: retrying cannot help.
+
+    Except 503 (bad sequence of commands): it answers the session's state, not the e-mail. An
+    e-mail that cannot be encoded (``UnicodeError``) will not encode on the next attempt either.
+    """
+    if isinstance(error, UnicodeError):
+        return True
     code = _smtp_code(error)
-    return code is not None and 500 <= code < 600
+    return code is not None and 500 <= code < 600 and code != 503
+
+
+def _option_property(name: str, setting: str, default: Any) -> property:
+    """An option: the constructor's argument (or an assigned value), else the setting when None."""
+    return property(lambda self: self._option(name, setting, default),
+                    lambda self, value: self._options.__setitem__(name, value))
 
 
 class SMTPMessenger(MessengerBase):
@@ -81,7 +117,10 @@ class SMTPMessenger(MessengerBase):
     6.1+; see :mod:`sitemessage.mail_settings`), else the ``EMAIL_*`` settings.
 
     ``from_email`` falls back to ``DEFAULT_FROM_EMAIL``. An argument given explicitly (even
-    ``False`` or ``0``) wins over the setting.
+    ``False`` or ``0``) wins over the setting. TLS (``use_tls`` or ``use_ssl``) verifies the server
+    against ``ca_file`` (a PEM bundle; default: the system's CAs) and presents the client certificate
+    ``ssl_certfile``/``ssl_keyfile`` (default: ``EMAIL_SSL_CERTFILE``/``EMAIL_SSL_KEYFILE``);
+    ``ssl_context`` replaces all three.
     """
 
     alias = 'smtp'
@@ -91,8 +130,10 @@ class SMTPMessenger(MessengerBase):
     def __init__(self, from_email: Optional[str] = None, login: Optional[str] = None,
                  password: Optional[str] = None, host: Optional[str] = None, port: Optional[int] = None,
                  use_tls: Optional[bool] = None, use_ssl: Optional[bool] = None, debug: bool = False,
-                 timeout: Optional[float] = None, *, connections: Optional[int] = None, pipelining: bool = True):
-        self.lib = smtplib
+                 timeout: Optional[float] = None, *, connections: Optional[int] = None, pipelining: bool = True,
+                 ssl_context: Optional[ssl.SSLContext] = None, ca_file: Optional[str] = None,
+                 ssl_certfile: Optional[str] = None, ssl_keyfile: Optional[str] = None):
+        self.lib = import_module('smtplib')  # as 1.4.0 did: a test's stand-in in sys.modules is used
         self.debug = debug
         if not isinstance(pipelining, bool):
             raise TypeError(f'SMTPMessenger: pipelining must be True or False, got {pipelining!r}.')
@@ -100,7 +141,9 @@ class SMTPMessenger(MessengerBase):
         if connections is not None:
             self.parallel_connections = connections
         self._options = {'from_email': from_email, 'login': login, 'password': password, 'host': host,
-                         'port': port, 'use_tls': use_tls, 'use_ssl': use_ssl, 'timeout': timeout}
+                         'port': port, 'use_tls': use_tls, 'use_ssl': use_ssl, 'timeout': timeout,
+                         'ssl_certfile': ssl_certfile, 'ssl_keyfile': ssl_keyfile}
+        self.ssl_context, self.ca_file = ssl_context, ca_file
         if self.use_tls and self.use_ssl:
             raise ValueError('SMTPMessenger: use_tls and use_ssl (EMAIL_USE_TLS / EMAIL_USE_SSL) '
                              'are mutually exclusive; set only one of them to True.')
@@ -109,14 +152,29 @@ class SMTPMessenger(MessengerBase):
         value = self._options[name]
         return email_setting(setting, default) if value is None else value
 
-    from_email = property(lambda self: self._option('from_email', 'DEFAULT_FROM_EMAIL', 'webmaster@localhost'))
-    login = property(lambda self: self._option('login', 'EMAIL_HOST_USER', ''))
-    password = property(lambda self: self._option('password', 'EMAIL_HOST_PASSWORD', ''))
-    host = property(lambda self: self._option('host', 'EMAIL_HOST', 'localhost'))
-    port = property(lambda self: self._option('port', 'EMAIL_PORT', 25))
-    use_tls = property(lambda self: self._option('use_tls', 'EMAIL_USE_TLS', False))
-    use_ssl = property(lambda self: self._option('use_ssl', 'EMAIL_USE_SSL', False))
-    timeout = property(lambda self: self._option('timeout', 'EMAIL_TIMEOUT', None))
+    # Assignable, as in 1.4.0 (``messenger.port = 1``): the next connection uses the new value.
+    from_email = _option_property('from_email', 'DEFAULT_FROM_EMAIL', 'webmaster@localhost')
+    login = _option_property('login', 'EMAIL_HOST_USER', '')
+    password = _option_property('password', 'EMAIL_HOST_PASSWORD', '')
+    host = _option_property('host', 'EMAIL_HOST', 'localhost')
+    port = _option_property('port', 'EMAIL_PORT', 25)
+    use_tls = _option_property('use_tls', 'EMAIL_USE_TLS', False)
+    use_ssl = _option_property('use_ssl', 'EMAIL_USE_SSL', False)
+
+    @property
+    def timeout(self) -> Optional[float]:
+        """Seconds to wait for the server: the argument, ``EMAIL_TIMEOUT``, else ``SITEMESSAGE_CONNECT_TIMEOUT`` (30)."""
+        value = self._option('timeout', 'EMAIL_TIMEOUT', None)
+        return get_timeout_setting('CONNECT_TIMEOUT') if value is None else value
+
+    @timeout.setter
+    def timeout(self, value: Optional[float]) -> None:
+        self._options['timeout'] = value
+    ssl_certfile = _option_property('ssl_certfile', 'EMAIL_SSL_CERTFILE', None)
+    ssl_keyfile = _option_property('ssl_keyfile', 'EMAIL_SSL_KEYFILE', None)
+
+    def _tls_context(self) -> ssl.SSLContext:
+        return tls_context(self.ssl_context, self.ca_file, self.ssl_certfile, self.ssl_keyfile)
 
     # Connection ---------------------------------------------------------------------------------
     # Each thread delivering a share of a batch holds its own connection.
@@ -133,14 +191,17 @@ class SMTPMessenger(MessengerBase):
                                 lambda self, value: setattr(self._thread_state(), 'session_started', value))
 
     def _connect(self) -> smtplib.SMTP:
-        kwargs = {'timeout': self.timeout} if self.timeout else {}
+        # A 1.4.0 suite's stand-in for smtplib sees the calls 1.4.0 made: no default timeout.
+        timeout = self.timeout if self.lib is smtplib else self._option('timeout', 'EMAIL_TIMEOUT', None)
+        kwargs = {'timeout': timeout} if timeout else {}
         if self.use_ssl:
-            return self.lib.SMTP_SSL(self.host, self.port, context=ssl.create_default_context(), **kwargs)
+            return self.lib.SMTP_SSL(self.host, self.port, context=self._tls_context(), **kwargs)
         return self.lib.SMTP(self.host, self.port, **kwargs)
 
     def before_send(self) -> None:
         """Connect, secure (STARTTLS is required when ``use_tls``) and log in."""
         self._session_started = False
+        self._thread_state().reset_pending = False
         try:
             self.smtp = self._connect()
             self.smtp.set_debuglevel(self.debug)
@@ -150,7 +211,7 @@ class SMTPMessenger(MessengerBase):
                     raise MessengerWarmupException(
                         f'SMTP Error: {self.host}:{self.port} does not offer STARTTLS, but use_tls is set; '
                         'refusing to continue in plain text')
-                self.smtp.starttls(context=ssl.create_default_context())
+                self.smtp.starttls(context=self._tls_context())
                 self.smtp.ehlo()
             if self.login:
                 self.smtp.login(self.login, self.password)
@@ -158,15 +219,16 @@ class SMTPMessenger(MessengerBase):
             self._thread_state().pipelining = self.pipelining and bool(self.smtp.has_extn('pipelining'))
         except (smtplib.SMTPException, OSError) as error:
             self._drop_connection()
-            raise MessengerWarmupException(f'SMTP Error: {describe_smtp_error(error)}') from error
+            raise MessengerWarmupException(
+                f'SMTP Error: {self.host}:{self.port}: {describe_smtp_error(error)}') from error
         except MessengerWarmupException:
             self._drop_connection()
             raise
         self._session_started = True
 
     def after_send(self) -> None:
-        """Say QUIT; a server that already hung up is fine."""
-        smtp, self.smtp, self._session_started = self.smtp, None, False
+        """Say QUIT; a server that already hung up is fine. ``smtp`` stays readable, as in 1.4.0."""
+        smtp, self._session_started = self.smtp, False
         if smtp is None:
             return
         try:
@@ -201,7 +263,7 @@ class SMTPMessenger(MessengerBase):
         sender_header, _sender_address, sender_domain = _sender_parts(self.from_email)
         msg.envelope_recipient = envelope_address(to)  # spares re-parsing To later
         msg['From'] = sender_header
-        msg['To'] = to if to.isascii() else _encode_address(to)
+        msg['To'] = smtp_wire.header_address(to)
         subject = str(subject or _('No Subject'))
         msg['Subject'] = subject if subject.isascii() else Header(subject, 'utf-8')
         msg['Date'] = date or formatdate(localtime=True)
@@ -227,19 +289,31 @@ class SMTPMessenger(MessengerBase):
             if data is not None:
                 return data
         return self._build_message(to, text, subject, mtype, unsubscribe_url, date=date,
-                                   message_id=message_id).as_bytes(policy=_POLICY)
+                                   message_id=message_id).as_bytes(policy=_policy_for(to))
 
     def _send_message(self, msg: Message) -> dict:
         recipient = getattr(msg, 'envelope_recipient', None) or parseaddr(str(msg['To']))[1]
-        return self._send_bytes(recipient, msg.as_bytes(policy=_POLICY))
+        return self._send_bytes(recipient, msg.as_bytes(policy=_policy_for(recipient)))
 
     def _send_bytes(self, recipient: str, data: bytes) -> dict:
         sender = _sender_parts(self.from_email)[1]
         if self._thread_state().pipelining and can_pipeline(self.smtp, sender, recipient):
             return send_pipelined(self.smtp, sender, recipient, data)
+        return self._sendmail(sender, recipient, data)
+
+    def _sendmail(self, sender: str, recipient: str, data: bytes) -> dict:
+        """``sendmail`` one command at a time; MAIL options only when needed (SMTPUTF8), so the call is 1.4.0's otherwise."""
+        options = self._mail_options(sender, recipient)
+        if options:
+            return self.smtp.sendmail(sender, [recipient], data, options)
         return self.smtp.sendmail(sender, [recipient], data)
 
     def _test_message(self, to: str, text: str) -> dict:
+        # The wire guard holds for test messages too; a bare local name may be tried, as in 1.4.0.
+        problem = smtp_wire.one_address_problem('recipient', to, require_domain=False) if to else 'No recipient'
+        problem = problem or self._header_problem(None, None)
+        if problem:
+            raise PermanentDeliveryError(problem)
         return self._send_message(self._build_message(to, text, mtype='html'))
 
     def send(self, message_cls, message_model, dispatch_models) -> None:
@@ -253,41 +327,135 @@ class SMTPMessenger(MessengerBase):
         out together, and the next e-mail is built while the server handles the previous one:
         about one round trip per e-mail instead of four.
         """
+        items = self._send_prebuilt(self._refuse_unsafe(items))  # EmailBackend's e-mails, before pipelining
         in_flight = None  # (dispatch, message type): content sent, the server's verdict not read yet
         for dispatch, message_cls, recipient, data in self._outgoing(items):
-            if self.smtp is None:
-                try:
-                    self.before_send()  # the server dropped us earlier in this run: reconnect
-                except MessengerWarmupException as error:
-                    self.mark_error(dispatch, error, message_cls)
+            try:
+                if self.smtp is None or not self._session_started:
+                    try:
+                        self.before_send()  # the server dropped us earlier in this run: reconnect
+                    except MessengerWarmupException as error:
+                        self.mark_error(dispatch, error, message_cls)
+                        continue
+                smtp, sender = self.smtp, _sender_parts(self.from_email)[1]
+                if not (self._thread_state().pipelining and can_pipeline(smtp, sender, recipient)):
+                    previous, in_flight = in_flight, None
+                    self._settle(previous)
+                    self._send_one(dispatch, message_cls, recipient, data)
                     continue
-            smtp, sender = self.smtp, _sender_parts(self.from_email)[1]
-            if not (self._thread_state().pipelining and can_pipeline(smtp, sender, recipient)):
-                in_flight = self._settle(in_flight)
-                self._send_one(dispatch, message_cls, recipient, data)
-                continue
-            try:
-                write_envelope(smtp, sender, recipient, len(data))
-            except (smtplib.SMTPException, OSError) as error:
-                in_flight = self._settle(in_flight, error)
+                try:
+                    write_envelope(smtp, sender, recipient, len(data))
+                except (smtplib.SMTPException, OSError) as error:
+                    previous, in_flight = in_flight, None
+                    self._settle(previous, error)
+                    self._record_failure(dispatch, error, message_cls)
+                    continue
+                previous, in_flight = in_flight, None
+                self._settle(previous, next_envelope_sent=True)
+                if self.smtp is not smtp:  # the connection broke while reading the previous verdict
+                    self._record_failure(dispatch, smtplib.SMTPServerDisconnected('Connection lost'), message_cls)
+                    continue
+                state = self._thread_state()
+                after_refusal, state.reset_pending = state.reset_pending, False
+                try:
+                    refusal = read_envelope_replies(smtp, sender, recipient)
+                    if refusal is None:
+                        write_content(smtp, data)
+                except (smtplib.SMTPException, OSError) as error:
+                    self._record_failure(dispatch, error, message_cls)
+                    continue
+                if refusal is not None:
+                    if after_refusal or is_sequencing_refusal(refusal):
+                        self._send_again(dispatch, message_cls, recipient, data)  # our sequencing, not this e-mail
+                    else:
+                        self._record_failure(dispatch, refusal, message_cls)
+                    continue
+                in_flight = (dispatch, message_cls)
+            except Exception as error:  # a bug or an encoding problem: this dispatch's outcome, not the batch's
+                LOGGER.exception('SMTP: unexpected error sending to %r', dispatch.address)
+                previous, in_flight = in_flight, None
+                self._settle(previous, smtplib.SMTPServerDisconnected(  # its verdict is unknown: retried
+                    f'verdict not read: the connection was dropped after {type(error).__name__}'))
                 self._record_failure(dispatch, error, message_cls)
-                continue
-            in_flight = self._settle(in_flight)
-            if self.smtp is not smtp:  # the connection broke while reading the previous verdict
-                self._record_failure(dispatch, smtplib.SMTPServerDisconnected('Connection lost'), message_cls)
-                continue
-            try:
-                refusal = read_envelope_replies(smtp, sender, recipient)
-                if refusal is None:
-                    write_content(smtp, data)
-            except (smtplib.SMTPException, OSError) as error:
-                self._record_failure(dispatch, error, message_cls)
-                continue
-            if refusal is not None:
-                self._record_failure(dispatch, refusal, message_cls)
-                continue
-            in_flight = (dispatch, message_cls)
+                self._drop_connection()  # the session's state is unknown: the next e-mail reconnects
         self._settle(in_flight)
+
+    def _send_again(self, dispatch, message_cls, recipient: str, data: bytes) -> None:
+        """Send an e-mail whose envelope was refused for the session's state, once, on a clean transaction.
+
+        The refusal (``503`` bad sequence, or any refusal right after an unreset end-of-data
+        refusal) answered the previous transaction, not this e-mail: its transaction has been reset
+        (RSET) or its connection closed, and the e-mail goes again, one command at a time.
+        """
+        if self.smtp is None or self.smtp.sock is None:
+            self._drop_connection()
+            try:
+                self.before_send()
+            except MessengerWarmupException as error:
+                self.mark_error(dispatch, error, message_cls)
+                return
+        self._send_one(dispatch, message_cls, recipient, data)
+
+    # E-mails built elsewhere (Django's EmailMessage, queued by sitemessage.backends.EmailBackend) ---
+
+    def send_mime(self, sender: str, recipients: List[str], data: bytes) -> dict:
+        """Send prebuilt e-mail bytes unchanged to several envelope recipients in one transaction.
+
+        As Django's SMTP backend: ``sendmail`` raises only when every recipient is refused and
+        returns the refused ones otherwise.
+        """
+        return self.smtp.sendmail(sender or _sender_parts(self.from_email)[1], recipients, data)
+
+    def _refuse_unsafe(self, items):
+        """Fail the dispatches of messages stored with a line break or NUL in a header value (a row
+        written by an older version or by hand: scheduling refuses them); return the other items."""
+        safe = []
+        for item in items:
+            message_cls, message_model, dispatches = item
+            try:
+                check_context(message_model.context, email=True)
+            except UnsafeHeaderValueError as error:
+                for dispatch in dispatches:
+                    self.mark_failed(dispatch, PermanentDeliveryError(f'Not sent: {error}'))
+                continue
+            safe.append(item)
+        return safe
+
+    def _send_prebuilt(self, items):
+        """Send the e-mails of message types with ``prebuilt_mime``; return the other items."""
+        rest = []
+        for item in items:
+            message_cls, message_model, dispatches = item
+            if not getattr(message_cls, 'prebuilt_mime', False):
+                rest.append(item)
+                continue
+            for dispatch in dispatches:
+                self._send_prebuilt_one(message_cls, message_model, dispatch)
+        return rest
+
+    def _send_prebuilt_one(self, message_cls, message_model, dispatch) -> None:
+        if self.smtp is None:
+            try:
+                self.before_send()
+            except MessengerWarmupException as error:
+                self.mark_error(dispatch, error, message_cls)
+                return
+        context = message_model.context
+        try:
+            data = message_cls.get_mime(context)
+            refused = self.send_mime(context.get('envelope_from') or '', list(context['envelope_to']), data)
+        except (smtplib.SMTPException, OSError) as error:
+            self._record_failure(dispatch, error, message_cls)
+            return
+        except (UnicodeError, KeyError, ValueError) as error:  # cannot get better by retrying
+            self.mark_failed(dispatch, f'Cannot send the stored e-mail: {type(error).__name__}: {error}')
+            return
+        if refused:
+            details = '; '.join(f'{rcpt}: {code} {msg.decode(errors="replace") if isinstance(msg, bytes) else msg}'
+                                for rcpt, (code, msg) in refused.items())
+            dispatch.set_outcome(Dispatch.DISPATCH_STATUS_SENT, f'Sent; recipients refused by the server: {details}')
+        else:
+            self.mark_sent(dispatch)
 
     def _outgoing(self, items):
         """Yield ``(dispatch, message type, envelope recipient, e-mail bytes)``; bad addresses fail here."""
@@ -295,21 +463,39 @@ class SMTPMessenger(MessengerBase):
             subject = message_model.context.get('subject')
             mtype = message_model.context.get('type')
             for dispatch in dispatches:
-                problem = address_problem(dispatch.address)
-                if problem:
-                    self.mark_failed(dispatch, problem)
-                    continue
                 try:
-                    data = self._message_bytes(
-                        dispatch.address, dispatch.message_cache, subject=subject, mtype=mtype,
-                        unsubscribe_url=message_cls.get_unsubscribe_directive(message_model, dispatch))
+                    problem = address_problem(dispatch.address)
+                    if not problem:
+                        unsubscribe_url = message_cls.get_unsubscribe_directive(message_model, dispatch)
+                        problem = self._header_problem(subject, unsubscribe_url)
+                    if problem:
+                        self.mark_failed(dispatch, PermanentDeliveryError(problem))
+                        continue
+                    data = self._message_bytes(dispatch.address, dispatch.message_cache, subject=subject,
+                                               mtype=mtype, unsubscribe_url=unsubscribe_url)
+                    recipient = envelope_address(dispatch.address)
+                except UnicodeError as error:  # an address IDNA refuses, a text that cannot be encoded
+                    self.mark_failed(dispatch, PermanentDeliveryError(
+                        f'`{dispatch.address}` cannot be encoded for SMTP: {type(error).__name__}: {error}'))
+                    continue
                 except Exception as error:
                     self.mark_error(dispatch, error, message_cls)
                     continue
-                yield dispatch, message_cls, envelope_address(dispatch.address), data
+                yield dispatch, message_cls, recipient, data
 
-    def _settle(self, in_flight, error: Optional[BaseException] = None) -> None:
-        """Read the server's verdict on the e-mail in flight (if any) and mark its dispatch."""
+    def _header_problem(self, subject: Any, unsubscribe_url: Optional[str]) -> str:
+        """Why a header of this e-mail would carry CR, LF or NUL onto the wire, or ''."""
+        return (smtp_wire.header_problem('Subject', subject)
+                or _sender_problem(self.from_email)
+                or smtp_wire.header_problem('List-Unsubscribe URL', unsubscribe_url))
+
+    def _settle(self, in_flight, error: Optional[BaseException] = None, *, next_envelope_sent: bool = False) -> None:
+        """Read the server's verdict on the e-mail in flight (if any) and mark its dispatch.
+
+        A refused content leaves the transaction open on some servers (Postfix: the next MAIL gets
+        ``503 nested MAIL``), so RSET follows, as ``smtplib`` does; when the next envelope is already
+        on the wire, the RSET waits until its replies are read (``reset_pending``).
+        """
         if in_flight is None:
             return None
         dispatch, message_cls = in_flight
@@ -320,14 +506,33 @@ class SMTPMessenger(MessengerBase):
                 error = lost
         if error is None:
             self.mark_sent(dispatch)
-        else:  # a lost connection leaves the verdict unknown: retried later, like a timeout
-            self._record_failure(dispatch, error, message_cls)
+            return None
+        # a lost connection leaves the verdict unknown: retried later, like a timeout
+        self._record_failure(dispatch, error, message_cls)
+        if self.smtp is not None and isinstance(error, smtplib.SMTPDataError):
+            if next_envelope_sent:
+                self._thread_state().reset_pending = True
+            else:
+                self._reset_transaction()
         return None
+
+    def _reset_transaction(self) -> None:
+        """RSET; a connection that fails it is dropped (the next e-mail reconnects)."""
+        try:
+            self.smtp.rset()
+        except (smtplib.SMTPException, OSError):
+            self._drop_connection()
 
     def _send_one(self, dispatch, message_cls, recipient: str, data: bytes) -> None:
         """Send one e-mail waiting for each reply (``sendmail``): servers without PIPELINING."""
+        sender = _sender_parts(self.from_email)[1]
+        if smtp_wire.needs_smtputf8(sender, recipient) and not self.smtp.has_extn('smtputf8'):
+            self.mark_failed(dispatch, PermanentDeliveryError(
+                f'`{dispatch.address}`: a non-ASCII address needs SMTPUTF8, which {self.host}:{self.port} '
+                'does not offer'))
+            return
         try:
-            refused = self.smtp.sendmail(_sender_parts(self.from_email)[1], [recipient], data)
+            refused = self._sendmail(sender, recipient, data)
         except (smtplib.SMTPException, OSError) as error:
             self._record_failure(dispatch, error, message_cls)
             return
@@ -336,8 +541,13 @@ class SMTPMessenger(MessengerBase):
         else:
             self.mark_sent(dispatch)
 
+    def _mail_options(self, sender: str, recipient: str) -> list:
+        return ['SMTPUTF8'] if smtp_wire.needs_smtputf8(sender, recipient) else []
+
     def _record_failure(self, dispatch, error: BaseException, message_cls) -> None:
         reason = MessengerException(f'SMTP Error: {describe_smtp_error(error)}')
+        if not isinstance(error, (smtplib.SMTPException, OSError)):  # not the server's word: name the e-mail
+            reason = MessengerException(f'SMTP Error sending to `{dispatch.address}`: {describe_smtp_error(error)}')
         if is_permanent(error):
             self.mark_failed(dispatch, PermanentDeliveryError(str(reason)))
         else:
@@ -350,8 +560,10 @@ _LINE_BREAK = re.compile(r'\r\n|\r|\n')  # what the email package's generator tu
 
 
 def envelope_address(to: str) -> str:
-    """The bare address of a ``To`` value (``Name <a@b>`` gives ``a@b``)."""
-    return parseaddr(to)[1] if '<' in to else to
+    """The bare address of a ``To`` value (``Name <a@b>`` gives ``a@b``), an IDN domain as punycode."""
+    if to.isascii():
+        return parseaddr(to)[1] if '<' in to else to
+    return smtp_wire.envelope_address(to)
 
 
 def plain_message_bytes(sender_header: str, to: str, subject: str, date: str, message_id: str, text: str,
@@ -390,16 +602,18 @@ def _text_part(text: str, subtype: str) -> MIMEText:
 @lru_cache(maxsize=16)
 def _sender_parts(from_email: str) -> Tuple[str, str, Optional[str]]:
     """Return the From header, the envelope address and the Message-ID domain of a sender."""
-    address = parseaddr(from_email)[1]
-    return _encode_address(from_email), address, address.rpartition('@')[2] or None
+    address = smtp_wire.envelope_address(from_email)
+    return smtp_wire.header_address(from_email), address, address.rpartition('@')[2] or None
 
 
-def _encode_address(address: str) -> str:
-    """Encode a display name that is not ASCII (RFC 2047); addresses themselves stay as they are."""
-    name, addr = parseaddr(address)
-    if name and not name.isascii():
-        return formataddr((name, addr), charset='utf-8')
-    return address
+@lru_cache(maxsize=16)
+def _sender_problem(from_email: str) -> str:
+    return smtp_wire.one_address_problem('Sender (from_email)', from_email)
+
+
+def _policy_for(to: str):
+    """The policy writing an e-mail to ``to``: headers in UTF-8 when its address needs SMTPUTF8."""
+    return _UTF8_POLICY if smtp_wire.needs_smtputf8(envelope_address(to)) else _POLICY
 
 
 def address_problem(address: str) -> str:
@@ -408,8 +622,9 @@ def address_problem(address: str) -> str:
         return 'The recipient has no e-mail address'
     if PLAIN_ADDRESS.match(address):
         return ''  # the common case, without the cost of the full parser
-    if any(char in address for char in '\r\n') or '@' not in parseaddr(address)[1]:
-        return f'`{address}` is not a valid e-mail address'
+    problem = smtp_wire.one_address_problem('recipient', address)
+    if problem:
+        return f'`{address}` is not a valid e-mail address: {problem}'
     return ''
 
 

@@ -13,15 +13,19 @@ import smtplib
 from typing import Optional, Tuple
 
 PLAIN_ADDRESS = re.compile(  # a bare address, no display name nor quoting
-    r'[^@\s<>"(),;:]+@[^@\s<>"(),;:]+\Z')
+    r'[^@\s<>"(),;:\0]+@[^@\s<>"(),;:\0]+\Z')
 _DOT_AT_LINE_START = re.compile(rb'(?m)^\.')
 
 Reply = Tuple[int, bytes]
 
 
 def can_pipeline(smtp: smtplib.SMTP, sender: str, recipient: str) -> bool:
-    """Whether this e-mail may go pipelined: the server offers it and both addresses are ASCII."""
-    return bool(smtp.has_extn('pipelining')) and sender.isascii() and recipient.isascii()
+    """Whether this e-mail may go pipelined: the server offers it and both addresses are ASCII.
+
+    Only an ``smtplib.SMTP`` connection: any other object (a test's stand-in) gets ``sendmail()``.
+    """
+    return isinstance(smtp, smtplib.SMTP) and bool(smtp.has_extn('pipelining')) \
+        and sender.isascii() and recipient.isascii()
 
 
 def write_envelope(smtp: smtplib.SMTP, sender: str, recipient: str, size: int) -> None:
@@ -31,9 +35,14 @@ def write_envelope(smtp: smtplib.SMTP, sender: str, recipient: str, size: int) -
 
 
 def read_envelope_replies(smtp: smtplib.SMTP, sender: str, recipient: str) -> Optional[smtplib.SMTPException]:
-    """Read the three replies of :func:`write_envelope`; return the refusal, if any, with the session reset.
+    """Read the three replies of :func:`write_envelope`; return the refusal, if any, with the transaction ended.
 
-    None means the server waits for the content (354).
+    None means the server waits for the content (354). After a refusal the transaction is reset
+    (RSET), except when the server answered DATA with 354 all the same: it then holds a
+    transaction we did not mean (Postfix after an end-of-data refusal left unreset: ``503 nested
+    MAIL``, and the recipient joins the old transaction). Any content, even a lone ``.``, would be
+    delivered, so the connection is closed instead: the server discards an unfinished DATA.
+    The refusal then carries ``ours = True`` (see :func:`is_sequencing_refusal`).
     """
     mail_reply, rcpt_reply, data_reply = smtp.getreply(), smtp.getreply(), smtp.getreply()
     if mail_reply[0] != 250:
@@ -44,11 +53,19 @@ def read_envelope_replies(smtp: smtplib.SMTP, sender: str, recipient: str) -> Op
         refusal = smtplib.SMTPDataError(*data_reply)
     else:
         return None
+    # The first refusal a 503 (not a 503 to DATA after a refused RCPT, as aiosmtpd and Exim answer)
+    refusal.ours = next(code for code in (mail_reply[0], rcpt_reply[0], data_reply[0])
+                        if code not in (250, 251, 354)) == 503 or data_reply[0] == 354
     if data_reply[0] == 354:
-        smtp.send(b'.\r\n')  # the server took DATA without a valid envelope: end the empty content
-        smtp.getreply()
-    abandon_transaction(smtp, mail_reply[0], rcpt_reply[0], data_reply[0])
+        smtp.close()  # never end a DATA we did not want: closing discards it
+    else:
+        abandon_transaction(smtp, mail_reply[0], rcpt_reply[0], data_reply[0])
     return refusal
+
+
+def is_sequencing_refusal(refusal: BaseException) -> bool:
+    """Whether a refusal answers the state of the session (503 bad sequence) rather than this e-mail."""
+    return bool(getattr(refusal, 'ours', False))
 
 
 def write_content(smtp: smtplib.SMTP, data: bytes) -> None:

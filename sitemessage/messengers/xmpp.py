@@ -28,7 +28,9 @@ from ..exceptions import (
     SiteMessageConfigurationError,
     TemporaryDeliveryError,
 )
+from ..settings import get_timeout_setting
 from ..utils import import_optional
+from . import xmpp_sleek
 from .base import MessengerBase
 
 #: Stanza error types after which retrying cannot help (RFC 6120 section 8.3.2); ``wait`` is
@@ -67,6 +69,8 @@ class _Session:
         self.host, self.port = messenger.host, messenger.port
         self.use_tls, self.use_ssl, self.ca_certs = messenger.use_tls, messenger.use_ssl, messenger.ca_certs
         self.timeout = messenger.timeout
+        if self.timeout is None:  # the setting; with no bound there either, the 20 s of earlier releases
+            self.timeout = get_timeout_setting('CONNECT_TIMEOUT') or 20
         self.client = None
         self.alive = False
         self.refusals: Dict[str, Refusal] = {}  # stanza id -> error, filled on the loop
@@ -258,19 +262,26 @@ class XMPPSleekMessenger(MessengerBase):
     ``use_tls`` requires STARTTLS (the server's certificate is verified; ``ca_certs`` names a CA
     bundle to trust), ``use_ssl`` connects with direct TLS (XEP-0368, usually port 5223), and
     with neither the stream is plain text (SCRAM login only). ``timeout`` bounds connecting,
-    logging in and each confirmation; ``connections`` sets parallel connections.
+    logging in and each confirmation (default: ``SITEMESSAGE_CONNECT_TIMEOUT``); ``connections``
+    sets parallel connections.
+
+    Where ``sleekxmpp`` imports (a 1.4.0 project's test stand-in in ``sys.modules``), it is used
+    with 1.4.0's calls (:mod:`~sitemessage.messengers.xmpp_sleek`); so is a client assigned to
+    ``xmpp`` together with ``_session_started = True``, as 1.4.0 suites do.
     """
 
     alias = 'xmppsleek'
     title = gettext_lazy('XMPP')
     address_attr = 'jabber'
 
-    timeout: float = 20
+    timeout: Optional[float] = None  # None: SITEMESSAGE_CONNECT_TIMEOUT
 
     def __init__(self, from_jid: str, password: str, host: str = 'localhost', port: int = 5222,
                  use_tls: bool = True, use_ssl: bool = False, *, ca_certs: Optional[str] = None,
                  timeout: Optional[float] = None, connections: Optional[int] = None):
-        self.lib = import_optional('slixmpp', extra='xmpp')
+        sleekxmpp = xmpp_sleek.sleekxmpp_module()
+        self.lib = sleekxmpp if sleekxmpp is not None else import_optional('slixmpp', extra='xmpp')
+        self._slixmpp = None if sleekxmpp is not None else self.lib
         self.from_jid = from_jid
         self.password = password
         self.host = host
@@ -295,16 +306,41 @@ class XMPPSleekMessenger(MessengerBase):
             state = self.__dict__.setdefault('_connection_state', _ThreadState())
         return state
 
+    # 1.4.0's path ------------------------------------------------------------------------------
+
+    def _legacy_state(self) -> xmpp_sleek.LegacyState:
+        return self.__dict__.setdefault('_legacy', xmpp_sleek.LegacyState())
+
+    def _sleek_library(self) -> bool:
+        """Whether ``lib`` is not slixmpp: sleekxmpp, or a stand-in a project assigned, as 1.4.0 allowed."""
+        return self.lib is not self.__dict__.get('_slixmpp')
+
+    def _legacy_path(self) -> bool:
+        """Whether sending uses 1.4.0's calls: a sleekxmpp-like library, or a client the project assigned."""
+        return self._sleek_library() or self._legacy_state().xmpp is not None
+
     @property
     def xmpp(self):
-        """This thread's slixmpp client, or None outside a batch."""
+        """This thread's slixmpp client, or None outside a batch; assignable, as in 1.4.0."""
+        if self._legacy_path():
+            return self._legacy_state().xmpp
         session = self._state().session
         return session.client if session is not None else None
 
+    @xmpp.setter
+    def xmpp(self, client) -> None:
+        self._legacy_state().xmpp = client
+
     @property
     def _session_started(self) -> bool:
+        if self._legacy_path():
+            return self._legacy_state().started
         session = self._state().session
         return bool(session is not None and session.alive)
+
+    @_session_started.setter
+    def _session_started(self, started: bool) -> None:
+        self._legacy_state().started = bool(started)
 
     def _session_jid(self) -> str:
         jid = self.lib.JID(self.from_jid)
@@ -345,6 +381,10 @@ class XMPPSleekMessenger(MessengerBase):
 
     def before_send(self) -> None:
         """Connect, log in and wait until the session has started (bounded by ``timeout``)."""
+        if self._sleek_library():
+            xmpp_sleek.before_send(self)
+            return
+        self.__dict__.pop('_legacy', None)  # a client assigned by the project gives way, as in 1.4.0
         self._close_session()  # left over by a batch on this thread that did not cool down
         state = self._state()
         state.failure = None
@@ -352,6 +392,9 @@ class XMPPSleekMessenger(MessengerBase):
 
     def after_send(self) -> None:
         """Flush the stream, close it and wait for the server to close its side."""
+        if self._sleek_library():
+            xmpp_sleek.after_send(self)
+            return
         self._state().failure = None
         self._close_session()
 
@@ -369,6 +412,8 @@ class XMPPSleekMessenger(MessengerBase):
 
     def _send_message(self, to: str, text: str) -> str:
         """Send one chat message and return its stanza id; a refusal raises a delivery error."""
+        if self._legacy_path():
+            return xmpp_sleek.send_message(self, to, text)
         problem = self.address_problem(to)
         if problem:
             raise PermanentDeliveryError(f'XMPP Error: {problem}')
@@ -383,6 +428,9 @@ class XMPPSleekMessenger(MessengerBase):
 
     def send(self, message_cls, message_model, dispatch_models) -> None:
         """Send a chat message per dispatch; mark each once the server has confirmed it."""
+        if self._legacy_path():
+            xmpp_sleek.send(self, message_cls, dispatch_models)
+            return
         deliverable = []
         for dispatch in dispatch_models:
             problem = self.address_problem(dispatch.address)

@@ -1,0 +1,6 @@
+"""tests/process_settings.py plus a real django.tasks queue backend: django-tasks-db (tests/test_tasks.py)."""
+from tests.process_settings import *  # noqa: F401,F403
+from tests.process_settings import INSTALLED_APPS
+
+INSTALLED_APPS = [*INSTALLED_APPS, 'django_tasks_db']
+TASKS = {'default': {'BACKEND': 'django_tasks_db.DatabaseBackend'}}
