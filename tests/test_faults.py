@@ -63,7 +63,8 @@ def test_slow_worker_reconnects_after_losing_its_database_and_keeps_delivering(p
     assert set(counts) == ({address('before', i) for i in range(3)} | {address('after0', i) for i in range(4)}
                            | {address('after1', i) for i in range(4)})
     assert max(counts.values()) == 1
-    assert procs.orm('status')['counts']['sent'] == 11
+    # The sink has them; the worker stores the outcomes right after.
+    assert wait_until(lambda: procs.orm('status')['counts']['sent'] == 11, timeout=15), procs.orm('status')
 
 
 # 2. A broker that is down when a message is scheduled ------------------------------------------------
