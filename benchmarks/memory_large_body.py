@@ -166,7 +166,8 @@ def main(argv=None) -> int:
     parser.add_argument('--mb', type=float, default=5.0, help='size of the e-mail body in MB (default 5)')
     parser.add_argument('--recipients', type=int, default=40, help='recipients of the large case (default 40)')
     parser.add_argument('--db', choices=('sqlite', 'postgres'), default='sqlite')
-    parser.add_argument('--limit', type=float, default=3.0, help='the target: at most this many times the 1-recipient growth')
+    parser.add_argument('--limit', type=float, default=3.0,
+                        help='the target: at most this many times the 1-recipient growth')
     args = parser.parse_args(argv)
 
     from aiosmtpd.controller import Controller

@@ -223,14 +223,16 @@ def test_facebook_token_exchange_keeps_secrets_out_of_urllib3_debug_log(api_serv
         tokens = FacebookMessenger('', api_url=api_server.url).get_page_access_token('app-id', secret, user_token)
 
     assert tokens == {'One': 'page0token0one0x', 'Two': 'page0token0two0x'}
-    requests_logged = [r.getMessage() for r in caplog.records if r.name == 'urllib3.connectionpool' and '"GET ' in r.getMessage()]
+    requests_logged = [r.getMessage() for r in caplog.records
+                       if r.name == 'urllib3.connectionpool' and '"GET ' in r.getMessage()]
     assert len(requests_logged) == 3, caplog.text  # the log is really written: exchange, two pages
     assert requests_logged[0].endswith('=***&fb_exchange_token=*** HTTP/1.1" 200 38'), requests_logged[0]
     for value in (secret, user_token, long_lived):
         assert value not in caplog.text
 
 
-@pytest.mark.skipif(not ON_POSTGRES, reason='a server-side kill needs PostgreSQL: run with SITEMESSAGE_TEST_DB=postgres')
+@pytest.mark.skipif(not ON_POSTGRES,
+                    reason='a server-side kill needs PostgreSQL: run with SITEMESSAGE_TEST_DB=postgres')
 @pytest.mark.django_db(transaction=True)
 def test_worker_retry_loop_recovers_from_a_connection_killed_by_the_server(smtp_messenger, smtp_server, caplog):
     from django.db import connection

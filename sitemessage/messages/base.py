@@ -184,7 +184,8 @@ class MessageBase:
         return render_to_string(cls.get_template(message, messenger), cls.get_template_context(context))
 
     @classmethod
-    def compile_for_dispatches(cls, message, messenger, dispatches: Sequence['Dispatch']) -> List[Union[str, 'DeferredText']]:
+    def compile_for_dispatches(cls, message, messenger,
+                               dispatches: Sequence['Dispatch']) -> List[Union[str, 'DeferredText']]:
         """Return one text per dispatch, each with that dispatch's own signed links.
 
         Unless ``has_dynamic_context`` is set, the template is rendered once, and each dispatch's
@@ -209,8 +210,8 @@ class MessageBase:
         if not used:
             return [text] * len(dispatches)  # one and the same str object: held once
         directive_getters = {URL_UNSUBSCRIBE: cls.get_unsubscribe_directive, URL_MARK_READ: cls.get_mark_read_directive}
-        return [DeferredText(text, [(token, directive_getters[name](message, dispatch)) for name, token in used.items()])
-                for dispatch in dispatches]
+        return [DeferredText(text, [(token, directive_getters[name](message, dispatch))
+                                    for name, token in used.items()]) for dispatch in dispatches]
 
     # Signed links -----------------------------------------------------------------------------
 
