@@ -10,48 +10,17 @@ error is logged, the connection closed, and the pass retried after a capped expo
 from __future__ import annotations
 
 import logging
-import random
 import signal
 import threading
 import time
-from typing import Callable, Optional, Tuple, Type
+from typing import Callable, Optional
 
-from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError, connections
-
+from .dbretry import backoff_delay, close_connection, connection_errors
 from .sending import SendReport, prepare_dispatches, send_scheduled_messages
 from .settings import get_setting
 from .wakeup import listen, wait_for_work
 
 LOGGER = logging.getLogger(__name__)
-
-
-def connection_errors(using: str = DEFAULT_DB_ALIAS) -> Tuple[Type[BaseException], ...]:
-    """Errors meaning "the database connection is gone": Django's, and the driver's own.
-
-    The driver's come from the raw connection the worker waits on for notifications.
-    """
-    errors: Tuple[Type[BaseException], ...] = (OperationalError, InterfaceError)
-    database = getattr(connections[using], 'Database', None)
-    for name in ('OperationalError', 'InterfaceError'):
-        error = getattr(database, name, None)
-        if isinstance(error, type) and issubclass(error, BaseException):
-            errors += (error,)
-    return errors
-
-
-def reconnect_delay(failures: int, base: float, cap: float) -> float:
-    """Seconds to wait after ``failures`` failures in a row: doubled each time up to ``cap``, jittered."""
-    delay = min(base * 2 ** max(failures - 1, 0), cap)
-    return random.uniform(delay / 2, delay)  # several workers do not hammer a database coming back at once
-
-
-def close_connection(using: str = DEFAULT_DB_ALIAS) -> None:
-    """Drop the (broken) connection; Django opens a new one on the next query."""
-    try:
-        connections[using].close()
-    except Exception as error:  # closing a dead connection may fail too: it is gone either way
-        LOGGER.debug('Closing the broken database connection failed: %s', error)
-        connections[using].connection = None
 
 
 class Worker:
@@ -111,7 +80,7 @@ class Worker:
                 failures += 1
                 self.reconnects += 1
                 notifications = None  # a new connection listens afresh
-                delay = reconnect_delay(failures, self.reconnect_base, self.reconnect_max)
+                delay = backoff_delay(failures, self.reconnect_base, self.reconnect_max)
                 LOGGER.warning('Database connection lost (%s: %s); reconnecting in %.1f s (attempt %s).',
                                type(error).__name__, str(error).strip(), delay, failures)
                 close_connection()

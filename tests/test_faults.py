@@ -21,8 +21,8 @@ from tests.processes import ON_POSTGRES, _pg_connect, address
 
 # 1. The worker survives a database that goes away --------------------------------------------------
 
-def _cut_database(procs) -> str:
-    """Take the database away from the worker for a moment; return what was done (for messages)."""
+def _cut_database(procs, meanwhile=lambda: None) -> str:
+    """Take the database away from the worker for a moment, calling ``meanwhile`` while it is away."""
     if ON_POSTGRES:
         name = procs.db_env['SITEMESSAGE_PROCESS_PG']
         with _pg_connect() as connection:
@@ -30,11 +30,13 @@ def _cut_database(procs) -> str:
                 'SELECT pg_terminate_backend(pid) FROM pg_stat_activity '
                 'WHERE datname = %s AND pid <> pg_backend_pid()', [name]).fetchall()
         assert killed, 'the worker had no connection to terminate'
+        meanwhile()
         return f'terminated {len(killed)} backend(s)'
     # SQLite has no server to restart: an exclusive lock held past the worker's busy timeout
     # makes its queries fail with a real OperationalError ("database is locked").
     lock = sqlite3.connect(procs.db_env['SITEMESSAGE_PROCESS_SQLITE'], isolation_level=None, timeout=5)
     lock.execute('BEGIN EXCLUSIVE')
+    meanwhile()
     time.sleep(2.5)
     lock.execute('COMMIT')
     lock.close()
@@ -66,6 +68,22 @@ def test_slow_worker_reconnects_after_losing_its_database_and_keeps_delivering(p
     # The sink has them; the worker stores the outcomes right after.
     assert wait_until(lambda: procs.orm('status')['counts']['sent'] == 11, timeout=15), procs.orm('status')
 
+
+
+def test_slow_outcomes_of_mail_sent_while_the_database_is_away_are_stored_once_it_is_back(procs, sink):
+    sink.handler.hold_at = 1  # the first e-mail is on the wire when the database goes away
+    procs.use_sink(sink)
+    worker = procs.start('sitemessage_worker', '--idle', '0.2', extra_env={'SITEMESSAGE_PROCESS_SQLITE_TIMEOUT': '0.2'})
+    assert worker.wait_for_output('Worker started.'), worker.output()
+    procs.orm('schedule', count=2, prefix='held')
+    assert sink.handler.holding.wait(30), worker.output()
+
+    done = _cut_database(procs, meanwhile=sink.handler.release)
+
+    assert wait_until(lambda: procs.orm('status')['counts']['sent'] == 2, timeout=30), f'{done}\n{worker.output()}'
+    assert 'Database connection lost while storing delivery outcomes' in worker.output()
+    assert sink.handler.counts() == {address('held', 0): 1, address('held', 1): 1}  # nothing sent twice
+    assert worker.popen.poll() is None, worker.output()
 
 # 2. A broker that is down when a message is scheduled ------------------------------------------------
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple, Ty
 from django.contrib.auth.base_user import AbstractBaseUser
 
 from .. import metrics, ratelimit
+from ..dbretry import retry_on_connection_loss
 from ..exceptions import MessengerException, SiteMessageConfigurationError
 from ..models import Dispatch, Message, MessageTuple, context_problem, has_text
 from ..settings import get_setting
@@ -272,9 +273,18 @@ class MessengerBase:
         for dispatch in unmarked:
             # Reached only when something raised mid-way: still record why it was not sent.
             dispatch.set_outcome(Dispatch.DISPATCH_STATUS_ERROR, 'Delivery was interrupted before an outcome')
-        Dispatch.objects.store_outcomes(attempted)
+        # What was handed to a server must not be sent again because the database was away for a
+        # moment: storing is retried on a fresh connection (with the claim tokens it started with).
+        claims = [(dispatch, dispatch.claim_token, dispatch.lease_until) for dispatch in attempted]
+
+        def restore_claims():
+            for dispatch, token, lease_until in claims:
+                dispatch.claim_token, dispatch.lease_until = token, lease_until
+
+        retry_on_connection_loss(lambda: Dispatch.objects.store_outcomes(attempted),
+                                 'storing delivery outcomes', before_retry=restore_claims)
         metrics.observe_outcomes(attempted)
-        Dispatch.objects.release(untouched)
+        retry_on_connection_loss(lambda: Dispatch.objects.release(untouched), 'releasing dispatches')
 
     # 1.4.0 helpers kept for projects' messengers --------------------------------------------------
 
