@@ -11,6 +11,7 @@ class SitemessageConfig(AppConfig):
     default_auto_field = 'django.db.models.AutoField'
 
     def ready(self):
+        from . import checks  # noqa: F401 -- importing registers the system checks
         from .messages import register_builtin_message_types
         from .settings import get_setting
         from .utils import import_project_sitemessage_modules

@@ -691,8 +691,12 @@ class Subscription(models.Model):
 
     @classmethod
     def create(cls, uid_or_address, message_cls, messenger_cls) -> 'Subscription':
-        """Subscribe a user (instance or id) or an address; an existing subscription is reused."""
+        """Subscribe a user (instance or id) or an address; an existing subscription is reused.
+
+        Both aliases must be registered: a typo would otherwise be stored and never delivered.
+        """
         kwargs = cls._get_base_kwargs(uid_or_address, message_cls, messenger_cls)
+        _check_registered(kwargs['message_cls'], kwargs['messenger_cls'])
         if 'address' in kwargs:
             kwargs['recipient'] = None  # the row the unique constraint on addresses covers
         # get_or_create() resolves a concurrent insert (IntegrityError) by fetching the winner's row.
@@ -727,3 +731,13 @@ class Subscription(models.Model):
     def get_for_message_cls(cls, message_cls):
         return cls.objects.select_related('recipient').filter(
             message_cls=message_cls if isinstance(message_cls, str) else message_cls.get_alias())
+
+
+def _check_registered(message_alias: str, messenger_alias: str) -> None:
+    """Raise ``ValueError`` naming an unregistered alias of a subscription and the registered ones."""
+    from .utils import get_registered_message_types, get_registered_messenger_objects
+    for kind, alias, registry in (('message type', message_alias, get_registered_message_types()),
+                                  ('messenger', messenger_alias, get_registered_messenger_objects())):
+        if alias not in registry:
+            known = ', '.join(sorted(registry)) or 'none'
+            raise ValueError(f'Cannot subscribe to an unknown {kind} `{alias}` (registered: {known}).')

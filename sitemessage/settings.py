@@ -36,6 +36,8 @@ DEFAULTS: dict[str, Any] = {
     'HTTP_TIMEOUT': 10,
     # New in 2.0: a GET of an unsubscribe link shows a confirmation page; only a POST unsubscribes.
     'UNSUBSCRIBE_CONFIRM': True,
+    # New in 2.0, deprecated at birth: accept 1.4.0 link signatures (one for both actions) in both views.
+    'ACCEPT_LEGACY_LINK_SIGNATURES': True,
     'FACEBOOK_GRAPH_VERSION': 'v24.0',
     'VKONTAKTE_API_VERSION': '5.199',
     # New in 2.0: which of Django 6.1's MAILERS holds the SMTP options (None: found by backend).

@@ -149,7 +149,7 @@ def test_dispatches_filter_by_status_and_messenger(admin_client, smtp_messenger)
     assert [d.address for d in by_smtp] == ['dee@example.com']
 
 
-def test_messages_and_subscriptions_filter_by_type_and_messenger(admin_client):
+def test_messages_and_subscriptions_filter_by_type_and_messenger(admin_client, smtp_messenger):
     schedule(['ann'])
     schedule_messages('plain text', recipients('fake', 'bob'))
     Subscription.create('ann', 'greeting', 'fake')
@@ -180,11 +180,14 @@ def test_make_selected_dispatches_pending_requeues_them_with_a_fresh_retry_budge
                                  follow=True)
 
     assert response.status_code == 200
-    assert '3 dispatches are pending again.' in response.content.decode()
+    html = response.content.decode()
+    # Issue 10: the retry never touches a sent dispatch (1.4.0 sent it again), and says it skipped it.
+    assert '2 dispatches are pending again.' in html
+    assert 'Skipped 1 sent dispatch: use “Resend selected sent dispatches” to send it again.' in html
     rows = {d.address: (d.dispatch_status, d.retry_count, d.next_attempt_at) for d in Dispatch.objects.all()}
     assert rows == {'failed': (Dispatch.DISPATCH_STATUS_PENDING, 0, None),
                     'errored': (Dispatch.DISPATCH_STATUS_PENDING, 0, None),
-                    'sent': (Dispatch.DISPATCH_STATUS_PENDING, 0, None),
+                    'sent': (Dispatch.DISPATCH_STATUS_SENT, 0, None),
                     'untouched': (Dispatch.DISPATCH_STATUS_FAILED, 10, None)}
 
 
@@ -337,3 +340,257 @@ def test_dispatch_change_page_queries_do_not_grow_with_its_errors(admin_client, 
         response = admin_client.get(reverse('admin:sitemessage_dispatch_change', args=[many.pk]))
 
     assert response.status_code == 200
+
+
+# Issue 10: retry skips sent and busy dispatches; resend behind a confirmation ------------------------
+
+def test_retry_leaves_dispatches_a_worker_holds_to_it_and_takes_abandoned_ones(admin_client):
+    _message, dispatches = schedule(['busy', 'abandoned', 'legacy'])
+    now = timezone.now()
+    Dispatch.objects.filter(address='busy').update(dispatch_status=Dispatch.DISPATCH_STATUS_PROCESSING,
+                                                   lease_until=now + timedelta(minutes=5), claim_token='a' * 32)
+    Dispatch.objects.filter(address='abandoned').update(dispatch_status=Dispatch.DISPATCH_STATUS_PROCESSING,
+                                                        lease_until=now - timedelta(minutes=5), claim_token='b' * 32)
+    Dispatch.objects.filter(address='legacy').update(dispatch_status=Dispatch.DISPATCH_STATUS_PROCESSING)
+
+    response = admin_client.post(changelist('dispatch'), {
+        'action': 'schedule_failed', '_selected_action': [d.pk for d in dispatches]}, follow=True)
+
+    html = response.content.decode()
+    assert '2 dispatches are pending again.' in html and 'Skipped 1 dispatch being sent right now.' in html
+    assert dict(Dispatch.objects.values_list('address', 'dispatch_status')) == {
+        'busy': Dispatch.DISPATCH_STATUS_PROCESSING, 'abandoned': Dispatch.DISPATCH_STATUS_PENDING,
+        'legacy': Dispatch.DISPATCH_STATUS_PENDING}
+    assert Dispatch.objects.get(address='busy').claim_token == 'a' * 32
+
+
+def sent_and_failed():
+    _message, dispatches = schedule(['<b>ann</b>', 'bob', 'cid'])
+    Dispatch.objects.filter(address__in=['<b>ann</b>', 'bob']).update(
+        dispatch_status=Dispatch.DISPATCH_STATUS_SENT, message_cache='old text', time_dispatched=timezone.now())
+    Dispatch.objects.filter(address='cid').update(dispatch_status=Dispatch.DISPATCH_STATUS_FAILED, retry_count=10)
+    return dispatches
+
+
+def test_resend_asks_for_confirmation_first_and_changes_nothing(admin_client):
+    dispatches = sent_and_failed()
+
+    response = admin_client.post(changelist('dispatch'), {
+        'action': 'resend_sent', '_selected_action': [d.pk for d in dispatches]})
+
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert response.templates[0].name == 'admin/sitemessage/dispatch/resend_confirmation.html'
+    assert '2 dispatches were sent already. Send them once more?' in html
+    assert '1 selected dispatch is not sent and is left as it is' in html
+    assert '<td>&lt;b&gt;ann&lt;/b&gt;</td>' in html and '<b>ann</b>' not in html
+    assert Dispatch.objects.filter(dispatch_status=Dispatch.DISPATCH_STATUS_SENT).count() == 2
+
+
+def test_resend_confirmed_queues_sent_dispatches_again_and_the_next_run_delivers_them(admin_client, fake_messenger):
+    from sitemessage.toolbox import send_scheduled_messages
+    dispatches = sent_and_failed()
+    page = admin_client.post(changelist('dispatch'), {
+        'action': 'resend_sent', '_selected_action': [d.pk for d in dispatches]}).content.decode()
+
+    response = admin_client.post(changelist('dispatch'), form_data(page), follow=True)  # "Yes, send them again"
+
+    assert '2 dispatches will be sent again.' in response.content.decode()
+    rows = {d.address: (d.dispatch_status, d.retry_count, d.message_cache) for d in Dispatch.objects.all()}
+    assert rows == {'<b>ann</b>': (Dispatch.DISPATCH_STATUS_PENDING, 0, ''), 'bob': (Dispatch.DISPATCH_STATUS_PENDING, 0, ''),
+                    'cid': (Dispatch.DISPATCH_STATUS_FAILED, 10, None)}
+    send_scheduled_messages()
+    assert sorted(address for address, _text in fake_messenger.delivered) == ['<b>ann</b>', 'bob']
+    assert all('Ann' in text for _address, text in fake_messenger.delivered)  # compiled again, not 'old text'
+
+
+def test_resend_across_all_pages_of_a_filtered_list(admin_client):
+    dispatches = sent_and_failed()
+    url = changelist('dispatch') + f'?dispatch_status__exact={Dispatch.DISPATCH_STATUS_SENT}'
+    page = admin_client.post(url, {'action': 'resend_sent', 'select_across': '1', 'index': '0',
+                                   '_selected_action': [dispatches[0].pk]}).content.decode()
+    assert '2 dispatches were sent already.' in page
+
+    admin_client.post(url, form_data(page))
+
+    assert Dispatch.objects.filter(dispatch_status=Dispatch.DISPATCH_STATUS_PENDING).count() == 2
+
+
+def test_resend_with_nothing_sent_offers_no_form(admin_client):
+    _message, dispatches = schedule(['ann'])
+
+    html = admin_client.post(changelist('dispatch'), {
+        'action': 'resend_sent', '_selected_action': [d.pk for d in dispatches]}).content.decode()
+
+    assert 'there is nothing to resend' in html and 'resend_form' not in html
+
+
+def test_resend_needs_the_change_permission(client, django_user_model):
+    from django.contrib.auth.models import Permission
+    viewer = django_user_model.objects.create_user('viewer', is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename='view_dispatch'))
+    client.force_login(viewer)
+    dispatches = sent_and_failed()
+
+    html = client.get(changelist('dispatch')).content.decode()
+    client.post(changelist('dispatch'), {'action': 'resend_sent', '_selected_action': [d.pk for d in dispatches],
+                                         'post': 'yes'})
+
+    assert 'resend_sent' not in html
+    assert Dispatch.objects.filter(dispatch_status=Dispatch.DISPATCH_STATUS_SENT).count() == 2
+
+
+# Issue 10: what the lists show ------------------------------------------------------------------------
+
+def cells(html, field):
+    """The text of each ``<td class="field-<field>">`` (or ``<th ...>``) of a changelist, markup included."""
+    import re
+    return re.findall(rf'<t[dh] class="field-{field}[^"]*">(.*?)</t[dh]>', html, re.S)
+
+
+def test_dispatch_list_shows_type_recipient_attempts_and_the_latest_error_escaped(admin_client, django_user_model):
+    ann = django_user_model.objects.create_user('ann', email='ann@example.com')
+    _message, (dispatch,) = schedule([ann])
+    Dispatch.objects.filter(pk=dispatch.pk).update(dispatch_status=Dispatch.DISPATCH_STATUS_ERROR, retry_count=2)
+    DispatchError.objects.create(dispatch=dispatch, error_log='first error')
+    DispatchError.objects.create(dispatch=dispatch, error_log='421 <script>alert(1)</script> try later ' + 'x' * 400)
+
+    html = admin_client.get(changelist('dispatch')).content.decode()
+
+    assert cells(html, 'message_type') == ['greeting']
+    assert cells(html, 'to') == ['ann<br><small class="sitemessage-user">ann</small>']  # the fake's address: username
+    assert cells(html, 'attempts') == ['2']
+    error, = cells(html, 'last_error')
+    assert error.startswith('<span title="421 &lt;script&gt;alert(1)&lt;/script&gt; try later xxx')
+    assert '>421 &lt;script&gt;alert(1)&lt;/script&gt; try later xxx' in error and error.endswith('…</span>')
+    assert '<script>alert(1)' not in html
+    for header in ('Message type', 'Recipient', 'Failed attempts', 'Last error'):
+        assert header in html
+
+
+def test_dispatch_list_filters_by_message_type(admin_client):
+    schedule(['ann'])
+    schedule_messages('plain text', recipients('fake', 'bob'))
+
+    found = results(admin_client.get(changelist('dispatch'), {'message__cls': 'plain'}))
+
+    assert [d.address for d in found] == ['bob']
+
+
+def test_message_list_shows_subject_and_dispatch_counts_by_status(admin_client, smtp_messenger):
+    from sitemessage.shortcuts import schedule_email
+    schedule_email('Hello', ['ann@example.com'], subject='<script>alert(1)</script> Offers')
+    _message, dispatches = schedule(['a', 'b', 'c', 'd', 'e'])
+    set_statuses(dispatches, Dispatch.DISPATCH_STATUS_SENT, Dispatch.DISPATCH_STATUS_SENT,
+                 Dispatch.DISPATCH_STATUS_ERROR, Dispatch.DISPATCH_STATUS_FAILED, Dispatch.DISPATCH_STATUS_PROCESSING)
+
+    html = admin_client.get(changelist('message')).content.decode()
+
+    assert [cells(html, name) for name in ('count_total', 'count_pending', 'count_sent', 'count_error',
+                                           'count_failed')] == [['5', '1'], ['1', '1'], ['2', '0'], ['1', '0'],
+                                                                ['1', '0']]
+    assert '&lt;script&gt;alert(1)&lt;/script&gt; Offers' in cells(html, 'subject')[1]
+    assert '<script>alert(1)' not in html
+
+
+def test_message_list_sorts_by_failed_dispatches(admin_client):
+    _few, few = schedule(['a'])
+    _many, many = schedule(['b', 'c'])
+    set_statuses(few, Dispatch.DISPATCH_STATUS_FAILED)
+    set_statuses(many, Dispatch.DISPATCH_STATUS_FAILED, Dispatch.DISPATCH_STATUS_FAILED)
+    column = sitemessage_admin.MessageAdmin.list_display.index('count_failed')
+
+    ordered = results(admin_client.get(changelist('message'), {'o': f'-{column}'}))
+
+    assert [m.count_failed for m in ordered] == [2, 1]
+
+
+# Issue 10: the preview ------------------------------------------------------------------------------
+
+def preview(admin_client, message):
+    return admin_client.get(reverse('admin:sitemessage_message_preview', args=[message.pk]))
+
+
+def test_preview_is_linked_from_the_change_page(admin_client):
+    message, _ = schedule(['ann'])
+
+    html = admin_client.get(reverse('admin:sitemessage_message_change', args=[message.pk])).content.decode()
+
+    assert f'href="{reverse("admin:sitemessage_message_preview", args=[message.pk])}"' in html
+
+
+def test_preview_renders_text_for_each_messenger_escaped_in_pre(admin_client, smtp_messenger):
+    message, _ = schedule_messages('Hi <script>alert(1)</script> & bye',
+                                   recipients('fake', 'ann') + recipients('smtp', 'bob@example.com'))[0]
+
+    response = preview(admin_client, message)
+
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert [p.messenger for p in response.context['previews']] == ['fake', 'smtp']
+    assert html.count('<pre class="sitemessage-text">Hi &lt;script&gt;alert(1)&lt;/script&gt; &amp; bye</pre>') == 2
+    assert '<script>alert(1)' not in html
+
+
+def test_preview_renders_a_template_through_the_message_type(admin_client):
+    message, _ = schedule(['ann'])
+
+    previews = preview(admin_client, message).context['previews']
+
+    assert [(p.messenger, p.is_html, p.error) for p in previews] == [('fake', False, False)]
+    assert 'Ann' in previews[0].text  # tests/testapp/templates/sitemessage/messages/greeting__fake.tpl
+
+
+def test_preview_of_html_mail_is_a_sandboxed_iframe_and_its_text_part(admin_client, smtp_messenger):
+    from sitemessage.shortcuts import schedule_email
+    schedule_email({'contents': '<h1>Hi</h1><script>parent.document.title = "pwned"</script>'},
+                   ['ann@example.com'], subject='<i>News</i>')
+    message = Message.objects.get()
+
+    html = preview(admin_client, message).content.decode()
+
+    import re
+    iframe, = re.findall(r'<iframe[^>]*>', html)  # one tag: its srcdoc holds no raw < > or "
+    assert 'sandbox=""' in iframe
+    assert 'srcdoc="' in iframe and '&lt;h1&gt;Hi&lt;/h1&gt;&lt;script&gt;parent.document.title' in iframe
+    assert '<script>parent' not in html
+    assert '<span class="sitemessage-subject">&lt;i&gt;News&lt;/i&gt;</span>' in html
+    text_part, = re.findall(r'<summary>Text part</summary><pre class="sitemessage-text">(.*?)</pre>', html, re.S)
+    assert 'Hi' in text_part.split() and 'pwned' not in text_part  # what SMTP sends as text/plain
+
+
+def test_preview_shows_why_a_messenger_cannot_render(admin_client):
+    message, _ = schedule(['ann'])
+    Dispatch.objects.create(message=message, messenger='gone', address='x')
+
+    previews = {p.messenger: p for p in preview(admin_client, message).context['previews']}
+
+    assert previews['gone'].error and '`gone` messenger is not registered' in previews['gone'].text
+    assert not previews['fake'].error
+
+
+def test_preview_of_a_message_without_dispatches_uses_the_supported_messengers(admin_client, smtp_messenger):
+    from sitemessage.messages.email import EmailTextMessage
+    (message, _), = schedule_messages(EmailTextMessage('Subject', 'Body'))
+
+    previews = preview(admin_client, message).context['previews']
+
+    assert [(p.messenger, p.text, p.dispatches) for p in previews] == [('smtp', 'Body', 0)]
+
+
+def test_preview_needs_staff_and_an_existing_message(client, admin_client):
+    message, _ = schedule(['ann'])
+    url = reverse('admin:sitemessage_message_preview', args=[message.pk])
+
+    assert client.get(url).status_code == 302  # to the login page
+    assert admin_client.get(reverse('admin:sitemessage_message_preview', args=[message.pk + 100])).status_code == 404
+
+
+def test_dispatch_error_list_shows_the_escaped_start_of_each_error(admin_client):
+    _message, (dispatch,) = schedule(['ann'])
+    DispatchError.objects.create(dispatch=dispatch, error_log='<script>alert(1)</script> ' + 'y' * 500)
+
+    html = admin_client.get(changelist('dispatcherror')).content.decode()
+
+    error, = cells(html, 'error')
+    assert '&lt;script&gt;alert(1)&lt;/script&gt;' in error and '<script>alert(1)' not in html

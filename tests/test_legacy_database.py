@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from django.core.signing import Signer
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / 'tests' / 'fixtures' / 'sitemessage_1_4_0.sqlite3'
 
@@ -143,8 +145,12 @@ def test_legacy_database_migrates_keeps_every_row_and_is_delivered(tmp_path, smt
     expected_hash = legacy_dispatch_hash(2, 1)
     assert result['hash_valid'] is True
     assert result['hash_derived'] == expected_hash
-    assert bodies['alice@example.com']['List-Unsubscribe'] == (
-        f'<https://legacy.example.com/messages/unsubscribe/1/2/{expected_hash}/>')
+    # New links carry a per-action token naming the recipient (issue 9), not the 1.4.0 hash.
+    prefix = '<https://legacy.example.com/messages/unsubscribe/1/2/'
+    header = bodies['alice@example.com']['List-Unsubscribe']
+    assert header.startswith(prefix) and expected_hash not in header
+    assert Signer(key='legacy-secret', salt='sitemessage.links.unsubscribe', algorithm='sha256').unsign_object(
+        header[len(prefix):-2]) == [1, 2, 'email_plain', 'smtp', 1, '']
     assert result['subscribed_after_forged_link'] is True
     assert result['unsubscribe_status'] == 302
     assert result['subscribed_after_legacy_link'] is False

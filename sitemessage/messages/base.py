@@ -16,6 +16,10 @@ from django.utils.crypto import constant_time_compare, salted_hmac
 from django.utils.translation import gettext_lazy as _
 
 from ..exceptions import UnknownMessengerError
+from ..links import (
+    ACTION_MARK_READ, ACTION_UNSUBSCRIBE, invalid_link_response, mark_read_signature, unsubscribe_token,
+)
+from ..list_id import default_list_id
 from ..signals import sig_mark_read_failed, sig_mark_read_success, sig_unsubscribe_failed, sig_unsubscribe_success
 from ..utils import (
     Recipient, get_registered_messenger_object, get_site_url,
@@ -217,24 +221,34 @@ class MessageBase:
 
     @classmethod
     def get_dispatch_hash(cls, dispatch_id, message_id, secret: Optional[str] = None) -> str:
-        """Return the signature of a dispatch's links (the same derivation as 1.4.0's)."""
-        return salted_hmac(str(dispatch_id), f'{message_id}|{dispatch_id}', secret=secret).hexdigest()
+        """Return the 1.4.0 signature of a dispatch's links (HMAC-SHA1, the same for both actions).
+
+        Links are no longer made with it (each action has its own signature, see
+        :mod:`sitemessage.links`); it is kept to check links already delivered and for projects
+        that call it.
+        """
+        return salted_hmac(str(dispatch_id), f'{message_id}|{dispatch_id}', secret=secret,
+                           algorithm='sha1').hexdigest()
 
     @classmethod
     def is_dispatch_hash_valid(cls, dispatch_id, message_id, hashed: str) -> bool:
-        """Check a link's signature in constant time, against ``SECRET_KEY`` and its fallbacks."""
+        """Check a 1.4.0 signature in constant time, against ``SECRET_KEY`` and its fallbacks."""
         secrets = [settings.SECRET_KEY, *getattr(settings, 'SECRET_KEY_FALLBACKS', [])]
         return any(constant_time_compare(cls.get_dispatch_hash(dispatch_id, message_id, secret), str(hashed))
                    for secret in secrets)
 
     @classmethod
     def get_unsubscribe_directive(cls, message_model, dispatch_model) -> str:
-        """Return the signed unsubscribe URL of a dispatch ('' without one)."""
+        """Return the signed unsubscribe URL of a dispatch ('' without one).
+
+        Its token names the recipient, the message type and the messenger, so it still
+        unsubscribes after the dispatch has been cleaned up; it cannot mark anything read.
+        """
         return cls._get_url(URL_UNSUBSCRIBE, message_model, dispatch_model)
 
     @classmethod
     def get_mark_read_directive(cls, message_model, dispatch_model) -> str:
-        """Return the signed mark-read URL of a dispatch ('' without one)."""
+        """Return the signed mark-read URL of a dispatch ('' without one); it cannot unsubscribe."""
         return cls._get_url(URL_MARK_READ, message_model, dispatch_model)
 
     @classmethod
@@ -246,42 +260,55 @@ class MessageBase:
             return placeholders[name]
         if getattr(dispatch_model, 'pk', None) is None:
             return ''
+        message_id, dispatch_id = message_model.pk, dispatch_model.pk
+        if name == URL_UNSUBSCRIBE:
+            signature = unsubscribe_token(
+                message_id, dispatch_id, getattr(message_model, 'cls', None) or cls.get_alias(),
+                dispatch_model.messenger, dispatch_model.recipient_id, dispatch_model.address)
+        else:
+            signature = mark_read_signature(message_id, dispatch_id)
         try:
-            path = reverse_signed_link(name, message_model.pk, dispatch_model.pk,
-                                       cls.get_dispatch_hash(dispatch_model.pk, message_model.pk))
+            path = reverse_signed_link(name, message_id, dispatch_id, signature)
         except NoReverseMatch:
             return ''  # the project has not attached sitemessage URLs
         return f'{get_site_url()}{path}'
+
+    @classmethod
+    def get_list_id(cls) -> str:
+        """Return the ``List-Id`` header (RFC 2919) of this type's e-mails; '' sends none.
+
+        By default ``Title <alias.site-domain>``; override it to name your own list.
+        """
+        return default_list_id(cls.title, cls.get_alias())
 
     # Requests from the bundled views ----------------------------------------------------------
 
     @classmethod
     def handle_unsubscribe_request(cls, request: HttpRequest, message: 'Message', dispatch: 'Dispatch',
                                    hash_is_valid: bool, redirect_to: str) -> HttpResponse:
-        """Cancel the subscription behind a dispatch when its link is valid; redirect."""
+        """Cancel the subscription behind a dispatch when its link is valid and redirect; else say it is invalid.
+
+        After a cleanup, ``message`` and ``dispatch`` are unsaved instances rebuilt from the link.
+        """
         from ..models import Subscription
         if hash_is_valid:
             Subscription.cancel(dispatch.recipient_id or dispatch.address, cls.get_alias(), dispatch.messenger)
-            signal = sig_unsubscribe_success
-        else:
-            signal = sig_unsubscribe_failed
-        signal.send(cls, request=request, message=message, dispatch=dispatch)
-        return redirect(redirect_to)
+            sig_unsubscribe_success.send(cls, request=request, message=message, dispatch=dispatch)
+            return redirect(redirect_to)
+        sig_unsubscribe_failed.send(cls, request=request, message=message, dispatch=dispatch)
+        return invalid_link_response(request, ACTION_UNSUBSCRIBE)
 
     @classmethod
     def handle_mark_read_request(cls, request: HttpRequest, message: 'Message', dispatch: 'Dispatch',
                                  hash_is_valid: bool, redirect_to: str) -> HttpResponse:
-        """Mark a dispatch read when its link is valid; redirect."""
+        """Mark a dispatch read when its link is valid and redirect; else answer the blank image with 400."""
         if hash_is_valid:
             dispatch.mark_read()
             dispatch.save(update_fields=['read_status'])
-            signal = sig_mark_read_success
-        else:
-            signal = sig_mark_read_failed
-        signal.send(cls, request=request, message=message, dispatch=dispatch)
-        return redirect(redirect_to)
-
-
+            sig_mark_read_success.send(cls, request=request, message=message, dispatch=dispatch)
+            return redirect(redirect_to)
+        sig_mark_read_failed.send(cls, request=request, message=message, dispatch=dispatch)
+        return invalid_link_response(request, ACTION_MARK_READ)
 
 
 # Reversing a signed link once per URLconf, not once per dispatch -------------------------------------

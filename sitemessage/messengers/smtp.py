@@ -1,8 +1,9 @@
 """E-mail over SMTP (stdlib ``smtplib``), writing standards-correct messages.
 
 Each message carries ``Date``, ``Message-ID``, ``From``, ``To`` and ``Subject``; HTML goes as
-``multipart/alternative`` with a readable text part; ``List-Unsubscribe`` (RFC 2369) and
-``List-Unsubscribe-Post`` (RFC 8058) are added when the message type has an unsubscribe link.
+``multipart/alternative`` with a readable text part; ``List-Id`` (RFC 2919), ``List-Unsubscribe``
+(RFC 2369) and, where one click really unsubscribes, ``List-Unsubscribe-Post`` (RFC 8058) come
+from :mod:`sitemessage.messengers.list_headers`.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from email.mime.text import MIMEText
 from email.utils import formatdate, make_msgid, parseaddr
 from functools import lru_cache
 from importlib import import_module
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 from django.utils.translation import gettext as _, gettext_lazy
 
@@ -29,6 +30,7 @@ from ..plaintext import html_to_text
 from ..headers import UnsafeHeaderValueError, check_context
 from ..settings import get_timeout_setting
 from .base import Dispatch, MessengerBase
+from .list_headers import list_headers_for
 from .smtp_pipelining import (
     PLAIN_ADDRESS, can_pipeline, content_refusal, is_sequencing_refusal, read_envelope_replies, send_pipelined,
     write_content, write_envelope,
@@ -248,9 +250,11 @@ class SMTPMessenger(MessengerBase):
 
     def _build_message(self, to: str, text: str, subject: Optional[str] = None, mtype: Optional[str] = None,
                        unsubscribe_url: Optional[str] = None, *, date: Optional[str] = None,
-                       message_id: Optional[str] = None) -> Message:
+                       message_id: Optional[str] = None, headers: Sequence[Tuple[str, str]] = ()) -> Message:
         """Build the e-mail: headers, and a text part plus an HTML alternative for ``mtype='html'``.
 
+        ``unsubscribe_url`` adds ``List-Unsubscribe`` alone (as 1.4.0); ``headers`` are further
+        ``(name, value)`` pairs (see :mod:`sitemessage.messengers.list_headers`).
         Uses the stdlib's ``compat32`` MIME classes: about six times faster to build than
         ``EmailMessage``, which matters at thousands of messages a second.
         """
@@ -268,13 +272,12 @@ class SMTPMessenger(MessengerBase):
         msg['Subject'] = subject if subject.isascii() else Header(subject, 'utf-8')
         msg['Date'] = date or formatdate(localtime=True)
         msg['Message-ID'] = message_id or make_msgid(domain=sender_domain)
-        if unsubscribe_url:
-            msg['List-Unsubscribe'] = f'<{unsubscribe_url}>'
-            msg['List-Unsubscribe-Post'] = 'List-Unsubscribe=One-Click'
+        for name, value in _extra_headers(unsubscribe_url, headers):
+            msg[name] = value
         return msg
 
     def _message_bytes(self, to: str, text: str, subject: Optional[str] = None, mtype: Optional[str] = None,
-                       unsubscribe_url: Optional[str] = None) -> bytes:
+                       unsubscribe_url: Optional[str] = None, *, headers: Sequence[Tuple[str, str]] = ()) -> bytes:
         """The e-mail as sent: what ``_build_message(...).as_bytes()`` gives, written directly when plain.
 
         A plain-text ASCII e-mail with short header values (most notifications) is formatted
@@ -285,11 +288,12 @@ class SMTPMessenger(MessengerBase):
         subject = str(subject or _('No Subject'))
         date, message_id = formatdate(localtime=True), make_msgid(domain=sender_domain)
         if mtype != 'html':
-            data = plain_message_bytes(sender_header, to, subject, date, message_id, text, unsubscribe_url)
+            data = plain_message_bytes(sender_header, smtp_wire.header_address(to), subject, date, message_id, text,
+                                       unsubscribe_url, headers=headers)
             if data is not None:
                 return data
-        return self._build_message(to, text, subject, mtype, unsubscribe_url, date=date,
-                                   message_id=message_id).as_bytes(policy=_policy_for(to))
+        return self._build_message(to, text, subject, mtype, unsubscribe_url, date=date, message_id=message_id,
+                                   headers=headers).as_bytes(policy=_policy_for(to))
 
     def _send_message(self, msg: Message) -> dict:
         recipient = getattr(msg, 'envelope_recipient', None) or parseaddr(str(msg['To']))[1]
@@ -459,6 +463,7 @@ class SMTPMessenger(MessengerBase):
 
     def _outgoing(self, items):
         """Yield ``(dispatch, message type, envelope recipient, e-mail bytes)``; bad addresses fail here."""
+        list_headers = list_headers_for(items)  # one subscription query for the batch, at most
         for message_cls, message_model, dispatches in items:
             subject = message_model.context.get('subject')
             mtype = message_model.context.get('type')
@@ -471,8 +476,9 @@ class SMTPMessenger(MessengerBase):
                     if problem:
                         self.mark_failed(dispatch, PermanentDeliveryError(problem))
                         continue
+                    headers = list_headers(message_cls, message_model, dispatch, unsubscribe_url)
                     data = self._message_bytes(dispatch.address, dispatch.message_cache, subject=subject,
-                                               mtype=mtype, unsubscribe_url=unsubscribe_url)
+                                               mtype=mtype, headers=headers)
                     recipient = envelope_address(dispatch.address)
                 except UnicodeError as error:  # an address IDNA refuses, a text that cannot be encoded
                     self.mark_failed(dispatch, PermanentDeliveryError(
@@ -567,16 +573,14 @@ def envelope_address(to: str) -> str:
 
 
 def plain_message_bytes(sender_header: str, to: str, subject: str, date: str, message_id: str, text: str,
-                        unsubscribe_url: Optional[str]) -> Optional[bytes]:
+                        unsubscribe_url: Optional[str], *, headers: Sequence[Tuple[str, str]] = ()) -> Optional[bytes]:
     """Format a 7bit text/plain e-mail as ``compat32`` would, or return None when that needs encoding or folding.
 
     Every header value must be ASCII with no line break and fit on one line, and the text must
     be ASCII with lines of at most 998 characters (RFC 5322); otherwise the MIME classes do it.
     """
-    headers = [('From', sender_header), ('To', to), ('Subject', subject), ('Date', date), ('Message-ID', message_id)]
-    if unsubscribe_url:
-        headers += [('List-Unsubscribe', f'<{unsubscribe_url}>'),
-                    ('List-Unsubscribe-Post', 'List-Unsubscribe=One-Click')]
+    headers = [('From', sender_header), ('To', to), ('Subject', subject), ('Date', date), ('Message-ID', message_id),
+               *_extra_headers(unsubscribe_url, headers)]
     for name, value in headers:
         if not value.isascii() or '\n' in value or '\r' in value or len(name) + len(value) + 2 > 998:
             return None
@@ -585,6 +589,11 @@ def plain_message_bytes(sender_header: str, to: str, subject: str, date: str, me
     head = ''.join(f'{name}: {value}\r\n' for name, value in headers)
     return (f'Content-Type: text/plain; charset="us-ascii"\r\nMIME-Version: 1.0\r\n'
             f'Content-Transfer-Encoding: 7bit\r\n{head}\r\n{_LINE_BREAK.sub(chr(13) + chr(10), text)}').encode('ascii')
+
+
+def _extra_headers(unsubscribe_url: Optional[str], headers: Sequence[Tuple[str, str]]) -> list:
+    """``List-Unsubscribe`` for a bare ``unsubscribe_url`` (1.4.0's parameter), then ``headers``."""
+    return [*([('List-Unsubscribe', f'<{unsubscribe_url}>')] if unsubscribe_url else []), *headers]
 
 
 def is_7bit_text(text: str) -> bool:

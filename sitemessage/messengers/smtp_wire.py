@@ -66,10 +66,13 @@ def envelope_address(to: str) -> str:
 def header_address(to: str) -> str:
     """The ``To``/``From`` value: a non-ASCII display name RFC 2047-encoded, the domain in punycode.
 
+    A display name with characters special in addresses (``.``, ``,``, ``@``...) is quoted, so a
+    reader parses exactly the one address meant.
+
     A non-ASCII local part stays UTF-8: only an SMTPUTF8 transaction may carry it (RFC 6532).
     """
-    if to.isascii():
-        return to
+    if to.isascii() and '<' not in to:
+        return to  # a bare address, the common case
     name, address = parseaddr(to)
     address = ascii_domain(address)
     if not name:

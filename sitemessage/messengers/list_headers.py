@@ -1,0 +1,74 @@
+"""The list headers of e-mails: ``List-Id`` (RFC 2919), ``List-Unsubscribe`` (RFC 2369) and
+``List-Unsubscribe-Post`` (RFC 8058).
+
+One-click unsubscribe is offered only when it is both allowed and meaningful: the URI is https
+(RFC 8058 section 3.1), the message type allows subscriptions, and the recipient holds a
+subscription to this type and messenger (a dispatch to an explicit recipient has nothing to cancel).
+Subscriptions are looked up once for all dispatches of a batch, not once per dispatch.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
+
+from django.db.models import Q
+
+from ..list_id import check_list_id
+
+Headers = List[Tuple[str, str]]
+_CHUNK = 500  # keeps IN (...) under every database's parameter limit
+
+
+def list_headers_for(items: Sequence[tuple]) -> Callable[..., Headers]:
+    """Return ``headers(message type, message, dispatch, unsubscribe URL)`` for the items of a batch.
+
+    ``items`` are ``(message type, message, dispatches)``, as ``send_many()`` gets them.
+
+    Subscriptions are looked up at the first dispatch that needs it, in one query for the whole
+    batch. Nothing is computed before the first call, so a faulty ``get_list_id()`` fails each
+    dispatch (with its reason) where the messenger builds it, never the batch.
+    """
+    subscribed: Optional[Set[int]] = None
+    list_ids: Dict[type, str] = {}
+
+    def headers(message_cls, message_model, dispatch, unsubscribe_url: Optional[str]) -> Headers:
+        nonlocal subscribed
+        if message_cls not in list_ids:
+            value = message_cls.get_list_id()
+            list_ids[message_cls] = check_list_id(str(value), message_cls.get_alias()) if value else ''
+        found: Headers = [('List-Id', list_ids[message_cls])] if list_ids[message_cls] else []
+        url = unsubscribe_url  # the caller has it already: get_unsubscribe_directive(message_model, dispatch)
+        if not url or any(char in url for char in '\r\n<>'):
+            return found
+        found.append(('List-Unsubscribe', f'<{url}>'))
+        if url.startswith('https://') and message_cls.allow_user_subscription:
+            if subscribed is None:
+                subscribed = subscribed_dispatches(items)
+            if dispatch.pk in subscribed:
+                found.append(('List-Unsubscribe-Post', 'List-Unsubscribe=One-Click'))
+        return found
+
+    return headers
+
+
+def subscribed_dispatches(items: Sequence[tuple]) -> Set[int]:
+    """Return the ids of the dispatches whose recipient subscribes to their message type over their messenger."""
+    from ..models import Subscription
+    wanted = {}  # dispatch id -> (message type, messenger, is a user, user id or address)
+    for message_cls, message_model, dispatches in items:
+        alias = getattr(message_model, 'cls', None) or message_cls.get_alias()
+        for dispatch in dispatches:
+            if dispatch.pk is None:
+                continue
+            user = dispatch.recipient_id is not None
+            wanted[dispatch.pk] = (alias, dispatch.messenger, user, dispatch.recipient_id if user else dispatch.address)
+    user_ids = sorted({who for _a, _m, user, who in wanted.values() if user}, key=str)
+    addresses = sorted({who for _a, _m, user, who in wanted.values() if not user and who})
+    types = sorted({alias for alias, _m, _u, _w in wanted.values()})
+    found = set()
+    for start in range(0, max(len(user_ids), len(addresses), 1), _CHUNK):
+        condition = Q(recipient_id__in=user_ids[start:start + _CHUNK]) | Q(address__in=addresses[start:start + _CHUNK])
+        rows = Subscription.objects.filter(condition, message_cls__in=types).values_list(
+            'message_cls', 'messenger_cls', 'recipient_id', 'address')
+        found.update((alias, messenger, uid is not None, uid if uid is not None else address)
+                     for alias, messenger, uid, address in rows)
+    return {pk for pk, key in wanted.items() if key in found}

@@ -1,0 +1,2 @@
+"""A URLconf without sitemessage URLs: messages then carry no unsubscribe links."""
+urlpatterns = []
