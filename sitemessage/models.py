@@ -17,6 +17,7 @@ from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connections, models, transaction
 from django.db.models import Case, Q, Value, When
+from django.db.models.query_utils import DeferredAttribute
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
@@ -28,6 +29,22 @@ from .wakeup import queue_changed
 USER_MODEL = getattr(settings, 'AUTH_USER_MODEL', 'auth.User')
 
 
+class UnreadableContext(dict):
+    """The context of a message row that cannot be parsed: empty, with the reason in ``error``.
+
+    Reading such a row never raises (a claim of its batch, a view), so the engine can fail that
+    message's dispatches alone, with the reason.
+    """
+
+    def __init__(self, error: str):
+        super().__init__()
+        self.error = error
+
+
+def _truncated(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else f'{text[:limit]}... ({len(text)} characters)'
+
+
 class ContextField(models.TextField):
     """Stores a dict as JSON text (dates, decimals and UUIDs are stored as strings)."""
 
@@ -35,14 +52,21 @@ class ContextField(models.TextField):
     def parse_value(cls, value: str) -> Any:
         try:
             return json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested too deep: RecursionError
             raise ValidationError(
-                _('Value `%r` is not a valid context.'), code='invalid_context', params={'value': value})
+                _('Value `%r` is not a valid context.'), code='invalid_context',
+                params={'value': _truncated(value, 100)}) from None
 
     def from_db_value(self, value, expression, connection, *rest):
         if value is None:
             return {}
-        return self.parse_value(value)
+        try:
+            parsed = json.loads(value)
+        except (ValueError, RecursionError) as error:
+            return UnreadableContext(_truncated(describe_parse_error(error)))
+        if not isinstance(parsed, dict):
+            return UnreadableContext(f'a JSON object was expected, got {_truncated(repr(parsed), 100)}')
+        return parsed
 
     def to_python(self, value):
         if not value:
@@ -59,6 +83,85 @@ class ContextField(models.TextField):
 
     def value_to_string(self, obj):
         return self.get_prep_value(self.value_from_object(obj))
+
+
+def describe_parse_error(error: BaseException) -> str:
+    if isinstance(error, RecursionError):
+        return f'nested too deeply to parse ({error})'
+    return f'not valid JSON ({type(error).__name__}: {error})'
+
+
+def context_problem(message: 'Message') -> Optional[str]:
+    """Why the stored context of ``message`` cannot be used (None when it can), naming the message."""
+    context = message.context
+    if isinstance(context, UnreadableContext):
+        return f'The context of message {message.pk} cannot be read: {context.error}'
+    return None
+
+
+class DeferredText:
+    """A dispatch's compiled text held as the message's one shared text plus the dispatch's own links.
+
+    Forty recipients of a 5 MB e-mail then cost one 5 MB text, not forty: the full text is built
+    each time ``dispatch.message_cache`` is read (a messenger builds its e-mail, the engine stores
+    it) and dropped by the reader.
+    """
+
+    __slots__ = ('shared', 'replacements')
+
+    def __init__(self, shared: str, replacements: Sequence[Tuple[str, str]]):
+        self.shared = shared
+        self.replacements = tuple(replacements)
+
+    def __len__(self) -> int:
+        return len(self.shared)
+
+    def render(self) -> str:
+        text = self.shared
+        for token, value in self.replacements:
+            text = text.replace(token, value)
+        return text
+
+    def __repr__(self):
+        return f'<DeferredText of {len(self.shared)} characters, {len(self.replacements)} link(s)>'
+
+
+class _TextAttribute(DeferredAttribute):
+    """``message_cache`` reads as a ``str`` even while it is held as a :class:`DeferredText`."""
+
+    def __get__(self, instance, cls=None):
+        if instance is None:
+            return self
+        value = instance.__dict__.get(self.field.attname, _UNSET)
+        if value is _UNSET:
+            return super().__get__(instance, cls)  # a deferred field: loaded from the database
+        return value.render() if isinstance(value, DeferredText) else value
+
+    def __set__(self, instance, value):
+        instance.__dict__[self.field.attname] = value
+
+
+_UNSET = object()
+
+
+class CompiledTextField(models.TextField):
+    """A ``TextField`` whose value may be held as a :class:`DeferredText` (same column, no migration)."""
+
+    descriptor_class = _TextAttribute
+
+    def deconstruct(self):
+        name, _path, args, kwargs = super().deconstruct()
+        return name, 'django.db.models.TextField', args, kwargs
+
+
+def raw_text(dispatch: 'Dispatch'):
+    """``message_cache`` as held: a ``str``, a :class:`DeferredText`, or None (never rendered here)."""
+    return dispatch.__dict__.get('message_cache')
+
+
+def has_text(dispatch: 'Dispatch') -> bool:
+    """Whether the dispatch has a compiled text (without rendering a deferred one)."""
+    return bool(raw_text(dispatch))
 
 
 class Message(models.Model):
@@ -197,7 +300,7 @@ class DispatchQuerySet(models.QuerySet):
                 if not picked or self._mark_claimed(picked, token, now, lease_seconds):
                     break
 
-        claimed = list(self.filter(claim_token=token).select_related('message').order_by('pk'))
+        claimed = attach_messages(list(self.filter(claim_token=token).order_by('pk')))
         for dispatch in claimed:
             dispatch.start_attempt()
         return claimed
@@ -248,7 +351,7 @@ class DispatchQuerySet(models.QuerySet):
         failed = [d for d in dispatches if d.dispatch_status in Dispatch.ERROR_STATUSES]
         others = [d for d in dispatches if d.dispatch_status not in Dispatch.ERROR_STATUSES]
         # Texts first: the status updates below release the claim that ``target`` filters on.
-        self._store_texts(target, [d for d in others if d.message_cache != getattr(d, '_stored_cache', None)])
+        self._store_texts(target, [d for d in dispatches if _text_changed(d)])
         by_status: dict = {}
         for dispatch in others:  # sent (or deferred): they share their new values
             by_status.setdefault(dispatch.dispatch_status, []).append(dispatch.pk)
@@ -256,7 +359,7 @@ class DispatchQuerySet(models.QuerySet):
             target.filter(pk__in=ids).update(dispatch_status=status, time_dispatched=now, lease_until=None,
                                              claim_token=None, next_attempt_at=None)
         if failed:  # each has its own retry count and time
-            target.bulk_update(failed, Dispatch.OUTCOME_FIELDS)
+            target.bulk_update(failed, [name for name in Dispatch.OUTCOME_FIELDS if name != 'message_cache'])
         # A sent dispatch may carry a note too (recipients an SMTP server refused among others).
         errors = [DispatchError(dispatch=d, error_log=str(d.error_log)) for d in dispatches
                   if d.error_log is not None]
@@ -264,12 +367,58 @@ class DispatchQuerySet(models.QuerySet):
 
     @staticmethod
     def _store_texts(target, dispatches: Sequence['Dispatch']) -> None:
-        """Persist compiled texts in one query: a plain UPDATE when they are all the same."""
-        texts = {dispatch.message_cache for dispatch in dispatches}
-        if len(texts) == 1:
-            target.filter(pk__in=[d.pk for d in dispatches]).update(message_cache=texts.pop())
-        elif texts:
-            target.bulk_update(dispatches, ['message_cache'])
+        """Persist compiled texts: one query for a batch of small texts, one per distinct text for large ones.
+
+        Large texts are built and written one at a time, so a batch never holds every
+        recipient's copy at once; dispatches holding one and the same text share its UPDATE.
+        """
+        if sum(len(raw_text(d) or '') for d in dispatches) <= TEXTS_PER_QUERY:
+            texts = {dispatch.message_cache for dispatch in dispatches}
+            if len(texts) == 1:
+                target.filter(pk__in=[d.pk for d in dispatches]).update(message_cache=texts.pop())
+            elif texts:
+                target.bulk_update(dispatches, ['message_cache'])
+            return
+        groups: dict = {}  # identity of the text held -> (a dispatch holding it, [pk])
+        for dispatch in dispatches:
+            held = raw_text(dispatch)
+            if isinstance(held, DeferredText):
+                key = id(dispatch) if held.replacements else id(held.shared)
+            else:
+                key = id(held)
+            groups.setdefault(key, (dispatch, []))[1].append(dispatch.pk)
+        for first, pks in groups.values():
+            target.filter(pk__in=pks).update(message_cache=first.message_cache)
+
+
+# Above this many characters of distinct compiled texts in a batch, each text is written on its own.
+TEXTS_PER_QUERY = 1_000_000
+
+
+def _text_changed(dispatch: 'Dispatch') -> bool:
+    held = raw_text(dispatch)
+    if isinstance(held, DeferredText):
+        return True  # compiled in this attempt
+    return held != getattr(dispatch, '_stored_cache', None)
+
+
+def attach_messages(dispatches: List['Dispatch']) -> List['Dispatch']:
+    """Load the messages of ``dispatches`` in one query, one instance per message; return the dispatches.
+
+    ``select_related`` would make one instance per dispatch, each parsing its own copy of the
+    context: forty recipients of a 5 MB e-mail would hold forty copies. A dispatch whose message
+    was deleted meanwhile is gone too (cascade): it is left out.
+    """
+    if not dispatches:
+        return dispatches
+    messages = Message.objects.using(dispatches[0]._state.db).in_bulk({d.message_id for d in dispatches})
+    kept = []
+    for dispatch in dispatches:
+        message = messages.get(dispatch.message_id)
+        if message is not None:
+            dispatch.message = message
+            kept.append(dispatch)
+    return kept
 
 
 def retry_delay(dispatch: 'Dispatch') -> timedelta:
@@ -328,7 +477,7 @@ class Dispatch(models.Model):
     address = models.CharField(_('Address'), max_length=250, help_text=_('Recipient address.'))
     retry_count = models.PositiveIntegerField(
         _('Retry count'), default=0, help_text=_('A number of delivery retries has already been made.'))
-    message_cache = models.TextField(_('Message cache'), null=True, editable=False)
+    message_cache = CompiledTextField(_('Message cache'), null=True, editable=False)
     dispatch_status = models.PositiveIntegerField(
         _('Dispatch status'), choices=DISPATCH_STATUSES, default=DISPATCH_STATUS_PENDING)
     read_status = models.PositiveIntegerField(_('Read status'), choices=READ_STATUSES, default=READ_STATUS_UNREAD)

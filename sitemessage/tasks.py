@@ -92,25 +92,37 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 
-def enqueue_send(target: str, priority: Optional[int] = None) -> None:
-    """Enqueue a send pass on ``'celery'`` or ``'django_tasks'``.
+def check_target(target: str) -> None:
+    """Raise :class:`SiteMessageConfigurationError` for an unknown ``target``, or ``'celery'`` without Celery.
 
-    Called after the scheduling transaction committed: a ``django.tasks`` backend that cannot
-    take the task is logged (the messages stay queued for the next run), never raised into
-    the code that scheduled them.
+    Called when messages are scheduled, before the transaction commits: such a misconfiguration
+    raises before anything is stored, so a caller retrying on it duplicates nothing. What only
+    shows when enqueuing (a broker that is down, no ``django.tasks`` backend) is logged after
+    the commit instead.
     """
     if target == 'celery':
         if celery_send_scheduled is None:
             raise SiteMessageConfigurationError(
                 'SITEMESSAGE_ENQUEUE_ON_SCHEDULE is "celery" but Celery is not installed: '
                 'pip install "django-sitemessage[celery]"')
+    elif target != 'django_tasks':
+        raise SiteMessageConfigurationError(
+            f'SITEMESSAGE_ENQUEUE_ON_SCHEDULE must be "celery", "django_tasks" or None, got {target!r}.')
+
+
+def enqueue_send(target: str, priority: Optional[int] = None) -> None:
+    """Enqueue a send pass on ``'celery'`` or ``'django_tasks'``.
+
+    Called after the scheduling transaction committed (see ``sitemessage.wakeup``): a Celery
+    broker error reaches the caller, which logs it; a ``django.tasks`` backend that cannot take
+    the task is logged here. Either way the messages stay queued for the next run.
+    """
+    check_target(target)
+    if target == 'celery':
         celery_send_scheduled.delay(priority)
-    elif target == 'django_tasks':
+    else:
         try:
             get_django_task().enqueue(priority)
         except Exception:
             LOGGER.exception('sitemessage: could not enqueue the django.tasks send task; '
                              'the messages stay queued for the next run')
-    else:
-        raise SiteMessageConfigurationError(
-            f'SITEMESSAGE_ENQUEUE_ON_SCHEDULE must be "celery", "django_tasks" or None, got {target!r}.')

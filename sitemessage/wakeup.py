@@ -19,20 +19,38 @@ CHANNEL = 'sitemessage_queue'
 
 
 def queue_changed(using: Optional[str] = None) -> None:
-    """Wake workers (and enqueue a send task, if configured) once the current transaction commits."""
+    """Wake workers (and enqueue a send task, if configured) once the current transaction commits.
+
+    A misconfigured ``SITEMESSAGE_ENQUEUE_ON_SCHEDULE`` raises here, before the commit (nothing is
+    stored); what fails after the commit (a broker that is down) is only logged: the message is
+    stored and the next delivery run sends it, and a caller that retried would duplicate it.
+    """
     using = using or DEFAULT_DB_ALIAS
+    target = get_setting('ENQUEUE_ON_SCHEDULE')
+    if target:
+        from .tasks import check_target
+        check_target(target)
     transaction.on_commit(lambda: _announce(using), using=using)
 
 
 def _announce(using: str) -> None:
     connection = connections[using]
     if connection.vendor == 'postgresql':
-        with connection.cursor() as cursor:
-            cursor.execute(f'NOTIFY {CHANNEL}')
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(f'NOTIFY {CHANNEL}')
+        except Exception as error:  # committed already: workers find it on their next poll
+            LOGGER.warning('Could not notify workers of new messages (%s: %s); they pick them up on their '
+                           'next pass.', type(error).__name__, error)
     target = get_setting('ENQUEUE_ON_SCHEDULE')
     if target:
         from .tasks import enqueue_send
-        enqueue_send(target)
+        try:
+            enqueue_send(target)
+        except Exception as error:
+            # No URL or credentials here: Celery's/kombu's error texts name the broker's host at most.
+            LOGGER.error('Could not enqueue a send task on %s (%s: %s); the message is stored and the next '
+                         'delivery run sends it.', target, type(error).__name__, error)
 
 
 def listen(using: Optional[str] = None) -> bool:

@@ -30,7 +30,7 @@ if os.environ.get('SITEMESSAGE_PROCESS_PG'):
 elif os.environ.get('SITEMESSAGE_PROCESS_SQLITE'):
     # SQLite has one writer at a time: the others wait for the lock up to `timeout` seconds.
     DATABASES = {'default': {'ENGINE': 'django.db.backends.sqlite3', 'NAME': os.environ['SITEMESSAGE_PROCESS_SQLITE'],
-                             'OPTIONS': {'timeout': 30}}}
+                             'OPTIONS': {'timeout': float(os.environ.get('SITEMESSAGE_PROCESS_SQLITE_TIMEOUT', 30))}}}
 else:
     raise RuntimeError('Set SITEMESSAGE_PROCESS_SQLITE (a file) or SITEMESSAGE_PROCESS_PG (a database name).')
 
@@ -43,7 +43,7 @@ else:
     CACHES = {'default': {'BACKEND': 'django.core.cache.backends.locmem.LocMemCache'}}
 
 _PREFIX = 'SITEMESSAGE_PROCESS_'
-_OWN = {'SQLITE', 'PG', 'CACHE', 'SMTP_PORT', 'SMTP_CONNECTIONS'}
+_OWN = {'SQLITE', 'SQLITE_TIMEOUT', 'PG', 'CACHE', 'SMTP_PORT', 'SMTP_CONNECTIONS'}
 for _name, _raw in os.environ.items():
     if _name.startswith(_PREFIX) and _name[len(_PREFIX):] not in _OWN:
         try:

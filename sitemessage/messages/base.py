@@ -27,7 +27,7 @@ from ..utils import (
 )
 
 if TYPE_CHECKING:  # pragma: nocover
-    from ..models import Dispatch, Message, MessageTuple
+    from ..models import DeferredText, Dispatch, Message, MessageTuple
 
 # Kept for 1.4.0 compatibility; directives are no longer switched off for good on a failed reverse.
 APP_URLS_ATTACHED = None
@@ -188,12 +188,17 @@ class MessageBase:
         return render_to_string(cls.get_template(message, messenger), cls.get_template_context(context))
 
     @classmethod
-    def compile_for_dispatches(cls, message, messenger, dispatches: Sequence['Dispatch']) -> List[str]:
+    def compile_for_dispatches(cls, message, messenger,
+                               dispatches: Sequence['Dispatch']) -> List[Union[str, 'DeferredText']]:
         """Return one text per dispatch, each with that dispatch's own signed links.
 
-        Unless ``has_dynamic_context`` is set, the template is rendered once; it is rendered per
-        dispatch anyway when it turns out to use ``dispatch_model``.
+        Unless ``has_dynamic_context`` is set, the template is rendered once, and each dispatch's
+        text is a :class:`~sitemessage.models.DeferredText`: the one rendering plus the
+        dispatch's links, built into a ``str`` whenever ``dispatch.message_cache`` is read, so
+        a large e-mail to many recipients is held once. The template is rendered per dispatch
+        (one ``str`` each) when it turns out to use ``dispatch_model``.
         """
+        from ..models import DeferredText
         if cls.has_dynamic_context or len(dispatches) < 2:
             return [cls.compile(message, messenger, dispatch=dispatch) for dispatch in dispatches]
         placeholders = {name: f'sitemessagedirective{uuid4().hex}' for name in (URL_UNSUBSCRIBE, URL_MARK_READ)}
@@ -206,14 +211,11 @@ class MessageBase:
         if watch.touched:
             return [cls.compile(message, messenger, dispatch=dispatch) for dispatch in dispatches]
         used = {name: token for name, token in placeholders.items() if token in text}
+        if not used:
+            return [text] * len(dispatches)  # one and the same str object: held once
         directive_getters = {URL_UNSUBSCRIBE: cls.get_unsubscribe_directive, URL_MARK_READ: cls.get_mark_read_directive}
-        texts = []
-        for dispatch in dispatches:
-            own = text
-            for name, token in used.items():
-                own = own.replace(token, directive_getters[name](message, dispatch))
-            texts.append(own)
-        return texts
+        return [DeferredText(text, [(token, directive_getters[name](message, dispatch))
+                                    for name, token in used.items()]) for dispatch in dispatches]
 
     # Signed links -----------------------------------------------------------------------------
 

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple, Ty
 from django.contrib.auth.base_user import AbstractBaseUser
 
 from .. import metrics, ratelimit
+from ..dbretry import retry_on_connection_loss
 from ..exceptions import MessengerException, SiteMessageConfigurationError
-from ..models import Dispatch, Message, MessageTuple
+from ..models import Dispatch, Message, MessageTuple, context_problem, has_text
 from ..settings import get_setting
 from ..utils import Recipient, is_iterable
 
@@ -237,8 +238,18 @@ class MessengerBase:
                 f'{type(self).__name__}.send() did not report an outcome for this dispatch'), message_cls)
 
     def _compile(self, message_cls, message: Message, dispatches: List[Dispatch]) -> List[Dispatch]:
-        """Fill ``message_cache`` where empty; return the dispatches that compiled."""
-        to_compile = [dispatch for dispatch in dispatches if not dispatch.message_cache]
+        """Fill ``message_cache`` where empty; return the dispatches that compiled.
+
+        A message whose stored context cannot be read fails all its dispatches here, with the
+        reason: retrying cannot make the row readable.
+        """
+        problem = context_problem(message)
+        if problem is not None:
+            LOGGER.error('%s', problem)
+            for dispatch in dispatches:
+                self.mark_failed(dispatch, problem)
+            return []
+        to_compile = [dispatch for dispatch in dispatches if not has_text(dispatch)]
         if to_compile:
             try:
                 texts = message_cls.compile_for_dispatches(message, self, to_compile)
@@ -262,9 +273,18 @@ class MessengerBase:
         for dispatch in unmarked:
             # Reached only when something raised mid-way: still record why it was not sent.
             dispatch.set_outcome(Dispatch.DISPATCH_STATUS_ERROR, 'Delivery was interrupted before an outcome')
-        Dispatch.objects.store_outcomes(attempted)
+        # What was handed to a server must not be sent again because the database was away for a
+        # moment: storing is retried on a fresh connection (with the claim tokens it started with).
+        claims = [(dispatch, dispatch.claim_token, dispatch.lease_until) for dispatch in attempted]
+
+        def restore_claims():
+            for dispatch, token, lease_until in claims:
+                dispatch.claim_token, dispatch.lease_until = token, lease_until
+
+        retry_on_connection_loss(lambda: Dispatch.objects.store_outcomes(attempted),
+                                 'storing delivery outcomes', before_retry=restore_claims)
         metrics.observe_outcomes(attempted)
-        Dispatch.objects.release(untouched)
+        retry_on_connection_loss(lambda: Dispatch.objects.release(untouched), 'releasing dispatches')
 
     # 1.4.0 helpers kept for projects' messengers --------------------------------------------------
 

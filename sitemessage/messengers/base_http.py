@@ -37,7 +37,7 @@ class _RedactSecrets(logging.Filter):
         if self.secrets:
             text = record.getMessage()
             redacted = text
-            for secret in list(self.secrets):
+            for secret in sorted(self.secrets, key=len, reverse=True):  # a shorter one may be inside it
                 redacted = redacted.replace(secret, '***')
             if redacted != text:
                 record.msg, record.args = redacted, ()

@@ -14,7 +14,7 @@ from django.utils.translation import gettext_lazy as _
 
 from ..exceptions import MessengerException, MessengerWarmupException, PermanentDeliveryError, TemporaryDeliveryError
 from ..settings import get_setting
-from .base_http import RequestsMessengerBase, TypeProxy, parse_retry_after
+from .base_http import RequestsMessengerBase, TypeProxy, parse_retry_after, protect_secrets_in_logs
 
 # Graph API error codes (see the error-handling guide linked above).
 TOKEN_CODES = {102, 190}  # API session / access token expired, revoked or invalid
@@ -145,9 +145,11 @@ class FacebookMessenger(RequestsMessengerBase):
 
         Makes ``GET /<version>/oauth/access_token`` (``grant_type=fb_exchange_token``), then
         ``GET /<version>/me/accounts`` (following ``paging.next``) with the long-lived token.
-        Errors raise :class:`FacebookMessengerException` with every secret redacted.
+        Errors raise :class:`FacebookMessengerException` with every secret redacted; the app
+        secret and the tokens never reach urllib3's DEBUG log (the URLs carry them).
         """
         secrets = [app_secret, user_token]
+        protect_secrets_in_logs(secrets)
         try:
             exchanged = self.request('GET', self._url('oauth/access_token'), params={
                 'grant_type': 'fb_exchange_token', 'client_id': app_id, 'client_secret': app_secret,
@@ -156,6 +158,7 @@ class FacebookMessenger(RequestsMessengerBase):
             if not long_lived:
                 raise FacebookMessengerException('Facebook: the token exchange returned no access_token')
             secrets.append(long_lived)
+            protect_secrets_in_logs([long_lived])
             tokens = {}
             url, params = self._url('me/accounts'), {'access_token': long_lived}
             for _page in range(100):  # bounded: 100 pages of 25 accounts each
@@ -164,6 +167,7 @@ class FacebookMessenger(RequestsMessengerBase):
                 for page in accounts.get('data') or []:
                     if page.get('access_token'):
                         tokens[page.get('name')] = page['access_token']
+                        protect_secrets_in_logs([page['access_token']])
                 url = (accounts.get('paging') or {}).get('next')
                 if not url:
                     break
