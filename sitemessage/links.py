@@ -143,3 +143,29 @@ def invalid_link_response(request: HttpRequest, action: str, status: int = STATU
     if action == ACTION_MARK_READ:
         return HttpResponse(_blank_png(), content_type='image/png', status=status)
     return HttpResponse(render_to_string(INVALID_LINK_TEMPLATE, {'status': status}, request=request), status=status)
+
+
+UNSUBSCRIBED_TEMPLATE = 'sitemessage/unsubscribe_done.html'
+CONFIRMED_FIELD = 'sitemessage_confirmed'  # sent by the confirmation page's form, not by mail clients
+
+
+def unsubscribed_response(request: HttpRequest, title: str, redirect_to: str) -> HttpResponse:
+    """Tell the reader the unsubscribe worked.
+
+    With Django's messages framework active, a success message goes with the redirect to
+    ``redirect_to`` (the next page shows it). Without it, a person who confirmed on our page
+    gets ``sitemessage/unsubscribe_done.html``. Anything else (a mail client's one-click POST, a
+    1.4.0-style GET) is redirected as in 1.4.0.
+    """
+    from django.contrib import messages
+    from django.shortcuts import redirect
+    from django.utils.translation import gettext
+
+    text = gettext('You will no longer receive “%(title)s” messages.') % {'title': title}
+    if hasattr(request, '_messages'):  # the messages middleware ran for this request
+        messages.success(request, text, fail_silently=True)
+        return redirect(redirect_to)
+    if request.method == 'POST' and request.POST.get(CONFIRMED_FIELD):
+        return HttpResponse(render_to_string(UNSUBSCRIBED_TEMPLATE, {
+            'message_type_title': title, 'text': text, 'redirect_to': redirect_to}, request=request))
+    return redirect(redirect_to)

@@ -18,6 +18,7 @@ from django.utils.translation import gettext_lazy as _
 from ..exceptions import UnknownMessengerError
 from ..links import (
     ACTION_MARK_READ, ACTION_UNSUBSCRIBE, invalid_link_response, mark_read_signature, unsubscribe_token,
+    unsubscribed_response,
 )
 from ..list_id import default_list_id
 from ..signals import sig_mark_read_failed, sig_mark_read_success, sig_unsubscribe_failed, sig_unsubscribe_success
@@ -294,7 +295,7 @@ class MessageBase:
         if hash_is_valid:
             Subscription.cancel(dispatch.recipient_id or dispatch.address, cls.get_alias(), dispatch.messenger)
             sig_unsubscribe_success.send(cls, request=request, message=message, dispatch=dispatch)
-            return redirect(redirect_to)
+            return unsubscribed_response(request, str(cls.title), redirect_to)
         sig_unsubscribe_failed.send(cls, request=request, message=message, dispatch=dispatch)
         return invalid_link_response(request, ACTION_UNSUBSCRIBE)
 
