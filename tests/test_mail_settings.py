@@ -61,7 +61,7 @@ def test_mailers_without_smtp_mailer_uses_defaults():
         assert (SMTPMessenger().host, SMTPMessenger().port) == ('localhost', 25)
 
 
-@pytest.mark.skipif(django.VERSION < (6, 1), reason='Django 6.1 deprecates the EMAIL_* settings')
+@pytest.mark.skipif(django.VERSION < (6, 1), reason='Django version: 6.1 deprecates the EMAIL_* settings')
 def test_no_deprecation_warning_from_reading_email_settings():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
