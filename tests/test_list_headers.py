@@ -1,16 +1,22 @@
 """List-Id, List-Unsubscribe and List-Unsubscribe-Post on the e-mails a real SMTP server receives."""
 from __future__ import annotations
 
+import threading
+
 import pytest
 from django.db import connection
+from django.db.backends.utils import CursorWrapper
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
 from sitemessage.list_id import default_list_id
+from sitemessage.messengers.smtp import SMTPMessenger
 from sitemessage.messages.email import EmailHtmlMessage, EmailTextMessage
 from sitemessage.models import Dispatch, DispatchError, Subscription
 from sitemessage.sending import send_scheduled_messages
-from sitemessage.toolbox import recipients, register_message_types, schedule_messages, send_test_message
+from sitemessage.toolbox import (
+    recipients, register_message_types, register_messenger_objects, schedule_messages, send_test_message,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -104,6 +110,51 @@ def test_subscriptions_are_looked_up_once_per_batch_not_per_dispatch(
     assert len(lookups) == 1
     posts = {str(mail['To']): mail['List-Unsubscribe-Post'] for mail in smtp_server.handler.messages()}
     assert posts == {person.email: ONE_CLICK if index % 2 == 0 else None for index, person in enumerate(people)}
+
+
+@override_settings(SITEMESSAGE_SITE_URL='https://shop.example.com')
+def test_with_several_connections_subscriptions_are_found_by_the_claiming_thread(
+        smtp_server, django_user_model, monkeypatch):
+    # Connection threads that queried the database would wait for the claiming thread's writes on SQLite.
+    register_messenger_objects(SMTPMessenger('robot@example.com', host='127.0.0.1', port=smtp_server.port,
+                                             timeout=5, connections=4))
+    people = [django_user_model.objects.create_user(f'u{n}', email=f'u{n}@example.com') for n in range(40)]
+    for person in people[::2]:
+        Subscription.create(person, 'email_plain', 'smtp')
+    schedule_messages(EmailTextMessage('News', 'Hello'), recipients('smtp', people))
+    looked_up_by = []
+    execute = CursorWrapper.execute
+
+    def spying_execute(cursor, sql, params=None):
+        if 'sitemessage_subscription' in sql:
+            looked_up_by.append(threading.current_thread().name)
+        return execute(cursor, sql, params)
+
+    monkeypatch.setattr(CursorWrapper, 'execute', spying_execute)
+    send_scheduled_messages()
+
+    assert looked_up_by == [threading.current_thread().name]
+    posts = {str(mail['To']): mail['List-Unsubscribe-Post'] for mail in smtp_server.handler.messages()}
+    assert posts == {person.email: ONE_CLICK if index % 2 == 0 else None for index, person in enumerate(people)}
+
+
+@override_settings(SITEMESSAGE_SITE_URL='https://shop.example.com')
+def test_a_failing_prepare_batch_is_logged_and_the_e_mails_still_go_right(smtp_server, users, caplog):
+
+    class Unprepared(SMTPMessenger):
+        def prepare_batch(self, items):
+            raise RuntimeError('lookup went wrong')
+
+    register_messenger_objects(Unprepared('robot@example.com', host='127.0.0.1', port=smtp_server.port, timeout=5))
+    Subscription.create(users[0], 'email_plain', 'smtp')
+    schedule_messages(EmailTextMessage('News', 'Hello'), recipients('smtp', users))
+
+    send_scheduled_messages()
+
+    assert 'prepare_batch() raised' in caplog.text and 'lookup went wrong' in caplog.text
+    posts = {str(mail['To']): mail['List-Unsubscribe-Post'] for mail in smtp_server.handler.messages()}
+    assert posts == {'ann@example.com': ONE_CLICK, 'bob@example.com': None}
+    assert set(Dispatch.objects.values_list('dispatch_status', flat=True)) == {Dispatch.DISPATCH_STATUS_SENT}
 
 
 def test_no_list_headers_on_a_test_message(smtp_server, smtp_messenger):

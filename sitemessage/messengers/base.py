@@ -113,6 +113,15 @@ class MessengerBase:
         for message_cls, message, dispatches in items:
             self._send_guarded(message_cls, message, dispatches)
 
+    def prepare_batch(self, items: List[Tuple[Type['MessageBase'], Message, List[Dispatch]]]) -> None:
+        """Look up, in one go, what delivering a claimed batch needs from the database.
+
+        Called once a batch on the thread that claimed it, before the batch is cut for the
+        connections, so that their threads need not query the database (on SQLite they would wait
+        for the claiming thread's write lock). ``items`` are as :meth:`send_many` gets them. The
+        default does nothing; an error here is logged and delivery goes on without what it found.
+        """
+
     def _test_message(self, to: str, text: str) -> Any:
         raise NotImplementedError(f'{type(self).__name__} must implement _test_message() to be probed')
 

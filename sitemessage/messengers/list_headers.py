@@ -4,7 +4,10 @@
 One-click unsubscribe is offered only when it is both allowed and meaningful: the URI is https
 (RFC 8058 section 3.1), the message type allows subscriptions, and the recipient holds a
 subscription to this type and messenger (a dispatch to an explicit recipient has nothing to cancel).
-Subscriptions are looked up once for all dispatches of a batch, not once per dispatch.
+Subscriptions are looked up once for all dispatches of a batch, not once per dispatch, and on the
+thread that claimed the batch (:func:`subscriptions_of_batch`, called by ``prepare_batch()``):
+connection threads then never query the database, where on SQLite they would wait for the
+claiming thread's write lock.
 """
 from __future__ import annotations
 
@@ -18,19 +21,33 @@ Headers = List[Tuple[str, str]]
 _CHUNK = 500  # keeps IN (...) under every database's parameter limit
 
 
+def subscriptions_of_batch(items: Sequence[tuple]) -> Dict[int, bool]:
+    """Whether each dispatch of ``items`` goes to a subscriber: ``{dispatch id: bool}``, in one query.
+
+    Empty when no message type of the batch allows subscriptions (no query then).
+    """
+    if not any(message_cls.allow_user_subscription for message_cls, _message, _dispatches in items):
+        return {}
+    subscribed = subscribed_dispatches(items)
+    return {dispatch.pk: dispatch.pk in subscribed
+            for _cls, _message, dispatches in items for dispatch in dispatches if dispatch.pk is not None}
+
+
 def list_headers_for(items: Sequence[tuple]) -> Callable[..., Headers]:
-    """Return ``headers(message type, message, dispatch, unsubscribe URL)`` for the items of a batch.
+    """Return ``headers(message type, message, dispatch, unsubscribe URL, subscribed=None)`` for a batch.
 
     ``items`` are ``(message type, message, dispatches)``, as ``send_many()`` gets them.
-
-    Subscriptions are looked up at the first dispatch that needs it, in one query for the whole
-    batch. Nothing is computed before the first call, so a faulty ``get_list_id()`` fails each
-    dispatch (with its reason) where the messenger builds it, never the batch.
+    ``subscribed`` is whether the recipient subscribes, when the caller knows it already
+    (:func:`subscriptions_of_batch`); else subscriptions are looked up at the first dispatch that
+    needs it, in one query for all ``items``. Nothing is computed before the first call, so a
+    faulty ``get_list_id()`` fails each dispatch (with its reason) where the messenger builds it,
+    never the batch.
     """
     subscribed: Optional[Set[int]] = None
     list_ids: Dict[type, str] = {}
 
-    def headers(message_cls, message_model, dispatch, unsubscribe_url: Optional[str]) -> Headers:
+    def headers(message_cls, message_model, dispatch, unsubscribe_url: Optional[str],
+                subscribed_here: Optional[bool] = None) -> Headers:
         nonlocal subscribed
         if message_cls not in list_ids:
             value = message_cls.get_list_id()
@@ -41,9 +58,11 @@ def list_headers_for(items: Sequence[tuple]) -> Callable[..., Headers]:
             return found
         found.append(('List-Unsubscribe', f'<{url}>'))
         if url.startswith('https://') and message_cls.allow_user_subscription:
-            if subscribed is None:
-                subscribed = subscribed_dispatches(items)
-            if dispatch.pk in subscribed:
+            if subscribed_here is None:
+                if subscribed is None:
+                    subscribed = subscribed_dispatches(items)
+                subscribed_here = dispatch.pk in subscribed
+            if subscribed_here:
                 found.append(('List-Unsubscribe-Post', 'List-Unsubscribe=One-Click'))
         return found
 

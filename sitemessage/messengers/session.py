@@ -109,6 +109,10 @@ class DeliverySession:
             if compiled:
                 work.append((message_cls, message, compiled))
         if work:
+            try:
+                messenger.prepare_batch(work)
+            except Exception:  # the messenger looks up what it needs itself, later
+                LOGGER.exception('%s: prepare_batch() raised', messenger.get_alias())
             if self.parallel <= 1:
                 batch.inline_work = work
             else:

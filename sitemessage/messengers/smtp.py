@@ -20,7 +20,7 @@ from email.mime.text import MIMEText
 from email.utils import formatdate, make_msgid, parseaddr
 from functools import lru_cache
 from importlib import import_module
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from django.utils.translation import gettext as _, gettext_lazy
 
@@ -30,7 +30,7 @@ from ..plaintext import html_to_text
 from ..headers import UnsafeHeaderValueError, check_context
 from ..settings import get_timeout_setting
 from .base import Dispatch, MessengerBase
-from .list_headers import list_headers_for
+from .list_headers import list_headers_for, subscriptions_of_batch
 from .smtp_pipelining import (
     PLAIN_ADDRESS, can_pipeline, content_refusal, is_sequencing_refusal, read_envelope_replies, send_pipelined,
     write_content, write_envelope,
@@ -128,6 +128,8 @@ class SMTPMessenger(MessengerBase):
     alias = 'smtp'
     title = gettext_lazy('E-mail')
     address_attr = 'email'
+    # dispatch id -> whether its recipient subscribes, found by prepare_batch() for _outgoing()
+    _subscribers_found: Optional[Dict[int, bool]] = None
 
     def __init__(self, from_email: Optional[str] = None, login: Optional[str] = None,
                  password: Optional[str] = None, host: Optional[str] = None, port: Optional[int] = None,
@@ -461,13 +463,26 @@ class SMTPMessenger(MessengerBase):
         else:
             self.mark_sent(dispatch)
 
+    def prepare_batch(self, items) -> None:
+        """Find which dispatches of the batch go to subscribers (one-click unsubscribe), in one query.
+
+        Kept by dispatch id until the dispatch's e-mail is built (:meth:`_outgoing` takes it).
+        """
+        found = subscriptions_of_batch(items)
+        if found:
+            if self._subscribers_found is None:
+                self._subscribers_found = {}
+            self._subscribers_found.update(found)
+
     def _outgoing(self, items):
         """Yield ``(dispatch, message type, envelope recipient, e-mail bytes)``; bad addresses fail here."""
-        list_headers = list_headers_for(items)  # one subscription query for the batch, at most
+        list_headers = list_headers_for(items)  # one subscription query for these items, if not prepared
+        found = self._subscribers_found if self._subscribers_found is not None else {}
         for message_cls, message_model, dispatches in items:
             subject = message_model.context.get('subject')
             mtype = message_model.context.get('type')
             for dispatch in dispatches:
+                subscribed = found.pop(dispatch.pk, None)
                 try:
                     problem = address_problem(dispatch.address)
                     if not problem:
@@ -476,7 +491,7 @@ class SMTPMessenger(MessengerBase):
                     if problem:
                         self.mark_failed(dispatch, PermanentDeliveryError(problem))
                         continue
-                    headers = list_headers(message_cls, message_model, dispatch, unsubscribe_url)
+                    headers = list_headers(message_cls, message_model, dispatch, unsubscribe_url, subscribed)
                     data = self._message_bytes(dispatch.address, dispatch.message_cache, subject=subject,
                                                mtype=mtype, headers=headers)
                     recipient = envelope_address(dispatch.address)
