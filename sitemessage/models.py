@@ -300,7 +300,8 @@ class DispatchQuerySet(models.QuerySet):
                 if not picked or self._mark_claimed(picked, token, now, lease_seconds):
                     break
 
-        claimed = attach_messages(list(self.filter(claim_token=token).order_by('pk')))
+        claimed = attach_messages(list(self.filter(claim_token=token).order_by('pk')),
+                                  Message.objects.filter(pk__in=self.filter(claim_token=token).values('message_id')))
         for dispatch in claimed:
             dispatch.start_attempt()
         return claimed
@@ -402,16 +403,20 @@ def _text_changed(dispatch: 'Dispatch') -> bool:
     return held != getattr(dispatch, '_stored_cache', None)
 
 
-def attach_messages(dispatches: List['Dispatch']) -> List['Dispatch']:
+def attach_messages(dispatches: List['Dispatch'], messages: Optional[models.QuerySet] = None) -> List['Dispatch']:
     """Load the messages of ``dispatches`` in one query, one instance per message; return the dispatches.
 
     ``select_related`` would make one instance per dispatch, each parsing its own copy of the
     context: forty recipients of a 5 MB e-mail would hold forty copies. A dispatch whose message
-    was deleted meanwhile is gone too (cascade): it is left out.
+    was deleted meanwhile is gone too (cascade): it is left out. ``messages`` may select them
+    (a claim selects them by a subquery: no list of ids to pass).
     """
     if not dispatches:
         return dispatches
-    messages = Message.objects.using(dispatches[0]._state.db).in_bulk({d.message_id for d in dispatches})
+    if messages is None:
+        messages = Message.objects.using(dispatches[0]._state.db).in_bulk({d.message_id for d in dispatches})
+    else:
+        messages = {message.pk: message for message in messages.using(dispatches[0]._state.db)}
     kept = []
     for dispatch in dispatches:
         message = messages.get(dispatch.message_id)

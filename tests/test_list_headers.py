@@ -5,11 +5,13 @@ import threading
 
 import pytest
 from django.db import connection
+from django.db.models import Q
 from django.db.backends.utils import CursorWrapper
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
 from sitemessage.list_id import default_list_id
+from sitemessage.messengers.list_headers import subscribed_dispatches
 from sitemessage.messengers.smtp import SMTPMessenger
 from sitemessage.messages.email import EmailHtmlMessage, EmailTextMessage
 from sitemessage.models import Dispatch, DispatchError, Subscription
@@ -155,6 +157,28 @@ def test_a_failing_prepare_batch_is_logged_and_the_e_mails_still_go_right(smtp_s
     posts = {str(mail['To']): mail['List-Unsubscribe-Post'] for mail in smtp_server.handler.messages()}
     assert posts == {'ann@example.com': ONE_CLICK, 'bob@example.com': None}
     assert set(Dispatch.objects.values_list('dispatch_status', flat=True)) == {Dispatch.DISPATCH_STATUS_SENT}
+
+
+def test_subscribers_found_by_claim_token_and_by_recipient_lists_agree(smtp_messenger, users):
+    ann, bob = users
+    Subscription.create(ann, 'email_plain', 'smtp')
+    Subscription.create('sub@example.com', 'email_plain', 'smtp')
+    Subscription.create('bob@example.com', 'email_plain', 'smtp')  # an address: not bob the user's subscription
+    Subscription.create(bob, 'email_html', 'smtp')  # another type
+    message, _ = schedule_messages(EmailTextMessage('News', 'Hello'),
+                                   recipients('smtp', [ann, bob, 'sub@example.com', 'explicit@example.com']))[0]
+    expected = {dispatch.pk for dispatch in Dispatch.objects.filter(
+        Q(recipient=ann) | Q(address='sub@example.com'))}
+
+    unclaimed = list(Dispatch.objects.filter(message=message))
+    assert {dispatch.claim_token for dispatch in unclaimed} == {None}
+    assert subscribed_dispatches([(EmailTextMessage, message, unclaimed)]) == expected
+
+    claimed = Dispatch.objects.claim(100, 60)
+    assert len({dispatch.claim_token for dispatch in claimed}) == 1
+    with CaptureQueriesContext(connection) as queries:
+        assert subscribed_dispatches([(EmailTextMessage, message, claimed)]) == expected
+    assert len(queries) == 1
 
 
 def test_no_list_headers_on_a_test_message(smtp_server, smtp_messenger):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 
 from ..list_id import check_list_id
 
@@ -70,8 +70,17 @@ def list_headers_for(items: Sequence[tuple]) -> Callable[..., Headers]:
 
 
 def subscribed_dispatches(items: Sequence[tuple]) -> Set[int]:
-    """Return the ids of the dispatches whose recipient subscribes to their message type over their messenger."""
+    """Return the ids of the dispatches whose recipient subscribes to their message type over their messenger.
+
+    Dispatches claimed together (one claim token) are matched by the database itself; others by
+    lists of their recipients.
+    """
     from ..models import Subscription
+    tokens = {dispatch.claim_token for _cls, _message, dispatches in items for dispatch in dispatches}
+    if len(tokens) == 1 and next(iter(tokens)):
+        first = next(dispatch for _cls, _message, dispatches in items for dispatch in dispatches)
+        wanted_ids = {dispatch.pk for _cls, _message, dispatches in items for dispatch in dispatches}
+        return claimed_subscribers(tokens.pop(), first._state.db or 'default') & wanted_ids
     wanted = {}  # dispatch id -> (message type, messenger, is a user, user id or address)
     for message_cls, message_model, dispatches in items:
         alias = getattr(message_model, 'cls', None) or message_cls.get_alias()
@@ -91,3 +100,17 @@ def subscribed_dispatches(items: Sequence[tuple]) -> Set[int]:
         found.update((alias, messenger, uid is not None, uid if uid is not None else address)
                      for alias, messenger, uid, address in rows)
     return {pk for pk, key in wanted.items() if key in found}
+
+
+def claimed_subscribers(claim_token: str, using: str) -> Set[int]:
+    """Return the ids of the dispatches claimed with ``claim_token`` whose recipient subscribes.
+
+    One query with no list of recipients to pass: a user's dispatch matches the user's subscription,
+    an address' dispatch an address subscription, both to the message's type over the messenger.
+    """
+    from ..models import Dispatch, Subscription
+    same_type = Subscription.objects.filter(message_cls=OuterRef('message__cls'), messenger_cls=OuterRef('messenger'))
+    users = Q(Exists(same_type.filter(recipient_id=OuterRef('recipient_id'))), recipient__isnull=False)
+    addresses = Q(Exists(same_type.filter(recipient__isnull=True, address=OuterRef('address'))), recipient__isnull=True)
+    return set(Dispatch.objects.using(using).filter(claim_token=claim_token).filter(users | addresses)
+               .values_list('pk', flat=True))
