@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import re
 from email.utils import formataddr
+from functools import lru_cache
+from typing import Optional
 from urllib.parse import urlsplit
 
 from .utils import get_site_url
@@ -13,9 +15,9 @@ _CONTROL = re.compile(r'[\x00-\x1f\x7f]+')
 _LIST_ID_VALUE = re.compile(r"""[\x20-\x7e]*<[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~.]+\.[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~.]+>""")
 
 
-def list_id_namespace() -> str:
+def list_id_namespace(site_url: Optional[str] = None) -> str:
     """Return the site's domain in ASCII (IDNA), or ``localhost`` (RFC 2919's unmanaged namespace)."""
-    host = urlsplit(get_site_url()).hostname or ''
+    host = urlsplit(get_site_url() if site_url is None else site_url).hostname or ''
     try:
         host = host.encode('idna').decode('ascii')
     except UnicodeError:
@@ -28,9 +30,15 @@ def list_id_namespace() -> str:
 
 def default_list_id(title, alias: str) -> str:
     """Return ``Title <alias.site-domain>``: the label made of atext, the title RFC 2047-encoded if not ASCII."""
-    label = _NOT_ATEXT.sub('-', str(alias).lower()).strip('-') or 'sitemessage'
-    phrase = ' '.join(_CONTROL.sub(' ', str(title or '')).split())
-    list_id = f'{label}.{list_id_namespace()}'
+    return _list_id(str(title or ''), str(alias), get_site_url())
+
+
+@lru_cache(maxsize=256)
+def _list_id(title: str, alias: str, site_url: str) -> str:
+    # Made for every e-mail: kept by what it is made of (the title in the active language, the site URL).
+    label = _NOT_ATEXT.sub('-', alias.lower()).strip('-') or 'sitemessage'
+    phrase = ' '.join(_CONTROL.sub(' ', title).split())
+    list_id = f'{label}.{list_id_namespace(site_url)}'
     return formataddr((phrase, list_id), charset='utf-8') if phrase else f'<{list_id}>'
 
 
