@@ -70,7 +70,7 @@ def test_large_texts_are_stored_one_at_a_time_and_equal_what_was_sent(
 
     assert report.sent == 5
     updates = [q['sql'] for q in queries.captured_queries
-               if q['sql'].startswith('UPDATE') and '"message_cache" =' in q['sql']]
+               if q['sql'].startswith('UPDATE') and f'{connection.ops.quote_name("message_cache")} =' in q['sql']]
     assert len(updates) == text_updates
     sent = {str(message['To']): message.get_body(('html',)).get_content() for message in smtp_server.handler.messages()}
     for dispatch in Dispatch.objects.select_related('message'):
