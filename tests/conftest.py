@@ -42,6 +42,7 @@ def smtp_server(smtp_controller):
     """The running SMTP server, its mailbox emptied."""
     smtp_controller.handler.envelopes.clear()
     smtp_controller.handler.refuse.clear()
+    smtp_controller.handler.rcpt_log.clear()
     smtp_controller.handler.pipelining = True
     return smtp_controller
 

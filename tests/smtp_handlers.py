@@ -6,11 +6,16 @@ class RefusingHandler:
 
     The server offers PIPELINING (RFC 2920), as production relays do, unless ``pipelining``
     is set to False; aiosmtpd handles pipelined commands in order but does not offer it itself.
+
+    ``rcpt_log`` keeps, for each RCPT, the client's address and the bytes it had already sent
+    after that command: a client waiting for each reply has sent nothing more; a pipelining one
+    has sent DATA (at least) in the same write.
     """
 
     def __init__(self):
         self.refuse: dict = {}  # address -> SMTP reply, e.g. '550 No such user'
         self.pipelining = True
+        self.rcpt_log: list = []  # (client's (host, port), bytes received but not read yet)
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         session.host_name = hostname
@@ -19,6 +24,7 @@ class RefusingHandler:
         return responses
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        self.rcpt_log.append((session.peer, bytes(server._reader._buffer)))  # aiosmtpd reads its buffer so too
         reply = self.refuse.get(address)
         if reply:
             return reply

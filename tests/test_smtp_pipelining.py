@@ -345,3 +345,81 @@ def test_a_refused_recipient_is_not_sent_again(smtp_server):
 
     assert status_of('gone@example.com') == FAILED
     assert rcpt_calls == ['gone@example.com']
+
+
+# Servers without PIPELINING: sendmail, one command at a time ---------------------------------------------
+
+def schedule_numbered(count):
+    """``count`` e-mails, each its own recipient and text; return ``{address: text}``."""
+    expected = {}
+    for number in range(count):
+        address, text = f'plain{number}@example.com', f'Plain message number {number}'
+        schedule_email(text, address, subject=f'Plain {number}')
+        expected[address] = text
+    return expected
+
+
+def received_texts(handler):
+    """``{envelope recipient: [text of each e-mail received for it]}``."""
+    received = {}
+    for envelope, message in zip(handler.envelopes, handler.messages()):
+        [rcpt] = envelope.rcpt_tos
+        assert message['To'] == rcpt
+        received.setdefault(rcpt, []).append(message.get_content().replace('\r\n', '\n').strip())
+    return received
+
+
+def assert_not_pipelined(handler):
+    assert handler.rcpt_log
+    assert [waiting for _peer, waiting in handler.rcpt_log if waiting] == []
+
+
+def test_rcpt_log_sees_pipelined_commands_when_the_server_offers_pipelining(smtp_server):
+    """The observation the tests below rely on: it does see pipelining when there is some."""
+    use_server(smtp_server)
+    schedule_numbered(3)
+
+    send_scheduled_messages()
+
+    assert len(smtp_server.handler.rcpt_log) == 3
+    assert all(waiting.upper().startswith(b'DATA\r\n') for _peer, waiting in smtp_server.handler.rcpt_log)
+
+
+@pytest.mark.parametrize('connections', [1, 4])
+def test_without_pipelining_every_email_arrives_once_with_its_content(smtp_server, connections):
+    smtp_server.handler.pipelining = False
+    use_server(smtp_server, connections=connections)
+    expected = schedule_numbered(12)
+
+    report = send_scheduled_messages()
+
+    assert report.sent == 12
+    assert set(Dispatch.objects.values_list('dispatch_status', flat=True)) == {SENT}
+    assert received_texts(smtp_server.handler) == {address: [text] for address, text in expected.items()}
+    assert all(envelope.mail_from == 'robot@example.com' for envelope in smtp_server.handler.envelopes)
+    assert_not_pipelined(smtp_server.handler)
+    peers = {peer for peer, _waiting in smtp_server.handler.rcpt_log}
+    assert len(peers) == 1 if connections == 1 else 1 < len(peers) <= connections
+
+
+@pytest.mark.parametrize('connections', [1, 4])
+@pytest.mark.parametrize('reply, status', [('550 5.1.1 No such user', FAILED), ('450 4.2.1 Mailbox busy', ERROR)],
+                         ids=['permanent', 'temporary'])
+def test_without_pipelining_a_refused_recipient_fails_only_its_own_dispatch(smtp_server, connections, reply, status):
+    smtp_server.handler.pipelining = False
+    smtp_server.handler.refuse['plain3@example.com'] = reply
+    use_server(smtp_server, connections=connections)
+    expected = schedule_numbered(8)
+
+    report = send_scheduled_messages()
+
+    assert status_of('plain3@example.com') == status
+    [error] = errors_of('plain3@example.com')
+    assert reply in error and 'plain3@example.com' in error
+    others = [address for address in expected if address != 'plain3@example.com']
+    assert [status_of(address) for address in others] == [SENT] * 7
+    assert DispatchError.objects.count() == 1
+    assert report.sent == 7
+    assert received_texts(smtp_server.handler) == {address: [expected[address]] for address in others}
+    assert_not_pipelined(smtp_server.handler)
+    assert len(smtp_server.handler.rcpt_log) == 8  # the refused recipient was tried once
