@@ -8,8 +8,7 @@ from unittest import mock
 import pytest
 
 from sitemessage import utils
-from tests.fakes import free_port
-from tests.smtp_handlers import RefusingHandler
+from tests.smtp_handlers import RefusingHandler, loopback_controller
 
 
 class Mailbox(RefusingHandler):
@@ -30,8 +29,7 @@ class Mailbox(RefusingHandler):
 
 @pytest.fixture(scope='session')
 def smtp_controller():
-    from aiosmtpd.controller import Controller
-    controller = Controller(Mailbox(), hostname='127.0.0.1', port=free_port())
+    controller = loopback_controller(Mailbox())
     controller.start()
     yield controller
     controller.stop()

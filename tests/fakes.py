@@ -9,6 +9,12 @@ from sitemessage.messengers.base import MessengerBase
 
 
 def free_port() -> int:
+    """A loopback port free a moment ago: another process may take it before it is used.
+
+    Only for a port an external program must be told in advance (Postfix, Prosody, a worker's
+    metrics server), or one nothing should listen on (a refused connection). A server in the
+    tests binds port 0 itself and reports the port it got (``tests.smtp_handlers.loopback_controller``).
+    """
     with socket.socket() as sock:
         sock.bind(('127.0.0.1', 0))
         return sock.getsockname()[1]

@@ -113,7 +113,7 @@ class Postfix:
         self.root = Path(tempfile.mkdtemp(prefix='sitemessage-postfix-'))
         self.root.chmod(0o755)  # Postfix's daemons (user postfix) and the delivery user walk into it
         self.config = self.root / 'etc'
-        self.port = free_port()
+        self.port = free_port()  # Postfix's master.cf must name it before Postfix starts
         self.host = '127.0.0.1'
         self.mailboxes = mailboxes
         self.log_file = self.root / 'postfix.log'

@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Tuple
 
 import pytest
 
-from tests.smtp_handlers import RefusingHandler
+from tests.smtp_handlers import RefusingHandler, loopback_controller
 
 REPO = Path(__file__).resolve().parent.parent
 PROCESS_SETTINGS = 'tests.process_settings'
@@ -96,11 +96,7 @@ class SlowSink(RefusingHandler):
 @pytest.fixture
 def sink():
     """A slow SMTP sink on loopback; set ``sink.handler.delay`` / ``refuse`` / ``hold_at`` before use."""
-    from aiosmtpd.controller import Controller
-
-    from tests.fakes import free_port
-
-    controller = Controller(SlowSink(), hostname='127.0.0.1', port=free_port())
+    controller = loopback_controller(SlowSink())
     controller.start()
     try:
         yield controller

@@ -30,3 +30,19 @@ class RefusingHandler:
             return reply
         envelope.rcpt_tos.append(address)
         return '250 OK'
+
+
+def loopback_controller(handler, **kwargs):
+    """An aiosmtpd ``Controller`` on 127.0.0.1 at a port the system gives it when it binds; ``port`` is set by start().
+
+    No port is picked beforehand, so nothing else can take it in between (aiosmtpd would connect
+    to port 0 to check the server is up: the port it got is read from the socket first).
+    """
+    from aiosmtpd.controller import Controller
+
+    class LoopbackController(Controller):
+        def _trigger_server(self):
+            self.port = self.server.sockets[0].getsockname()[1]
+            super()._trigger_server()
+
+    return LoopbackController(handler, hostname='127.0.0.1', port=0, **kwargs)

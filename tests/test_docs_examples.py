@@ -26,7 +26,8 @@ from sitemessage.messengers.base import MessengerBase
 from sitemessage.models import Dispatch, Message, Subscription
 from sitemessage.toolbox import get_sitemessage_urls
 from sitemessage.utils import Recipient
-from tests.fakes import FakeMessenger, free_port
+from tests.fakes import FakeMessenger
+from tests.smtp_handlers import loopback_controller
 
 pytestmark = pytest.mark.django_db
 
@@ -94,7 +95,6 @@ def tls_smtp_server(tmp_path_factory):
     openssl = shutil.which('openssl')
     if openssl is None:
         pytest.skip('the openssl binary is needed to make a certificate for the STARTTLS server')
-    from aiosmtpd.controller import Controller
     from aiosmtpd.smtp import AuthResult, LoginPassword
 
     folder = tmp_path_factory.mktemp('tls')
@@ -114,8 +114,8 @@ def tls_smtp_server(tmp_path_factory):
             mailbox.logins.append(auth_data.login.decode())
         return AuthResult(success=valid)
 
-    controller = Controller(mailbox, hostname='127.0.0.1', port=free_port(), tls_context=tls_context,
-                            require_starttls=True, authenticator=authenticator, auth_require_tls=True)
+    controller = loopback_controller(mailbox, tls_context=tls_context,
+                                     require_starttls=True, authenticator=authenticator, auth_require_tls=True)
     controller.start()
     controller.cert_file = str(cert)
     yield controller

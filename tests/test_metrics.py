@@ -152,7 +152,7 @@ def test_a_metrics_failure_never_breaks_delivery(monkeypatch, settings, fake_mes
 
 def test_worker_serves_metrics_on_the_port_setting(procs, sink):
     procs.use_sink(sink)
-    port = free_port()
+    port = free_port()  # the worker process is told the port of its metrics server in advance
     procs.orm('schedule', count=3, prefix='metrics')
     worker = procs.start('sitemessage_worker', '--idle', '0.2',
                          settings={'METRICS': True, 'METRICS_PORT': port})

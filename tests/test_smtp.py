@@ -20,6 +20,7 @@ from sitemessage.toolbox import recipients, register_messenger_objects, schedule
 
 from tests.conftest import Mailbox
 from tests.fakes import free_port
+from tests.smtp_handlers import loopback_controller
 
 pytestmark = pytest.mark.django_db
 
@@ -69,8 +70,7 @@ class CountingMailbox(Mailbox):
 
 @pytest.fixture(scope='module')
 def counting_server():
-    from aiosmtpd.controller import Controller
-    controller = Controller(CountingMailbox(), hostname='127.0.0.1', port=free_port())
+    controller = loopback_controller(CountingMailbox())
     controller.start()
     yield controller
     controller.stop()

@@ -13,7 +13,7 @@ from sitemessage.sending import send_scheduled_messages
 from sitemessage.shortcuts import schedule_email
 from sitemessage.toolbox import register_messenger_objects
 
-from tests.fakes import free_port
+from tests.smtp_handlers import loopback_controller
 
 pytestmark = pytest.mark.django_db
 
@@ -87,8 +87,8 @@ class RecordingSMTPServer:
     def __init__(self, pipelining: bool):
         self.pipelining = pipelining
         self.chunks = []
-        self.port = free_port()
-        self._socket = socket.create_server(('127.0.0.1', self.port))
+        self._socket = socket.create_server(('127.0.0.1', 0))
+        self.port = self._socket.getsockname()[1]
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
 
@@ -196,8 +196,7 @@ class ContentRefusingMailbox:
 
 @pytest.fixture
 def refusing_content_server():
-    from aiosmtpd.controller import Controller
-    controller = Controller(ContentRefusingMailbox(), hostname='127.0.0.1', port=free_port())
+    controller = loopback_controller(ContentRefusingMailbox())
     controller.start()
     yield controller
     controller.stop()
@@ -283,9 +282,8 @@ class SequenceRefusingMailbox(ContentRefusingMailbox):
 
 @pytest.mark.parametrize('refusals, status, delivered', [(1, SENT, 1), (100, ERROR, 0)])
 def test_a_503_is_retried_once_after_rset_and_never_fails_the_email(refusals, status, delivered):
-    from aiosmtpd.controller import Controller
     handler = SequenceRefusingMailbox(refusals)
-    controller = Controller(handler, hostname='127.0.0.1', port=free_port())
+    controller = loopback_controller(handler)
     controller.start()
     try:
         use_server(controller)

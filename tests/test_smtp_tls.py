@@ -11,7 +11,6 @@ import ssl
 import subprocess
 
 import pytest
-from aiosmtpd.controller import Controller
 from django.test.utils import override_settings
 
 from sitemessage.messengers.smtp import SMTPMessenger
@@ -21,7 +20,7 @@ from sitemessage.shortcuts import schedule_email
 from sitemessage.toolbox import register_messenger_objects
 
 from tests.conftest import Mailbox
-from tests.fakes import free_port
+from tests.smtp_handlers import loopback_controller
 
 pytestmark = pytest.mark.django_db
 
@@ -72,11 +71,9 @@ def server_context(certs):
 def tls_server(request, certs):
     """A server requiring a client certificate, by STARTTLS or by TLS from the first byte (SMTPS)."""
     if request.param == 'starttls':
-        controller = Controller(CertMailbox(), hostname='127.0.0.1', port=free_port(),
-                                tls_context=server_context(certs), require_starttls=True)
+        controller = loopback_controller(CertMailbox(), tls_context=server_context(certs), require_starttls=True)
     else:
-        controller = Controller(CertMailbox(), hostname='127.0.0.1', port=free_port(),
-                                ssl_context=server_context(certs))
+        controller = loopback_controller(CertMailbox(), ssl_context=server_context(certs))
     controller.mode = request.param
     controller.start()
     yield controller

@@ -6,7 +6,6 @@ check at scheduling time); assertions are on the bytes the aiosmtpd server recei
 from __future__ import annotations
 
 import pytest
-from aiosmtpd.controller import Controller
 
 from sitemessage.messengers.smtp import SMTPMessenger
 from sitemessage.models import Dispatch, DispatchError, Message
@@ -15,7 +14,7 @@ from sitemessage.shortcuts import schedule_email
 from sitemessage.toolbox import register_messenger_objects
 
 from tests.conftest import Mailbox
-from tests.fakes import free_port
+from tests.smtp_handlers import loopback_controller
 
 pytestmark = pytest.mark.django_db
 
@@ -54,7 +53,7 @@ def received(server):
 
 
 def start_server(smtputf8):
-    controller = Controller(Mailbox(), hostname='127.0.0.1', port=free_port(), enable_SMTPUTF8=smtputf8)
+    controller = loopback_controller(Mailbox(), enable_SMTPUTF8=smtputf8)
     controller.start()
     return controller
 

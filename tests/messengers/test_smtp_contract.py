@@ -11,8 +11,8 @@ from sitemessage.models import Dispatch, DispatchError
 from sitemessage.toolbox import recipients, schedule_messages, send_scheduled_messages, send_test_message
 from sitemessage.utils import register_messenger_objects
 from tests.conftest import Mailbox
-from tests.fakes import free_port
 from tests.messengers.contract import MessengerContract
+from tests.smtp_handlers import loopback_controller
 
 LOGIN = 'robot'
 PASSWORD = 'smtp-password-never-shown'
@@ -39,10 +39,8 @@ class Credentials:
 
 @pytest.fixture(scope='module')
 def auth_controller():
-    from aiosmtpd.controller import Controller
     credentials = Credentials()
-    controller = Controller(Mailbox(), hostname='127.0.0.1', port=free_port(),
-                            authenticator=credentials, auth_require_tls=False)
+    controller = loopback_controller(Mailbox(), authenticator=credentials, auth_require_tls=False)
     controller.credentials = credentials
     controller.start()
     yield controller

@@ -102,6 +102,7 @@ def prosody(tmp_path_factory):
         ['openssl', 'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2', '-subj', f'/CN={DOMAIN}',
          '-addext', f'subjectAltName=DNS:{DOMAIN}', '-keyout', str(root / 'localhost.key'),
          '-out', str(root / 'localhost.crt')], check=True, capture_output=True, timeout=60)
+    # Prosody's configuration must name its ports before it starts.
     server = ProsodyServer(root, free_port(), free_port(), str(root / 'localhost.crt'))
     config = root / 'prosody.cfg.lua'
     config.write_text(CONFIG.format(root=root, c2s_port=server.port, tls_port=server.tls_port,
