@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from sitemessage.exceptions import UnknownMessageTypeError, UnknownMessengerError
 from sitemessage.messages.base import MessageBase
+from sitemessage.messages.email import EmailTextMessage
 from sitemessage.messages.plain import PlainTextMessage
 from sitemessage.models import Dispatch, DispatchError, Message, MessageTuple, retry_delay
 from sitemessage.sending import send_scheduled_messages
@@ -488,6 +489,78 @@ def test_next_attempt_of_a_stored_error_follows_the_backoff_and_the_hint(fake_me
     assert (first.dispatch_status, first.retry_count) == (ERROR, 4)
     assert before + timedelta(seconds=240) <= first.next_attempt_at <= after + timedelta(seconds=240)
     assert before + timedelta(seconds=3600) <= second.next_attempt_at <= after + timedelta(seconds=3600)
+
+
+class ThreeTriesEmail(EmailTextMessage):
+    alias = 'three_tries_email'
+    send_retry_limit = 3
+
+
+@override_settings(SITEMESSAGE_RETRY_DELAY_SECONDS=60)
+def test_retry_limit_over_smtp_fails_a_temporarily_refused_dispatch_with_the_reply(smtp_server, smtp_messenger):
+    register_message_types(ThreeTriesEmail)
+    smtp_server.handler.refuse['busy@example.com'] = '451 Mailbox busy, try later'
+    schedule_messages(ThreeTriesEmail('Subject', 'text'), recipients('smtp', ['busy@example.com', 'ok@example.com']))
+
+    outcomes = []
+    for _run in range(4):
+        report = send_scheduled_messages()
+        busy = Dispatch.objects.get(address='busy@example.com')
+        outcomes.append((report.errors, report.failed, busy.dispatch_status, busy.retry_count))
+        if busy.dispatch_status == ERROR:
+            assert busy.next_attempt_at > timezone.now()  # not due yet: the backoff
+            # Make it due again instead of waiting out the delay.
+            Dispatch.objects.filter(pk=busy.pk).update(next_attempt_at=timezone.now() - timedelta(seconds=1))
+
+    assert outcomes == [(1, 0, ERROR, 1), (1, 0, ERROR, 2), (0, 1, FAILED, 3), (0, 0, FAILED, 3)]
+    assert busy.next_attempt_at is None
+    reasons = errors_of('busy@example.com')
+    assert len(reasons) == 3
+    assert all('451' in reason and 'Mailbox busy, try later' in reason for reason in reasons)
+    assert status_of('ok@example.com') == SENT
+    rcpt = [env.rcpt_tos for env in smtp_server.handler.envelopes]
+    assert rcpt == [['ok@example.com']]  # three refused attempts, no fourth once failed
+
+    smtp_server.handler.refuse.clear()
+    assert send_scheduled_messages().batches == 0
+    assert status_of('busy@example.com') == FAILED
+
+
+@pytest.mark.parametrize('limit, attempts_before, expected', [
+    (3, 0, (ERROR, 1)),
+    (3, 1, (ERROR, 2)),
+    (3, 2, (FAILED, 3)),  # the third failed attempt reaches the limit
+    (3, 7, (FAILED, 8)),  # past it (the limit was lowered since)
+    (1, 0, (FAILED, 1)),  # one attempt only
+    (None, 50, (ERROR, 51)),  # no limit: retried for ever
+])
+def test_mark_error_fails_the_attempt_that_reaches_the_retry_limit(fake_messenger, limit, attempts_before, expected):
+    class Limited(PlainTextMessage):
+        send_retry_limit = limit
+
+    [dispatch] = schedule('text', 'flaky')
+    Dispatch.objects.filter(pk=dispatch.pk).update(retry_count=attempts_before, dispatch_status=ERROR)
+    [dispatch] = Dispatch.objects.claim(10, 60)
+
+    fake_messenger.mark_error(dispatch, 'Server says: try later', Limited, retry_after=30)
+    Dispatch.objects.store_outcomes([dispatch])
+
+    dispatch.refresh_from_db()
+    assert (dispatch.dispatch_status, dispatch.retry_count) == expected
+    assert errors_of('flaky') == ['Server says: try later']  # the reason is kept either way
+    assert (dispatch.next_attempt_at is None) == (expected[0] == FAILED)
+
+
+def test_mark_error_counts_from_the_attempt_not_from_earlier_marks(fake_messenger):
+    """Marking one attempt twice (error, then error again) is one failed attempt, not two."""
+    class Limited(PlainTextMessage):
+        send_retry_limit = 2
+
+    [dispatch] = schedule('text', 'flaky')
+    [dispatch] = Dispatch.objects.claim(10, 60)
+    fake_messenger.mark_error(dispatch, 'first', Limited)
+    fake_messenger.mark_error(dispatch, 'again', Limited)
+    assert (dispatch.dispatch_status, dispatch.retry_count) == (ERROR, 1)
 
 
 def test_retry_count_is_not_incremented_on_success(fake_messenger):
