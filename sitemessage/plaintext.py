@@ -35,13 +35,13 @@ class _TextExtractor(HTMLParser):
                 self.preformatted += 1
         if tag == 'a':
             self.links.append(dict(attrs).get('href') or '')
-
-    def handle_startendtag(self, tag, attrs):
-        self.handle_starttag(tag, attrs)
-        if tag == 'img':
+        elif tag == 'img':  # <img ...> as well as <img ... />
             alt = dict(attrs).get('alt')
             if alt:
                 self.chunks.append(alt)
+
+    def handle_startendtag(self, tag, attrs):
+        self.handle_starttag(tag, attrs)
 
     def handle_endtag(self, tag):
         if tag in _SKIPPED_TAGS:

@@ -10,7 +10,8 @@ import django
 import pytest
 from django.core.mail import EmailMessage, EmailMultiAlternatives, get_connection, send_mail
 from django.core.mail.message import BadHeaderError
-from django.test.utils import override_settings
+from django.db import connection
+from django.test.utils import CaptureQueriesContext, override_settings
 
 from sitemessage.backends import EmailBackend
 from sitemessage.messages.email import EmailMimeMessage
@@ -226,6 +227,61 @@ def test_several_messages_go_in_bulk_and_return_their_count(smtp_server, smtp_me
     assert get_connection().send_messages(messages) == 5
     assert send_scheduled_messages().sent == 5
     assert sorted(e.rcpt_tos[0] for e in smtp_server.handler.envelopes) == [f'u{i}@example.com' for i in range(5)]
+
+
+def _queries_to_queue(count, **kwargs):
+    """Queue ``count`` e-mails in one send_messages() call; return (its result, its queries)."""
+    messages = [EmailMessage(f'Hi {i}', f'text {i}', 'from@example.com', [f'u{i}@example.com', 'cc@example.com'])
+                for i in range(count)]
+    with CaptureQueriesContext(connection) as context:
+        queued = EmailBackend(**kwargs).send_messages(messages)
+    return queued, len(context.captured_queries)
+
+
+bulk_insert = pytest.mark.skipif(
+    not connection.features.can_return_rows_from_bulk_insert,
+    reason='SITEMESSAGE_TEST_DB: no ids from bulk inserts (MySQL), e-mails are queued one by one there')
+
+
+@bulk_insert
+@pytest.mark.parametrize('settings', [
+    {},  # one MIME message each, as Django built it
+    {'SITEMESSAGE_SHORTCUT_EMAIL_MESSAGE_TYPE': 'email_html'},  # the 1.4.0 way: one dispatch per recipient
+])
+def test_queries_of_send_messages_do_not_grow_with_the_number_of_emails(smtp_messenger, settings):
+    with override_settings(**settings):
+        two = _queries_to_queue(2)
+        many = _queries_to_queue(30)  # (60 dispatches: within one INSERT of SQLite's 999 parameters)
+
+    assert (two[0], many[0]) == (2, 30)
+    assert many[1] == two[1], f'30 e-mails took {many[1]} queries, 2 took {two[1]}'
+    assert Message.objects.count() == 32
+    dispatches = 2 * 32 if settings else 32
+    assert Dispatch.objects.count() == dispatches
+
+
+@bulk_insert
+def test_bulk_queued_emails_are_all_delivered_as_written(smtp_server, smtp_messenger):
+    queued, _queries = _queries_to_queue(25, priority=4)
+
+    assert queued == 25
+    assert set(Message.objects.values_list('priority', flat=True)) == {4}
+    assert send_scheduled_messages(priority=4).sent == 25
+    got = sorted((m['Subject'], m.get_content().strip()) for m in smtp_server.handler.messages())
+    assert got == sorted((f'Hi {i}', f'text {i}') for i in range(25))
+    assert all(env.rcpt_tos[1] == 'cc@example.com' for env in smtp_server.handler.envelopes)
+
+
+def test_bulk_queueing_skips_refused_emails_silently_and_counts_the_rest(smtp_messenger):
+    messages = [EmailMessage(f'Hi {i}', 'text', 'from@example.com', [f'u{i}@example.com']) for i in range(4)]
+    messages.insert(2, EmailMessage('Bad\nsubject', 'text', 'from@example.com', ['x@example.com']))
+    messages.append(EmailMessage('No one', 'text', 'from@example.com', []))
+
+    assert EmailBackend(fail_silently=True).send_messages(messages) == 4
+    assert Message.objects.count() == 4
+    with pytest.raises(BadHeaderError):
+        EmailBackend().send_messages(messages)
+    assert Message.objects.count() == 4  # a refused e-mail stores none of its batch
 
 
 @override_settings(SITEMESSAGE_EMAIL_BACKEND_MESSAGES_PRIORITY=3)

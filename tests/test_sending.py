@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import random
 import threading
 from datetime import timedelta
 
@@ -12,8 +13,9 @@ from django.utils import timezone
 
 from sitemessage.exceptions import UnknownMessageTypeError, UnknownMessengerError
 from sitemessage.messages.base import MessageBase
+from sitemessage.messages.email import EmailTextMessage
 from sitemessage.messages.plain import PlainTextMessage
-from sitemessage.models import Dispatch, DispatchError, Message, MessageTuple
+from sitemessage.models import Dispatch, DispatchError, Message, MessageTuple, retry_delay
 from sitemessage.sending import send_scheduled_messages
 from sitemessage.toolbox import recipients, register_message_types, register_messenger_objects, schedule_messages
 from sitemessage.utils import Recipient
@@ -395,6 +397,170 @@ def test_retry_limit_fails_the_dispatch_and_it_is_never_picked_again(fake_messen
     assert report.batches == 0
     assert fake_messenger.delivered == []
     assert len(errors_of('flaky')) == 2
+
+
+# Backoff: retry_delay() --------------------------------------------------------------------------
+
+def delay_of(retry_count, retry_after=None):
+    dispatch = Dispatch(retry_count=retry_count)
+    if retry_after is not None:
+        dispatch.retry_after = retry_after
+    return retry_delay(dispatch).total_seconds()
+
+
+@pytest.fixture
+def jitter_at(monkeypatch):
+    """``jitter_at('high')`` makes the jitter draw its upper bound, ``'low'`` its lower one."""
+    draws = []
+
+    def choose(end):
+        def uniform(low, high):
+            draws.append((low, high))
+            return high if end == 'high' else low
+        monkeypatch.setattr(random, 'uniform', uniform)
+        return draws
+    return choose
+
+
+@override_settings(SITEMESSAGE_RETRY_DELAY_SECONDS=30, SITEMESSAGE_RETRY_DELAY_MAX_SECONDS=10 ** 6)
+def test_retry_delay_doubles_with_each_failed_attempt(jitter_at):
+    jitter_at('high')
+    # retry_count already counts the attempt that just failed: the first retry waits the base delay.
+    assert [delay_of(count) for count in range(0, 7)] == [30, 30, 60, 120, 240, 480, 960]
+    jitter_at('low')
+    assert [delay_of(count) for count in range(1, 5)] == [15, 30, 60, 120]
+
+
+@override_settings(SITEMESSAGE_RETRY_DELAY_SECONDS=30, SITEMESSAGE_RETRY_DELAY_MAX_SECONDS=100)
+def test_retry_delay_is_capped_before_the_jitter(jitter_at):
+    draws = jitter_at('high')
+    assert [delay_of(count) for count in (3, 4, 10, 60)] == [100, 100, 100, 100]
+    assert draws[-1] == (50, 100)  # jitter of the capped delay: still between half and all of it
+    jitter_at('low')
+    assert delay_of(60) == 50
+
+
+@override_settings(SITEMESSAGE_RETRY_DELAY_SECONDS=30, SITEMESSAGE_RETRY_DELAY_MAX_SECONDS=10 ** 6)
+def test_retry_delay_jitter_stays_between_half_and_all_of_the_delay(monkeypatch):
+    monkeypatch.setattr(random, 'uniform', random.Random(2024).uniform)  # seeded: the same draws every run
+    for count, full in ((1, 30), (2, 60), (5, 480)):
+        delays = [delay_of(count) for _ in range(500)]
+        assert all(full / 2 <= delay <= full for delay in delays), (count, min(delays), max(delays))
+        # Spread over the range, not one fixed value: retries of a burst do not come back together.
+        assert min(delays) < full * 0.55 and max(delays) > full * 0.95
+        assert len(set(delays)) > 400
+
+
+@override_settings(SITEMESSAGE_RETRY_DELAY_SECONDS=30, SITEMESSAGE_RETRY_DELAY_MAX_SECONDS=100)
+def test_retry_after_hint_is_a_floor_of_the_delay(jitter_at):
+    jitter_at('high')
+    assert delay_of(1, retry_after=500) == 500  # longer than the backoff, and than the cap
+    assert delay_of(1, retry_after='45') == 45  # a Retry-After header value as it came
+    assert delay_of(3, retry_after=10) == 100  # shorter: the backoff wins
+    jitter_at('low')
+    assert delay_of(1, retry_after=20) == 20  # above the jittered 15
+    assert delay_of(1, retry_after=0) == 15  # no hint
+
+
+@override_settings(SITEMESSAGE_RETRY_DELAY_SECONDS=0)
+def test_no_retry_delay_setting_waits_only_for_the_hint(jitter_at):
+    draws = jitter_at('high')
+    assert delay_of(5) == 0
+    assert delay_of(5, retry_after=90) == 90
+    assert draws == []  # nothing to spread
+
+
+@override_settings(SITEMESSAGE_RETRY_DELAY_SECONDS=30, SITEMESSAGE_RETRY_DELAY_MAX_SECONDS=10 ** 6)
+def test_next_attempt_of_a_stored_error_follows_the_backoff_and_the_hint(fake_messenger, jitter_at):
+    jitter_at('high')
+    first, second = schedule('text', ['first', 'second'])
+    for dispatch in (first, second):
+        dispatch.start_attempt()
+        dispatch.retry_count = dispatch._attempt_retry_count = 3
+    fake_messenger.mark_error(first, 'try later', PlainTextMessage)
+    fake_messenger.mark_error(second, 'slow down', PlainTextMessage, retry_after=3600)
+    before = timezone.now()
+
+    Dispatch.objects.store_outcomes([first, second])
+
+    after = timezone.now()
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert (first.dispatch_status, first.retry_count) == (ERROR, 4)
+    assert before + timedelta(seconds=240) <= first.next_attempt_at <= after + timedelta(seconds=240)
+    assert before + timedelta(seconds=3600) <= second.next_attempt_at <= after + timedelta(seconds=3600)
+
+
+class ThreeTriesEmail(EmailTextMessage):
+    alias = 'three_tries_email'
+    send_retry_limit = 3
+
+
+@override_settings(SITEMESSAGE_RETRY_DELAY_SECONDS=60)
+def test_retry_limit_over_smtp_fails_a_temporarily_refused_dispatch_with_the_reply(smtp_server, smtp_messenger):
+    register_message_types(ThreeTriesEmail)
+    smtp_server.handler.refuse['busy@example.com'] = '451 Mailbox busy, try later'
+    schedule_messages(ThreeTriesEmail('Subject', 'text'), recipients('smtp', ['busy@example.com', 'ok@example.com']))
+
+    outcomes = []
+    for _run in range(4):
+        report = send_scheduled_messages()
+        busy = Dispatch.objects.get(address='busy@example.com')
+        outcomes.append((report.errors, report.failed, busy.dispatch_status, busy.retry_count))
+        if busy.dispatch_status == ERROR:
+            assert busy.next_attempt_at > timezone.now()  # not due yet: the backoff
+            # Make it due again instead of waiting out the delay.
+            Dispatch.objects.filter(pk=busy.pk).update(next_attempt_at=timezone.now() - timedelta(seconds=1))
+
+    assert outcomes == [(1, 0, ERROR, 1), (1, 0, ERROR, 2), (0, 1, FAILED, 3), (0, 0, FAILED, 3)]
+    assert busy.next_attempt_at is None
+    reasons = errors_of('busy@example.com')
+    assert len(reasons) == 3
+    assert all('451' in reason and 'Mailbox busy, try later' in reason for reason in reasons)
+    assert status_of('ok@example.com') == SENT
+    rcpt = [env.rcpt_tos for env in smtp_server.handler.envelopes]
+    assert rcpt == [['ok@example.com']]  # three refused attempts, no fourth once failed
+
+    smtp_server.handler.refuse.clear()
+    assert send_scheduled_messages().batches == 0
+    assert status_of('busy@example.com') == FAILED
+
+
+@pytest.mark.parametrize('limit, attempts_before, expected', [
+    (3, 0, (ERROR, 1)),
+    (3, 1, (ERROR, 2)),
+    (3, 2, (FAILED, 3)),  # the third failed attempt reaches the limit
+    (3, 7, (FAILED, 8)),  # past it (the limit was lowered since)
+    (1, 0, (FAILED, 1)),  # one attempt only
+    (None, 50, (ERROR, 51)),  # no limit: retried for ever
+])
+def test_mark_error_fails_the_attempt_that_reaches_the_retry_limit(fake_messenger, limit, attempts_before, expected):
+    class Limited(PlainTextMessage):
+        send_retry_limit = limit
+
+    [dispatch] = schedule('text', 'flaky')
+    Dispatch.objects.filter(pk=dispatch.pk).update(retry_count=attempts_before, dispatch_status=ERROR)
+    [dispatch] = Dispatch.objects.claim(10, 60)
+
+    fake_messenger.mark_error(dispatch, 'Server says: try later', Limited, retry_after=30)
+    Dispatch.objects.store_outcomes([dispatch])
+
+    dispatch.refresh_from_db()
+    assert (dispatch.dispatch_status, dispatch.retry_count) == expected
+    assert errors_of('flaky') == ['Server says: try later']  # the reason is kept either way
+    assert (dispatch.next_attempt_at is None) == (expected[0] == FAILED)
+
+
+def test_mark_error_counts_from_the_attempt_not_from_earlier_marks(fake_messenger):
+    """Marking one attempt twice (error, then error again) is one failed attempt, not two."""
+    class Limited(PlainTextMessage):
+        send_retry_limit = 2
+
+    [dispatch] = schedule('text', 'flaky')
+    [dispatch] = Dispatch.objects.claim(10, 60)
+    fake_messenger.mark_error(dispatch, 'first', Limited)
+    fake_messenger.mark_error(dispatch, 'again', Limited)
+    assert (dispatch.dispatch_status, dispatch.retry_count) == (ERROR, 1)
 
 
 def test_retry_count_is_not_incremented_on_success(fake_messenger):
