@@ -24,13 +24,15 @@ _CHUNK = 500  # keeps IN (...) under every database's parameter limit
 def subscriptions_of_batch(items: Sequence[tuple]) -> Dict[int, bool]:
     """Whether each dispatch of ``items`` goes to a subscriber: ``{dispatch id: bool}``, in one query.
 
-    Empty when no message type of the batch allows subscriptions (no query then).
+    Only dispatches of types that allow subscriptions are answered (the others never ask), so a
+    messenger keeping the answers until each e-mail is built keeps nothing it will not use.
     """
-    if not any(message_cls.allow_user_subscription for message_cls, _message, _dispatches in items):
+    wanted = [item for item in items if item[0].allow_user_subscription]
+    if not wanted:
         return {}
-    subscribed = subscribed_dispatches(items)
+    subscribed = subscribed_dispatches(wanted)
     return {dispatch.pk: dispatch.pk in subscribed
-            for _cls, _message, dispatches in items for dispatch in dispatches if dispatch.pk is not None}
+            for _cls, _message, dispatches in wanted for dispatch in dispatches if dispatch.pk is not None}
 
 
 def list_headers_for(items: Sequence[tuple]) -> Callable[..., Headers]:
