@@ -388,3 +388,18 @@ def test_a_batch_is_sent_over_one_smtp_session(counting_server):
 
     assert len(handler.envelopes) == 9
     assert handler.greetings == 2
+
+
+def test_date_header_is_formatdate_of_the_current_second(monkeypatch):
+    """The Date header is formatted once a second, never stale: a new second gives a new value."""
+    from email.utils import formatdate, parsedate_to_datetime
+    from sitemessage.messengers import smtp as smtp_module
+    now = [1_800_000_000.25]
+    monkeypatch.setattr(smtp_module.time, 'time', lambda: now[0])
+    first = smtp_module.date_header()
+    assert first == formatdate(1_800_000_000, localtime=True)
+    now[0] += 0.5
+    assert smtp_module.date_header() == first  # the same second
+    now[0] += 1
+    later = smtp_module.date_header()
+    assert (parsedate_to_datetime(later) - parsedate_to_datetime(first)).total_seconds() == 1

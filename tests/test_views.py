@@ -11,7 +11,9 @@ import pytest
 from django.contrib.staticfiles import finders
 from django.core import signing
 from django.test import Client, override_settings
+from django.utils.crypto import salted_hmac
 
+from sitemessage.links import mark_read_signature, unsubscribe_token
 from sitemessage.messages.base import MessageBase
 from sitemessage.models import Dispatch, Message, Subscription
 from sitemessage.signals import (
@@ -641,3 +643,24 @@ def test_links_are_made_and_checked_with_an_explicit_hash_algorithm(client, monk
 
     assert calls and None not in calls
     assert set(calls) == {'sha256', 'sha1'}  # sha1 only for checking 1.4.0 links
+
+
+@pytest.mark.parametrize('recipient_id, address', [
+    (None, 'ann@example.com'), (7, 'ignored@example.com'), (None, 'jürgen@bücher.example'),
+    (None, 'quote"back\\slash\ttab\u2028@x.test'), (None, ''), (2 ** 63 - 1, '')])
+def test_unsubscribe_token_is_what_django_signer_makes(settings, recipient_id, address):
+    """The token is built without ``Signer`` (it is made per e-mail): it must be Signer's, byte for byte."""
+    settings.SECRET_KEY = 'a-key-for-this-test'
+    token = unsubscribe_token(12, 345, 'greeting', 'smtp', recipient_id, address)
+    expected = signing.Signer(salt='sitemessage.links.unsubscribe', algorithm='sha256').sign_object(
+        [12, 345, 'greeting', 'smtp', recipient_id, '' if recipient_id else address])
+    assert token == expected
+    settings.SECRET_KEY = 'another-key'  # a key change is seen at once: no stale keyed HMAC
+    assert unsubscribe_token(12, 345, 'greeting', 'smtp', recipient_id, address) != token
+
+
+def test_mark_read_signature_is_salted_hmac_sha256(settings):
+    settings.SECRET_KEY = 'a-key-for-this-test'
+    assert mark_read_signature(3, 4) == salted_hmac(
+        'sitemessage.links.mark_read', '3|4', algorithm='sha256').hexdigest()
+    assert mark_read_signature(3, 4) == mark_read_signature(3, 4, 'a-key-for-this-test')

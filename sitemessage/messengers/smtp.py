@@ -12,6 +12,7 @@ import re
 import smtplib
 import ssl
 import threading
+import time
 from email import policy
 from email.header import Header
 from email.message import Message
@@ -272,7 +273,7 @@ class SMTPMessenger(MessengerBase):
         msg['To'] = smtp_wire.header_address(to)
         subject = str(subject or _('No Subject'))
         msg['Subject'] = subject if subject.isascii() else Header(subject, 'utf-8')
-        msg['Date'] = date or formatdate(localtime=True)
+        msg['Date'] = date or date_header()
         msg['Message-ID'] = message_id or make_msgid(domain=sender_domain)
         for name, value in _extra_headers(unsubscribe_url, headers):
             msg[name] = value
@@ -288,7 +289,7 @@ class SMTPMessenger(MessengerBase):
         """
         sender_header, _sender_address, sender_domain = _sender_parts(self.from_email)
         subject = str(subject or _('No Subject'))
-        date, message_id = formatdate(localtime=True), make_msgid(domain=sender_domain)
+        date, message_id = date_header(), make_msgid(domain=sender_domain)
         if mtype != 'html':
             data = plain_message_bytes(sender_header, smtp_wire.header_address(to), subject, date, message_id, text,
                                        unsubscribe_url, headers=headers)
@@ -638,6 +639,20 @@ def _sender_problem(from_email: str) -> str:
 def _policy_for(to: str):
     """The policy writing an e-mail to ``to``: headers in UTF-8 when its address needs SMTPUTF8."""
     return _UTF8_POLICY if smtp_wire.needs_smtputf8(envelope_address(to)) else _POLICY
+
+
+_last_date: Tuple[int, str] = (0, '')
+
+
+def date_header() -> str:
+    """``formatdate(localtime=True)``, formatted once a second: it cost more than the rest of a plain e-mail."""
+    global _last_date
+    now = int(time.time())
+    second, text = _last_date
+    if second != now:
+        text = formatdate(now, localtime=True)
+        _last_date = (now, text)
+    return text
 
 
 def address_problem(address: str) -> str:
