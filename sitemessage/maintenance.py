@@ -45,7 +45,7 @@ def check_undelivered(to: Union[str, List[str], None] = None) -> int:
 
     Only the alert itself is sent right away (1.4.0 sent every queued message of priority 999).
     """
-    from .sending import SendReport, deliver_batch
+    from .delivery.run import SendReport, deliver_batch
     from .toolbox import schedule_messages
 
     failed_count = Dispatch.objects.filter(dispatch_status=Dispatch.DISPATCH_STATUS_FAILED).count()

@@ -21,6 +21,7 @@ from django.db.models.query_utils import DeferredAttribute
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from .delivery.outcomes import Attempt
 from .headers import check_message_type_context, check_recipients, unique_recipients
 from .settings import get_setting
 from .utils import Recipient, get_registered_message_type
@@ -400,7 +401,7 @@ def _text_changed(dispatch: 'Dispatch') -> bool:
     held = raw_text(dispatch)
     if isinstance(held, DeferredText):
         return True  # compiled in this attempt
-    return held != getattr(dispatch, '_stored_cache', None)
+    return held != (dispatch.attempt.stored_text if dispatch.attempt is not None else None)
 
 
 def attach_messages(dispatches: List['Dispatch'], messages: Optional[models.QuerySet] = None) -> List['Dispatch']:
@@ -428,7 +429,7 @@ def attach_messages(dispatches: List['Dispatch'], messages: Optional[models.Quer
 
 def retry_delay(dispatch: 'Dispatch') -> timedelta:
     """Exponential backoff with jitter before the next attempt of a dispatch in error."""
-    hint = getattr(dispatch, 'retry_after', None)
+    hint = dispatch.attempt.retry_after if dispatch.attempt is not None else None
     base = get_setting('RETRY_DELAY_SECONDS')
     delay = base * 2 ** max(dispatch.retry_count - 1, 0) if base else 0
     delay = min(delay, get_setting('RETRY_DELAY_MAX_SECONDS'))
@@ -469,7 +470,9 @@ class Dispatch(models.Model):
     OUTCOME_FIELDS = ('dispatch_status', 'retry_count', 'message_cache', 'time_dispatched',
                       'next_attempt_at', 'lease_until', 'claim_token')
 
+    # Not fields: the text of this attempt's error (as 1.4.0 set it) and the attempt itself, while claimed.
     error_log = None
+    attempt: Optional[Attempt] = None
 
     time_created = models.DateTimeField(_('Time created'), auto_now_add=True, editable=False)
     time_dispatched = models.DateTimeField(
@@ -516,23 +519,38 @@ class Dispatch(models.Model):
         """Set the read status (does not save)."""
         self.read_status = self.READ_STATUS_READ
 
-    # In-memory bookkeeping of one delivery attempt; the engine writes it out in bulk.
+    # In-memory bookkeeping of one delivery attempt (see Attempt); the engine writes it out in bulk.
 
     def start_attempt(self) -> None:
-        self._attempt_retry_count = self.retry_count
-        self._stored_cache = self.message_cache
-        self.outcome_marked = False
+        """Begin an attempt: outcomes marked from here on count as one attempt."""
+        self.attempt = Attempt(self.retry_count, self.message_cache)
         self.error_log = None
 
-    def set_outcome(self, status: int, error_log=None) -> None:
-        """Record this attempt's outcome in memory; a dispatch marked sent stays sent."""
-        if getattr(self, 'outcome_marked', False) and self.dispatch_status == self.DISPATCH_STATUS_SENT:
+    def set_outcome(self, status: int, error_log=None, *, retry_after: Optional[float] = None) -> None:
+        """Record this attempt's outcome in memory; a dispatch marked sent stays sent.
+
+        ``retry_after`` is the service's hint (seconds) before the next attempt of a dispatch in error.
+        """
+        attempt = self.attempt
+        if attempt is None:  # marked outside a claim (a project's own loop): this is its attempt
+            attempt = self.attempt = Attempt(self.retry_count, None)
+        if attempt.marked and self.dispatch_status == self.DISPATCH_STATUS_SENT:
             return
-        base = getattr(self, '_attempt_retry_count', self.retry_count)
-        self.retry_count = base + 1 if status in self.ERROR_STATUSES else base
+        self.retry_count = attempt.retry_count + 1 if status in self.ERROR_STATUSES else attempt.retry_count
         self.dispatch_status = status
         self.error_log = error_log
-        self.outcome_marked = True
+        attempt.marked = True
+        attempt.retry_after = retry_after
+
+    @property
+    def has_outcome(self) -> bool:
+        """Whether the current attempt has an outcome (a messenger marked it)."""
+        return self.attempt is not None and self.attempt.marked
+
+    @property
+    def attempt_number(self) -> int:
+        """Which attempt of this dispatch the current one is (1: the first)."""
+        return (self.attempt.retry_count if self.attempt is not None else self.retry_count) + 1
 
     @classmethod
     def normalize_recipients(cls, recipients) -> List[Recipient]:

@@ -9,11 +9,11 @@ from __future__ import annotations
 import time
 from typing import Optional
 
-from .sending import SendReport
+from .delivery.run import SendReport
 
 
 class Progress:
-    """The ``progress`` callback of :func:`~sitemessage.sending.send_scheduled_messages` for a command."""
+    """The ``progress`` callback of :func:`~sitemessage.delivery.run.send_scheduled_messages` for a command."""
 
     def __init__(self, stdout, verbosity: int = 1, live: Optional[bool] = None):
         self.stdout = stdout

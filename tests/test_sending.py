@@ -11,6 +11,7 @@ from django.db import connection, connections
 from django.test.utils import CaptureQueriesContext, override_settings
 from django.utils import timezone
 
+from sitemessage.delivery.outcomes import Attempt
 from sitemessage.exceptions import UnknownMessageTypeError, UnknownMessengerError
 from sitemessage.messages.base import MessageBase
 from sitemessage.messages.email import EmailTextMessage
@@ -403,8 +404,7 @@ def test_retry_limit_fails_the_dispatch_and_it_is_never_picked_again(fake_messen
 
 def delay_of(retry_count, retry_after=None):
     dispatch = Dispatch(retry_count=retry_count)
-    if retry_after is not None:
-        dispatch.retry_after = retry_after
+    dispatch.attempt = Attempt(retry_count, None, marked=True, retry_after=retry_after)
     return retry_delay(dispatch).total_seconds()
 
 
@@ -475,8 +475,8 @@ def test_next_attempt_of_a_stored_error_follows_the_backoff_and_the_hint(fake_me
     jitter_at('high')
     first, second = schedule('text', ['first', 'second'])
     for dispatch in (first, second):
+        dispatch.retry_count = 3  # three attempts failed before this one
         dispatch.start_attempt()
-        dispatch.retry_count = dispatch._attempt_retry_count = 3
     fake_messenger.mark_error(first, 'try later', PlainTextMessage)
     fake_messenger.mark_error(second, 'slow down', PlainTextMessage, retry_after=3600)
     before = timezone.now()

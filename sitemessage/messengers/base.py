@@ -1,44 +1,31 @@
 """The base of messengers: delivery of compiled messages to addresses over one protocol.
 
-A messenger never touches the database: ``mark_sent`` / ``mark_error`` / ``mark_failed``
-record each dispatch's outcome in memory, and :meth:`MessengerBase.process_messages` stores
-all outcomes of a batch with a few bulk queries.
+A messenger is a plugin of the delivery engine (:mod:`sitemessage.delivery`): it implements
+public hooks (``before_send``, ``send`` or ``send_many``, ``after_send``, optionally
+``prepare_batch``) and never touches the database: ``mark_sent`` / ``mark_error`` /
+``mark_failed`` record each dispatch's outcome in memory, and the engine stores all outcomes of
+a batch with a few bulk queries.
 """
 from __future__ import annotations
 
-import logging
-import threading
-import weakref
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple, Type
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Type
 
 from django.contrib.auth.base_user import AbstractBaseUser
 
-from .. import metrics, ratelimit
-from ..dbretry import retry_on_connection_loss
-from ..exceptions import MessengerException, SiteMessageConfigurationError
-from ..models import Dispatch, Message, MessageTuple, context_problem, has_text
+from ..delivery import handover, ratelimit
+from ..delivery.outcomes import MessageWork, describe_error
+from ..delivery.session import DeliverySession
+from ..exceptions import SiteMessageConfigurationError
+from ..models import Dispatch, Message, MessageTuple
 from ..settings import get_setting
 from ..utils import Recipient, is_iterable
 
 if TYPE_CHECKING:  # pragma: nocover
     from ..messages.base import MessageBase
 
-LOGGER = logging.getLogger(__name__)
-
-_INSTANCE_LOCKS: 'weakref.WeakKeyDictionary[MessengerBase, threading.RLock]' = weakref.WeakKeyDictionary()
-_INSTANCE_LOCKS_GUARD = threading.Lock()
-
-__all__ = ['MessengerBase', 'RequestsMessengerBase', 'TypeProxy', 'Message', 'Dispatch', 'MessageTuple', 'Recipient']
-
-
-def describe_error(error: Any) -> str:
-    """Return the text stored for a failed attempt: the exception's class and message."""
-    if isinstance(error, BaseException):
-        text = str(error)
-        name = type(error).__name__
-        return f'{name}: {text}' if text and not isinstance(error, MessengerException) else (text or name)
-    return str(error)
+__all__ = ['MessengerBase', 'RequestsMessengerBase', 'TypeProxy', 'Message', 'Dispatch', 'MessageTuple', 'Recipient',
+           'MessageWork', 'describe_error']
 
 
 class MessengerBase:
@@ -103,17 +90,18 @@ class MessengerBase:
         """Deliver ``dispatch_models`` (their compiled text is in ``message_cache``) and mark each."""
         raise NotImplementedError(f'{type(self).__name__} must implement send()')
 
-    def send_many(self, items: List[Tuple[Type['MessageBase'], Message, List[Dispatch]]]) -> None:
-        """Deliver several messages at once: ``items`` are ``(message type, message, dispatches)``.
+    def send_many(self, items: List[MessageWork]) -> None:
+        """Deliver several messages at once: ``items`` are :class:`~sitemessage.delivery.outcomes.MessageWork`.
 
-        The engine hands a connection its share this way. By default it calls :meth:`send` for
-        each message (a failure in one does not touch the others); override it to stream over
-        a connection, as ``SMTPMessenger`` pipelines e-mails. Not used when a rate limit applies.
+        Each unpacks as ``(message type, message, dispatches)``. The engine hands a connection its
+        share this way. By default it calls :meth:`send` for each message (a failure in one does
+        not touch the others); override it to stream over a connection, as ``SMTPMessenger``
+        pipelines e-mails. Not used when a rate limit applies.
         """
         for message_cls, message, dispatches in items:
-            self._send_guarded(message_cls, message, dispatches)
+            handover.send_guarded(self, message_cls, message, dispatches)
 
-    def prepare_batch(self, items: List[Tuple[Type['MessageBase'], Message, List[Dispatch]]]) -> None:
+    def prepare_batch(self, items: List[MessageWork]) -> None:
         """Look up, in one go, what delivering a claimed batch needs from the database.
 
         Called once a batch on the thread that claimed it, before the batch is cut for the
@@ -127,7 +115,7 @@ class MessengerBase:
 
     def send_test_message(self, to: str, text: str) -> Any:
         """Send ``text`` to ``to`` right away, bypassing the queue; errors reach the caller."""
-        with self._lock():
+        with handover.messenger_lock(self):
             self.before_send()
             try:
                 return self._test_message(to, text)
@@ -150,12 +138,10 @@ class MessengerBase:
         if message_cls is None:
             message_cls = dispatch.message.get_type()
         limit = message_cls.send_retry_limit
-        attempts = getattr(dispatch, '_attempt_retry_count', dispatch.retry_count) + 1
-        if limit is not None and attempts >= limit:
+        if limit is not None and dispatch.attempt_number >= limit:
             self.mark_failed(dispatch, error_log)
             return
-        dispatch.retry_after = retry_after
-        dispatch.set_outcome(Dispatch.DISPATCH_STATUS_ERROR, describe_error(error_log))
+        dispatch.set_outcome(Dispatch.DISPATCH_STATUS_ERROR, describe_error(error_log), retry_after=retry_after)
 
     def mark_failed(self, dispatch: Dispatch, error_log: Any) -> None:
         """Record a failure that will not be retried automatically."""
@@ -163,26 +149,16 @@ class MessengerBase:
 
     # Delivery ---------------------------------------------------------------------------------
 
-    def _lock(self) -> threading.RLock:
-        # Registered instances are shared: one delivery at a time per instance keeps its
-        # connection state consistent. Subclasses need not call any __init__ for this.
-        with _INSTANCE_LOCKS_GUARD:
-            lock = _INSTANCE_LOCKS.get(self)
-            if lock is None:
-                lock = _INSTANCE_LOCKS[self] = threading.RLock()
-        return lock
-
     def process_messages(self, messages: Dict[int, MessageTuple], ignore_unknown_message_types: bool = False) -> None:
         """Deliver claimed dispatches of several messages and store every outcome.
 
         Whatever fails, each dispatch ends sent, in error (to retry), failed, or back in the
         queue untouched. ``UnknownMessageTypeError`` reaches the caller (after the other
-        messages are delivered) unless ``ignore_unknown_message_types`` is set. The delivery
-        loop itself keeps one :class:`~sitemessage.messengers.session.DeliverySession` open for
-        a whole run instead, so connections stay open from batch to batch.
+        messages are delivered) unless ``ignore_unknown_message_types`` is set. A thin adapter
+        over the engine: the delivery loop itself keeps one
+        :class:`~sitemessage.delivery.session.DeliverySession` open for a whole run instead, so
+        connections stay open from batch to batch.
         """
-        from .session import DeliverySession
-
         with DeliverySession(self) as session:
             session.finish(session.submit(messages, ignore_unknown_message_types))
 
@@ -201,106 +177,12 @@ class MessengerBase:
         """The configured limits of this messenger: (messages a second, per recipient); None is no limit."""
         return ratelimit.limit_for(self.get_alias()), ratelimit.limit_for(self.get_alias(), per_recipient=True)
 
-    def _deliver_rate_limited(self, message_cls, message: Message, dispatches: List[Dispatch],
-                              limits: Tuple[Optional[float], Optional[float]]) -> None:
-        """Send one dispatch at a time, each after taking a slot of the messenger's quotas."""
-        limit, per_recipient = limits
-        for index, dispatch in enumerate(dispatches):
-            try:
-                if limit is not None:
-                    ratelimit.acquire(self.get_alias(), limit)
-                if per_recipient is not None:
-                    ratelimit.acquire(f'{self.get_alias()}:{dispatch.address}', per_recipient)
-            except TimeoutError as error:
-                # The quota is exhausted for now: the rest waits for a later run, no attempt counted.
-                LOGGER.warning('%s: %s', self.get_alias(), error)
-                for waiting in dispatches[index:]:
-                    self.mark_pending(waiting)
-                return
-            self._send_guarded(message_cls, message, [dispatch])
-
-    def _deliver_bundle(self, items: list, limits: Tuple[Optional[float], Optional[float]]) -> None:
-        """Deliver several messages: in one :meth:`send_many` call, or one by one under a rate limit."""
-        if limits != (None, None):
-            for message_cls, message, dispatches in items:
-                self._deliver_rate_limited(message_cls, message, dispatches, limits)
-            return
-        try:
-            self.send_many(items)
-        except Exception as error:
-            LOGGER.exception('%s: send_many() raised', self.get_alias())
-            for message_cls, _message, dispatches in items:
-                self._mark_unmarked(dispatches, error, message_cls)
-        else:
-            for message_cls, _message, dispatches in items:
-                self._mark_unmarked(dispatches, MessengerException(
-                    f'{type(self).__name__}.send_many() did not report an outcome for this dispatch'), message_cls)
-
-    def _send_guarded(self, message_cls, message: Message, dispatches: List[Dispatch]) -> None:
-        try:
-            self.send(message_cls, message, dispatches)
-        except Exception as error:
-            LOGGER.exception('%s: send() raised', self.get_alias())
-            self._mark_unmarked(dispatches, error, message_cls)
-        else:
-            self._mark_unmarked(dispatches, MessengerException(
-                f'{type(self).__name__}.send() did not report an outcome for this dispatch'), message_cls)
-
-    def _compile(self, message_cls, message: Message, dispatches: List[Dispatch]) -> List[Dispatch]:
-        """Fill ``message_cache`` where empty; return the dispatches that compiled.
-
-        A message whose stored context cannot be read fails all its dispatches here, with the
-        reason: retrying cannot make the row readable.
-        """
-        problem = context_problem(message)
-        if problem is not None:
-            LOGGER.error('%s', problem)
-            for dispatch in dispatches:
-                self.mark_failed(dispatch, problem)
-            return []
-        to_compile = [dispatch for dispatch in dispatches if not has_text(dispatch)]
-        if to_compile:
-            try:
-                texts = message_cls.compile_for_dispatches(message, self, to_compile)
-            except Exception as error:
-                for dispatch in to_compile:
-                    self.mark_error(dispatch, error, message_cls)
-                return [dispatch for dispatch in dispatches if dispatch not in to_compile]
-            for dispatch, text in zip(to_compile, texts):
-                dispatch.message_cache = text
-        return dispatches
-
-    def _mark_unmarked(self, dispatches: Iterable[Dispatch], error: Any, message_cls=None) -> None:
-        for dispatch in dispatches:
-            if not getattr(dispatch, 'outcome_marked', False):
-                self.mark_error(dispatch, error, message_cls)
-
-    def _store(self, dispatches: List[Dispatch], untouched: List[Dispatch]) -> None:
-        untouched_ids = {id(dispatch) for dispatch in untouched}
-        attempted = [dispatch for dispatch in dispatches if id(dispatch) not in untouched_ids]
-        unmarked = [dispatch for dispatch in attempted if not getattr(dispatch, 'outcome_marked', False)]
-        for dispatch in unmarked:
-            # Reached only when something raised mid-way: still record why it was not sent.
-            dispatch.set_outcome(Dispatch.DISPATCH_STATUS_ERROR, 'Delivery was interrupted before an outcome')
-        # What was handed to a server must not be sent again because the database was away for a
-        # moment: storing is retried on a fresh connection (with the claim tokens it started with).
-        claims = [(dispatch, dispatch.claim_token, dispatch.lease_until) for dispatch in attempted]
-
-        def restore_claims():
-            for dispatch, token, lease_until in claims:
-                dispatch.claim_token, dispatch.lease_until = token, lease_until
-
-        retry_on_connection_loss(lambda: Dispatch.objects.store_outcomes(attempted),
-                                 'storing delivery outcomes', before_retry=restore_claims)
-        metrics.observe_outcomes(attempted)
-        retry_on_connection_loss(lambda: Dispatch.objects.release(untouched), 'releasing dispatches')
-
     # 1.4.0 helpers kept for projects' messengers --------------------------------------------------
 
     @contextmanager
     def before_after_send_handling(self, messages: Optional[List[MessageTuple]] = None):
         """Run the body between :meth:`before_send` and :meth:`after_send` (for ad hoc calls)."""
-        with self._lock():
+        with handover.messenger_lock(self):
             self.before_send()
             try:
                 yield

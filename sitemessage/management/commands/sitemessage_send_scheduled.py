@@ -1,7 +1,7 @@
 from django.core.management.base import CommandParser
 
 from ...progress import Progress
-from ...sending import send_scheduled_messages
+from ...delivery.run import send_scheduled_messages
 from ._base import EXIT_STATUSES_HELP, UNKNOWN_ALIAS_ERRORS, SitemessageCommand
 from ._outcome import add_outcome_arguments, exit_with_outcome, prepare, unreachable_lines, waiting_lines
 

@@ -1,0 +1,59 @@
+"""What the engine hands a messenger and what it gets back: a message with its dispatches, and each attempt.
+
+This module imports nothing of the package, so the models can use it: a claimed dispatch carries
+its :class:`Attempt` until the outcome is stored.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, List, NamedTuple, Optional, Type
+
+if TYPE_CHECKING:  # pragma: nocover
+    from ..messages.base import MessageBase
+    from ..models import Dispatch, Message
+
+# How a dispatch's error log starts when its messenger could not connect (see warm_up_failure()).
+WARM_UP_FAILURE = 'Messenger warm-up failed'
+
+
+class MessageWork(NamedTuple):
+    """A message with the dispatches of it that one messenger delivers now.
+
+    ``send_many()`` and ``prepare_batch()`` get a list of these; being a tuple, it unpacks as
+    ``(message type, message, dispatches)``, the shape messengers written before it expect.
+    """
+
+    message_cls: Type['MessageBase']
+    message: 'Message'
+    dispatches: List['Dispatch']
+
+
+@dataclass
+class Attempt:
+    """One delivery attempt of a claimed dispatch, from the claim until its outcome is stored.
+
+    ``retry_count`` and ``stored_text`` are the dispatch's values when it was claimed: a retry
+    counts once per attempt however often a messenger marks it, and the compiled text is written
+    back only when it changed. ``marked`` says whether the messenger reported an outcome;
+    ``retry_after`` is the service's hint (seconds) for the next attempt of a dispatch in error.
+    """
+
+    retry_count: int
+    stored_text: Optional[str]
+    marked: bool = False
+    retry_after: Optional[float] = None
+
+
+def describe_error(error: Any) -> str:
+    """Return the text stored for a failed attempt: the exception's class and message."""
+    from ..exceptions import MessengerException  # the floor module of errors; no cycle, kept lazy for the models
+    if isinstance(error, BaseException):
+        text = str(error)
+        name = type(error).__name__
+        return f'{name}: {text}' if text and not isinstance(error, MessengerException) else (text or name)
+    return str(error)
+
+
+def warm_up_failure(error: Optional[BaseException]) -> str:
+    """The error log of a dispatch whose messenger could not connect (the run report looks for it)."""
+    return f'{WARM_UP_FAILURE}: {describe_error(error)}'

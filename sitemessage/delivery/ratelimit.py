@@ -1,0 +1,73 @@
+"""Rate limits shared by every worker on every host, kept in Django's cache.
+
+A fixed one-second window per key: ``cache.add`` creates the window's counter, ``cache.incr``
+takes a slot atomically in Redis, Memcached and LocMemCache, so all workers sending through
+one messenger respect one quota. Django's database cache increments by a read then a write,
+so there each slot is also confirmed by ``cache.add`` of a key of its own (the table's primary
+key makes that atomic). A worker that finds the window full sleeps until the next one.
+
+Configure ``SITEMESSAGE_RATE_LIMITS = {'telegram': 30, 'smtp': 14}`` (messages per second per
+messenger alias) and ``SITEMESSAGE_RATE_LIMITS_PER_RECIPIENT = {'telegram': 1}``.
+``LocMemCache`` is per process: use a shared cache (Redis, Memcached, database) when several
+processes send (FileBasedCache is not safe across processes either: its ``add`` is not atomic).
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Optional
+
+from django.core.cache import caches
+from django.core.cache.backends.base import BaseCache
+
+from ..settings import get_setting
+
+SLEEP: Callable[[float], None] = time.sleep
+CLOCK: Callable[[], float] = time.time
+
+
+def limit_for(alias: str, per_recipient: bool = False) -> Optional[float]:
+    """Return the configured messages-per-second limit of a messenger (None: unlimited)."""
+    limits = get_setting('RATE_LIMITS_PER_RECIPIENT' if per_recipient else 'RATE_LIMITS') or {}
+    limit = limits.get(alias)
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0:
+        from ..exceptions import SiteMessageConfigurationError
+        setting = 'RATE_LIMITS_PER_RECIPIENT' if per_recipient else 'RATE_LIMITS'
+        raise SiteMessageConfigurationError(
+            f'SITEMESSAGE_{setting}[{alias!r}] must be a positive number of messages per second, got {limit!r}.')
+    return float(limit)
+
+
+def acquire(key: str, per_second: float, max_wait: float = 60.0) -> float:
+    """Take one slot of ``key``'s quota, sleeping until one is free; return the seconds waited.
+
+    Limits below one a second use a window of ``1 / per_second`` seconds holding one slot.
+    """
+    cache = caches[get_setting('RATE_LIMIT_CACHE')]
+    window = 1.0 if per_second >= 1 else 1.0 / per_second
+    slots = max(int(per_second * window), 1)
+    # BaseCache.incr is get() then set(): two workers can both get the same slot from it.
+    confirm_slots = type(cache).incr is BaseCache.incr
+    waited = 0.0
+    while True:
+        now = CLOCK()
+        window_index = math.floor(now / window)
+        counter_key = f'sitemessage:rl:{key}:{window}:{window_index}'
+        cache.add(counter_key, 0, timeout=int(window) + 2)
+        try:
+            taken = cache.incr(counter_key)
+        except ValueError:  # the counter expired between add and incr: take the next window
+            taken = slots + 1
+        if taken <= slots:
+            if confirm_slots and not cache.add(f'{counter_key}:{taken}', 1, timeout=int(window) + 2):
+                continue  # a read-then-write incr gave this slot to another worker too: try the next one
+            if math.floor(CLOCK() / window) == window_index:
+                return waited
+            continue  # a slow cache let the window end meanwhile: sending now would overfill the next one
+        pause = (window_index + 1) * window - now
+        if waited + pause > max_wait:
+            raise TimeoutError(f'Rate limit {per_second}/s of `{key}` still full after {waited:.1f} s.')
+        SLEEP(pause)
+        waited += pause

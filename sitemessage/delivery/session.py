@@ -1,0 +1,308 @@
+"""A messenger's connections for one delivery run: opened once, fed batch after batch, closed at the end.
+
+With one connection, each batch is delivered on the calling thread, as a messenger written for
+1.4.0 expects, over a connection kept open for the whole run. With several, each connection
+has a thread of its own and they pull work from one queue; :meth:`DeliverySession.submit`
+returns at once, so the caller can claim the next batch from the database while the
+connections are still busy with this one, and they never wait for each other between batches.
+"""
+from __future__ import annotations
+
+import collections
+import contextvars
+import logging
+import math
+import threading
+from typing import TYPE_CHECKING, Callable, Deque, Dict, List, NamedTuple, Optional, Set
+
+from django.db import connections as db_connections
+
+from ..exceptions import UnknownMessageTypeError
+from ..models import Dispatch, MessageTuple
+from .handover import compile_texts, deliver, messenger_lock, store_outcomes
+from .outcomes import MessageWork, warm_up_failure
+
+if TYPE_CHECKING:  # pragma: nocover
+    from ..messengers.base import MessengerBase
+
+LOGGER = logging.getLogger(__name__)
+
+UNITS_PER_CONNECTION = 16  # how finely a batch is cut for the connections to pull
+
+
+class SubmittedBatch:
+    """One messenger's share of a claimed batch, from its submission until its outcomes are stored."""
+
+    def __init__(self, dispatches: List[Dispatch]):
+        self.dispatches = dispatches
+        self.untouched: List[Dispatch] = []  # given back to the queue as they were (no attempt)
+        self.unknown_types: Set[str] = set()  # unregistered message types: their dispatches are untouched
+        self.error: Optional[UnknownMessageTypeError] = None  # raised once the batch is stored
+        self.outstanding = 0  # units not delivered yet; guarded by the session's condition
+        self.inline_work: list = []  # one connection: delivered on the caller's thread by finish()
+        self.stored = False
+
+
+class _Unit(NamedTuple):
+    """A few dispatches, of one message or of several, that one connection delivers in one go."""
+
+    items: List[MessageWork]
+    batch: SubmittedBatch
+
+    @property
+    def dispatches(self) -> List[Dispatch]:
+        return [dispatch for _cls, _message, group in self.items for dispatch in group]
+
+
+class DeliverySession:
+    """Deliver batches through one messenger over its configured number of connections.
+
+    Use it as a context manager: it holds the messenger's lock (a registered instance is shared)
+    until it is closed, and closing stores every batch submitted, whatever happened meanwhile.
+    """
+
+    def __init__(self, messenger: 'MessengerBase'):
+        self.messenger = messenger
+        self.parallel = messenger.get_parallel_connections()
+        self.limits = messenger.rate_limits()  # read once a run; a bad value is raised here, not in a thread
+        self._lock = messenger_lock(messenger)
+        guard = threading.Lock()
+        self._work_added = threading.Condition(guard)  # wakes idle connections
+        self._progress = threading.Condition(guard)  # wakes the caller: a batch done, the queue low, a thread gone
+        self._queue: Deque[_Unit] = collections.deque()
+        self._threads: List[threading.Thread] = []
+        self._live = 0  # connection threads running; the queue, counts and flags are guarded by `guard`
+        self._closing = False
+        self._inline_warm = False  # the calling thread's connection (one connection) is open
+        self._warm_up_error: Optional[BaseException] = None
+        self._open: List[SubmittedBatch] = []
+
+    def __enter__(self) -> 'DeliverySession':
+        self._lock.acquire()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # Batches ----------------------------------------------------------------------------------
+
+    def submit(self, messages: Dict[int, MessageTuple], ignore_unknown_message_types: bool = False) -> SubmittedBatch:
+        """Compile ``messages`` and hand them to the connections.
+
+        With several connections their threads start on them at once; with one they are
+        delivered on this thread by :meth:`finish`. Messages of an unknown type stay untouched; the error is
+        raised by :meth:`finish` unless ``ignore_unknown_message_types``.
+        """
+        messenger = self.messenger
+        batch = SubmittedBatch([dispatch for _message, group in messages.values() for dispatch in group])
+        self._open.append(batch)  # from here on, close() stores it whatever happens
+        work = []
+        for message, group in messages.values():
+            try:
+                message_cls = message.get_type()
+            except UnknownMessageTypeError as error:
+                batch.untouched.extend(group)
+                batch.unknown_types.add(message.cls)
+                if not ignore_unknown_message_types:
+                    batch.error = batch.error or error
+                continue
+            compiled = compile_texts(messenger, message_cls, message, group)
+            if compiled:
+                work.append(MessageWork(message_cls, message, compiled))
+        if work:
+            try:
+                messenger.prepare_batch(work)
+            except Exception:  # the messenger looks up what it needs itself, later
+                LOGGER.exception('%s: prepare_batch() raised', messenger.get_alias())
+            if self.parallel <= 1:
+                batch.inline_work = work
+            else:
+                self._enqueue(batch, work)
+        return batch
+
+    @property
+    def threaded(self) -> bool:
+        """Whether connection threads deliver (several connections), so the caller may work meanwhile."""
+        return self.parallel > 1
+
+    def wait_until_drained(self) -> None:
+        """Return once the connections have taken all but about two units each of the queued work.
+
+        The caller claims and submits its next batch then, while these units are on the wire.
+        """
+        self._wait(lambda: len(self._queue) <= 2 * self.parallel)
+
+    def finish(self, batch: SubmittedBatch) -> None:
+        """Deliver or wait until every dispatch of ``batch`` has an outcome, store them, raise its type error."""
+        work, batch.inline_work = batch.inline_work, []
+        if work:
+            self._deliver_inline(work)
+        self._wait(lambda: batch.outstanding == 0)
+        self._store(batch)
+        if batch.error is not None:
+            raise batch.error
+
+    def close(self) -> None:
+        """Store every open batch (work not taken yet goes back to the queue), then disconnect."""
+        try:
+            with self._progress:
+                while self._queue:  # only when the caller bails out before finishing its batches
+                    unit = self._queue.popleft()
+                    unit.batch.untouched.extend(unit.dispatches)
+                    unit.batch.outstanding -= 1
+                self._closing = True
+                self._work_added.notify_all()
+            for batch in self._open:  # one connection: not delivered yet, so untouched
+                batch.untouched.extend(d for _cls, _message, group in batch.inline_work for d in group)
+                batch.inline_work = []
+            self._wait(lambda: all(batch.outstanding == 0 for batch in self._open))
+            for batch in list(self._open):
+                self._store(batch)
+        finally:
+            for thread in self._threads:
+                thread.join()
+            if self._inline_warm:
+                self._inline_warm = False
+                self._cool_down()
+            self._lock.release()
+
+    def _store(self, batch: SubmittedBatch) -> None:
+        if not batch.stored:
+            batch.stored = True
+            self._open.remove(batch)
+            store_outcomes(batch.dispatches, batch.untouched)
+
+    def _wait(self, ready: Callable[[], bool]) -> None:
+        with self._progress:
+            while not ready():
+                if self._live == 0:
+                    if not self._queue:
+                        return  # nothing left that could change
+                    self._fail_queued()  # no connection could warm up
+                    continue
+                self._progress.wait()
+
+    # One connection: the calling thread ---------------------------------------------------------------
+
+    def _deliver_inline(self, work: list) -> None:
+        if not self._inline_warm:
+            error = self._warm_up()
+            if error is not None:
+                for message_cls, _message, group in work:
+                    for dispatch in group:
+                        self.messenger.mark_error(dispatch, warm_up_failure(error), message_cls)
+                return  # the next batch tries to connect again
+            self._inline_warm = True
+        deliver(self.messenger, work, self.limits)
+
+    # Several connections: a thread each ----------------------------------------------------------------
+
+    def _enqueue(self, batch: SubmittedBatch, work: list) -> None:
+        units = bundle_work(work, self.parallel)
+        with self._work_added:
+            self._queue.extend(_Unit(items, batch) for items in units)
+            batch.outstanding += len(units)
+            while self._live < min(self.parallel, len(self._queue)):
+                self._start_connection()
+            self._work_added.notify_all()
+
+    def _start_connection(self) -> None:
+        # Called holding the guard. The thread runs in a copy of the caller's context (translations).
+        self._live += 1
+        thread = threading.Thread(target=contextvars.copy_context().run, args=(self._connection,), daemon=True,
+                                  name=f'sitemessage-{self.messenger.get_alias()}-{len(self._threads) + 1}')
+        self._threads.append(thread)
+        thread.start()
+
+    def _connection(self) -> None:
+        """One connection's thread: warm up on the first unit, deliver units until the session closes."""
+        warm = False
+        try:
+            while True:
+                with self._work_added:
+                    while not self._queue and not self._closing:
+                        self._work_added.wait()
+                    if not self._queue:
+                        return
+                    unit = self._queue.popleft()
+                    if len(self._queue) <= 2 * self.parallel:
+                        self._progress.notify_all()  # the caller may claim the next batch now
+                if not warm:
+                    error = self._warm_up()
+                    if error is not None:
+                        with self._work_added:  # the unit goes to a connection that did warm up
+                            self._queue.appendleft(unit)
+                            self._warm_up_error = error
+                            self._work_added.notify()
+                        return
+                    warm = True
+                try:
+                    deliver(self.messenger, unit.items, self.limits)
+                finally:
+                    with self._progress:
+                        unit.batch.outstanding -= 1
+                        if not unit.batch.outstanding:
+                            self._progress.notify_all()
+        finally:
+            try:
+                if warm:
+                    self._cool_down()
+            finally:
+                with self._progress:
+                    self._live -= 1
+                    self._progress.notify_all()
+                db_connections.close_all()  # only this thread's, if a messenger opened any
+
+    def _fail_queued(self) -> None:
+        """Every connection failed to warm up: the queued units are errors, with the reason."""
+        while self._queue:
+            unit = self._queue.popleft()
+            for message_cls, _message, group in unit.items:
+                for dispatch in group:
+                    self.messenger.mark_error(dispatch, warm_up_failure(self._warm_up_error), message_cls)
+            unit.batch.outstanding -= 1
+
+    # Warm-up and cool-down ------------------------------------------------------------------------------
+
+    def _warm_up(self) -> Optional[BaseException]:
+        try:
+            self.messenger.before_send()
+        except Exception as error:
+            LOGGER.warning('%s: warm-up failed: %s', self.messenger.get_alias(), error)
+            return error
+        return None
+
+    def _cool_down(self) -> None:
+        try:
+            self.messenger.after_send()
+        except Exception as error:
+            # Outcomes are already recorded: a failed QUIT does not unsend mail.
+            LOGGER.warning('%s: cool-down failed: %s', self.messenger.get_alias(), error)
+
+
+def bundle_work(work: List[MessageWork], connections_count: int) -> List[List[MessageWork]]:
+    """Cut a batch into units of about the same number of dispatches, about sixteen per connection.
+
+    A message with many dispatches is split; messages with few are packed together (SMTP
+    streams the e-mails of a unit, see ``send_many()``). Units stay small so that, when the
+    queue runs dry, no connection is left with much more work than the others.
+    """
+    total = sum(len(group) for _cls, _message, group in work)
+    size = max(math.ceil(total / (connections_count * UNITS_PER_CONNECTION)), 1)
+    units: List[list] = []
+    current: list = []
+    room = size
+    for message_cls, message, group in work:
+        start = 0
+        while start < len(group):
+            piece = group[start:start + room]
+            current.append(MessageWork(message_cls, message, piece))
+            start += len(piece)
+            room -= len(piece)
+            if not room:
+                units.append(current)
+                current, room = [], size
+    if current:
+        units.append(current)
+    return units
+
