@@ -18,8 +18,8 @@ from .exceptions import UnknownMessageTypeError, UnknownMessengerError
 from .messengers.base import MessengerBase
 from .messengers.session import DeliverySession
 from .models import Dispatch, Message
+from .registry import get_registered_message_type, get_registered_messenger_object
 from .settings import get_positive_int_setting
-from .utils import get_registered_message_type, get_registered_messenger_object
 
 LOGGER = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from .. import metrics, ratelimit
 from ..dbretry import retry_on_connection_loss
 from ..exceptions import MessengerException, SiteMessageConfigurationError
 from ..models import Dispatch, Message, MessageTuple, context_problem, has_text
+from ..recipients import Recipient, is_iterable
 from ..settings import get_setting
-from ..utils import Recipient, is_iterable
 
 if TYPE_CHECKING:  # pragma: nocover
     from ..messages.base import MessageBase
