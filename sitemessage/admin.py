@@ -25,7 +25,7 @@ from django.utils.translation import gettext, gettext_lazy as _, ngettext
 
 from .models import Dispatch, DispatchError, Message, Subscription
 from .preview import render_previews
-from .wakeup import queue_changed
+from .signals import queue_changed
 
 SENT = Dispatch.DISPATCH_STATUS_SENT
 
@@ -223,7 +223,7 @@ class DispatchAdmin(ListStyles, admin.ModelAdmin):
             dispatch_status=Dispatch.DISPATCH_STATUS_PENDING, retry_count=0,
             next_attempt_at=None, lease_until=None, claim_token=None)
         if count:
-            queue_changed(queryset.db)
+            queue_changed.send(sender=Dispatch, using=queryset.db)
         self.message_user(request, ngettext('%d dispatch is pending again.', '%d dispatches are pending again.',
                                             count) % count, admin_messages.SUCCESS)
         if sent:
@@ -247,7 +247,7 @@ class DispatchAdmin(ListStyles, admin.ModelAdmin):
             count = sent.update(dispatch_status=Dispatch.DISPATCH_STATUS_PENDING, retry_count=0, message_cache='',
                                 next_attempt_at=None, lease_until=None, claim_token=None)
             if count:
-                queue_changed(queryset.db)
+                queue_changed.send(sender=Dispatch, using=queryset.db)
             self.message_user(request, ngettext('%d dispatch will be sent again.',
                                                 '%d dispatches will be sent again.', count) % count,
                               admin_messages.SUCCESS)

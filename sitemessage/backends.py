@@ -18,6 +18,10 @@ from django.utils.html import escape, linebreaks
 from .headers import (
     UnsafeHeaderValueError, check_email_address, check_header_name, check_header_value, is_plain_address, is_unsafe,
 )
+from .messages.email import EmailHtmlMessage, EmailMimeMessage
+from .recipients import Recipient, recipients
+from .registry import get_registered_message_type, get_registered_messenger_object
+from .scheduling import schedule_pairs_in_bulk
 from .settings import get_setting
 
 
@@ -141,8 +145,6 @@ class EmailBackend(BaseEmailBackend):
         return self.priority if self.priority is not None else get_setting('EMAIL_BACKEND_MESSAGES_PRIORITY')
 
     def send_messages(self, email_messages: Optional[Sequence[EmailMessage]]) -> int:
-        from .utils import get_registered_messenger_object
-
         if not email_messages:
             return 0
         forced_type = get_setting('SHORTCUT_EMAIL_MESSAGE_TYPE')
@@ -153,7 +155,6 @@ class EmailBackend(BaseEmailBackend):
 
     def _build(self, message: EmailMessage):
         """The message type of one e-mail, or None when it has no recipient or is refused silently."""
-        from .messages.email import EmailMimeMessage
         if not message.recipients():
             return None
         try:
@@ -167,8 +168,6 @@ class EmailBackend(BaseEmailBackend):
         return EmailMimeMessage(mime, sender, recipients, subject=str(message.subject))
 
     def _schedule_mime(self, email_messages: Sequence[EmailMessage], messenger: str) -> int:
-        from .utils import Recipient
-
         pairs = []
         for email_message in email_messages:
             message = self._build(email_message)
@@ -178,9 +177,6 @@ class EmailBackend(BaseEmailBackend):
         return self._store(pairs)
 
     def _schedule_legacy(self, email_messages: Sequence[EmailMessage], forced_type, messenger) -> int:
-        from .messages.email import EmailHtmlMessage
-        from .utils import get_registered_message_type, recipients
-
         message_cls = get_registered_message_type(forced_type) if forced_type else EmailHtmlMessage
         pairs = []
         for message in email_messages:
@@ -198,8 +194,6 @@ class EmailBackend(BaseEmailBackend):
 
     def _store(self, pairs: list) -> int:
         """Schedule the pairs; return how many were queued (a failure raises unless fail_silently)."""
-        from .scheduling import schedule_pairs_in_bulk
-
         if len(pairs) > 1 and not any(message.group_mark for message, _items in pairs):
             try:
                 schedule_pairs_in_bulk(pairs, priority=self._priority())  # one transaction: all or none

@@ -23,8 +23,9 @@ from django.conf import settings
 from django.core.checks import Tags, Warning, register
 from django.db import DatabaseError, connections
 
+from .models import Subscription
+from .registry import get_registered_message_types, get_registered_messenger_objects
 from .settings import get_setting
-from .utils import get_registered_message_types, get_registered_messenger_objects
 
 TAG = 'sitemessage'
 SITE_URL_HINT = ("Set SITEMESSAGE_SITE_URL = 'https://www.your-site.com' in settings, or install "
@@ -100,7 +101,6 @@ def _tables(alias: str) -> set:
 
 
 def _check_subscriptions(alias: str) -> List[Warning]:
-    from .models import Subscription
     if Subscription._meta.db_table not in _tables(alias):
         return []  # not migrated yet
     rows = Subscription.objects.using(alias).order_by()

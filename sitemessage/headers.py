@@ -16,6 +16,7 @@ from email.utils import getaddresses
 from typing import Any, Iterable, List, Optional
 
 from .exceptions import SiteMessageError
+from .registry import get_registered_message_types, get_registered_messenger_objects
 
 LOGGER = logging.getLogger(__name__)
 
@@ -147,7 +148,6 @@ def check_message_type_context(message_type: Any, context: Any, items: Optional[
     """Check the header values in the context of an e-mail: a type for ``smtp``, or one sent to e-mail addresses."""
     if not isinstance(context, dict) or not any(key in context for key in HEADER_CONTEXT_KEYS):
         return
-    from .utils import get_registered_message_types
     if isinstance(message_type, str):
         message_type = get_registered_message_types().get(message_type)
     email = 'smtp' in (getattr(message_type, 'supported_messengers', None) or ()) or any(
@@ -159,6 +159,5 @@ def is_email_messenger(alias: str) -> bool:
     """Whether addresses of this messenger are e-mail addresses (SMTP or ``address_attr = 'email'``)."""
     if alias == 'smtp':
         return True
-    from .utils import get_registered_messenger_objects
     messenger = get_registered_messenger_objects().get(alias)
     return messenger is not None and getattr(messenger, 'address_attr', None) == 'email'

@@ -22,10 +22,13 @@ from pathlib import Path
 from typing import NamedTuple, Optional
 
 from django.conf import settings
+from django.contrib import messages
 from django.core import signing
 from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect
 from django.template.loader import render_to_string
 from django.utils.crypto import constant_time_compare, salted_hmac
+from django.utils.translation import gettext
 
 from .settings import get_setting
 
@@ -171,10 +174,6 @@ def unsubscribed_response(request: HttpRequest, title: str, redirect_to: str) ->
     gets ``sitemessage/unsubscribe_done.html``. Anything else (a mail client's one-click POST, a
     1.4.0-style GET) is redirected as in 1.4.0.
     """
-    from django.contrib import messages
-    from django.shortcuts import redirect
-    from django.utils.translation import gettext
-
     text = gettext('You will no longer receive “%(title)s” messages.') % {'title': title}
     if hasattr(request, '_messages'):  # the messages middleware ran for this request
         messages.success(request, text, fail_silently=True)

@@ -7,7 +7,7 @@ from functools import lru_cache
 from typing import Optional
 from urllib.parse import urlsplit
 
-from .utils import get_site_url
+from .site import get_site_url
 
 # RFC 5322 atext: what a dot-atom label may hold; anything else becomes '-'.
 _NOT_ATEXT = re.compile(r"[^A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+")

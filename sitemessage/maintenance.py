@@ -8,9 +8,14 @@ from django.conf import settings
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
+from .delivery.run import SendReport, deliver_batch
+from .messages.email import EmailTextMessage
 from .models import Dispatch, Message
+from .recipients import recipients
+from .registry import get_registered_message_types, register_message_types
+from .scheduling import schedule_messages
 from .settings import get_positive_int_setting, get_setting
-from .utils import get_registered_message_types, get_site_url, recipients, register_message_types
+from .site import get_site_url
 
 ALERT_PRIORITY = 999
 
@@ -43,11 +48,8 @@ def cleanup_sent_messages(ago: Optional[int] = None, dispatches_only: bool = Fal
 def check_undelivered(to: Union[str, List[str], None] = None) -> int:
     """Count failed dispatches; if any, e-mail ``to`` (default: ``ADMINS``) about them. Return the count.
 
-    Only the alert itself is sent right away (1.4.0 sent every queued message of priority 999).
+    Only the alert itself is sent right away, so the alert never waits behind the queue it reports on.
     """
-    from .delivery.run import SendReport, deliver_batch
-    from .toolbox import schedule_messages
-
     failed_count = Dispatch.objects.filter(dispatch_status=Dispatch.DISPATCH_STATUS_FAILED).count()
     if failed_count:
         if to is None:
@@ -55,7 +57,6 @@ def check_undelivered(to: Union[str, List[str], None] = None) -> int:
             if admins:
                 to = [admin[1] for admin in admins]
         if to:
-            from .messages.email import EmailTextMessage
             if 'email_plain' not in get_registered_message_types():
                 register_message_types(EmailTextMessage)
             text = _('You have %(count)s undelivered dispatch(es) at %(url)s') % {

@@ -17,6 +17,7 @@ from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 
 from .exceptions import SiteMessageConfigurationError
+from .registry import get_registered_messenger_objects
 from .settings import get_setting
 
 LOGGER = logging.getLogger(__name__)
@@ -53,7 +54,6 @@ class QueueCollector:
         from prometheus_client.core import GaugeMetricFamily
 
         from .queue_status import QUEUE_STATUSES, MessengerStatus, get_queue_status
-        from .utils import get_registered_messenger_objects
 
         was_open = connection.connection is not None
         try:

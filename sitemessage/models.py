@@ -23,9 +23,10 @@ from django.utils.translation import gettext_lazy as _
 
 from .delivery.outcomes import Attempt
 from .headers import check_message_type_context, check_recipients, unique_recipients
-from .settings import get_setting
-from .utils import Recipient, get_registered_message_type
-from .wakeup import queue_changed
+from .recipients import Recipient
+from .registry import get_registered_message_type, get_registered_message_types, get_registered_messenger_objects
+from .settings import get_positive_int_setting, get_setting
+from .signals import queue_changed
 
 USER_MODEL = getattr(settings, 'AUTH_USER_MODEL', 'auth.User')
 
@@ -261,7 +262,7 @@ class DispatchQuerySet(models.QuerySet):
         due = Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)
         waiting = Q(dispatch_status__in=Dispatch.SENDABLE_STATUSES) & due
         abandoned = Q(dispatch_status=Dispatch.DISPATCH_STATUS_PROCESSING, lease_until__lt=now)
-        # 1.4.0 left crashed claims in Processing with no lease: they are sendable again too.
+        # A claim stored without a lease (a crash of a sender that took no lease) is sendable again too.
         legacy = Q(dispatch_status=Dispatch.DISPATCH_STATUS_PROCESSING, lease_until__isnull=True)
         return self.filter(waiting | abandoned | legacy)
 
@@ -489,7 +490,7 @@ class Dispatch(models.Model):
     dispatch_status = models.PositiveIntegerField(
         _('Dispatch status'), choices=DISPATCH_STATUSES, default=DISPATCH_STATUS_PENDING)
     read_status = models.PositiveIntegerField(_('Read status'), choices=READ_STATUSES, default=READ_STATUS_UNREAD)
-    # New in 2.0: the lease of a worker's claim, and the earliest time of the next attempt.
+    # The lease of a worker's claim, and the earliest time of the next attempt.
     claim_token = models.CharField(
         _('Claim token'), max_length=32, null=True, blank=True, editable=False, db_index=True,
         help_text=_('Identifies the delivery run that has claimed this dispatch.'))
@@ -585,7 +586,7 @@ class Dispatch(models.Model):
         objects = [cls(message=message_model, messenger=r.messenger, recipient=r.user,
                        address='' if r.address is None else r.address) for r in items]
         objects = cls.objects.bulk_create(objects)
-        queue_changed()
+        queue_changed.send(sender=cls, using=None)
         if not message_model.dispatches_ready:
             message_model.dispatches_ready = True
             message_model.save(update_fields=['dispatches_ready'])
@@ -595,10 +596,9 @@ class Dispatch(models.Model):
     def get_unsent(cls, priority=None) -> List['Dispatch']:
         """Claim and return the next batch of sendable dispatches (status: processing).
 
-        Unlike 1.4.0 this returns at most ``SITEMESSAGE_SEND_BATCH_SIZE`` dispatches, oldest
-        first, under a lease: whoever takes them must store an outcome or release them.
+        At most ``SITEMESSAGE_SEND_BATCH_SIZE`` dispatches, oldest first, under a lease, so
+        that several senders share the queue: whoever takes them must store an outcome or release them.
         """
-        from .settings import get_positive_int_setting
         return cls.objects.claim(
             get_positive_int_setting('SEND_BATCH_SIZE'), get_positive_int_setting('SEND_LEASE_SECONDS'),
             priority=priority)
@@ -758,7 +758,6 @@ class Subscription(models.Model):
 
 def _check_registered(message_alias: str, messenger_alias: str) -> None:
     """Raise ``ValueError`` naming an unregistered alias of a subscription and the registered ones."""
-    from .utils import get_registered_message_types, get_registered_messenger_objects
     for kind, alias, registry in (('message type', message_alias, get_registered_message_types()),
                                   ('messenger', messenger_alias, get_registered_messenger_objects())):
         if alias not in registry:

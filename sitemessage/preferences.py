@@ -6,7 +6,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 from django.http import HttpRequest
 
 from .models import Subscription
-from .utils import get_registered_message_types, get_registered_messenger_objects
+from .registry import get_registered_message_types, get_registered_messenger_objects
 
 _ALIAS_SEP = '|'
 _PREF_POST_KEY = 'sm_user_pref'

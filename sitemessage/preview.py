@@ -12,7 +12,7 @@ from django.db.models import Count
 from .exceptions import SiteMessageError
 from .models import Dispatch, Message
 from .plaintext import html_to_text
-from .utils import get_registered_messenger_object, get_registered_messenger_objects
+from .registry import get_registered_messenger_object, get_registered_messenger_objects
 
 
 class Preview(NamedTuple):

@@ -1,14 +1,55 @@
-"""Scheduling many messages at once: two bulk inserts instead of a few queries per message."""
+"""Scheduling messages: :func:`schedule_messages` (the toolbox re-exports it) and its bulk path.
+
+Many messages at once go in two bulk inserts instead of a few queries per message.
+"""
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 from django.db import connections, router, transaction
 
 from .headers import check_message_type_context
 from .messages.base import MessageBase
+from .messages.plain import PlainTextMessage
 from .models import Dispatch, Message, MessageTuple
-from .wakeup import queue_changed
+from .recipients import is_iterable
+from .signals import queue_changed
+
+TypeMessages = Union[str, MessageBase, List[Union[str, MessageBase]]]
+
+
+def schedule_messages(messages: TypeMessages, recipients=None, sender=None,
+                      priority: Optional[int] = None) -> List[MessageTuple]:
+    """Schedule one or several messages (texts become :class:`PlainTextMessage`) to recipients.
+
+    Without ``recipients`` the dispatches are created later by :func:`prepare_dispatches`.
+    Recipients are checked and de-duplicated (see :mod:`sitemessage.headers`): an unsafe address or
+    e-mail subject raises :class:`~sitemessage.headers.UnsafeHeaderValueError` before anything is stored.
+    """
+    if not is_iterable(messages) or isinstance(messages, MessageBase):
+        messages = (messages,)
+    if recipients is not None:
+        recipients = Dispatch.normalize_recipients(recipients)  # a generator must serve every message
+    prepared = []
+    for message in messages:
+        if isinstance(message, str):
+            message = PlainTextMessage(message)
+        elif not isinstance(message, MessageBase):
+            raise TypeError(f'Expected a message text or a MessageBase instance, got {message!r}.')
+        check_message_type_context(type(message), message.get_context(), recipients)  # all before any is stored
+        prepared.append(message)
+
+    bulk = [message for message in prepared if can_bulk_schedule(message)]
+    scheduled = {}
+    if len(bulk) > 1:
+        for message, result in zip(bulk, schedule_in_bulk(bulk, recipients, sender=sender, priority=priority)):
+            scheduled[id(message)] = result
+    for message in prepared:
+        if id(message) not in scheduled:
+            scheduled[id(message)] = message.schedule(
+                recipients=recipients, sender=sender,
+                priority=priority if priority is not None else message.priority)
+    return [scheduled[id(message)] for message in prepared]
 
 
 def can_bulk_schedule(message: MessageBase) -> bool:
@@ -50,7 +91,7 @@ def schedule_pairs_in_bulk(pairs: Sequence[Tuple[MessageBase, Optional[list]]], 
                      address='' if r.address is None else r.address)
             for model, (_message, items) in zip(models, pairs) for r in items or ()])
         if dispatches:
-            queue_changed(database)
+            queue_changed.send(sender=Dispatch, using=database)
     result, offset = [], 0
     for model, (message, items) in zip(models, pairs):
         own = dispatches[offset:offset + len(items or ())]

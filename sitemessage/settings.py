@@ -10,15 +10,17 @@ from typing import Any, Optional
 
 from django.conf import settings as django_settings
 
+from .exceptions import SiteMessageConfigurationError
+
 DEFAULTS: dict[str, Any] = {
-    # Documented in 1.4.0.
+    # Discovery, shortcuts, EmailBackend, links.
     'APP_MODULE_NAME': 'sitemessages',
     'INIT_BUILTIN_MESSAGE_TYPES': True,
     'EMAIL_BACKEND_MESSAGES_PRIORITY': None,
     'SHORTCUT_EMAIL_MESSENGER_TYPE': 'smtp',
     'SHORTCUT_EMAIL_MESSAGE_TYPE': None,
     'SITE_URL': None,
-    # New in 2.0: the delivery engine.
+    # The delivery engine.
     'SEND_BATCH_SIZE': 200,
     'SEND_LEASE_SECONDS': 600,
     'RETRY_DELAY_SECONDS': 30,
@@ -34,15 +36,15 @@ DEFAULTS: dict[str, Any] = {
     'CONNECT_TIMEOUT': 30,
     'PARALLEL_CONNECTIONS': {},
     'HTTP_TIMEOUT': 10,
-    # New in 2.0: a GET of an unsubscribe link shows a confirmation page; only a POST unsubscribes.
+    # A GET of an unsubscribe link shows a confirmation page (link scanners GET); only a POST unsubscribes.
     'UNSUBSCRIBE_CONFIRM': True,
-    # New in 2.0, deprecated at birth: accept 1.4.0 link signatures (one for both actions) in both views.
+    # Deprecated: accept old links' single signature (one for both actions) in both views, for mail already sent.
     'ACCEPT_LEGACY_LINK_SIGNATURES': True,
     'FACEBOOK_GRAPH_VERSION': 'v24.0',
     'VKONTAKTE_API_VERSION': '5.199',
-    # New in 2.0: which of Django 6.1's MAILERS holds the SMTP options (None: found by backend).
+    # Which of Django 6.1's MAILERS holds the SMTP options (None: found by backend).
     'SMTP_MAILER': None,
-    # New in 2.0: Prometheus metrics (sitemessage.metrics).
+    # Prometheus metrics (sitemessage.metrics).
     'METRICS': False,
     'METRICS_PORT': None,
     'METRICS_ADDRESS': '127.0.0.1',
@@ -58,7 +60,6 @@ def get_positive_int_setting(name: str) -> int:
     """Return ``SITEMESSAGE_<name>`` as a positive integer; a clear error names a bad value."""
     value = get_setting(name)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        from .exceptions import SiteMessageConfigurationError
         raise SiteMessageConfigurationError(
             f'SITEMESSAGE_{name} must be a positive integer, got {value!r}.')
     return value
@@ -68,7 +69,6 @@ def get_timeout_setting(name: str) -> Optional[float]:
     """Return ``SITEMESSAGE_<name>`` as seconds (a positive number, or None: no timeout); a bad value is named."""
     value = get_setting(name)
     if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
-        from .exceptions import SiteMessageConfigurationError
         raise SiteMessageConfigurationError(
             f'SITEMESSAGE_{name} must be a positive number of seconds or None, got {value!r}.')
     return value

@@ -26,9 +26,9 @@ from .links import (
     is_legacy_signature, is_mark_read_signature_valid, parse_id, read_unsubscribe_token,
 )
 from .models import Dispatch, Message
+from .registry import get_registered_message_type
 from .settings import get_setting
 from .signals import sig_mark_read_failed, sig_unsubscribe_failed
-from .utils import get_registered_message_type
 
 _CONFIRM_TEMPLATE = 'sitemessage/unsubscribe_confirm.html'
 _ACTIONS = {'handle_unsubscribe_request': ACTION_UNSUBSCRIBE, 'handle_mark_read_request': ACTION_MARK_READ}

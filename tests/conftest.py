@@ -7,7 +7,7 @@ from unittest import mock
 
 import pytest
 
-from sitemessage import utils
+from sitemessage import registry, utils
 from tests.smtp_handlers import RefusingHandler, loopback_controller
 
 
@@ -57,9 +57,9 @@ def smtp_messenger(smtp_server):
 @pytest.fixture(autouse=True)
 def isolated_registry():
     """Each test starts from the registries as discovered at start-up, and leaves them so."""
-    with mock.patch.dict(utils._MESSENGERS_REGISTRY), mock.patch.dict(utils._MESSAGES_REGISTRY), \
-            mock.patch.dict(utils._MESSAGES_FOR_APPS):
-        fake = utils._MESSENGERS_REGISTRY['fake']
+    with mock.patch.dict(registry._MESSENGERS_REGISTRY), mock.patch.dict(registry._MESSAGES_REGISTRY), \
+            mock.patch.dict(registry._MESSAGES_FOR_APPS):
+        fake = registry._MESSENGERS_REGISTRY['fake']
         fake.reset()
         yield
 

@@ -1,4 +1,4 @@
-"""Waking workers after the scheduling transaction commits (sitemessage/wakeup.py)."""
+"""Waking workers after the scheduling transaction commits (sitemessage/background/wakeup.py)."""
 from __future__ import annotations
 
 import logging

@@ -20,6 +20,7 @@ from typing import Callable, Optional
 from django.core.cache import caches
 from django.core.cache.backends.base import BaseCache
 
+from ..exceptions import SiteMessageConfigurationError
 from ..settings import get_setting
 
 SLEEP: Callable[[float], None] = time.sleep
@@ -33,7 +34,6 @@ def limit_for(alias: str, per_recipient: bool = False) -> Optional[float]:
     if limit is None:
         return None
     if isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0:
-        from ..exceptions import SiteMessageConfigurationError
         setting = 'RATE_LIMITS_PER_RECIPIENT' if per_recipient else 'RATE_LIMITS'
         raise SiteMessageConfigurationError(
             f'SITEMESSAGE_{setting}[{alias!r}] must be a positive number of messages per second, got {limit!r}.')

@@ -17,8 +17,8 @@ from django.utils import timezone
 from ..exceptions import UnknownMessageTypeError, UnknownMessengerError
 from ..messengers.base import MessengerBase
 from ..models import Dispatch, Message
+from ..registry import get_registered_message_type, get_registered_messenger_object
 from ..settings import get_positive_int_setting
-from ..utils import get_registered_message_type, get_registered_messenger_object
 from .outcomes import WARM_UP_FAILURE
 from .session import DeliverySession
 

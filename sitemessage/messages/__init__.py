@@ -1,5 +1,7 @@
 """Message types. The built-in ones are importable from here, lazily, as the docs show."""
-from ..utils import register_message_types
+from importlib import import_module
+
+from ..registry import register_message_types
 
 _BUILTIN = {
     'PlainTextMessage': 'plain',
@@ -19,7 +21,6 @@ def register_builtin_message_types() -> None:
 def __getattr__(name):
     # Lazy, so that importing this package never imports models before apps are ready.
     if name in _BUILTIN:
-        from importlib import import_module
         return getattr(import_module(f'{__name__}.{_BUILTIN[name]}'), name)
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 

@@ -1,8 +1,6 @@
 """The base of message types: what a message says and how it is rendered for each messenger."""
 from __future__ import annotations
 
-import threading
-import weakref
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Union
 from uuid import uuid4
@@ -11,30 +9,22 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.template.loader import render_to_string
-from django.urls import NoReverseMatch, get_resolver, get_script_prefix, get_urlconf, reverse
 from django.utils.crypto import constant_time_compare, salted_hmac
 from django.utils.translation import gettext_lazy as _
 
+from ..compat import APP_URLS_ATTACHED  # noqa: F401 -- importable from here, as in 1.4.0
 from ..exceptions import UnknownMessengerError
-from ..links import (
-    ACTION_MARK_READ, ACTION_UNSUBSCRIBE, invalid_link_response, mark_read_signature, unsubscribe_token,
-    unsubscribed_response,
-)
+from ..headers import safe_recipients
+from ..links import ACTION_MARK_READ, ACTION_UNSUBSCRIBE, invalid_link_response, unsubscribed_response
 from ..list_id import default_list_id
+from ..recipients import Recipient, recipients as _recipients
+from ..registry import get_registered_messenger_object
 from ..signals import sig_mark_read_failed, sig_mark_read_success, sig_unsubscribe_failed, sig_unsubscribe_success
-from ..utils import (
-    Recipient, get_registered_messenger_object, get_site_url,
-    recipients as _recipients,
-)
+from ..site import get_site_url
+from .links import URL_MARK_READ, URL_UNSUBSCRIBE, reverse_signed_link, signed_link_url  # noqa: F401
 
 if TYPE_CHECKING:  # pragma: nocover
     from ..models import DeferredText, Dispatch, Message, MessageTuple
-
-# Kept for 1.4.0 compatibility; directives are no longer switched off for good on a failed reverse.
-APP_URLS_ATTACHED = None
-
-URL_UNSUBSCRIBE = 'sitemessage_unsubscribe'
-URL_MARK_READ = 'sitemessage_mark_read'
 
 # While one text is compiled for many dispatches, directives render as these placeholders,
 # which are then replaced with each dispatch's own signed links.
@@ -151,7 +141,6 @@ class MessageBase:
                     address = None
             if isinstance(address, str) and address:
                 subscribers.append(Recipient(subscription.messenger_cls, user, address))
-        from ..headers import safe_recipients
         return safe_recipients(subscribers)  # a stored address with a line break is left out, logged
 
     @classmethod
@@ -261,18 +250,7 @@ class MessageBase:
             return placeholders[name]
         if getattr(dispatch_model, 'pk', None) is None:
             return ''
-        message_id, dispatch_id = message_model.pk, dispatch_model.pk
-        if name == URL_UNSUBSCRIBE:
-            signature = unsubscribe_token(
-                message_id, dispatch_id, getattr(message_model, 'cls', None) or cls.get_alias(),
-                dispatch_model.messenger, dispatch_model.recipient_id, dispatch_model.address)
-        else:
-            signature = mark_read_signature(message_id, dispatch_id)
-        try:
-            path = reverse_signed_link(name, message_id, dispatch_id, signature)
-        except NoReverseMatch:
-            return ''  # the project has not attached sitemessage URLs
-        return f'{get_site_url()}{path}'
+        return signed_link_url(name, cls.get_alias(), message_model, dispatch_model)
 
     @classmethod
     def get_list_id(cls) -> str:
@@ -311,40 +289,3 @@ class MessageBase:
         sig_mark_read_failed.send(cls, request=request, message=message, dispatch=dispatch)
         return invalid_link_response(request, ACTION_MARK_READ)
 
-
-# Reversing a signed link once per URLconf, not once per dispatch -------------------------------------
-
-_LINK_SAMPLE_ARGS = (987654321987, 123456789123, '0f1e2d3c4b5a69788796a5b4c3d2e1f001234567')
-_LINK_TEMPLATES: 'weakref.WeakKeyDictionary' = weakref.WeakKeyDictionary()
-_LINK_TEMPLATES_LOCK = threading.Lock()
-
-
-def reverse_signed_link(name: str, message_id: int, dispatch_id: int, hashed: str) -> str:
-    """``reverse(name, args=[message_id, dispatch_id, hashed])``, from a template made by one reverse().
-
-    Sending thousands of e-mails a second, reverse() per dispatch costs more than building the
-    e-mail. The template is kept per URL resolver, which Django replaces whenever the URLconf
-    changes (``clear_url_caches()``), so it is never staler than Django's own reverse cache.
-    A URL whose pattern does not take the sample values verbatim is reversed every time.
-    """
-    resolver, key = get_resolver(get_urlconf()), (name, get_script_prefix())
-    with _LINK_TEMPLATES_LOCK:  # connection threads build links at once
-        parts = _LINK_TEMPLATES.setdefault(resolver, {}).get(key)
-    if parts is None:
-        parts = _link_template(name)
-        with _LINK_TEMPLATES_LOCK:
-            _LINK_TEMPLATES[resolver][key] = parts
-    if parts is False:
-        return reverse(name, args=[message_id, dispatch_id, hashed])
-    return f'{parts[0]}{message_id}{parts[1]}{dispatch_id}{parts[2]}{hashed}{parts[3]}'
-
-
-def _link_template(name: str):
-    sample = reverse(name, args=list(_LINK_SAMPLE_ARGS))  # NoReverseMatch: not cached, raised each time
-    parts, rest = [], sample
-    for value in _LINK_SAMPLE_ARGS:
-        before, found, rest = rest.partition(str(value))
-        if not found or str(value) in rest:
-            return False
-        parts.append(before)
-    return (*parts, rest)

@@ -18,8 +18,8 @@ from ..delivery.outcomes import MessageWork, describe_error
 from ..delivery.session import DeliverySession
 from ..exceptions import SiteMessageConfigurationError
 from ..models import Dispatch, Message, MessageTuple
+from ..recipients import Recipient, is_iterable
 from ..settings import get_setting
-from ..utils import Recipient, is_iterable
 
 if TYPE_CHECKING:  # pragma: nocover
     from ..messages.base import MessageBase

@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 from ..exceptions import MessengerException, PermanentDeliveryError, TemporaryDeliveryError
 from ..settings import get_setting
-from ..utils import import_optional
+from ..optional import import_optional
 from .base import MessengerBase
 
 TypeProxy = Union[Dict[str, str], Callable[[], Dict[str, str]], None]

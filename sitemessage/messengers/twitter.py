@@ -27,7 +27,7 @@ from django.utils.translation import gettext_lazy
 
 from ..exceptions import (
     MessengerException, MessengerWarmupException, PermanentDeliveryError, TemporaryDeliveryError)
-from ..utils import import_optional, stand_in_module
+from ..optional import import_optional, stand_in_module
 from .base_http import RequestsMessengerBase, TypeProxy, parse_retry_after
 
 if TYPE_CHECKING:  # pragma: nocover

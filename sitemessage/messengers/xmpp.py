@@ -29,7 +29,7 @@ from ..exceptions import (
     TemporaryDeliveryError,
 )
 from ..settings import get_timeout_setting
-from ..utils import import_optional
+from ..optional import import_optional
 from . import xmpp_sleek
 from .base import MessengerBase
 

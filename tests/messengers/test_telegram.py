@@ -576,7 +576,7 @@ def test_identity_and_documented_constructor():
 
 
 def test_a_missing_requests_package_names_the_extra(monkeypatch):
-    monkeypatch.setattr('sitemessage.utils.find_spec', lambda name: None)
+    monkeypatch.setattr('sitemessage.optional.find_spec', lambda name: None)
 
     with pytest.raises(SiteMessageConfigurationError, match=r'django-sitemessage\[telegram\]'):
         TelegramMessenger('token')

@@ -434,9 +434,9 @@ def test_secrets_echoed_by_the_service_are_redacted(x_api, api_server):
 
 
 def test_missing_oauth_library_names_the_pip_extra(monkeypatch):
-    from sitemessage import utils
-    real_find_spec = utils.find_spec
-    monkeypatch.setattr(utils, 'find_spec', lambda name: None if name == 'requests_oauthlib' else real_find_spec(name))
+    from sitemessage import optional
+    real_find_spec = optional.find_spec
+    monkeypatch.setattr(optional, 'find_spec', lambda name: None if name == 'requests_oauthlib' else real_find_spec(name))
     with pytest.raises(SiteMessageConfigurationError, match=r'django-sitemessage\[twitter\]'):
         TwitterMessenger(API_KEY, API_SECRET, ACCESS_TOKEN, ACCESS_TOKEN_SECRET)
 

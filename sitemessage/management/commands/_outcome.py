@@ -8,7 +8,7 @@ from django.core.management.base import CommandParser
 
 from ...models import Message
 from ...delivery.run import SendReport, count_waiting_for_preparation, prepare_dispatches
-from ...utils import get_registered_message_types
+from ...registry import get_registered_message_types
 from ._base import EXIT_COULD_NOT_RUN, EXIT_DISPATCH_ERRORS
 
 

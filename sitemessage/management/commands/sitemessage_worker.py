@@ -1,8 +1,8 @@
 from django.core.management.base import CommandParser
 
 from ...metrics import start_metrics_server
+from ...background.worker import Worker
 from ...delivery.run import SendReport
-from ...worker import Worker
 from ._base import EXIT_STATUSES_HELP, UNKNOWN_ALIAS_ERRORS, SitemessageCommand
 from ._outcome import add_outcome_arguments, exit_with_outcome, unreachable_lines, waiting_lines
 from .sitemessage_send_scheduled import _priority
