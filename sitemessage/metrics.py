@@ -17,6 +17,8 @@ from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 
 from .exceptions import SiteMessageConfigurationError
+from .models import Dispatch
+from .queue_status import QUEUE_STATUSES, MessengerStatus, get_queue_status
 from .registry import get_registered_messenger_objects
 from .settings import get_setting
 
@@ -52,8 +54,6 @@ class QueueCollector:
 
     def collect(self):
         from prometheus_client.core import GaugeMetricFamily
-
-        from .queue_status import QUEUE_STATUSES, MessengerStatus, get_queue_status
 
         was_open = connection.connection is not None
         try:
@@ -104,8 +104,6 @@ class SitemessageMetrics:
 
     def observe(self, dispatches: Iterable) -> None:
         """Count the stored outcomes of a batch and the latency of the dispatches it sent."""
-        from .models import Dispatch
-
         outcomes = {Dispatch.DISPATCH_STATUS_SENT: 'sent', Dispatch.DISPATCH_STATUS_ERROR: 'error',
                     Dispatch.DISPATCH_STATUS_FAILED: 'failed'}
         now = timezone.now()

@@ -1,12 +1,14 @@
 """What the engine hands a messenger and what it gets back: a message with its dispatches, and each attempt.
 
-This module imports nothing of the package, so the models can use it: a claimed dispatch carries
-its :class:`Attempt` until the outcome is stored.
+This module imports only :mod:`sitemessage.exceptions`, so the models can use it: a claimed
+dispatch carries its :class:`Attempt` until the outcome is stored.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, List, NamedTuple, Optional, Type
+
+from ..exceptions import MessengerException
 
 if TYPE_CHECKING:  # pragma: nocover
     from ..messages.base import MessageBase
@@ -46,7 +48,6 @@ class Attempt:
 
 def describe_error(error: Any) -> str:
     """Return the text stored for a failed attempt: the exception's class and message."""
-    from ..exceptions import MessengerException  # the floor module of errors; no cycle, kept lazy for the models
     if isinstance(error, BaseException):
         text = str(error)
         name = type(error).__name__

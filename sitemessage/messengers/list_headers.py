@@ -18,6 +18,7 @@ from django.db import connections
 from django.db.models import Exists, OuterRef, Q
 
 from ..list_id import check_list_id
+from ..models import Dispatch, Subscription
 
 Headers = List[Tuple[str, str]]
 _CHUNK = 500  # keeps IN (...) under every database's parameter limit
@@ -79,7 +80,6 @@ def subscribed_dispatches(items: Sequence[tuple]) -> Set[int]:
     Dispatches claimed together (one claim token) are matched by the database itself; others by
     lists of their recipients.
     """
-    from ..models import Subscription
     tokens = {dispatch.claim_token for _cls, _message, dispatches in items for dispatch in dispatches}
     if len(tokens) == 1 and next(iter(tokens)):
         first = next(dispatch for _cls, _message, dispatches in items for dispatch in dispatches)
@@ -124,7 +124,6 @@ _TOKEN = '<claim token>'  # stands for the claim token among the parameters of t
 @lru_cache(maxsize=8)
 def _claimed_subscribers_sql(using: str) -> Tuple[str, tuple]:
     """The query of :func:`claimed_subscribers`, compiled once per database: compiling it cost more than running it."""
-    from ..models import Dispatch, Subscription
     same_type = Subscription.objects.filter(message_cls=OuterRef('message__cls'), messenger_cls=OuterRef('messenger'))
     users = Q(Exists(same_type.filter(recipient_id=OuterRef('recipient_id'))), recipient__isnull=False)
     addresses = Q(Exists(same_type.filter(recipient__isnull=True, address=OuterRef('address'))), recipient__isnull=True)
