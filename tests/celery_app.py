@@ -1,4 +1,4 @@
-"""The Celery app of the process tests (tests/test_workers.py), set up as Celery's Django guide says.
+"""The Celery app of the process tests (tests/background/test_worker.py), set up as Celery's Django guide says.
 
 Configured from tests/process_settings.py (``CELERY_*`` settings: the Redis broker and result
 backend, the task queue); ``autodiscover_tasks()`` finds ``sitemessage.tasks`` in INSTALLED_APPS.

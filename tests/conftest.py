@@ -8,6 +8,7 @@ from unittest import mock
 import pytest
 
 from sitemessage import registry, utils
+from tests.fakes import refused_port
 from tests.smtp_handlers import RefusingHandler, loopback_controller
 
 
@@ -67,6 +68,13 @@ def isolated_registry():
 @pytest.fixture
 def fake_messenger():
     return utils.get_registered_messenger_object('fake')
+
+
+@pytest.fixture
+def closed_port():
+    """A loopback port that refuses connections for the whole test (held bound, never listening)."""
+    with refused_port() as port:
+        yield port
 
 
 @pytest.fixture

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import socket
-from typing import List
+from contextlib import contextmanager
+from typing import Iterator, List
 
 from sitemessage.exceptions import MessengerWarmupException
 from sitemessage.messengers.base import MessengerBase
@@ -12,12 +13,24 @@ def free_port() -> int:
     """A loopback port free a moment ago: another process may take it before it is used.
 
     Only for a port an external program must be told in advance (Postfix, Prosody, a worker's
-    metrics server), or one nothing should listen on (a refused connection). A server in the
-    tests binds port 0 itself and reports the port it got (``tests.smtp_handlers.loopback_controller``).
+    metrics server). A server in the tests binds port 0 itself and reports the port it got
+    (``tests.smtp_handlers.loopback_controller``); a refused connection needs :func:`refused_port`.
     """
     with socket.socket() as sock:
         sock.bind(('127.0.0.1', 0))
         return sock.getsockname()[1]
+
+
+@contextmanager
+def refused_port() -> Iterator[int]:
+    """A loopback port that refuses connections for as long as the block runs.
+
+    The port stays bound (never listening), so no other process can take it meanwhile: the
+    kernel answers every connection with a reset, which clients report as "connection refused".
+    """
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        yield sock.getsockname()[1]
 
 
 class FakeMessenger(MessengerBase):

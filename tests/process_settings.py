@@ -1,4 +1,4 @@
-"""Settings of the real processes started by tests/test_workers.py (workers, commands, Celery).
+"""Settings of the real processes started by tests/background/test_worker.py (workers, commands, Celery).
 
 Everything comes from the environment the fixture (tests/processes.py) builds:
 

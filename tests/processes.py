@@ -1,4 +1,4 @@
-"""Real processes for tests/test_workers.py: a throw-away database, commands, ORM snippets, a slow SMTP sink.
+"""Real processes for tests/background/test_worker.py: a throw-away database, commands, ORM snippets, a slow SMTP sink.
 
 Fixtures (import them into the test module):
 

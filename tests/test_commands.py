@@ -272,12 +272,6 @@ def status_of(command, *args, **options):
     return 0, out.getvalue().splitlines(), err.getvalue()
 
 
-def closed_port() -> int:
-    """A loopback port nobody listens on (connections are refused)."""
-    from tests.fakes import free_port
-    return free_port()
-
-
 SILENCE_SECONDS = 8  # the silent server hangs up after this: a client without a timeout fails, not hangs
 
 
@@ -345,8 +339,8 @@ def test_nothing_due_exits_0():
     assert status_of('sitemessage_send_scheduled')[0] == 0
 
 
-def test_smtp_server_down_exits_3_naming_host_and_port():
-    port = closed_port()
+def test_smtp_server_down_exits_3_naming_host_and_port(closed_port):
+    port = closed_port
     register_smtp(port=port)
     schedule_mail('a@example.com', 'b@example.com')
 
@@ -423,8 +417,8 @@ def test_tls_required_but_not_offered_exits_3(smtp_server):
     assert f'127.0.0.1:{smtp_server.port} does not offer STARTTLS' in lines[3]
 
 
-def test_one_messenger_down_exits_3_though_others_sent(fake_messenger):
-    register_smtp(port=closed_port(), timeout=5)
+def test_one_messenger_down_exits_3_though_others_sent(fake_messenger, closed_port):
+    register_smtp(port=closed_port, timeout=5)
     schedule_mail('a@example.com')
     schedule('hello', 'someone')
 
@@ -469,7 +463,7 @@ def test_ok_on_errors_relaxes_only_dispatch_errors(fake_messenger):
     assert lines[3] == 'Could not connect: fake: Messenger warm-up failed: cannot connect'
 
 
-def test_exit_statuses_of_real_processes(procs, sink):
+def test_exit_statuses_of_real_processes(procs, sink, closed_port):
     """What cron sees: the exit status of ``manage.py sitemessage_send_scheduled`` in a process of its own."""
     procs.use_sink(sink)
     procs.orm('schedule', count=2, prefix='ok')
@@ -482,7 +476,7 @@ def test_exit_statuses_of_real_processes(procs, sink):
     assert refused.returncode == 4
     assert procs.django('sitemessage_send_scheduled', '--ok-on-errors', check=False).returncode == 0
 
-    port = closed_port()
+    port = closed_port
     procs.settings['SMTP_PORT'] = str(port)
     procs.orm('schedule', count=1, prefix='down')
     down = procs.django('sitemessage_send_scheduled', check=False)
@@ -644,9 +638,9 @@ def test_xmpp_waits_for_a_silent_server_at_most_the_connect_timeout(silent_serve
     assert f'127.0.0.1:{port}' in lines[3]
 
 
-def test_worker_process_exits_3_when_smtp_is_down_and_0_when_stopped(procs, sink):
+def test_worker_process_exits_3_when_smtp_is_down_and_0_when_stopped(procs, sink, closed_port):
     import signal
-    procs.settings['SMTP_PORT'] = str(closed_port())
+    procs.settings['SMTP_PORT'] = str(closed_port)
     procs.orm('schedule', count=1, prefix='down')
 
     down = procs.django('sitemessage_worker', '--passes', '1', '--idle', '0', check=False)

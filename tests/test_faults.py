@@ -88,14 +88,12 @@ def test_slow_outcomes_of_mail_sent_while_the_database_is_away_are_stored_once_i
 # 2. A broker that is down when a message is scheduled ------------------------------------------------
 
 @pytest.fixture
-def celery_app_with_broker_down():
+def celery_app_with_broker_down(closed_port):
     """A Celery app (the current one) whose broker is a closed port on loopback, with short timeouts."""
     pytest.importorskip('celery', reason='Celery is not installed: pip install "celery[redis]"')
     from celery import Celery
 
-    from tests.fakes import free_port
-
-    app = Celery('sitemessage-broker-down', broker=f'amqp://guest:s3cret-broker-pw@127.0.0.1:{free_port()}//',
+    app = Celery('sitemessage-broker-down', broker=f'amqp://guest:s3cret-broker-pw@127.0.0.1:{closed_port}//',
                  set_as_current=True)
     app.conf.update(broker_connection_timeout=0.5, broker_connection_retry=False,
                     broker_connection_max_retries=1, task_publish_retry=True,

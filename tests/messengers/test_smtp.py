@@ -19,12 +19,12 @@ from sitemessage.shortcuts import schedule_email
 from sitemessage.toolbox import recipients, register_messenger_objects, schedule_messages, send_test_message
 
 from tests.conftest import Mailbox
-from tests.fakes import free_port
+from tests.fakes import refused_port
 from tests.smtp_handlers import loopback_controller
 
 pytestmark = pytest.mark.django_db
 
-# A URLconf without the sitemessage views (used through ROOT_URLCONF='tests.test_smtp').
+# A URLconf without the sitemessage views (used through ROOT_URLCONF='tests.messengers.test_smtp').
 urlpatterns: list = []
 
 SENT = Dispatch.DISPATCH_STATUS_SENT
@@ -126,7 +126,7 @@ def test_list_unsubscribe_headers_point_at_each_dispatch(smtp_server, smtp_messe
         assert message['List-Unsubscribe-Post'] is None
 
 
-@override_settings(ROOT_URLCONF='tests.test_smtp')
+@override_settings(ROOT_URLCONF='tests.messengers.test_smtp')
 def test_no_list_unsubscribe_headers_without_sitemessage_urls(smtp_server, smtp_messenger):
     schedule_email('Hello', 'a@example.com', subject='S')
 
@@ -228,8 +228,8 @@ def test_temporarily_refused_recipient_is_retried(smtp_server, smtp_messenger):
     assert [env.rcpt_tos for env in smtp_server.handler.envelopes] == [['busy@example.com']]
 
 
-def test_server_down_errors_all_with_a_warm_up_reason_and_nothing_is_lost(smtp_server):
-    register_messenger_objects(SMTPMessenger('robot@example.com', host='127.0.0.1', port=free_port(), timeout=5))
+def test_server_down_errors_all_with_a_warm_up_reason_and_nothing_is_lost(smtp_server, closed_port):
+    register_messenger_objects(SMTPMessenger('robot@example.com', host='127.0.0.1', port=closed_port, timeout=5))
     schedule_email('One', ['a@example.com', 'b@example.com'], subject='S')
     schedule_email('Two', 'c@example.com', subject='S')
 
@@ -282,7 +282,7 @@ def test_user_without_email_fails_with_a_reason(smtp_server, smtp_messenger, dja
 # Configuration ---------------------------------------------------------------------------------
 
 def test_explicit_arguments_beat_email_settings(smtp_server):
-    with override_settings(EMAIL_HOST='192.0.2.1', EMAIL_PORT=free_port(), EMAIL_USE_TLS=True,
+    with override_settings(EMAIL_HOST='192.0.2.1', EMAIL_PORT=2525, EMAIL_USE_TLS=True,
                            DEFAULT_FROM_EMAIL='settings@example.com'):
         register_messenger_objects(SMTPMessenger('explicit@example.com', host='127.0.0.1',
                                                  port=smtp_server.port, use_tls=False, timeout=5))
@@ -356,9 +356,10 @@ def test_send_test_message_errors_reach_the_caller(smtp_server, smtp_messenger):
     with pytest.raises(smtplib.SMTPRecipientsRefused):
         send_test_message('smtp', to='probe@example.com')
 
-    register_messenger_objects(SMTPMessenger(host='127.0.0.1', port=free_port(), timeout=5))
-    with pytest.raises(MessengerWarmupException, match='SMTP Error'):
-        send_test_message('smtp', to='probe@example.com')
+    with refused_port() as port:
+        register_messenger_objects(SMTPMessenger(host='127.0.0.1', port=port, timeout=5))
+        with pytest.raises(MessengerWarmupException, match='SMTP Error'):
+            send_test_message('smtp', to='probe@example.com')
 
     register_messenger_objects(SMTPMessenger(host='127.0.0.1', port=smtp_server.port, use_tls=True, timeout=5))
     with pytest.raises(MessengerWarmupException, match='STARTTLS'):
