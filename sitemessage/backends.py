@@ -6,7 +6,7 @@ import inspect
 from email.generator import BytesGenerator
 from io import BytesIO
 from email.utils import parseaddr
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from django.conf import settings
 from django.core.mail import EmailMessage
@@ -94,8 +94,7 @@ def _bare_address_function() -> Callable[[str, str], str]:
 
 def unique(addresses: Sequence[str]) -> List[str]:
     """Addresses in order, each once (to, cc and bcc may name the same one)."""
-    seen = set()
-    return [a for a in addresses if not (a in seen or seen.add(a))]
+    return list(dict.fromkeys(addresses))
 
 
 def envelope_of(message: EmailMessage) -> Tuple[str, List[str]]:
@@ -177,7 +176,7 @@ class EmailBackend(BaseEmailBackend):
         return self._store(pairs)
 
     def _schedule_legacy(self, email_messages: Sequence[EmailMessage], forced_type, messenger) -> int:
-        message_cls = get_registered_message_type(forced_type) if forced_type else EmailHtmlMessage
+        message_cls: Any = get_registered_message_type(forced_type) if forced_type else EmailHtmlMessage
         pairs = []
         for message in email_messages:
             if not message.recipients():

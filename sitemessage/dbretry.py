@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import Callable, Tuple, Type, TypeVar
+from typing import Callable, Optional, Tuple, Type, TypeVar
 
 from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError, connections
 
@@ -51,7 +51,7 @@ def close_connection(using: str = DEFAULT_DB_ALIAS) -> None:
 
 
 def retry_on_connection_loss(action: Callable[[], T], what: str, attempts: int = STORE_ATTEMPTS,
-                             first_delay: float = STORE_FIRST_DELAY, before_retry: Callable[[], None] = None,
+                             first_delay: float = STORE_FIRST_DELAY, before_retry: Optional[Callable[[], None]] = None,
                              using: str = DEFAULT_DB_ALIAS) -> T:
     """Run ``action``; on a lost connection, reconnect and run it again, ``attempts`` times in all.
 

@@ -132,7 +132,9 @@ def unique_recipients(items: List) -> List:
 
     An empty address without a user (a Facebook or VK page wall, a tweet) is not a duplicate.
     """
-    seen, unique = set(), []
+    seen: set = set()
+    unique = []
+    key: tuple
     for index, item in enumerate(items):
         if item.address:
             key = (item.messenger, item.address)

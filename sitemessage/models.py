@@ -234,7 +234,8 @@ class Message(models.Model):
 
     def merge(self, new_context: dict, recipients, context_merge_hook=None):
         """Merge a new context (and recipients) into this grouped message; return its pending dispatches."""
-        self.context = context_merge_hook(self.context, new_context) if context_merge_hook else new_context
+        merged = context_merge_hook(self.context, new_context) if context_merge_hook else new_context
+        self.context = merged  # type: ignore[assignment]  # a JSON field holds the dict
         self.save(update_fields=['context'])
         if not self.dispatches_ready:
             return []
@@ -317,7 +318,7 @@ class DispatchQuerySet(models.QuerySet):
 
     def release(self, dispatches: Sequence['Dispatch']) -> int:
         """Return claimed dispatches to the queue untouched (no attempt was made)."""
-        by_token = {}
+        by_token: dict = {}
         for dispatch in dispatches:
             by_token.setdefault(dispatch.claim_token, []).append(dispatch.pk)
         released = 0

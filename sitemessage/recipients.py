@@ -61,7 +61,7 @@ class RecipientList(list):
 def _flat_recipients(items) -> list:
     if isinstance(items, Recipient):
         return [items]
-    flat = []
+    flat: list = []
     for item in items:
         if isinstance(item, (list, tuple)) and not isinstance(item, Recipient):
             flat.extend(item)  # a `recipients(...),` tuple holds the list

@@ -4,7 +4,7 @@ Many messages at once go in two bulk inserts instead of a few queries per messag
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 from django.db import connections, router, transaction
 
@@ -26,12 +26,12 @@ def schedule_messages(messages: TypeMessages, recipients=None, sender=None,
     Recipients are checked and de-duplicated (see :mod:`sitemessage.headers`): an unsafe address or
     e-mail subject raises :class:`~sitemessage.headers.UnsafeHeaderValueError` before anything is stored.
     """
-    if not is_iterable(messages) or isinstance(messages, MessageBase):
-        messages = (messages,)
+    items: Iterable[Union[str, MessageBase]] = (
+        messages if is_iterable(messages) and not isinstance(messages, MessageBase) else (messages,))  # type: ignore[assignment]
     if recipients is not None:
         recipients = Dispatch.normalize_recipients(recipients)  # a generator must serve every message
     prepared = []
-    for message in messages:
+    for message in items:
         if isinstance(message, str):
             message = PlainTextMessage(message)
         elif not isinstance(message, MessageBase):

@@ -93,6 +93,7 @@ def _generic_view(message_method: str, fail_signal, request: HttpRequest, messag
     else:
         return fail(STATUS_GONE if hash_is_valid or is_legacy_signature(hashed) else STATUS_INVALID)
 
+    assert message_type is not None  # found with the dispatch, or from the link
     if confirm and hash_is_valid:
         return render(request, _CONFIRM_TEMPLATE, {
             'message_type_title': message_type.title, 'action_url': request.path, 'redirect_to': redirect_to})

@@ -618,7 +618,7 @@ def test_signed_links_from_the_cached_template_equal_reverse():
         for name in ('sitemessage_unsubscribe', 'sitemessage_mark_read'):
             assert reverse_signed_link(name, message_id, dispatch_id, hashed) == reverse(
                 name, args=[message_id, dispatch_id, hashed])
-    with override_settings(ROOT_URLCONF='tests.test_smtp'):  # a URLconf without sitemessage's views
+    with override_settings(ROOT_URLCONF='tests.messengers.test_smtp'):  # a URLconf without sitemessage's views
         with pytest.raises(NoReverseMatch):
             reverse_signed_link('sitemessage_unsubscribe', 1, 2, 'abc')
     assert reverse_signed_link('sitemessage_unsubscribe', 1, 2, 'abc') == reverse(

@@ -125,6 +125,7 @@ def enqueue_send(target: str, priority: Optional[int] = None) -> None:
     """
     check_target(target)
     if target == 'celery':
+        assert celery_send_scheduled is not None  # check_target() refused a missing Celery
         celery_send_scheduled.delay(priority)
     else:
         try:

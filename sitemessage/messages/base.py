@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Union
 from uuid import uuid4
 
 from django.conf import settings
@@ -71,7 +71,7 @@ class MessageBase:
     _dispatch_models = None
 
     def __init__(self, context: Union[str, dict, None] = None, template_path: Optional[str] = None):
-        base_context = {'tpl': None, 'use_tpl': False}
+        base_context: Dict[str, Any] = {'tpl': None, 'use_tpl': False}
         if context is not None:
             self.update_context(base_context, context, template_path=template_path)
         self.context = base_context

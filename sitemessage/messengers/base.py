@@ -110,10 +110,10 @@ class MessengerBase:
         default does nothing; an error here is logged and delivery goes on without what it found.
         """
 
-    def _test_message(self, to: str, text: str) -> Any:
+    def _test_message(self, to: Optional[str], text: str) -> Any:
         raise NotImplementedError(f'{type(self).__name__} must implement _test_message() to be probed')
 
-    def send_test_message(self, to: str, text: str) -> Any:
+    def send_test_message(self, to: Optional[str], text: str) -> Any:
         """Send ``text`` to ``to`` right away, bypassing the queue; errors reach the caller."""
         with handover.messenger_lock(self):
             self.before_send()

@@ -96,7 +96,7 @@ def subscribed_dispatches(items: Sequence[tuple]) -> Set[int]:
     user_ids = sorted({who for _a, _m, user, who in wanted.values() if user}, key=str)
     addresses = sorted({who for _a, _m, user, who in wanted.values() if not user and who})
     types = sorted({alias for alias, _m, _u, _w in wanted.values()})
-    found = set()
+    found: set = set()
     for start in range(0, max(len(user_ids), len(addresses), 1), _CHUNK):
         condition = Q(recipient_id__in=user_ids[start:start + _CHUNK]) | Q(address__in=addresses[start:start + _CHUNK])
         rows = Subscription.objects.filter(condition, message_cls__in=types).values_list(

@@ -261,6 +261,7 @@ class SMTPMessenger(MessengerBase):
         Uses the stdlib's ``compat32`` MIME classes: about six times faster to build than
         ``EmailMessage``, which matters at thousands of messages a second.
         """
+        msg: Any  # a MIME object, also carrying its envelope recipient
         if mtype == 'html':
             msg = MIMEMultipart('alternative')
             msg.attach(_text_part(html_to_text(text), 'plain'))
@@ -315,13 +316,13 @@ class SMTPMessenger(MessengerBase):
             return self.smtp.sendmail(sender, [recipient], data, options)
         return self.smtp.sendmail(sender, [recipient], data)
 
-    def _test_message(self, to: str, text: str) -> dict:
+    def _test_message(self, to: Optional[str], text: str) -> dict:
         # The wire guard holds for test messages too; a bare local name may be tried, as in 1.4.0.
         problem = smtp_wire.one_address_problem('recipient', to, require_domain=False) if to else 'No recipient'
         problem = problem or self._header_problem(None, None)
         if problem:
             raise PermanentDeliveryError(problem)
-        return self._send_message(self._build_message(to, text, mtype='html'))
+        return self._send_message(self._build_message(to or '', text, mtype='html'))
 
     def send(self, message_cls, message_model, dispatch_models) -> None:
         """Send one e-mail per dispatch; 5xx refusals fail the dispatch, anything else is retried."""

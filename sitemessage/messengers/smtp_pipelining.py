@@ -54,8 +54,8 @@ def read_envelope_replies(smtp: smtplib.SMTP, sender: str, recipient: str) -> Op
     else:
         return None
     # The first refusal a 503 (not a 503 to DATA after a refused RCPT, as aiosmtpd and Exim answer)
-    refusal.ours = next(code for code in (mail_reply[0], rcpt_reply[0], data_reply[0])
-                        if code not in (250, 251, 354)) == 503 or data_reply[0] == 354
+    setattr(refusal, 'ours', next(code for code in (mail_reply[0], rcpt_reply[0], data_reply[0])
+                        if code not in (250, 251, 354)) == 503 or data_reply[0] == 354)
     if data_reply[0] == 354:
         smtp.close()  # never end a DATA we did not want: closing discards it
     else:
