@@ -8,10 +8,11 @@ from django.utils import timezone
 from sitemessage.exceptions import (
     MessengerException, MessengerWarmupException, PermanentDeliveryError, SiteMessageConfigurationError)
 from sitemessage.messengers.base_http import DeferBatch, RequestsMessengerBase
-from sitemessage.models import Dispatch, DispatchError
+from sitemessage.models import Dispatch
 from sitemessage.toolbox import recipients, schedule_messages, send_scheduled_messages
 from sitemessage.utils import register_messenger_objects
 from tests.http_api import LocalAPIServer, Reply
+from tests.messengers.test_telegram import error_texts, statuses
 
 pytestmark = pytest.mark.django_db
 
@@ -74,14 +75,6 @@ def postbox(server):
     messenger = PostBox(TOKEN, api_url=server.url, timeout=5)
     register_messenger_objects(messenger)
     return messenger
-
-
-def statuses():
-    return list(Dispatch.objects.order_by('pk').values_list('dispatch_status', flat=True))
-
-
-def error_texts():
-    return list(DispatchError.objects.order_by('pk').values_list('error_log', flat=True))
 
 
 def wait_until(condition, seconds=3.0):
