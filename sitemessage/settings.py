@@ -6,7 +6,7 @@ resolved through the module ``__getattr__`` and so reflect the live value.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, NoReturn, Optional
 
 from django.conf import settings as django_settings
 
@@ -51,27 +51,71 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def get_setting(name: str) -> Any:
-    """Return the live value of ``SITEMESSAGE_<name>``, or its default."""
-    return getattr(django_settings, f'SITEMESSAGE_{name}', DEFAULTS[name])
+_MISSING = object()
+
+#: What :func:`check_setting` accepts: a test of the value and the phrase for the error.
+CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    'positive_int': (lambda value: not isinstance(value, bool) and isinstance(value, int) and value >= 1,
+                     'a positive integer'),
+    'seconds': (lambda value: value is None or (not isinstance(value, bool) and isinstance(value, (int, float))
+                                                and value > 0),
+                'a positive number of seconds or None'),
+    'text': (lambda value: not isinstance(value, bool) and isinstance(value, (str, int, float)) and str(value) != '',
+             'a non-empty string'),
+}
+
+
+def get_setting(name: str, alias: Optional[str] = None, value: Any = None, *, default: Any = _MISSING,
+                check: Optional[str] = None, argument: Optional[str] = None) -> Any:
+    """Return a setting by the one rule: the constructor's ``value``, else the project's setting, else the default.
+
+    ``value`` is what a constructor argument holds (``None``: not given); ``argument`` names it
+    in errors (e.g. ``'TelegramMessenger(timeout=...)'``). The project's setting is
+    ``SITEMESSAGE_<name>``; with an ``alias`` it is a dict keyed by messenger alias and the
+    alias's entry is used. The default is ``default`` when given, else the documented one.
+    With ``check`` (a key of :data:`CHECKS`) the result is validated by :func:`check_setting`.
+    Read at call time, so ``override_settings`` works.
+    """
+    setting = f'SITEMESSAGE_{name}'
+    if value is not None:
+        source = argument or f'the `{name.lower()}` argument'
+    else:
+        value = getattr(django_settings, setting, _MISSING)
+        source = setting
+        if alias is not None and value is not _MISSING:
+            if not isinstance(value, dict):
+                _refuse(setting, 'a dict keyed by messenger alias', value)
+            value = value.get(alias, _MISSING)
+            source = f'{setting}[{alias!r}]'
+        if value is _MISSING:
+            value = DEFAULTS[name] if default is _MISSING else default
+    return value if check is None else check_setting(value, check, source)
+
+
+def check_setting(value: Any, check: str, source: str) -> Any:
+    """Return ``value`` if it passes ``check``; else raise an error naming ``source`` and the value.
+
+    One validator for every setting and constructor argument, so a mistake reads the same
+    wherever it is made: ``SITEMESSAGE_HTTP_TIMEOUT must be a positive number of seconds or None, got '10'.``
+    """
+    test, expected = CHECKS[check]
+    if not test(value):
+        _refuse(source, expected, value)
+    return value
+
+
+def _refuse(source: str, expected: str, value: Any) -> NoReturn:
+    raise SiteMessageConfigurationError(f'{source} must be {expected}, got {value!r}.')
 
 
 def get_positive_int_setting(name: str) -> int:
     """Return ``SITEMESSAGE_<name>`` as a positive integer; a clear error names a bad value."""
-    value = get_setting(name)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise SiteMessageConfigurationError(
-            f'SITEMESSAGE_{name} must be a positive integer, got {value!r}.')
-    return value
+    return get_setting(name, check='positive_int')
 
 
 def get_timeout_setting(name: str) -> Optional[float]:
     """Return ``SITEMESSAGE_<name>`` as seconds (a positive number, or None: no timeout); a bad value is named."""
-    value = get_setting(name)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
-        raise SiteMessageConfigurationError(
-            f'SITEMESSAGE_{name} must be a positive number of seconds or None, got {value!r}.')
-    return value
+    return get_setting(name, check='seconds')
 
 
 def __getattr__(name: str) -> Any:

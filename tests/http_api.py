@@ -17,6 +17,7 @@ class RecordedRequest:
     query: Dict[str, List[str]]
     headers: Dict[str, str]
     body: bytes
+    client: tuple = ()  # the client's (host, port): one per TCP connection
 
     @property
     def form(self) -> Dict[str, str]:
@@ -44,14 +45,24 @@ class LocalAPIServer:
 
     A route may be a :class:`Reply`, a callable taking the request, or a list of replies served
     in turn (the last one repeats). Unknown routes answer 404 with a JSON error.
+
+    With ``keep_alive`` it speaks HTTP/1.1 and keeps a connection open until the client closes
+    it; ``closed`` lists the client addresses of the connections closed so far.
     """
 
-    def __init__(self):
+    def __init__(self, keep_alive: bool = False):
         self.requests: List[RecordedRequest] = []
         self.routes: Dict[tuple, Union[Route, List[Reply]]] = {}
+        self.closed: List[tuple] = []
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = 'HTTP/1.1' if keep_alive else 'HTTP/1.0'
+
+            def finish(self):
+                super().finish()
+                server.closed.append(self.client_address)
+
             def log_message(self, *args):  # keep test output clean
                 pass
 
@@ -59,7 +70,8 @@ class LocalAPIServer:
                 length = int(self.headers.get('Content-Length') or 0)
                 parts = urlsplit(self.path)
                 request = RecordedRequest(self.command, parts.path, parse_qs(parts.query),
-                                          dict(self.headers.items()), self.rfile.read(length) if length else b'')
+                                          dict(self.headers.items()), self.rfile.read(length) if length else b'',
+                                          self.client_address)
                 server.requests.append(request)
                 reply = server._reply_for(request)
                 if reply.delay:
@@ -107,6 +119,7 @@ class LocalAPIServer:
     def reset(self) -> None:
         self.requests.clear()
         self.routes.clear()
+        self.closed.clear()
 
     def find(self, path: str, method: Optional[str] = None) -> List[RecordedRequest]:
         return [r for r in self.requests if r.path == path and (method is None or r.method == method)]

@@ -8,8 +8,9 @@ a batch with a few bulk queries.
 """
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Type
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Type
 
 from django.contrib.auth.base_user import AbstractBaseUser
 
@@ -26,6 +27,33 @@ if TYPE_CHECKING:  # pragma: nocover
 
 __all__ = ['MessengerBase', 'RequestsMessengerBase', 'TypeProxy', 'Message', 'Dispatch', 'MessageTuple', 'Recipient',
            'MessageWork', 'describe_error']
+
+
+class PerThread:
+    """A messenger attribute holding one ``factory()`` object per instance and per thread.
+
+    Why: a registered messenger is shared, and with ``parallel_connections`` above 1 each
+    connection runs on a thread of its own, so connection state must not be shared. Created on
+    first use, so it works in subclasses whose ``__init__`` does not call the base's (1.4.0 allowed that).
+    """
+
+    def __init__(self, factory: Callable[[], Any]):
+        self.factory = factory
+        self.name = ''
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = f'_per_thread{name}'
+
+    def __get__(self, instance: Any, owner: Optional[type] = None) -> Any:
+        if instance is None:
+            return self
+        local = instance.__dict__.get(self.name)
+        if local is None:
+            local = instance.__dict__.setdefault(self.name, threading.local())
+        state = getattr(local, 'state', None)
+        if state is None:
+            state = local.state = self.factory()
+        return state
 
 
 class MessengerBase:
@@ -110,8 +138,26 @@ class MessengerBase:
         default does nothing; an error here is logged and delivery goes on without what it found.
         """
 
+    def _build_message(self, to: str, text: str) -> Any:
+        """Hook: return what :meth:`_send_message` sends to ``to`` for ``text``; by default ``text`` itself.
+
+        One signature for every messenger (1.4.0's order); a messenger may accept more keyword
+        arguments after these two, as ``SMTPMessenger`` does. Raise a delivery error for an
+        address that cannot work.
+        """
+        return text
+
+    def _send_message(self, msg: Any, to: Optional[str] = None) -> Any:
+        """Hook: send ``msg`` (built by :meth:`_build_message`) to ``to`` and return the service's answer.
+
+        Raise :class:`~sitemessage.exceptions.PermanentDeliveryError` or
+        :class:`~sitemessage.exceptions.TemporaryDeliveryError` when the service refuses it.
+        """
+        raise NotImplementedError(f'{type(self).__name__} must implement _send_message() or _test_message() '
+                                  'to be probed')
+
     def _test_message(self, to: Optional[str], text: str) -> Any:
-        raise NotImplementedError(f'{type(self).__name__} must implement _test_message() to be probed')
+        return self._send_message(self._build_message(to, text), to=to)
 
     def send_test_message(self, to: Optional[str], text: str) -> Any:
         """Send ``text`` to ``to`` right away, bypassing the queue; errors reach the caller."""
@@ -164,14 +210,10 @@ class MessengerBase:
 
     def get_parallel_connections(self) -> int:
         """How many connections deliver a batch at once: the constructor's, the setting's, or 1."""
-        configured = self.__dict__.get('parallel_connections')
-        if configured is None:
-            configured = (get_setting('PARALLEL_CONNECTIONS') or {}).get(self.get_alias(), self.parallel_connections)
-        if isinstance(configured, bool) or not isinstance(configured, int) or configured < 1:
-            raise SiteMessageConfigurationError(
-                f'Parallel connections of messenger `{self.get_alias()}` must be a positive integer, '
-                f'got {configured!r}.')
-        return configured
+        # A constructor's `connections=` lands on the instance; the class attribute is the default.
+        return get_setting('PARALLEL_CONNECTIONS', alias=self.get_alias(), value=vars(self).get('parallel_connections'),
+                           default=type(self).parallel_connections, check='positive_int',
+                           argument=f'The parallel connections of messenger `{self.get_alias()}`')
 
     def rate_limits(self) -> Tuple[Optional[float], Optional[float]]:
         """The configured limits of this messenger: (messages a second, per recipient); None is no limit."""

@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Callable, Dict, Iterable, Optional, Set, Union
-from urllib.parse import quote
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Set, Union
+from urllib.parse import quote, quote_plus
 
-from ..exceptions import MessengerException, PermanentDeliveryError, TemporaryDeliveryError
+from .. import VERSION
+from ..exceptions import MessengerException, MessengerWarmupException, PermanentDeliveryError, TemporaryDeliveryError
 from ..settings import get_setting
 from ..optional import import_optional
-from .base import MessengerBase
+from .base import MessengerBase, PerThread, describe_error
+
+LOGGER = logging.getLogger(__name__)
 
 TypeProxy = Union[Dict[str, str], Callable[[], Dict[str, str]], None]
 
@@ -60,12 +64,42 @@ def protect_secrets_in_logs(secrets: Iterable[str]) -> None:
                 logger.addFilter(_LOG_FILTER)
 
 
+class DeferBatch(TemporaryDeliveryError):
+    """Raised by a hook when the service refuses the account, not one dispatch: the rest of the run waits.
+
+    The dispatch being sent is retried after ``retry_after`` seconds (when known). The ones
+    left in the run are marked in error with the same ``retry_after``, or, when ``requeue`` is
+    set, go back to the queue without an attempt counted (the messenger then holds them back
+    itself through :meth:`RequestsMessengerBase.deferral` until the wait is over).
+    """
+
+    requeue: bool = False
+
+
+class _ThreadState:
+    """What one connection (thread) keeps between :meth:`~RequestsMessengerBase.before_send` and
+    :meth:`~RequestsMessengerBase.after_send`."""
+
+    session: Any = None  # the requests.Session of this connection
+    deferral: Optional[DeferBatch] = None  # set once the service refused the account in this run
+
+
 class RequestsMessengerBase(MessengerBase):
-    """Base for HTTP API messengers; ``api_url`` can be overridden per instance (tests use loopback)."""
+    """Base for HTTP API messengers: it owns the delivery loop, sessions, error mapping and redaction.
+
+    A messenger built on it implements three hooks: :meth:`_build_message` (the payload),
+    :meth:`_send_message` (the endpoint: one :meth:`request` per dispatch) and the reply's
+    parsing, :meth:`payload_error` / :meth:`map_payload_error` (errors the service puts in its
+    JSON). Optional: :meth:`warm_up` (verify credentials), :meth:`dispatch_problem` (refuse an
+    address without a request) and :meth:`deferral` (hold the queue back while rate-limited).
+    ``api_url`` can be overridden per instance (tests use loopback).
+    """
 
     timeout: Optional[float] = None  # None: SITEMESSAGE_HTTP_TIMEOUT
     api_url: str = ''
     extra_name: str = 'requests'  # the pip extra naming this messenger's dependencies
+
+    _thread = PerThread(_ThreadState)
 
     def __init__(self, proxy: TypeProxy = None, *, api_url: Optional[str] = None, timeout: Optional[float] = None,
                  **kwargs):
@@ -75,50 +109,114 @@ class RequestsMessengerBase(MessengerBase):
             self.api_url = api_url
         if timeout is not None:
             self.timeout = timeout
-        self._sessions = threading.local()
 
-    # Secrets and sessions -------------------------------------------------------------------------
+    # Secrets ------------------------------------------------------------------------------------
 
     def get_secrets(self) -> Iterable[str]:
         """Return the values to scrub from every error text (tokens, keys)."""
         return ()
 
-    def redact(self, text: str) -> str:
-        from urllib.parse import quote, quote_plus
-        for secret in self.get_secrets():
-            if secret:
-                # requests errors echo URLs, where a secret appears percent-encoded ('|' -> '%7C')
-                for form in dict.fromkeys((str(secret), quote_plus(str(secret)), quote(str(secret), safe=''))):
-                    text = text.replace(form, '***')
+    def redact(self, text: str, secrets: Optional[Iterable[str]] = None) -> str:
+        """Return ``text`` without ``secrets`` (by default :meth:`get_secrets`), as they are and URL-encoded."""
+        for secret in sorted(map(str, filter(None, self.get_secrets() if secrets is None else secrets)),
+                             key=len, reverse=True):  # a shorter secret may be part of a longer one
+            # requests errors echo URLs, where a secret appears percent-encoded ('|' -> '%7C')
+            for form in dict.fromkeys((secret, quote_plus(secret), quote(secret, safe=''))):
+                text = text.replace(form, '***')
         return text
 
-    def _session(self):
-        sessions = self.__dict__.get('_sessions')
-        if sessions is None:
-            sessions = self.__dict__.setdefault('_sessions', threading.local())
-        session = getattr(sessions, 'session', None)
-        if session is None:
-            protect_secrets_in_logs(self.get_secrets())
-            session = sessions.session = self.lib.Session()
-            from .. import VERSION
-            session.headers['User-Agent'] = f'django-sitemessage/{".".join(map(str, VERSION))}'
+    def scrub(self, error: BaseException, secrets: Optional[Iterable[str]] = None) -> BaseException:
+        """Redact ``error``'s text and text attributes in place (its class and fields stay); return it."""
+        error.args = tuple(self.redact(arg, secrets) if isinstance(arg, str) else arg for arg in error.args)
+        for name, value in vars(error).items():
+            if isinstance(value, str):
+                setattr(error, name, self.redact(value, secrets))
+        return error
+
+    @contextmanager
+    def scrubbed_errors(self, secrets: Optional[Iterable[str]] = None) -> Iterator[None]:
+        """Let no messenger error leave the block with a secret in it: the boundary of redaction."""
+        try:
+            yield
+        except MessengerException as error:
+            self.scrub(error, secrets)
+            raise
+
+    # Connection ---------------------------------------------------------------------------------
+
+    def before_send(self) -> None:
+        """Open this connection's HTTP session and :meth:`warm_up`; a failed warm-up closes it again."""
+        state = self._thread
+        self._close_session()  # left over by a run on this thread that did not cool down
+        state.deferral = None
+        state.session = self._new_session()
+        try:
+            self.warm_up()
+        except MessengerWarmupException as error:
+            self._close_session()
+            raise self.scrub(error)
+        except MessengerException as error:
+            self._close_session()
+            raise MessengerWarmupException(self.redact(str(error))) from error
+        except BaseException:
+            self._close_session()
+            raise
+
+    def warm_up(self) -> None:
+        """Hook: verify the credentials (a request on the open session); raise a messenger error if refused."""
+
+    def after_send(self) -> None:
+        """Close this connection's HTTP session."""
+        self._thread.deferral = None
+        self._close_session()
+
+    def _new_session(self) -> Any:
+        protect_secrets_in_logs(self.get_secrets())
+        session = self.lib.Session()
+        session.headers['User-Agent'] = f'django-sitemessage/{".".join(map(str, VERSION))}'
         return session
+
+    def _close_session(self) -> None:
+        state = self._thread
+        session, state.session = state.session, None
+        if session is not None:
+            close_connections(session)
+
 
     def _get_common_params(self) -> dict:
         proxy = self.proxy() if callable(self.proxy) else self.proxy
-        timeout = self.timeout if self.timeout is not None else get_setting('HTTP_TIMEOUT')
-        return {'timeout': timeout, 'proxies': proxy or None}
+        return {'timeout': self.get_timeout(), 'proxies': proxy or None}
+
+    def get_timeout(self) -> Optional[float]:
+        """Seconds to wait for the service: the constructor's ``timeout``, else ``SITEMESSAGE_HTTP_TIMEOUT``."""
+        return get_setting('HTTP_TIMEOUT', value=self.timeout, check='seconds',
+                           argument=f'{type(self).__name__}(timeout=...)')
 
     # Requests ---------------------------------------------------------------------------------
 
     def request(self, method: str, url: str, **kwargs) -> Any:
-        """Make a request; return the decoded JSON (or text). Errors are mapped and redacted."""
+        """Make a request; return the decoded JSON (or text). Errors are mapped and redacted.
+
+        Made on the connection's session between :meth:`before_send` and :meth:`after_send`;
+        outside them (``get_updates()``, token helpers) on a session of its own, closed after it.
+        """
+        with self.scrubbed_errors():
+            session = self._thread.session
+            if session is not None:
+                return self._request(session, method, url, kwargs)
+            session = self._new_session()
+            try:
+                return self._request(session, method, url, kwargs)
+            finally:
+                close_connections(session)
+
+    def _request(self, session, method: str, url: str, kwargs: dict) -> Any:
         try:
             # kwargs win over the common ones (e.g. a longer timeout for a long poll)
-            response = self._session().request(method, url, **{**self._get_common_params(), **kwargs})
+            response = session.request(method, url, **{**self._get_common_params(), **kwargs})
         except self.lib.exceptions.RequestException as error:
             # from None: the cause's text holds the URL, and with it any token
-            raise TemporaryDeliveryError(self.redact(f'{self.title}: {type(error).__name__}: {error}')) from None
+            raise TemporaryDeliveryError(f'{self.title}: {type(error).__name__}: {error}') from None
         try:
             payload = response.json()
         except ValueError:
@@ -149,7 +247,7 @@ class RequestsMessengerBase(MessengerBase):
 
     def raise_for_status(self, status: int, description: str, retry_after: Any = None) -> None:
         """Raise a temporary error for 408, 429 and 5xx, a permanent one for other 4xx."""
-        text = self.redact(f'{self.title}: HTTP {status}: {description}')
+        text = f'{self.title}: HTTP {status}: {description}'
         if status in (408, 429) or status >= 500:
             raise TemporaryDeliveryError(text, retry_after=parse_retry_after(retry_after))
         raise PermanentDeliveryError(text)
@@ -163,42 +261,76 @@ class RequestsMessengerBase(MessengerBase):
         """POST form-encoded ``data`` to ``url``; return decoded JSON."""
         return self.request('POST', url, data=data)
 
-    # Sending ----------------------------------------------------------------------------------
+    # Delivery ---------------------------------------------------------------------------------
 
-    def _build_message(self, text: str, to: Optional[str] = None) -> Any:
-        return text
-
-    def _send_message(self, msg: Any, to: Optional[str] = None) -> Any:
-        raise NotImplementedError(f'{type(self).__name__} must implement _send_message()')
-
-    def _test_message(self, to: str, text: str) -> Any:
-        return self._send_message(self._build_message(text, to=to), to=to)
+    def send_test_message(self, to: str, text: str) -> Any:
+        with self.scrubbed_errors():
+            return super().send_test_message(to, text)
 
     def send(self, message_cls, message_model, dispatch_models) -> None:
-        """Send each dispatch; permanent errors fail it, temporary ones are retried later."""
-        for dispatch in dispatch_models:
+        """Deliver each dispatch with :meth:`deliver`; once the service defers the run, the rest waits."""
+        for index, dispatch in enumerate(dispatch_models):
+            deferral = self.deferral()
+            if deferral is not None:
+                self.defer(dispatch_models[index:], deferral, message_cls)
+                return
+            problem = self.dispatch_problem(dispatch)
+            if problem:
+                self.mark_failed(dispatch, problem)
+                continue
             self.deliver(dispatch, message_cls)
 
+    def dispatch_problem(self, dispatch) -> str:
+        """Hook: return why ``dispatch`` cannot be sent at all ('' if it can); it then fails without a request."""
+        return ''
+
+    def deferral(self) -> Optional[DeferBatch]:
+        """Hook: return why the rest of the run must wait, or None; by default the :class:`DeferBatch` of this run."""
+        return self._thread.deferral
+
+    def defer(self, dispatches, reason: DeferBatch, message_cls) -> None:
+        """Mark ``dispatches`` as not attempted because of ``reason`` (see :class:`DeferBatch`)."""
+        if reason.requeue:
+            LOGGER.warning('%s: %s; %d dispatch(es) deferred', self.get_alias(), reason, len(dispatches))
+            for dispatch in dispatches:
+                self.mark_pending(dispatch)
+            return
+        for dispatch in dispatches:
+            self.mark_error(dispatch, f'Not attempted: an earlier post in this run was refused: {reason}',
+                            message_cls, retry_after=reason.retry_after)
+
     def deliver(self, dispatch, message_cls, call: Optional[Callable[[], Any]] = None) -> None:
-        """Make the delivery ``call`` for one dispatch (by default ``_send_message``) and mark it.
+        """Make the delivery ``call`` for one dispatch (by default the build and send hooks) and mark it.
 
         A permanent error fails the dispatch, a temporary one is retried (after the service's
-        ``retry_after`` when given), any other messenger error is retried with its text redacted.
+        ``retry_after`` when given), any other messenger error is retried. A :class:`DeferBatch`
+        is retried and makes the rest of the run wait.
         """
         if call is None:
             def call():
-                return self._send_message(self._build_message(dispatch.message_cache, to=dispatch.address),
+                return self._send_message(self._build_message(dispatch.address, dispatch.message_cache),
                                           to=dispatch.address)
         try:
             call()
+        except DeferBatch as error:
+            self._thread.deferral = error
+            self.mark_error(dispatch, error, message_cls, retry_after=error.retry_after)
         except PermanentDeliveryError as error:
             self.mark_failed(dispatch, error)
         except TemporaryDeliveryError as error:
             self.mark_error(dispatch, error, message_cls, retry_after=error.retry_after)
         except MessengerException as error:
-            self.mark_error(dispatch, MessengerException(self.redact(str(error))), message_cls)
+            self.mark_error(dispatch, error, message_cls)
         else:
             self.mark_sent(dispatch)
+
+    # Where error texts are recorded: the other boundary of redaction.
+
+    def mark_error(self, dispatch, error_log: Any, message_cls=None, *, retry_after: Optional[float] = None) -> None:
+        super().mark_error(dispatch, self.redact(describe_error(error_log)), message_cls, retry_after=retry_after)
+
+    def mark_failed(self, dispatch, error_log: Any) -> None:
+        super().mark_failed(dispatch, self.redact(describe_error(error_log)))
 
 
 def parse_retry_after(value: Any) -> Optional[float]:
@@ -216,3 +348,19 @@ def parse_retry_after(value: Any) -> Optional[float]:
     except (TypeError, ValueError):
         return None
     return max((when - timezone.now()).total_seconds(), 0.0)
+
+
+def close_connections(session: Any) -> None:
+    """Close ``session`` and, now, the connections it keeps alive.
+
+    ``Session.close()`` only forgets urllib3 2's connection pools, which close their sockets when
+    garbage-collected: late, or never while a logged error's traceback still refers to them.
+    """
+    for adapter in session.adapters.values():
+        managers = [getattr(adapter, 'poolmanager', None), *getattr(adapter, 'proxy_manager', {}).values()]
+        for pools in [getattr(manager, 'pools', None) for manager in managers]:
+            for key in list(pools.keys()) if pools is not None else ():
+                pool = pools.get(key)
+                if pool is not None:
+                    pool.close()
+    session.close()

@@ -12,7 +12,7 @@ from typing import Any, Dict, Iterable, Optional
 
 from django.utils.translation import gettext_lazy as _
 
-from ..exceptions import MessengerException, MessengerWarmupException, PermanentDeliveryError, TemporaryDeliveryError
+from ..exceptions import MessengerException, PermanentDeliveryError, TemporaryDeliveryError
 from ..settings import get_setting
 from .base_http import RequestsMessengerBase, TypeProxy, parse_retry_after, protect_secrets_in_logs
 
@@ -84,7 +84,8 @@ class FacebookMessenger(RequestsMessengerBase):
     @property
     def graph_version(self) -> str:
         """The Graph API version in use, such as ``v24.0``: the constructor's, else the setting's."""
-        version = str(self._graph_version_arg or get_setting('FACEBOOK_GRAPH_VERSION'))
+        version = str(get_setting('FACEBOOK_GRAPH_VERSION', value=self._graph_version_arg, check='text',
+                                  argument='FacebookMessenger(graph_version=...)'))
         return version if version.startswith('v') else f'v{version}'
 
     def get_secrets(self) -> Iterable[str]:
@@ -95,12 +96,9 @@ class FacebookMessenger(RequestsMessengerBase):
 
     # Protocol ---------------------------------------------------------------------------------
 
-    def before_send(self) -> None:
+    def warm_up(self) -> None:
         """Verify the page token, so an expired one fails the warm-up and the batch is retried."""
-        try:
-            self.request('GET', self._url('me'), params={'fields': 'id,name', 'access_token': self.access_token})
-        except MessengerException as error:
-            raise MessengerWarmupException(str(error)) from error  # already redacted
+        self.request('GET', self._url('me'), params={'fields': 'id,name', 'access_token': self.access_token})
 
     def _send_message(self, msg: Any, to: Optional[str] = None) -> Any:
         text = str(msg)
@@ -121,20 +119,18 @@ class FacebookMessenger(RequestsMessengerBase):
             if error.get(key) not in (None, ''))
         description = f'{error.get("message") or "unknown error"}' + (f' [{details}]' if details else '')
         status = response.status_code
+        text = f'{self.title}: HTTP {status}: {description}'
         if code in TOKEN_CODES:
-            exception = FacebookTemporaryError(
-                self.redact(f'Facebook page access token expired or invalid: {description}'))
+            exception = FacebookTemporaryError(f'Facebook page access token expired or invalid: {description}')
         elif code in THROTTLE_CODES or code in TRANSIENT_CODES:
             retry_after = parse_retry_after(response.headers.get('Retry-After')) or usage_retry_after(response.headers)
-            exception = FacebookTemporaryError(self.redact(f'{self.title}: HTTP {status}: {description}'),
-                                               retry_after=retry_after)
+            exception = FacebookTemporaryError(text, retry_after=retry_after)
         elif code in PERMISSION_CODES or (code is not None and 200 <= code < 300):
-            exception = FacebookPermanentError(self.redact(f'{self.title}: HTTP {status}: {description}'))
+            exception = FacebookPermanentError(text)
         elif status in (408, 429) or status >= 500 or error.get('is_transient'):
-            exception = FacebookTemporaryError(self.redact(f'{self.title}: HTTP {status}: {description}'),
-                                               retry_after=parse_retry_after(response.headers.get('Retry-After')))
+            exception = FacebookTemporaryError(text, retry_after=parse_retry_after(response.headers.get('Retry-After')))
         else:
-            exception = FacebookPermanentError(self.redact(f'{self.title}: HTTP {status}: {description}'))
+            exception = FacebookPermanentError(text)
         exception.code, exception.subcode = code, subcode
         return exception
 
@@ -148,40 +144,40 @@ class FacebookMessenger(RequestsMessengerBase):
         Errors raise :class:`FacebookMessengerException` with every secret redacted; the app
         secret and the tokens never reach urllib3's DEBUG log (the URLs carry them).
         """
-        secrets = [app_secret, user_token]
+        secrets = [*self.get_secrets(), app_secret, user_token]
         protect_secrets_in_logs(secrets)
-        try:
-            exchanged = self.request('GET', self._url('oauth/access_token'), params={
-                'grant_type': 'fb_exchange_token', 'client_id': app_id, 'client_secret': app_secret,
-                'fb_exchange_token': user_token})
-            long_lived = exchanged.get('access_token') if isinstance(exchanged, dict) else None
-            if not long_lived:
-                raise FacebookMessengerException('Facebook: the token exchange returned no access_token')
-            secrets.append(long_lived)
-            protect_secrets_in_logs([long_lived])
-            tokens = {}
-            url, params = self._url('me/accounts'), {'access_token': long_lived}
-            for _page in range(100):  # bounded: 100 pages of 25 accounts each
-                accounts = self.request('GET', url, params=params)
-                accounts = accounts if isinstance(accounts, dict) else {}
-                for page in accounts.get('data') or []:
-                    if page.get('access_token'):
-                        tokens[page.get('name')] = page['access_token']
-                        protect_secrets_in_logs([page['access_token']])
-                url = (accounts.get('paging') or {}).get('next')
-                if not url:
-                    break
-                params = None  # the next link carries its own parameters
-            return tokens
-        except MessengerException as error:
-            raise FacebookMessengerException(redact(self.redact(str(error)), secrets)) from None
+        # The app secret and the tokens ride in URLs: no error may leave with one of them.
+        with self.scrubbed_errors(secrets):
+            try:
+                return self._page_tokens(app_id, app_secret, user_token, secrets)
+            except FacebookMessengerException:
+                raise
+            except MessengerException as error:
+                raise FacebookMessengerException(str(error)) from None
 
-
-def redact(text: str, secrets: Iterable[str]) -> str:
-    for secret in secrets:
-        if secret:
-            text = text.replace(str(secret), '***')
-    return text
+    def _page_tokens(self, app_id: str, app_secret: str, user_token: str, secrets: list) -> Dict[str, str]:
+        exchanged = self.request('GET', self._url('oauth/access_token'), params={
+            'grant_type': 'fb_exchange_token', 'client_id': app_id, 'client_secret': app_secret,
+            'fb_exchange_token': user_token})
+        long_lived = exchanged.get('access_token') if isinstance(exchanged, dict) else None
+        if not long_lived:
+            raise FacebookMessengerException('Facebook: the token exchange returned no access_token')
+        secrets.append(long_lived)
+        protect_secrets_in_logs([long_lived])
+        tokens = {}
+        url, params = self._url('me/accounts'), {'access_token': long_lived}
+        for _page in range(100):  # bounded: 100 pages of 25 accounts each
+            accounts = self.request('GET', url, params=params)
+            accounts = accounts if isinstance(accounts, dict) else {}
+            for page in accounts.get('data') or []:
+                if page.get('access_token'):
+                    tokens[page.get('name')] = page['access_token']
+                    protect_secrets_in_logs([page['access_token']])
+            url = (accounts.get('paging') or {}).get('next')
+            if not url:
+                break
+            params = None  # the next link carries its own parameters
+        return tokens
 
 
 def _int(value: Any) -> Optional[int]:

@@ -21,7 +21,7 @@ from django.utils.translation import gettext_lazy
 
 from ..exceptions import (
     MessengerException, MessengerWarmupException, PermanentDeliveryError, TemporaryDeliveryError)
-from .base_http import RequestsMessengerBase, TypeProxy, parse_retry_after
+from .base_http import DeferBatch, RequestsMessengerBase, TypeProxy, parse_retry_after
 
 LOGGER = logging.getLogger(__name__)
 
@@ -53,8 +53,14 @@ class TelegramTemporaryError(TelegramMessengerException, TemporaryDeliveryError)
     """Worth retrying later: a server or network error, or a bot-wide problem (e.g. token revoked)."""
 
 
-class TelegramRateLimited(TelegramTemporaryError):
-    """HTTP 429: the bot must wait ``retry_after`` seconds before sending again."""
+class TelegramRateLimited(TelegramTemporaryError, DeferBatch):
+    """HTTP 429: the bot must wait ``retry_after`` seconds before sending again.
+
+    The rest of the run goes back to the queue untouched; :meth:`TelegramMessenger.deferral`
+    keeps it there (no request made) until the wait is over.
+    """
+
+    requeue = True
 
 
 def _telegram_error(cls, text: str, description: str, error_code: Optional[int] = None,
@@ -180,15 +186,20 @@ class TelegramMessenger(RequestsMessengerBase):
             raise
         except MessengerException as error:  # network errors and non-Bot-API replies (e.g. a proxy's)
             cls = TelegramPermanentError if isinstance(error, PermanentDeliveryError) else TelegramTemporaryError
-            text = self.redact(str(error))
+            text = str(error)  # redacted by request()
             description = text[len('Telegram: '):] if text.startswith('Telegram: ') else text
             raise _telegram_error(cls, text, description, retry_after=getattr(error, 'retry_after', None)) from None
+        return payload.get('result')
+
+    def check_response(self, response, payload: Any) -> None:
+        """Bot API replies are ``{"ok": ...}`` envelopes; anything else is an error too."""
+        super().check_response(response, payload)
         if not isinstance(payload, dict) or 'ok' not in payload:
-            text = self.redact(f'Telegram: unexpected reply: {str(payload)[:300]}')
+            shown = payload if payload is not None else response.text
+            text = f'Telegram: unexpected reply: {str(shown)[:300]}'
             raise _telegram_error(TelegramTemporaryError, text, text)
         if not payload['ok']:
-            raise self._error_from(payload, 200)
-        return payload.get('result')
+            raise self._error_from(payload, response.status_code)
 
     def payload_error(self, response, payload: Any) -> Optional[dict]:
         """A failed call answers ``{"ok": false, "error_code", "description", "parameters"}``."""
@@ -200,7 +211,7 @@ class TelegramMessenger(RequestsMessengerBase):
 
     def _error_from(self, payload: dict, status: int, header_retry_after: Any = None) -> TelegramMessengerException:
         code = payload.get('error_code') or status
-        description = self.redact(str(payload.get('description') or f'HTTP {code}'))
+        description = str(payload.get('description') or f'HTTP {code}')
         parameters = payload.get('parameters') or {}
         retry_after = parse_retry_after(parameters.get('retry_after', header_retry_after))
         details = f'error {code}'
@@ -227,15 +238,15 @@ class TelegramMessenger(RequestsMessengerBase):
         """Return how many seconds Telegram asked this bot to wait before sending (0: none)."""
         return max(self._rate_limited_until - CLOCK(), 0.0)
 
-    def before_send(self) -> None:
-        """Verify the bot (``getMe``) once per batch; a rate-limited bot skips it (sends are deferred)."""
+    def warm_up(self) -> None:
+        """Verify the bot (``getMe``) once per run; a rate-limited bot skips it (sends are deferred)."""
         self._session_started = False
         if self.rate_limit_left():
             return
         try:
             self._verify_bot()
         except TelegramRateLimited:
-            return  # send() defers every dispatch until the wait is over
+            return  # deferral() holds every dispatch back until the wait is over
         except TelegramMessengerException as error:
             detail = f'{error.description} (error {error.error_code})' if error.error_code else error.description
             raise MessengerWarmupException(f'Telegram Error: {detail}') from None
@@ -243,8 +254,20 @@ class TelegramMessenger(RequestsMessengerBase):
 
     def after_send(self) -> None:
         self._session_started = False
+        super().after_send()
 
-    def _build_message(self, text: str, to: Optional[str] = None) -> dict:
+    def deferral(self) -> Optional[DeferBatch]:
+        """While Telegram rate-limits the bot (in any run, on any thread), dispatches wait in the queue."""
+        left = self.rate_limit_left()
+        if left:
+            text = f'bot rate-limited for {left:.0f} s more'
+            return _telegram_error(TelegramRateLimited, f'Telegram: {text}', text, 429, left)
+        return super().deferral()
+
+    def dispatch_problem(self, dispatch) -> str:
+        return '' if dispatch.address else 'Telegram: the recipient has no chat id'
+
+    def _build_message(self, to: Optional[str], text: str) -> dict:
         chat_id: Any = to
         if isinstance(to, str) and _NUMERIC_CHAT_ID.fullmatch(to.strip()):
             chat_id = int(to)
@@ -272,20 +295,6 @@ class TelegramMessenger(RequestsMessengerBase):
                    for part in split_text(msg['text'], self.max_message_length)]
         return results[0] if len(results) == 1 else results
 
-    def send(self, message_cls, message_model, dispatch_models) -> None:
-        """Send each dispatch; once Telegram rate-limits the bot, the rest wait for a later run."""
-        for index, dispatch in enumerate(dispatch_models):
-            if self.rate_limit_left():
-                LOGGER.warning('%s: bot rate-limited for %.0f s more; %d dispatch(es) deferred',
-                               self.get_alias(), self.rate_limit_left(), len(dispatch_models) - index)
-                for waiting in dispatch_models[index:]:
-                    self.mark_pending(waiting)
-                return
-            if not dispatch.address:
-                self.mark_failed(dispatch, MessengerException('Telegram: the recipient has no chat id'))
-                continue
-            self.deliver(dispatch, message_cls)
-
     # Updates --------------------------------------------------------------------------------------
 
     def get_updates(self, offset: Optional[int] = None, timeout: int = 0) -> list:
@@ -301,7 +310,7 @@ class TelegramMessenger(RequestsMessengerBase):
             data['offset'] = offset
         http_timeout = None
         if timeout:
-            base = self._get_common_params()['timeout'] or 0
+            base = self.get_timeout() or 0
             http_timeout = base + timeout
         updates = self._send_command('getUpdates', data, http_timeout=http_timeout) or []
         update_ids = [update['update_id'] for update in updates

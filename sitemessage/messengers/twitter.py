@@ -18,20 +18,15 @@ only form-encoded bodies are).
 from __future__ import annotations
 
 import re
-import threading
 import time
 import unicodedata
-from typing import TYPE_CHECKING, Any, List, Optional
+from typing import Any, Optional
 
 from django.utils.translation import gettext_lazy
 
-from ..exceptions import (
-    MessengerException, MessengerWarmupException, PermanentDeliveryError, TemporaryDeliveryError)
+from ..exceptions import MessengerWarmupException, PermanentDeliveryError
 from ..optional import import_optional, stand_in_module
-from .base_http import RequestsMessengerBase, TypeProxy, parse_retry_after
-
-if TYPE_CHECKING:  # pragma: nocover
-    from ..models import Dispatch, Message
+from .base_http import DeferBatch, RequestsMessengerBase, TypeProxy, parse_retry_after
 
 URL_LENGTH = 23  # every URL counts as a t.co link of this length
 MAX_LENGTH = 280
@@ -96,12 +91,8 @@ def tweet_length(text: str) -> int:
     return length + _weighted_length(text[position:])
 
 
-class AccountWideError(TemporaryDeliveryError):
+class AccountWideError(DeferBatch):
     """X refused the account or app, not the post (HTTP 401, 429): the rest of the run waits too."""
-
-
-class _RunState(threading.local):
-    stopped: Optional[AccountWideError] = None
 
 
 class TwitterMessenger(RequestsMessengerBase):
@@ -158,7 +149,6 @@ class TwitterMessenger(RequestsMessengerBase):
         self.auth = None if oauth is None else oauth.OAuth1(
             api_key, client_secret=api_secret, resource_owner_key=access_token,
             resource_owner_secret=access_token_secret)
-        self._run = _RunState()
 
     def get_secrets(self):
         return self.api_key, self.api_secret, self.access_token, self.access_token_secret
@@ -171,22 +161,24 @@ class TwitterMessenger(RequestsMessengerBase):
     # Warm-up ----------------------------------------------------------------------------------
 
     def before_send(self) -> None:
-        """Build the signed session; with ``verify_credentials``, ask X whether it accepts them."""
-        self._run.stopped = None
+        """Open the session; with ``verify_credentials``, ask X whether it accepts the credentials."""
         if self.lib is not self.__dict__.get('_requests'):
             self._legacy_before_send()
             return
         self.api = None  # a client assigned by the project gives way, as in 1.4.0
+        super().before_send()
+
+    def after_send(self) -> None:
+        if self.lib is self.__dict__.get('_requests'):  # the legacy stand-in has no session to close
+            super().after_send()
+
+    def warm_up(self) -> None:
         missing = [name for name in ('api_key', 'api_secret', 'access_token', 'access_token_secret')
                    if not getattr(self, name)]
         if missing:
             raise MessengerWarmupException(f'{self.title}: credentials missing: {", ".join(missing)}')
-        self._session()
         if self.verify_credentials:
-            try:
-                self.request('GET', f'{self.api_url}/2/users/me')
-            except MessengerException as error:
-                raise MessengerWarmupException(self.redact(str(error))) from error
+            self.request('GET', f'{self.api_url}/2/users/me')
 
     def _legacy_before_send(self) -> None:
         """1.4.0's warm-up, on the ``twitter`` stand-in in ``lib``: builds ``api``."""
@@ -205,13 +197,12 @@ class TwitterMessenger(RequestsMessengerBase):
         status = response.status_code
         if status < 400:
             if isinstance(payload, dict) and payload.get('errors') and 'data' not in payload:
-                raise PermanentDeliveryError(self.redact(
-                    f'{self.title}: HTTP {status}: {self.describe_error(response, payload)}'))
+                raise PermanentDeliveryError(f'{self.title}: HTTP {status}: {self.describe_error(response, payload)}')
             return
         if status in (401, 429):
             wait = rate_limit_wait(response.headers) if status == 429 else None
-            raise AccountWideError(self.redact(
-                f'{self.title}: HTTP {status}: {self.describe_error(response, payload)}'), retry_after=wait)
+            raise AccountWideError(f'{self.title}: HTTP {status}: {self.describe_error(response, payload)}',
+                                   retry_after=wait)
         super().check_response(response, payload)
 
     def describe_error(self, response, payload: Any) -> str:
@@ -251,30 +242,11 @@ class TwitterMessenger(RequestsMessengerBase):
         payload = self.request('POST', f'{self.api_url}/2/tweets', json={'text': msg})
         return payload.get('data', payload) if isinstance(payload, dict) else payload
 
-    def _test_message(self, to: str, text: str) -> Any:
-        return self._send_message(self._build_message(to, text))
-
-    def send(self, message_cls, message_model: 'Message', dispatch_models: List['Dispatch']) -> None:
-        """Post one tweet per dispatch; after a 401 or 429 the rest waits for a later run."""
-        for index, dispatch in enumerate(dispatch_models):
-            stopped = self._run.stopped
-            if stopped is not None:
-                for waiting in dispatch_models[index:]:
-                    self.mark_error(waiting, f'Not attempted: an earlier post in this run was refused: {stopped}',
-                                    message_cls, retry_after=stopped.retry_after)
-                return
-            if not dispatch.address and dispatch.recipient_id:
-                # Posting it untargeted would publish a message meant for one person.
-                self.mark_failed(dispatch, f'{self.title}: the recipient user has no `{self.address_attr}` handle.')
-                continue
-            self.deliver(dispatch, message_cls, call=lambda dispatch=dispatch: self._post(dispatch))
-
-    def _post(self, dispatch) -> Any:
-        try:
-            return self._send_message(self._build_message(dispatch.address, dispatch.message_cache))
-        except AccountWideError as error:
-            self._run.stopped = error  # the rest of this run waits as well
-            raise
+    def dispatch_problem(self, dispatch) -> str:
+        if not dispatch.address and dispatch.recipient_id:
+            # Posting it untargeted would publish a message meant for one person.
+            return f'{self.title}: the recipient user has no `{self.address_attr}` handle.'
+        return ''
 
 
 def rate_limit_wait(headers) -> Optional[float]:

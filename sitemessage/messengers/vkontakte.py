@@ -11,7 +11,7 @@ from typing import Any, Dict, Iterable, Optional
 
 from django.utils.translation import gettext_lazy as _
 
-from ..exceptions import MessengerException, MessengerWarmupException, PermanentDeliveryError, TemporaryDeliveryError
+from ..exceptions import MessengerException, PermanentDeliveryError, TemporaryDeliveryError
 from ..settings import get_setting
 from .base_http import RequestsMessengerBase, TypeProxy
 
@@ -76,7 +76,8 @@ class VKontakteMessenger(RequestsMessengerBase):
     @property
     def api_version(self) -> str:
         """The VK API version in use, such as ``5.199``: the constructor's, else the setting's."""
-        return str(self._api_version_arg or get_setting('VKONTAKTE_API_VERSION'))
+        return str(get_setting('VKONTAKTE_API_VERSION', value=self._api_version_arg, check='text',
+                               argument='VKontakteMessenger(api_version=...)'))
 
     def get_secrets(self) -> Iterable[str]:
         return (self.access_token,)
@@ -99,26 +100,22 @@ class VKontakteMessenger(RequestsMessengerBase):
         code = _int(error.get('error_code'))
         description = f'error {code}: {error.get("error_msg") or "unknown error"}'
         if code in TOKEN_CODES:
-            exception = VKontakteTemporaryError(
-                self.redact(f'VKontakte access token invalid or expired: {description}'))
+            exception = VKontakteTemporaryError(f'VKontakte access token invalid or expired: {description}')
         elif code in TEMPORARY_CODES:
-            exception = VKontakteTemporaryError(self.redact(f'{self.title}: {description}'),
-                                                retry_after=RETRY_AFTER.get(code))
+            exception = VKontakteTemporaryError(f'{self.title}: {description}', retry_after=RETRY_AFTER.get(code))
         else:
-            exception = VKontaktePermanentError(self.redact(f'{self.title}: {description}'))
+            exception = VKontaktePermanentError(f'{self.title}: {description}')
         exception.code = code
         return exception
 
-    def before_send(self) -> None:
+    def warm_up(self) -> None:
         """Verify the token with ``users.get``: a rejected token or an unreachable API fails the warm-up."""
         try:
             self.call('users.get')
         except VKontakteMessengerException as error:
             # Any other API error (say, a method unavailable with community auth) means VK accepted the token.
             if error.code in TOKEN_CODES:
-                raise MessengerWarmupException(str(error)) from error  # already redacted
-        except MessengerException as error:  # unreachable API, timeouts, HTTP errors
-            raise MessengerWarmupException(str(error)) from error
+                raise
 
     def _owner_id(self, to: Any) -> Optional[int]:
         to = str(to if to is not None else '').strip()
@@ -153,7 +150,7 @@ class VKontakteMessenger(RequestsMessengerBase):
         """
         import webbrowser
         url = (f'https://oauth.vk.com/authorize?client_id={app_id}&scope=wall,offline&display=page'
-               f'&response_type=token&v={get_setting("VKONTAKTE_API_VERSION")}'
+               f'&response_type=token&v={get_setting("VKONTAKTE_API_VERSION", check="text")}'
                f'&redirect_uri=https://oauth.vk.com/blank.html')
         webbrowser.open(url)
         return url

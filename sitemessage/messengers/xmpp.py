@@ -28,10 +28,10 @@ from ..exceptions import (
     SiteMessageConfigurationError,
     TemporaryDeliveryError,
 )
-from ..settings import get_timeout_setting
+from ..settings import get_setting
 from ..optional import import_optional
 from . import xmpp_sleek
-from .base import MessengerBase
+from .base import MessengerBase, PerThread
 
 #: Stanza error types after which retrying cannot help (RFC 6120 section 8.3.2); ``wait`` is
 #: temporary and ``continue`` is only a warning.
@@ -50,7 +50,7 @@ class Refusal(NamedTuple):
         return f'XMPP Error: the server refused the message to `{address}`: {self.condition} ({self.type}){details}'
 
 
-class _ThreadState(threading.local):
+class _ThreadState:
     session: Optional['_Session'] = None
     failure: Optional[MessengerWarmupException] = None  # a reconnection that failed in this batch
 
@@ -68,9 +68,9 @@ class _Session:
         self.password = messenger.password
         self.host, self.port = messenger.host, messenger.port
         self.use_tls, self.use_ssl, self.ca_certs = messenger.use_tls, messenger.use_ssl, messenger.ca_certs
-        self.timeout = messenger.timeout
-        if self.timeout is None:  # the setting; with no bound there either, the 20 s of earlier releases
-            self.timeout = get_timeout_setting('CONNECT_TIMEOUT') or 20
+        # The argument, else the setting; with no bound there either, the 20 s of earlier releases.
+        self.timeout = get_setting('CONNECT_TIMEOUT', value=messenger.timeout, check='seconds',
+                                   argument='XMPPSleekMessenger(timeout=...)') or 20
         self.client = None
         self.alive = False
         self.refusals: Dict[str, Refusal] = {}  # stanza id -> error, filled on the loop
@@ -276,6 +276,8 @@ class XMPPSleekMessenger(MessengerBase):
 
     timeout: Optional[float] = None  # None: SITEMESSAGE_CONNECT_TIMEOUT
 
+    _state = PerThread(_ThreadState)  # this connection's stream
+
     def __init__(self, from_jid: str, password: str, host: str = 'localhost', port: int = 5222,
                  use_tls: bool = True, use_ssl: bool = False, *, ca_certs: Optional[str] = None,
                  timeout: Optional[float] = None, connections: Optional[int] = None):
@@ -298,14 +300,6 @@ class XMPPSleekMessenger(MessengerBase):
             raise SiteMessageConfigurationError(f'XMPPSleekMessenger: from_jid {problem}')
         self._resources = itertools.count(1)
 
-    # Connection state, one per thread ------------------------------------------------------------
-
-    def _state(self) -> _ThreadState:
-        state = self.__dict__.get('_connection_state')
-        if state is None:
-            state = self.__dict__.setdefault('_connection_state', _ThreadState())
-        return state
-
     # 1.4.0's path ------------------------------------------------------------------------------
 
     def _legacy_state(self) -> xmpp_sleek.LegacyState:
@@ -324,7 +318,7 @@ class XMPPSleekMessenger(MessengerBase):
         """This thread's slixmpp client, or None outside a batch; assignable, as in 1.4.0."""
         if self._legacy_path():
             return self._legacy_state().xmpp
-        session = self._state().session
+        session = self._state.session
         return session.client if session is not None else None
 
     @xmpp.setter
@@ -335,7 +329,7 @@ class XMPPSleekMessenger(MessengerBase):
     def _session_started(self) -> bool:
         if self._legacy_path():
             return self._legacy_state().started
-        session = self._state().session
+        session = self._state.session
         return bool(session is not None and session.alive)
 
     @_session_started.setter
@@ -359,14 +353,14 @@ class XMPPSleekMessenger(MessengerBase):
         return session
 
     def _close_session(self) -> None:
-        state = self._state()
+        state = self._state
         session, state.session = state.session, None
         if session is not None:
             session.close()
 
     def _live_session(self) -> _Session:
         """This thread's session; reconnects once per batch if the stream was lost."""
-        state = self._state()
+        state = self._state
         if state.session is not None and state.session.alive:
             return state.session
         if state.failure is not None:
@@ -386,7 +380,7 @@ class XMPPSleekMessenger(MessengerBase):
             return
         self.__dict__.pop('_legacy', None)  # a client assigned by the project gives way, as in 1.4.0
         self._close_session()  # left over by a batch on this thread that did not cool down
-        state = self._state()
+        state = self._state
         state.failure = None
         state.session = self._open_session()
 
@@ -395,7 +389,7 @@ class XMPPSleekMessenger(MessengerBase):
         if self._sleek_library():
             xmpp_sleek.after_send(self)
             return
-        self._state().failure = None
+        self._state.failure = None
         self._close_session()
 
     # Messages ---------------------------------------------------------------------------------
@@ -410,21 +404,21 @@ class XMPPSleekMessenger(MessengerBase):
             return f'`{address}` is not a valid JID: {error}'
         return ''
 
-    def _send_message(self, to: str, text: str) -> str:
-        """Send one chat message and return its stanza id; a refusal raises a delivery error."""
+    def _send_message(self, msg: str, to: Optional[str] = None) -> str:
+        """Send the chat message ``msg`` to ``to`` and return its stanza id; a refusal raises a delivery error.
+
+        The signature is every messenger's (1.4.0's XMPP one was ``(to, text)``).
+        """
         if self._legacy_path():
-            return xmpp_sleek.send_message(self, to, text)
+            return xmpp_sleek.send_message(self, to, msg)
         problem = self.address_problem(to)
         if problem:
             raise PermanentDeliveryError(f'XMPP Error: {problem}')
-        ((stanza_id, refusal),) = self._live_session().deliver([(to, text)])
+        ((stanza_id, refusal),) = self._live_session().deliver([(to, msg)])
         if refusal is not None and refusal.type != 'continue':
             error_cls = PermanentDeliveryError if refusal.type in PERMANENT_ERROR_TYPES else TemporaryDeliveryError
             raise error_cls(refusal.describe(to))
         return stanza_id
-
-    def _test_message(self, to: str, text: str) -> str:
-        return self._send_message(to, text)
 
     def send(self, message_cls, message_model, dispatch_models) -> None:
         """Send a chat message per dispatch; mark each once the server has confirmed it."""
