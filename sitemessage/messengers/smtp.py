@@ -13,6 +13,7 @@ import smtplib
 import ssl
 import threading
 import time
+from dataclasses import dataclass
 from email import policy
 from email.header import Header
 from email.message import Message
@@ -21,7 +22,7 @@ from email.mime.text import MIMEText
 from email.utils import formatdate, make_msgid, parseaddr
 from functools import lru_cache
 from importlib import import_module
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from django.utils.translation import gettext as _, gettext_lazy
 
@@ -75,8 +76,48 @@ class _UTF8Policy(_Policy):
 _UTF8_POLICY = _UTF8Policy(max_line_length=998, linesep='\r\n')
 
 
+@dataclass(frozen=True)
+class SMTPSettings:
+    """The SMTP messenger's configuration, read at once when a connection opens (:meth:`SMTPMessenger.settings`).
+
+    Each value is the constructor's argument (or a value assigned since, as 1.4.0 allowed), else
+    the project's setting (``EMAIL_*``, or the OPTIONS of Django 6.1's SMTP mailer), else the default.
+    """
+
+    from_email: str
+    login: str
+    password: str
+    host: str
+    port: int
+    use_tls: bool
+    use_ssl: bool
+    timeout: Optional[float]
+    ssl_certfile: Optional[str]
+    ssl_keyfile: Optional[str]
+
+    def describe(self) -> str:
+        """``host:port``, for errors (never the login or the password)."""
+        return f'{self.host}:{self.port}'
+
+
+# option -> (the Django setting it falls back to, the default without either)
+_OPTIONS: Dict[str, Tuple[str, Any]] = {
+    'from_email': ('DEFAULT_FROM_EMAIL', 'webmaster@localhost'),
+    'login': ('EMAIL_HOST_USER', ''),
+    'password': ('EMAIL_HOST_PASSWORD', ''),
+    'host': ('EMAIL_HOST', 'localhost'),
+    'port': ('EMAIL_PORT', 25),
+    'use_tls': ('EMAIL_USE_TLS', False),
+    'use_ssl': ('EMAIL_USE_SSL', False),
+    'timeout': ('EMAIL_TIMEOUT', None),
+    'ssl_certfile': ('EMAIL_SSL_CERTFILE', None),
+    'ssl_keyfile': ('EMAIL_SSL_KEYFILE', None),
+}
+
+
 class _ConnectionState(threading.local):
     smtp: Optional[smtplib.SMTP] = None
+    settings: Optional[SMTPSettings] = None  # what this thread's connection was opened with
     session_started: bool = False
     pipelining: bool = False  # the server said PIPELINING (RFC 2920) in its EHLO reply
     reset_pending: bool = False  # content refused while the next envelope was already on its way: RSET due
@@ -107,10 +148,9 @@ def is_permanent(error: BaseException) -> bool:
     return code is not None and 500 <= code < 600 and code != 503
 
 
-def _option_property(name: str, setting: str, default: Any) -> property:
+def _option_property(name: str) -> property:
     """An option: the constructor's argument (or an assigned value), else the setting when None."""
-    return property(lambda self: self._option(name, setting, default),
-                    lambda self, value: self._options.__setitem__(name, value))
+    return property(lambda self: self._option(name), lambda self, value: self._options.__setitem__(name, value))
 
 
 class SMTPMessenger(MessengerBase):
@@ -124,6 +164,10 @@ class SMTPMessenger(MessengerBase):
     against ``ca_file`` (a PEM bundle; default: the system's CAs) and presents the client certificate
     ``ssl_certfile``/``ssl_keyfile`` (default: ``EMAIL_SSL_CERTFILE``/``EMAIL_SSL_KEYFILE``);
     ``ssl_context`` replaces all three.
+
+    ``connection_class`` opens connections: ``connection_class(host, port, timeout=..., context=...)``
+    (``context`` only with ``use_ssl``), returning an ``smtplib.SMTP``-like object. By default
+    ``smtplib.SMTP`` or ``smtplib.SMTP_SSL``; a test can record or break connections there.
     """
 
     alias = 'smtp'
@@ -131,13 +175,15 @@ class SMTPMessenger(MessengerBase):
     address_attr = 'email'
     # dispatch id -> whether its recipient subscribes, found by prepare_batch() for _outgoing()
     _subscribers_found: Optional[Dict[int, bool]] = None
+    connection_class: Optional[Callable[..., smtplib.SMTP]] = None
 
     def __init__(self, from_email: Optional[str] = None, login: Optional[str] = None,
                  password: Optional[str] = None, host: Optional[str] = None, port: Optional[int] = None,
                  use_tls: Optional[bool] = None, use_ssl: Optional[bool] = None, debug: bool = False,
                  timeout: Optional[float] = None, *, connections: Optional[int] = None, pipelining: bool = True,
                  ssl_context: Optional[ssl.SSLContext] = None, ca_file: Optional[str] = None,
-                 ssl_certfile: Optional[str] = None, ssl_keyfile: Optional[str] = None):
+                 ssl_certfile: Optional[str] = None, ssl_keyfile: Optional[str] = None,
+                 connection_class: Optional[Callable[..., smtplib.SMTP]] = None):
         self.lib = import_module('smtplib')  # as 1.4.0 did: a test's stand-in in sys.modules is used
         self.debug = debug
         if not isinstance(pipelining, bool):
@@ -149,37 +195,60 @@ class SMTPMessenger(MessengerBase):
                          'port': port, 'use_tls': use_tls, 'use_ssl': use_ssl, 'timeout': timeout,
                          'ssl_certfile': ssl_certfile, 'ssl_keyfile': ssl_keyfile}
         self.ssl_context, self.ca_file = ssl_context, ca_file
+        if connection_class is not None:
+            self.connection_class = connection_class
         if self.use_tls and self.use_ssl:
             raise ValueError('SMTPMessenger: use_tls and use_ssl (EMAIL_USE_TLS / EMAIL_USE_SSL) '
                              'are mutually exclusive; set only one of them to True.')
 
-    def _option(self, name: str, setting: str, default: Any = None) -> Any:
+    def _option(self, name: str) -> Any:
         value = self._options[name]
-        return email_setting(setting, default) if value is None else value
+        if value is not None:
+            return value
+        setting, default = _OPTIONS[name]
+        return email_setting(setting, default)
 
     # Assignable, as in 1.4.0 (``messenger.port = 1``): the next connection uses the new value.
-    from_email = _option_property('from_email', 'DEFAULT_FROM_EMAIL', 'webmaster@localhost')
-    login = _option_property('login', 'EMAIL_HOST_USER', '')
-    password = _option_property('password', 'EMAIL_HOST_PASSWORD', '')
-    host = _option_property('host', 'EMAIL_HOST', 'localhost')
-    port = _option_property('port', 'EMAIL_PORT', 25)
-    use_tls = _option_property('use_tls', 'EMAIL_USE_TLS', False)
-    use_ssl = _option_property('use_ssl', 'EMAIL_USE_SSL', False)
+    from_email = _option_property('from_email')
+    login = _option_property('login')
+    password = _option_property('password')
+    host = _option_property('host')
+    port = _option_property('port')
+    use_tls = _option_property('use_tls')
+    use_ssl = _option_property('use_ssl')
+    ssl_certfile = _option_property('ssl_certfile')
+    ssl_keyfile = _option_property('ssl_keyfile')
 
     @property
     def timeout(self) -> Optional[float]:
         """Seconds to wait for the server: the argument, ``EMAIL_TIMEOUT``, else ``SITEMESSAGE_CONNECT_TIMEOUT`` (30)."""
-        value = self._option('timeout', 'EMAIL_TIMEOUT', None)
+        value = self._option('timeout')
         return get_timeout_setting('CONNECT_TIMEOUT') if value is None else value
 
     @timeout.setter
     def timeout(self, value: Optional[float]) -> None:
         self._options['timeout'] = value
-    ssl_certfile = _option_property('ssl_certfile', 'EMAIL_SSL_CERTFILE', None)
-    ssl_keyfile = _option_property('ssl_keyfile', 'EMAIL_SSL_KEYFILE', None)
 
-    def _tls_context(self) -> ssl.SSLContext:
-        return tls_context(self.ssl_context, self.ca_file, self.ssl_certfile, self.ssl_keyfile)
+    def settings(self) -> SMTPSettings:
+        """Read the whole configuration now: each connection is opened with one consistent reading."""
+        values = {name: self._option(name) for name in _OPTIONS}
+        # A 1.4.0 suite's stand-in for smtplib sees the calls 1.4.0 made: no default timeout.
+        if values['timeout'] is None and self.lib is smtplib:
+            values['timeout'] = get_timeout_setting('CONNECT_TIMEOUT')
+        return SMTPSettings(**values)
+
+    def _tls_context(self, config: SMTPSettings) -> ssl.SSLContext:
+        return tls_context(self.ssl_context, self.ca_file, config.ssl_certfile, config.ssl_keyfile)
+
+    def _server(self) -> str:
+        """``host:port`` of this thread's connection, for errors."""
+        config = self._thread_state().settings
+        return config.describe() if config is not None else f'{self.host}:{self.port}'
+
+    def _sender(self) -> str:
+        """``from_email`` as this thread's connection read it (the current value outside a connection)."""
+        config = self._thread_state().settings
+        return config.from_email if config is not None else self.from_email
 
     # Connection ---------------------------------------------------------------------------------
     # Each thread delivering a share of a batch holds its own connection.
@@ -195,37 +264,39 @@ class SMTPMessenger(MessengerBase):
     _session_started = property(lambda self: self._thread_state().session_started,
                                 lambda self, value: setattr(self._thread_state(), 'session_started', value))
 
-    def _connect(self) -> smtplib.SMTP:
-        # A 1.4.0 suite's stand-in for smtplib sees the calls 1.4.0 made: no default timeout.
-        timeout = self.timeout if self.lib is smtplib else self._option('timeout', 'EMAIL_TIMEOUT', None)
-        kwargs = {'timeout': timeout} if timeout else {}
-        if self.use_ssl:
-            return self.lib.SMTP_SSL(self.host, self.port, context=self._tls_context(), **kwargs)
-        return self.lib.SMTP(self.host, self.port, **kwargs)
+    def _connect(self, config: SMTPSettings) -> smtplib.SMTP:
+        """Open a connection with ``connection_class`` (by default ``smtplib.SMTP`` or ``SMTP_SSL``)."""
+        kwargs: Dict[str, Any] = {'timeout': config.timeout} if config.timeout else {}
+        if config.use_ssl:
+            kwargs['context'] = self._tls_context(config)
+        factory = self.connection_class or (self.lib.SMTP_SSL if config.use_ssl else self.lib.SMTP)
+        return factory(config.host, config.port, **kwargs)
 
     def before_send(self) -> None:
         """Connect, secure (STARTTLS is required when ``use_tls``) and log in."""
         self._session_started = False
-        self._thread_state().reset_pending = False
+        state = self._thread_state()
+        state.reset_pending = False
+        state.settings = config = self.settings()
         try:
-            self.smtp = self._connect()
+            self.smtp = self._connect(config)
             self.smtp.set_debuglevel(self.debug)
-            if self.use_tls:
+            if config.use_tls:
                 self.smtp.ehlo()
                 if not self.smtp.has_extn('STARTTLS'):
                     raise MessengerWarmupException(
-                        f'SMTP Error: {self.host}:{self.port} does not offer STARTTLS, but use_tls is set; '
+                        f'SMTP Error: {config.describe()} does not offer STARTTLS, but use_tls is set; '
                         'refusing to continue in plain text')
-                self.smtp.starttls(context=self._tls_context())
+                self.smtp.starttls(context=self._tls_context(config))
                 self.smtp.ehlo()
-            if self.login:
-                self.smtp.login(self.login, self.password)
+            if config.login:
+                self.smtp.login(config.login, config.password)
             self.smtp.ehlo_or_helo_if_needed()
-            self._thread_state().pipelining = self.pipelining and bool(self.smtp.has_extn('pipelining'))
+            state.pipelining = self.pipelining and bool(self.smtp.has_extn('pipelining'))
         except (smtplib.SMTPException, OSError) as error:
             self._drop_connection()
             raise MessengerWarmupException(
-                f'SMTP Error: {self.host}:{self.port}: {describe_smtp_error(error)}') from error
+                f'SMTP Error: {config.describe()}: {describe_smtp_error(error)}') from error
         except MessengerWarmupException:
             self._drop_connection()
             raise
@@ -268,7 +339,7 @@ class SMTPMessenger(MessengerBase):
             msg.attach(_text_part(text, 'html'))
         else:
             msg = _text_part(text, 'plain')
-        sender_header, _sender_address, sender_domain = _sender_parts(self.from_email)
+        sender_header, _sender_address, sender_domain = _sender_parts(self._sender())
         msg.envelope_recipient = envelope_address(to)  # spares re-parsing To later
         msg['From'] = sender_header
         msg['To'] = smtp_wire.header_address(to)
@@ -288,7 +359,7 @@ class SMTPMessenger(MessengerBase):
         from a template, byte for byte what the MIME classes write (a test holds both to that),
         at a tenth of the cost; anything else goes through :meth:`_build_message`.
         """
-        sender_header, _sender_address, sender_domain = _sender_parts(self.from_email)
+        sender_header, _sender_address, sender_domain = _sender_parts(self._sender())
         subject = str(subject or _('No Subject'))
         date, message_id = date_header(), make_msgid(domain=sender_domain)
         if mtype != 'html':
@@ -304,7 +375,7 @@ class SMTPMessenger(MessengerBase):
         return self._send_bytes(recipient, msg.as_bytes(policy=_policy_for(recipient)))
 
     def _send_bytes(self, recipient: str, data: bytes) -> dict:
-        sender = _sender_parts(self.from_email)[1]
+        sender = _sender_parts(self._sender())[1]
         if self._thread_state().pipelining and can_pipeline(self.smtp, sender, recipient):
             return send_pipelined(self.smtp, sender, recipient, data)
         return self._sendmail(sender, recipient, data)
@@ -345,7 +416,7 @@ class SMTPMessenger(MessengerBase):
                     except MessengerWarmupException as error:
                         self.mark_error(dispatch, error, message_cls)
                         continue
-                smtp, sender = self.smtp, _sender_parts(self.from_email)[1]
+                smtp, sender = self.smtp, _sender_parts(self._sender())[1]
                 if not (self._thread_state().pipelining and can_pipeline(smtp, sender, recipient)):
                     previous, in_flight = in_flight, None
                     self._settle(previous)
@@ -412,7 +483,7 @@ class SMTPMessenger(MessengerBase):
         As Django's SMTP backend: ``sendmail`` raises only when every recipient is refused and
         returns the refused ones otherwise.
         """
-        return self.smtp.sendmail(sender or _sender_parts(self.from_email)[1], recipients, data)
+        return self.smtp.sendmail(sender or _sender_parts(self._sender())[1], recipients, data)
 
     def _refuse_unsafe(self, items):
         """Fail the dispatches of messages stored with a line break or NUL in a header value (a row
@@ -509,7 +580,7 @@ class SMTPMessenger(MessengerBase):
     def _header_problem(self, subject: Any, unsubscribe_url: Optional[str]) -> str:
         """Why a header of this e-mail would carry CR, LF or NUL onto the wire, or ''."""
         return (smtp_wire.header_problem('Subject', subject)
-                or _sender_problem(self.from_email)
+                or _sender_problem(self._sender())
                 or smtp_wire.header_problem('List-Unsubscribe URL', unsubscribe_url))
 
     def _settle(self, in_flight, error: Optional[BaseException] = None, *, next_envelope_sent: bool = False) -> None:
@@ -548,10 +619,10 @@ class SMTPMessenger(MessengerBase):
 
     def _send_one(self, dispatch, message_cls, recipient: str, data: bytes) -> None:
         """Send one e-mail waiting for each reply (``sendmail``): servers without PIPELINING."""
-        sender = _sender_parts(self.from_email)[1]
+        sender = _sender_parts(self._sender())[1]
         if smtp_wire.needs_smtputf8(sender, recipient) and not self.smtp.has_extn('smtputf8'):
             self.mark_failed(dispatch, PermanentDeliveryError(
-                f'`{dispatch.address}`: a non-ASCII address needs SMTPUTF8, which {self.host}:{self.port} '
+                f'`{dispatch.address}`: a non-ASCII address needs SMTPUTF8, which {self._server()} '
                 'does not offer'))
             return
         try:

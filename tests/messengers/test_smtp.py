@@ -404,3 +404,55 @@ def test_date_header_is_formatdate_of_the_current_second(monkeypatch):
     now[0] += 1
     later = smtp_module.date_header()
     assert (parsedate_to_datetime(later) - parsedate_to_datetime(first)).total_seconds() == 1
+
+
+# Configuration read in one place; the connection seam ----------------------------------------------
+
+def test_connection_class_opens_every_connection_with_one_reading_of_the_settings(smtp_server):
+    """Each connection is opened by ``connection_class`` with the settings as read when it opened."""
+    opened = []
+
+    class RecordingSMTP(smtplib.SMTP):
+        def __init__(self, host, port, **kwargs):
+            opened.append((host, port, kwargs))
+            super().__init__(host, port, **kwargs)
+
+    messenger = SMTPMessenger('first@example.com', host='127.0.0.1', port=smtp_server.port, timeout=4,
+                              connection_class=RecordingSMTP)
+    register_messenger_objects(messenger)
+    schedule_email('One', 'a@example.com', subject='S')
+    send_scheduled_messages()
+
+    messenger.from_email = 'second@example.com'  # assignable as in 1.4.0: the next connection uses it
+    schedule_email('Two', 'b@example.com', subject='S')
+    send_scheduled_messages()
+
+    assert opened == [('127.0.0.1', smtp_server.port, {'timeout': 4})] * 2
+    assert [env.mail_from for env in smtp_server.handler.envelopes] == ['first@example.com', 'second@example.com']
+
+
+def test_settings_names_each_value_by_the_rule_argument_then_setting_then_default(smtp_server):
+    messenger = SMTPMessenger(host='mail.example.com', use_tls=False)
+    with override_settings(EMAIL_HOST='settings.example.com', EMAIL_PORT=2525, EMAIL_HOST_USER='robot',
+                           DEFAULT_FROM_EMAIL='site@example.com', EMAIL_TIMEOUT=None,
+                           SITEMESSAGE_CONNECT_TIMEOUT=12):
+        config = messenger.settings()
+    assert (config.host, config.port, config.login, config.from_email) == (
+        'mail.example.com', 2525, 'robot', 'site@example.com')
+    assert (config.use_tls, config.use_ssl, config.timeout) == (False, False, 12)
+    assert config.describe() == 'mail.example.com:2525' and 'robot' not in config.describe()
+
+
+def test_a_failing_connection_class_is_a_warm_up_error_naming_the_server(smtp_server):
+    def refuse(host, port, **kwargs):
+        raise ConnectionRefusedError(111, 'Connection refused')
+
+    register_messenger_objects(SMTPMessenger('robot@example.com', host='127.0.0.1', port=2600,
+                                             connection_class=refuse))
+    schedule_email('One', 'a@example.com', subject='S')
+
+    report = send_scheduled_messages()
+
+    assert report.errors == 1
+    [error] = DispatchError.objects.all()
+    assert error.error_log.startswith('Messenger warm-up failed: SMTP Error: 127.0.0.1:2600:')
