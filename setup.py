@@ -1,4 +1,5 @@
 """Packaging of django-sitemessage (``pip install django-sitemessage[<extras>]``)."""
+
 import os
 import re
 
@@ -27,10 +28,22 @@ EXTRAS = {
     'facebook': ['requests'],
     'vkontakte': ['requests'],
     'celery': ['celery[redis]'],
-    'test': ['pytest', 'hypothesis', 'pytest-django', 'aiosmtpd', 'psycopg[binary]', 'requests', 'requests-oauthlib',
-             'slixmpp', 'celery[redis]', 'playwright', 'pymysql', 'prometheus_client',
-             # A real django.tasks queue backend (it needs Django 5.2+; the newest-Django run has it).
-             'django-tasks-db; python_version >= "3.12"'],
+    'test': [
+        'pytest',
+        'hypothesis',
+        'pytest-django',
+        'aiosmtpd',
+        'psycopg[binary]',
+        'requests',
+        'requests-oauthlib',
+        'slixmpp',
+        'celery[redis]',
+        'playwright',
+        'pymysql',
+        'prometheus_client',
+        # A real django.tasks queue backend (it needs Django 5.2+; the newest-Django run has it).
+        'django-tasks-db; python_version >= "3.12"',
+    ],
     'docs': ['sphinx'],
     'prometheus': ['prometheus_client'],
     # `make demo`: only what demo_project needs besides Django (its SMTP sink).

@@ -22,6 +22,7 @@ Scenarios (see benchmarks/README.rst for what each one measures and why):
 
 Tables go to stdout, progress to stderr. Each row that has a target from issue 4 says PASS or FAIL.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,10 @@ RESULT_MARK = '@@compare-result@@ '
 # The e-mail every contender sends: the same as benchmarks/send_queue.py.
 FROM_EMAIL = 'robot@example.com'
 SUBJECT = 'Your weekly digest'
-BODY = ('Hello,\n\nthis is the weekly digest of the things that happened on the site.\n'
-        'Nothing much, really: a benchmark is running.\n\n-- \nThe robot\n')
+BODY = (
+    'Hello,\n\nthis is the weekly digest of the things that happened on the site.\n'
+    'Nothing much, really: a benchmark is running.\n\n-- \nThe robot\n'
+)
 SITE_URL = 'https://example.com'
 WARM_UP = 20  # e-mails sent by each sending process before it is measured (imports, first queries)
 
@@ -61,6 +64,7 @@ def address(prefix: str, index: int) -> str:
 
 
 # Libraries ---------------------------------------------------------------------------------------------
+
 
 class Lib:
     """A contender: its label, virtualenv (None: the interpreter running this script) and Django app."""
@@ -81,10 +85,20 @@ class Lib:
             progress(f'Creating {self.venv.relative_to(REPO)} (pip install {" ".join(self.packages)}) ...')
             try:
                 if not (self.venv / 'bin' / 'python').exists():
-                    subprocess.run([sys.executable, '-m', 'venv', str(self.venv)], check=True, capture_output=True,
-                                   text=True, timeout=300)
-                subprocess.run([self.python, '-m', 'pip', 'install', '-q', '--disable-pip-version-check',
-                                *self.packages], check=True, capture_output=True, text=True, timeout=900)
+                    subprocess.run(
+                        [sys.executable, '-m', 'venv', str(self.venv)],
+                        check=True,
+                        capture_output=True,
+                        text=True,
+                        timeout=300,
+                    )
+                subprocess.run(
+                    [self.python, '-m', 'pip', 'install', '-q', '--disable-pip-version-check', *self.packages],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                    timeout=900,
+                )
             except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as error:
                 details = getattr(error, 'stderr', '') or ''
                 self.error = f'could not install {" ".join(self.packages)}: {error} {details.strip()[-500:]}'
@@ -97,11 +111,16 @@ class Lib:
         return self.error is None
 
     def _works(self) -> bool:
-        code = (f'import sys, django; {self.check}; '
-                f'print("Django", django.get_version(), "/ Python", sys.version.split()[0])')
+        code = (
+            f'import sys, django; {self.check}; '
+            f'print("Django", django.get_version(), "/ Python", sys.version.split()[0])'
+        )
         env = child_env(self.key)
-        result = subprocess.run([self.python, '-c', code], capture_output=True, text=True, env=env, cwd=HERE,
-                                timeout=120) if Path(self.python).exists() else None
+        result = (
+            subprocess.run([self.python, '-c', code], capture_output=True, text=True, env=env, cwd=HERE, timeout=120)
+            if Path(self.python).exists()
+            else None
+        )
         if result is None or result.returncode:
             return False
         self.versions = result.stdout.strip()
@@ -109,18 +128,32 @@ class Lib:
 
 
 LIBS = {
-    'ours': Lib('ours', 'sitemessage 2.0 (this repo)', 'sitemessage',
-                check='import sitemessage'),
-    'sm140': Lib('sm140', 'django-sitemessage 1.4.0', 'sitemessage', HERE / '.venv-sitemessage-1.4.0',
-                 ['django-sitemessage==1.4.0', 'django>=4.1,<4.2', 'psycopg2-binary', 'aiosmtpd'],
-                 check='import importlib.metadata as m; assert m.version("django-sitemessage") == "1.4.0"; '
-                       'import sitemessage; assert "site-packages" in sitemessage.__file__'),
-    'post_office': Lib('post_office', 'django-post_office 3.12.0', 'post_office', HERE / '.venv-post_office',
-                       ['django-post_office==3.12.0', 'django>=5.2,<5.3', 'psycopg2-binary'],
-                       check='import importlib.metadata as m; assert m.version("django-post_office") == "3.12.0"'),
-    'mailer': Lib('mailer', 'django-mailer 2.3.2', 'mailer', HERE / '.venv-mailer',
-                  ['django-mailer==2.3.2', 'django>=5.2,<5.3', 'psycopg2-binary'],
-                  check='import importlib.metadata as m; assert m.version("django-mailer") == "2.3.2"'),
+    'ours': Lib('ours', 'sitemessage 2.0 (this repo)', 'sitemessage', check='import sitemessage'),
+    'sm140': Lib(
+        'sm140',
+        'django-sitemessage 1.4.0',
+        'sitemessage',
+        HERE / '.venv-sitemessage-1.4.0',
+        ['django-sitemessage==1.4.0', 'django>=4.1,<4.2', 'psycopg2-binary', 'aiosmtpd'],
+        check='import importlib.metadata as m; assert m.version("django-sitemessage") == "1.4.0"; '
+        'import sitemessage; assert "site-packages" in sitemessage.__file__',
+    ),
+    'post_office': Lib(
+        'post_office',
+        'django-post_office 3.12.0',
+        'post_office',
+        HERE / '.venv-post_office',
+        ['django-post_office==3.12.0', 'django>=5.2,<5.3', 'psycopg2-binary'],
+        check='import importlib.metadata as m; assert m.version("django-post_office") == "3.12.0"',
+    ),
+    'mailer': Lib(
+        'mailer',
+        'django-mailer 2.3.2',
+        'mailer',
+        HERE / '.venv-mailer',
+        ['django-mailer==2.3.2', 'django>=5.2,<5.3', 'psycopg2-binary'],
+        check='import importlib.metadata as m; assert m.version("django-mailer") == "2.3.2"',
+    ),
 }
 
 
@@ -186,6 +219,7 @@ def _sink_main(channel, conn) -> None:
             threading.Thread(target=receive, daemon=True).start()
             loop_ready.set()
             await asyncio.Event().wait()
+
         asyncio.run(main())
 
     ready = threading.Event()
@@ -218,6 +252,7 @@ class Sink:
 
     def __init__(self, processes: int = SINK_PROCESSES):
         import multiprocessing
+
         ctx = multiprocessing.get_context('spawn')
         self._listener = socket.create_server(('127.0.0.1', 0), backlog=128)
         self.port = self._listener.getsockname()[1]
@@ -227,13 +262,15 @@ class Sink:
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             self._conns.append(parent_conn)
             self._channels.append(ours)
-            self._processes.append(ctx.Process(target=_sink_main, args=(theirs, child_conn),
-                                               name=f'smtp-sink-{index}', daemon=True))
+            self._processes.append(
+                ctx.Process(target=_sink_main, args=(theirs, child_conn), name=f'smtp-sink-{index}', daemon=True)
+            )
         self._active = [0] * processes
         self._stopping = False
 
     def start(self) -> 'Sink':
         import threading
+
         for process in self._processes:
             process.start()
         for conn in self._conns:
@@ -245,6 +282,7 @@ class Sink:
     def _dispatch(self) -> None:
         """Accept connections; give each to the process with the fewest sessions (usually none)."""
         import selectors
+
         selector = selectors.DefaultSelector()
         selector.register(self._listener, selectors.EVENT_READ, None)
         for index, channel in enumerate(self._channels):
@@ -304,6 +342,7 @@ def free_port() -> int:
 
 # Child processes --------------------------------------------------------------------------------------
 
+
 class ChildError(Exception):
     pass
 
@@ -321,8 +360,14 @@ class Run:
         return {'engine': 'sqlite', 'name': str(self.workdir / f'{lib_key}.sqlite3')}
 
     def spec(self, lib_key: str, task: str, **options) -> dict:
-        return {'lib': lib_key, 'task': task, 'db': self.db(lib_key if lib_key != 'raw' else 'ours'),
-                'port': self.port, 'workdir': str(self.workdir), **options}
+        return {
+            'lib': lib_key,
+            'task': task,
+            'db': self.db(lib_key if lib_key != 'raw' else 'ours'),
+            'port': self.port,
+            'workdir': str(self.workdir),
+            **options,
+        }
 
     def command(self, lib_key: str, task: str, **options) -> list:
         python = LIBS['ours'].python if lib_key == 'raw' else LIBS[lib_key].python
@@ -331,8 +376,14 @@ class Run:
     def child(self, lib_key: str, task: str, timeout: float = 7200, **options) -> dict:
         """Run a child to completion and return its result."""
         try:
-            result = subprocess.run(self.command(lib_key, task, **options), capture_output=True, text=True,
-                                    timeout=timeout, env=child_env(lib_key), cwd=self.workdir)
+            result = subprocess.run(
+                self.command(lib_key, task, **options),
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env=child_env(lib_key),
+                cwd=self.workdir,
+            )
         except subprocess.TimeoutExpired:
             raise ChildError(f'{lib_key} {task}: no result within {timeout:.0f} s') from None
         return parse_child(lib_key, task, result.returncode, result.stdout, result.stderr)
@@ -340,8 +391,14 @@ class Run:
     def start(self, lib_key: str, task: str, name: str, **options) -> 'Started':
         log = self.workdir / f'{name}.log'
         with open(log, 'w') as stream:
-            popen = subprocess.Popen(self.command(lib_key, task, **options), stdout=stream, stderr=subprocess.STDOUT,
-                                     text=True, env=child_env(lib_key), cwd=self.workdir)
+            popen = subprocess.Popen(
+                self.command(lib_key, task, **options),
+                stdout=stream,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=child_env(lib_key),
+                cwd=self.workdir,
+            )
         return Started(lib_key, task, popen, log)
 
 
@@ -365,7 +422,7 @@ class Started:
 def parse_child(lib_key, task, returncode, stdout, stderr) -> dict:
     for line in reversed(stdout.splitlines()):
         if line.startswith(RESULT_MARK):
-            result = json.loads(line[len(RESULT_MARK):])
+            result = json.loads(line[len(RESULT_MARK) :])
             if returncode == 0:
                 return result
     tail = '\n'.join(stderr.strip().splitlines()[-12:])
@@ -394,8 +451,14 @@ def configure_django(spec: dict) -> None:
 
     db = spec['db']
     if db['engine'] == 'postgres':
-        database = {'ENGINE': 'django.db.backends.postgresql', 'HOST': '127.0.0.1', 'PORT': '5432',
-                    'USER': 'postgres', 'PASSWORD': '', 'NAME': db['name']}
+        database = {
+            'ENGINE': 'django.db.backends.postgresql',
+            'HOST': '127.0.0.1',
+            'PORT': '5432',
+            'USER': 'postgres',
+            'PASSWORD': '',
+            'NAME': db['name'],
+        }
     else:
         # Several worker processes share the file: a writer waits for the lock up to 60 s.
         database = {'ENGINE': 'django.db.backends.sqlite3', 'NAME': db['name'], 'OPTIONS': {'timeout': 60}}
@@ -433,17 +496,17 @@ def configure_django(spec: dict) -> None:
 
 # Child tasks ------------------------------------------------------------------------------------------
 
+
 def task_migrate(spec):
     from django.core.management import call_command
+
     call_command('migrate', verbosity=0)
     return {}
 
 
 def wipe(lib: str) -> None:
     from django.apps import apps
-    from django.db import connection
-
-    from django.db import transaction
+    from django.db import connection, transaction
 
     models = apps.get_app_config(LIBS[lib].app).get_models(include_auto_created=True)
     tables = [connection.ops.quote_name(model._meta.db_table) for model in models]
@@ -465,15 +528,30 @@ def task_fill(spec):
         fill_sitemessage([address(prefix, i) for i in range(n)], priority=0)
     elif lib == 'post_office':
         from post_office.models import PRIORITY, STATUS, Email
-        Email.objects.bulk_create([Email(from_email=FROM_EMAIL, to=[address(prefix, i)], subject=SUBJECT,
-                                         message=BODY, status=STATUS.queued, priority=PRIORITY.medium)
-                                   for i in range(n)], batch_size=1000)
+
+        Email.objects.bulk_create(
+            [
+                Email(
+                    from_email=FROM_EMAIL,
+                    to=[address(prefix, i)],
+                    subject=SUBJECT,
+                    message=BODY,
+                    status=STATUS.queued,
+                    priority=PRIORITY.medium,
+                )
+                for i in range(n)
+            ],
+            batch_size=1000,
+        )
     elif lib == 'mailer':
         from django.core.mail import EmailMessage
         from mailer.models import Message
+
         for group, count in (('warm', warm), (prefix, n)):
-            Message.objects.bulk_create([Message(email=EmailMessage(SUBJECT, BODY, FROM_EMAIL, [address(group, i)]))
-                                         for i in range(count)], batch_size=1000)
+            Message.objects.bulk_create(
+                [Message(email=EmailMessage(SUBJECT, BODY, FROM_EMAIL, [address(group, i)])) for i in range(count)],
+                batch_size=1000,
+            )
     return {'seconds': time.perf_counter() - started}
 
 
@@ -487,31 +565,45 @@ def fill_sitemessage(addresses, priority: int) -> None:
     context = EmailTextMessage(SUBJECT, BODY).get_context()
     before = Message.objects.order_by('-pk').values_list('pk', flat=True).first() or 0
     messages = Message.objects.bulk_create(
-        [Message(cls=EmailTextMessage.get_alias(), context=context, dispatches_ready=True, priority=priority)
-         for _ in addresses], batch_size=1000)
+        [
+            Message(cls=EmailTextMessage.get_alias(), context=context, dispatches_ready=True, priority=priority)
+            for _ in addresses
+        ],
+        batch_size=1000,
+    )
     if any(message.pk is None for message in messages):  # a backend without RETURNING
         messages = list(Message.objects.filter(pk__gt=before).order_by('pk'))
-    Dispatch.objects.bulk_create([Dispatch(message=message, messenger='smtp', address=to)
-                                  for message, to in zip(messages, addresses)], batch_size=1000)
+    Dispatch.objects.bulk_create(
+        [Dispatch(message=message, messenger='smtp', address=to) for message, to in zip(messages, addresses)],
+        batch_size=1000,
+    )
 
 
 def sitemessage_statuses() -> dict:
     from django.db.models import Count
+
     from sitemessage.models import Dispatch
 
     names = dict(Dispatch.DISPATCH_STATUSES)
-    return {str(names[status]).lower(): count for status, count in
-            Dispatch.objects.values_list('dispatch_status').annotate(c=Count('pk')).order_by()}
+    return {
+        str(names[status]).lower(): count
+        for status, count in Dispatch.objects.values_list('dispatch_status').annotate(c=Count('pk')).order_by()
+    }
 
 
 def task_status(spec):
     from django.db.models import Count
+
     from sitemessage.models import Dispatch
 
     result = {'statuses': sitemessage_statuses()}
     if spec['lib'] == 'ours':
-        result['claims'] = dict(Dispatch.objects.filter(dispatch_status=Dispatch.DISPATCH_STATUS_PROCESSING)
-                                .values_list('claim_token').annotate(c=Count('pk')).order_by())
+        result['claims'] = dict(
+            Dispatch.objects.filter(dispatch_status=Dispatch.DISPATCH_STATUS_PROCESSING)
+            .values_list('claim_token')
+            .annotate(c=Count('pk'))
+            .order_by()
+        )
     return result
 
 
@@ -519,12 +611,15 @@ def send_queue(lib: str, spec) -> None:
     """Send everything queued with the library's own entry point."""
     if lib in ('ours', 'sm140'):
         from sitemessage.toolbox import send_scheduled_messages
+
         send_scheduled_messages()
     elif lib == 'post_office':
         from post_office.mail import send_queued_mail_until_done
+
         send_queued_mail_until_done(lockfile=str(Path(spec['workdir']) / 'post_office'), processes=1)
     elif lib == 'mailer':
         from mailer.engine import send_all
+
         send_all()
 
 
@@ -532,15 +627,18 @@ def warm_up(lib: str, warm: int) -> int:
     """Send the warm-up e-mails (not measured); return how many went to the sink."""
     if lib in ('ours', 'sm140'):
         from sitemessage.toolbox import send_scheduled_messages
+
         send_scheduled_messages(priority=1)
         return warm
     if lib == 'post_office':
         from post_office import mail
+
         mail.send(recipients=[address('warm', 0)], sender=FROM_EMAIL, subject=SUBJECT, message=BODY, priority='now')
         return 1
     if lib == 'mailer':
         from mailer.engine import send_all
         from mailer.models import Message
+
         first = list(Message.objects.order_by('pk').values_list('pk', flat=True)[:warm])
         send_all(Message.objects.filter(pk__in=first))
         return warm
@@ -554,14 +652,17 @@ def sent_count(lib: str) -> tuple:
         return statuses.get('sent', 0), sum(count for name, count in statuses.items() if name != 'sent')
     if lib == 'post_office':
         from post_office.models import STATUS, Email
+
         return Email.objects.filter(status=STATUS.sent).count(), Email.objects.exclude(status=STATUS.sent).count()
     from mailer.models import RESULT_SUCCESS, Message, MessageLog
+
     return MessageLog.objects.filter(result=RESULT_SUCCESS).count(), Message.objects.count()
 
 
 def task_send(spec):
     """Warm up, then send the queue: wall time, SQL statements, ru_maxrss growth or tracemalloc peak."""
     import tracemalloc
+
     from django.db import connection
 
     lib, trace, profile = spec['lib'], spec.get('trace', False), spec.get('profile', False)
@@ -572,6 +673,7 @@ def task_send(spec):
     profiler = None
     if profile:
         import cProfile
+
         profiler = cProfile.Profile()
     if trace:
         tracemalloc.start()
@@ -584,8 +686,12 @@ def task_send(spec):
         if profiler:
             profiler.disable()
         seconds = time.perf_counter() - started
-    result = {'seconds': seconds, 'queries': counter.count, 'warm': warm,
-              'rss_mb': (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024}
+    result = {
+        'seconds': seconds,
+        'queries': counter.count,
+        'warm': warm,
+        'rss_mb': (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024,
+    }
     if trace:
         result['peak_mb'] = (tracemalloc.get_traced_memory()[1] - base) / 1e6
         tracemalloc.stop()
@@ -598,6 +704,7 @@ def task_send(spec):
 def profile_text(profiler, top: int) -> str:
     import io
     import pstats
+
     stream = io.StringIO()
     pstats.Stats(profiler, stream=stream).strip_dirs().sort_stats('tottime').print_stats(top)
     stream.write('\nsitemessage functions by cumulative time\n')
@@ -616,26 +723,45 @@ def task_raw(spec):
     n, port, prefix = spec['n'], spec['port'], spec.get('prefix', 'user')
     connections = spec.get('connections', 1)
     body = BODY.replace('\n', '\r\n')
-    template = ('From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\nDate: {date}\r\n'
-                'Message-ID: <{i}.{stamp}@example.com>\r\n'
-                'List-Unsubscribe: <https://example.com/messages/unsubscribe/1/{i}/'
-                '0123456789abcdef0123456789abcdef01234567/>\r\n'
-                'List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n'
-                'Content-Type: text/plain; charset="utf-8"\r\nContent-Transfer-Encoding: 7bit\r\n'
-                'MIME-Version: 1.0\r\n\r\n{body}')
+    template = (
+        'From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\nDate: {date}\r\n'
+        'Message-ID: <{i}.{stamp}@example.com>\r\n'
+        'List-Unsubscribe: <https://example.com/messages/unsubscribe/1/{i}/'
+        '0123456789abcdef0123456789abcdef01234567/>\r\n'
+        'List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n'
+        'Content-Type: text/plain; charset="utf-8"\r\nContent-Transfer-Encoding: 7bit\r\n'
+        'MIME-Version: 1.0\r\n\r\n{body}'
+    )
     with smtplib.SMTP('127.0.0.1', port) as smtp:  # warm-up
         for i in range(spec.get('warm', 0)):
-            smtp.sendmail(FROM_EMAIL, [address('warm', i)], template.format(
-                sender=FROM_EMAIL, to=address('warm', i), subject=SUBJECT, date=formatdate(localtime=True), i=i,
-                stamp=0, body=body).encode())
+            smtp.sendmail(
+                FROM_EMAIL,
+                [address('warm', i)],
+                template.format(
+                    sender=FROM_EMAIL,
+                    to=address('warm', i),
+                    subject=SUBJECT,
+                    date=formatdate(localtime=True),
+                    i=i,
+                    stamp=0,
+                    body=body,
+                ).encode(),
+            )
     stamp = time.time_ns()
 
     def share(indexes):
         with smtplib.SMTP('127.0.0.1', port) as smtp:
             for i in indexes:
                 to = address(prefix, i)
-                data = template.format(sender=FROM_EMAIL, to=to, subject=SUBJECT, date=formatdate(localtime=True),
-                                       i=i, stamp=stamp, body=body)
+                data = template.format(
+                    sender=FROM_EMAIL,
+                    to=to,
+                    subject=SUBJECT,
+                    date=formatdate(localtime=True),
+                    i=i,
+                    stamp=stamp,
+                    body=body,
+                )
                 smtp.sendmail(FROM_EMAIL, [to], data.encode())
 
     started = time.perf_counter()
@@ -643,11 +769,11 @@ def task_raw(spec):
         share(range(n))
     else:
         from concurrent.futures import ThreadPoolExecutor
+
         with ThreadPoolExecutor(connections) as pool:
             for future in [pool.submit(share, range(k, n, connections)) for k in range(connections)]:
                 future.result()
-    return {'seconds': time.perf_counter() - started, 'warm': spec.get('warm', 0), 'queries': 0,
-            'sent': n, 'unsent': 0}
+    return {'seconds': time.perf_counter() - started, 'warm': spec.get('warm', 0), 'queries': 0, 'sent': n, 'unsent': 0}
 
 
 SCHEDULE_SHAPES = {
@@ -675,6 +801,7 @@ def task_schedule(spec):
         counter = QueryCounter()
         if spec.get('profile') and rep == reps:
             import cProfile
+
             profiler = cProfile.Profile()
         with connection.execute_wrapper(counter):
             started = time.perf_counter()
@@ -709,38 +836,58 @@ def schedule_call(lib: str, shape: str, n: int):
     bodies = [f'{BODY}\n#{i}' for i in range(n)]
     addresses = [address('sched', i) for i in range(n)]
     if shape == 'backend':
-        path = {'ours': 'sitemessage.backends.EmailBackend', 'sm140': 'sitemessage.backends.EmailBackend',
-                'post_office': 'post_office.EmailBackend', 'mailer': 'mailer.backend.DbBackend'}[lib]
+        path = {
+            'ours': 'sitemessage.backends.EmailBackend',
+            'sm140': 'sitemessage.backends.EmailBackend',
+            'post_office': 'post_office.EmailBackend',
+            'mailer': 'mailer.backend.DbBackend',
+        }[lib]
         mails = [EmailMessage(SUBJECT, body, FROM_EMAIL, [to]) for body, to in zip(bodies, addresses)]
         backend = get_connection(path)
         return lambda: backend.send_messages(mails)
     if shape == 'send_many':
         from post_office import mail
-        kwargs = [{'sender': FROM_EMAIL, 'recipients': [to], 'subject': SUBJECT, 'message': body}
-                  for body, to in zip(bodies, addresses)]
+
+        kwargs = [
+            {'sender': FROM_EMAIL, 'recipients': [to], 'subject': SUBJECT, 'message': body}
+            for body, to in zip(bodies, addresses)
+        ]
         return lambda: mail.send_many(kwargs)
     from sitemessage.messages.email import EmailTextMessage
     from sitemessage.models import Dispatch, Message
     from sitemessage.toolbox import recipients, schedule_messages
+
     if shape == 'newsletter':
         return lambda: schedule_messages(EmailTextMessage(SUBJECT, BODY), recipients('smtp', addresses))
     if shape == 'list':
-        return lambda: schedule_messages([EmailTextMessage(SUBJECT, body) for body in bodies],
-                                         recipients('smtp', 'digest@example.com'))
+        return lambda: schedule_messages(
+            [EmailTextMessage(SUBJECT, body) for body in bodies], recipients('smtp', 'digest@example.com')
+        )
     alias = EmailTextMessage.get_alias()
     if shape == 'raw_same':
+
         def raw_same():
-            messages = Message.objects.bulk_create([
-                Message(cls=alias, context={'subject': SUBJECT, 'type': 'plain', 'stext_': body},
-                        dispatches_ready=True) for body in bodies])
-            Dispatch.objects.bulk_create([Dispatch(message=message, messenger='smtp', address=to)
-                                          for message, to in zip(messages, addresses)])
+            messages = Message.objects.bulk_create(
+                [
+                    Message(
+                        cls=alias, context={'subject': SUBJECT, 'type': 'plain', 'stext_': body}, dispatches_ready=True
+                    )
+                    for body in bodies
+                ]
+            )
+            Dispatch.objects.bulk_create(
+                [Dispatch(message=message, messenger='smtp', address=to) for message, to in zip(messages, addresses)]
+            )
+
         return raw_same
     if shape == 'raw_rows':
+
         def raw_rows():
-            message = Message.objects.create(cls=alias, context={'subject': SUBJECT, 'type': 'plain', 'stext_': BODY},
-                                             dispatches_ready=True)
+            message = Message.objects.create(
+                cls=alias, context={'subject': SUBJECT, 'type': 'plain', 'stext_': BODY}, dispatches_ready=True
+            )
             Dispatch.objects.bulk_create([Dispatch(message=message, messenger='smtp', address=to) for to in addresses])
+
         return raw_rows
     raise ValueError(shape)
 
@@ -749,29 +896,42 @@ def scheduled_rows(lib: str) -> int:
     """E-mails (dispatches / queued mails) the scheduling wrote: checked against the expected count."""
     if lib in ('ours', 'sm140'):
         from sitemessage.models import Dispatch
+
         return Dispatch.objects.count()
     if lib == 'post_office':
         from post_office.models import Email
+
         return Email.objects.count()
     from mailer.models import Message
+
     return Message.objects.count()
 
 
 def task_command(spec):
     """A worker: the library's send command, once, to completion (scenarios 5 and 6)."""
     import io
+
     from django.core.management import call_command
+
     out = io.StringIO()
     started = time.perf_counter()
     call_command('sitemessage_send_scheduled', '--ok-on-errors', stdout=out)  # the output is what counts
     return {'output': out.getvalue(), 'seconds': time.perf_counter() - started}
 
 
-TASKS = {'migrate': task_migrate, 'fill': task_fill, 'send': task_send, 'raw': task_raw, 'status': task_status,
-         'schedule': task_schedule, 'command': task_command}
+TASKS = {
+    'migrate': task_migrate,
+    'fill': task_fill,
+    'send': task_send,
+    'raw': task_raw,
+    'status': task_status,
+    'schedule': task_schedule,
+    'command': task_command,
+}
 
 
 # Orchestration --------------------------------------------------------------------------------------------
+
 
 def progress(text: str) -> None:
     print(f'[{time.strftime("%H:%M:%S")} load {os.getloadavg()[0]:.2f}] {text}', file=sys.stderr, flush=True)
@@ -784,8 +944,10 @@ def load() -> str:
 
 def pg_admin(sql: str) -> None:
     import psycopg
-    with psycopg.connect(host='127.0.0.1', port=5432, user='postgres', dbname='postgres', autocommit=True,
-                         connect_timeout=5) as conn:
+
+    with psycopg.connect(
+        host='127.0.0.1', port=5432, user='postgres', dbname='postgres', autocommit=True, connect_timeout=5
+    ) as conn:
         conn.execute(sql)
 
 
@@ -830,8 +992,9 @@ class Bench:
 
     # Measurements
 
-    def send_once(self, lib: str, n: int, connections: int = 1, trace=False, profile=False, prefix='user',
-                  settings=None) -> dict:
+    def send_once(
+        self, lib: str, n: int, connections: int = 1, trace=False, profile=False, prefix='user', settings=None
+    ) -> dict:
         """Fill the queue, send it in a fresh process; check every e-mail arrived once."""
         warm = WARM_UP
         if lib == 'raw':
@@ -840,8 +1003,9 @@ class Bench:
         else:
             self.run.child(lib, 'fill', n=n, warm=warm, prefix=prefix)
             self.sink.reset()
-            result = self.run.child(lib, 'send', connections=connections, trace=trace, profile=profile,
-                                    warm=warm, settings=settings or {})
+            result = self.run.child(
+                lib, 'send', connections=connections, trace=trace, profile=profile, warm=warm, settings=settings or {}
+            )
         received = self.sink.total
         expected = n + result['warm']
         problems = []
@@ -887,9 +1051,11 @@ class Bench:
 
     def scenario_rates(self, number: int, delay: float, n: int, reps: int, contenders: list) -> None:
         self.sink.set_delay(delay)
-        title = (f'Scenario {number}: SMTP sink answering ' + ('at once' if not delay else f'each message after '
-                                                               f'{delay * 1000:.0f} ms') +
-                 f'; queue of {n} e-mails (one per recipient), best of {reps} run(s), {load()}')
+        title = (
+            f'Scenario {number}: SMTP sink answering '
+            + ('at once' if not delay else f'each message after {delay * 1000:.0f} ms')
+            + f'; queue of {n} e-mails (one per recipient), best of {reps} run(s), {load()}'
+        )
         label = f'S{number}'
         contenders = [tuple(item) + ({},) * (4 - len(item)) for item in contenders]
         try:
@@ -902,8 +1068,12 @@ class Bench:
             if number == 1 and ours and raw and ours / raw < 0.9:
                 self.profile_send(min(n, 3000), 1, 'zero-latency sink')
             if number == 2 and parallel and old and parallel / old < 8:
-                self.profile_send(min(n, 1000), 8, f'sink answering after {delay * 1000:.0f} ms; main thread only: '
-                                                   'the time the loop spends outside the sending threads')
+                self.profile_send(
+                    min(n, 1000),
+                    8,
+                    f'sink answering after {delay * 1000:.0f} ms; main thread only: '
+                    'the time the loop spends outside the sending threads',
+                )
         finally:
             self.sink.set_delay(0.0)
 
@@ -921,37 +1091,61 @@ class Bench:
                         checks.append(('>= 0.9x raw', best / raw >= 0.9, f'{best / raw:.3f}x raw'))
                     if old:
                         checks.append(('>= 1.0x 1.4.0', best / old >= 1.0, f'{best / old:.3f}x 1.4.0'))
-                    others = {key: measured[key][0] for key in measured
-                              if measured[key][0] and key.startswith(('django-post_office', 'django-mailer'))}
+                    others = {
+                        key: measured[key][0]
+                        for key in measured
+                        if measured[key][0] and key.startswith(('django-post_office', 'django-mailer'))
+                    }
                     if others:
                         top_name, top = max(others.items(), key=lambda item: item[1])
-                        checks.append(('ahead of post_office/mailer', best >= top,
-                                       f'{best / top:.3f}x {top_name.split(" (")[0]}'))
+                        checks.append(
+                            ('ahead of post_office/mailer', best >= top, f'{best / top:.3f}x {top_name.split(" (")[0]}')
+                        )
                 elif number == 2 and connections == 8 and not settings and old:
                     checks.append(('>= 8x 1.4.0', best / old >= 8, f'{best / old:.3f}x 1.4.0'))
                 for text, ok, figure in checks:
                     self.verdict(f'S{number} {self.engine}: {name}', text, figure, ok)
                 target = '; '.join(text for text, _ok, _figure in checks)
                 verdict = ' '.join('PASS' if ok else 'FAIL' for _text, ok, _figure in checks)
-            rows.append([name, fmt(best, '{:.0f}'), ' '.join(f'{rate:.0f}' for rate in runs) or 'error',
-                         fmt(qpd, '{:.3f}'), ratio(best, raw), ratio(best, old), target, verdict])
-        self.table(title, ['contender', 'msgs/s (best)', 'all runs', 'queries/e-mail', 'vs raw', 'vs 1.4.0',
-                           'target', 'result'], rows)
+            rows.append(
+                [
+                    name,
+                    fmt(best, '{:.0f}'),
+                    ' '.join(f'{rate:.0f}' for rate in runs) or 'error',
+                    fmt(qpd, '{:.3f}'),
+                    ratio(best, raw),
+                    ratio(best, old),
+                    target,
+                    verdict,
+                ]
+            )
+        self.table(
+            title,
+            ['contender', 'msgs/s (best)', 'all runs', 'queries/e-mail', 'vs raw', 'vs 1.4.0', 'target', 'result'],
+            rows,
+        )
 
     def profile_send(self, n: int, connections: int, what: str) -> None:
         progress(f'profile: ours, {connections} connection(s), {n} e-mails under cProfile')
         result = self.safely('profile', self.send_once, 'ours', n, connections, profile=True)
         if result:
-            self.profiles.append((f'cProfile of send_scheduled_messages(), {n} e-mails, {connections} '
-                                  f'connection(s), {what}, {self.engine} ({result["rate"]:.0f} msgs/s under the '
-                                  f'profiler)', result['profile']))
+            self.profiles.append(
+                (
+                    f'cProfile of send_scheduled_messages(), {n} e-mails, {connections} '
+                    f'connection(s), {what}, {self.engine} ({result["rate"]:.0f} msgs/s under the '
+                    f'profiler)',
+                    result['profile'],
+                )
+            )
 
     # Scenario 3: memory and queries by queue size ------------------------------------------------------
 
     def scenario_sizes(self, sizes: list, contenders: list) -> None:
         rows, peaks = [], {}
-        title = (f'Scenario 3: queue size; peak memory of the sending process and SQL per sent e-mail '
-                 f'(zero-latency sink), {load()}')
+        title = (
+            f'Scenario 3: queue size; peak memory of the sending process and SQL per sent e-mail '
+            f'(zero-latency sink), {load()}'
+        )
         for name, lib, max_size in contenders:
             for n in sizes:
                 if n > max_size:
@@ -967,10 +1161,19 @@ class Bench:
                     verdict = self.verdict(f'S3 {self.engine}: ours, {n} queued', target, f'{qpd:.3f}', qpd <= 0.05)
                 if traced:
                     peaks.setdefault(name, {})[n] = traced['peak_mb']
-                rows.append([name, str(n), fmt(timed and timed['rate'], '{:.0f}'),
-                             fmt(timed and timed['queries'], '{:d}'), fmt(qpd, '{:.3f}'),
-                             fmt(traced and traced['peak_mb'], '{:.1f}'), fmt(timed and timed['rss_mb'], '{:.1f}'),
-                             target, verdict])
+                rows.append(
+                    [
+                        name,
+                        str(n),
+                        fmt(timed and timed['rate'], '{:.0f}'),
+                        fmt(timed and timed['queries'], '{:d}'),
+                        fmt(qpd, '{:.3f}'),
+                        fmt(traced and traced['peak_mb'], '{:.1f}'),
+                        fmt(timed and timed['rss_mb'], '{:.1f}'),
+                        target,
+                        verdict,
+                    ]
+                )
         for name, by_size in peaks.items():
             small, large = min(by_size), max(by_size)
             if small == large:
@@ -979,20 +1182,46 @@ class Bench:
             target = verdict = ''
             if name.startswith('ours') and growth is not None:
                 target = f'peak({large}) <= 1.3x peak({small})'
-                verdict = self.verdict(f'S3 {self.engine}: ours memory', target + ('' if large >= 100_000 else
-                                       ' (quick run: 100k not measured)'), f'{growth:.2f}x', growth <= 1.3)
+                verdict = self.verdict(
+                    f'S3 {self.engine}: ours memory',
+                    target + ('' if large >= 100_000 else ' (quick run: 100k not measured)'),
+                    f'{growth:.2f}x',
+                    growth <= 1.3,
+                )
             rows.append([name, f'{large} vs {small}', '', '', '', fmt(growth, '{:.2f}x'), '', target, verdict])
-        self.table(title, ['contender', 'queued', 'msgs/s', 'queries', 'queries/e-mail', 'peak MB (tracemalloc)',
-                           'maxrss +MB', 'target', 'result'], rows)
+        self.table(
+            title,
+            [
+                'contender',
+                'queued',
+                'msgs/s',
+                'queries',
+                'queries/e-mail',
+                'peak MB (tracemalloc)',
+                'maxrss +MB',
+                'target',
+                'result',
+            ],
+            rows,
+        )
 
     # Scenario 4: scheduling ---------------------------------------------------------------------------------
 
     def scenario_schedule(self, n: int, reps: int, skip=frozenset()) -> None:
         title = f'Scenario 4: scheduling {n} e-mails in one call (best of {reps}), {load()}'
-        plan = [('raw_rows', 'ours'), ('raw_same', 'ours'),
-                ('backend', 'ours'), ('backend', 'sm140'), ('backend', 'post_office'), ('send_many', 'post_office'),
-                ('backend', 'mailer'),
-                ('newsletter', 'ours'), ('newsletter', 'sm140'), ('list', 'ours'), ('list', 'sm140')]
+        plan = [
+            ('raw_rows', 'ours'),
+            ('raw_same', 'ours'),
+            ('backend', 'ours'),
+            ('backend', 'sm140'),
+            ('backend', 'post_office'),
+            ('send_many', 'post_office'),
+            ('backend', 'mailer'),
+            ('newsletter', 'ours'),
+            ('newsletter', 'sm140'),
+            ('list', 'ours'),
+            ('list', 'sm140'),
+        ]
         results = {}
         for shape, lib in plan:
             if lib not in self.libs or (shape, lib) in skip:
@@ -1011,28 +1240,52 @@ class Bench:
             target = verdict = ''
             if lib == 'ours' and not shape.startswith('raw') and best and baseline:
                 target = '<= 3x raw bulk_create of the same rows'
-                verdict = self.verdict(f'S4 {self.engine}: ours {shape}', target, f'{best / baseline:.2f}x',
-                                       best / baseline <= 3)
-                if best / baseline > 3 and not any(title.startswith('cProfile of scheduling') for title, _ in
-                                                   self.profiles):
-                    profiled = self.safely('S4 profile', self.run.child, lib, 'schedule', shape=shape, n=n, reps=1,
-                                           profile=True)
+                verdict = self.verdict(
+                    f'S4 {self.engine}: ours {shape}', target, f'{best / baseline:.2f}x', best / baseline <= 3
+                )
+                if best / baseline > 3 and not any(
+                    title.startswith('cProfile of scheduling') for title, _ in self.profiles
+                ):
+                    profiled = self.safely(
+                        'S4 profile', self.run.child, lib, 'schedule', shape=shape, n=n, reps=1, profile=True
+                    )
                     if profiled:
-                        self.profiles.append((f'cProfile of scheduling ({shape}), {n} e-mails, {self.engine}',
-                                              profiled['profile']))
-            rows.append(['raw Django ORM' if shape.startswith('raw') else 'ours' if lib == 'ours' else LIBS[lib].label,
-                         SCHEDULE_SHAPES[shape].replace('10k', f'{n // 1000}k' if n >= 1000 else str(n)),
-                         fmt(best, '{:.3f}'),
-                         ' '.join(f'{t:.3f}' for t in result['times']) if result else 'error',
-                         fmt(result and result['queries'], '{:d}'),
-                         fmt(result and result['queries'] / n, '{:.4f}'),
-                         '' if shape.startswith('raw') else ratio(best, baseline),
-                         target, verdict])
-        self.table(title, ['library', 'call', 'seconds', 'all runs', 'queries', 'queries/e-mail',
-                           'x raw same rows', 'target', 'result'], rows)
-        self.notes.append('S4 "x raw same rows" divides by the raw bulk_create of the rows that call writes: '
-                          '10k Message + 10k Dispatch for distinct e-mails, 1 Message + 10k Dispatch for the '
-                          'newsletter (post_office / mailer write their own tables: compare their seconds).')
+                        self.profiles.append(
+                            (f'cProfile of scheduling ({shape}), {n} e-mails, {self.engine}', profiled['profile'])
+                        )
+            rows.append(
+                [
+                    'raw Django ORM' if shape.startswith('raw') else 'ours' if lib == 'ours' else LIBS[lib].label,
+                    SCHEDULE_SHAPES[shape].replace('10k', f'{n // 1000}k' if n >= 1000 else str(n)),
+                    fmt(best, '{:.3f}'),
+                    ' '.join(f'{t:.3f}' for t in result['times']) if result else 'error',
+                    fmt(result and result['queries'], '{:d}'),
+                    fmt(result and result['queries'] / n, '{:.4f}'),
+                    '' if shape.startswith('raw') else ratio(best, baseline),
+                    target,
+                    verdict,
+                ]
+            )
+        self.table(
+            title,
+            [
+                'library',
+                'call',
+                'seconds',
+                'all runs',
+                'queries',
+                'queries/e-mail',
+                'x raw same rows',
+                'target',
+                'result',
+            ],
+            rows,
+        )
+        self.notes.append(
+            'S4 "x raw same rows" divides by the raw bulk_create of the rows that call writes: '
+            '10k Message + 10k Dispatch for distinct e-mails, 1 Message + 10k Dispatch for the '
+            'newsletter (post_office / mailer write their own tables: compare their seconds).'
+        )
 
     # Scenario 5: 4 workers ----------------------------------------------------------------------------------
 
@@ -1050,17 +1303,43 @@ class Bench:
             if lib == 'ours':
                 target = '0 duplicates, 0 lost, all sent'
                 if self.engine == 'postgres':
-                    verdict = self.verdict(f'S5 postgres: ours, {workers} workers x {n}', target,
-                                           f'dup {result["duplicates"]}, lost {result["lost"]}, '
-                                           f'sent {result["statuses"].get("sent", 0)}', ok)
+                    verdict = self.verdict(
+                        f'S5 postgres: ours, {workers} workers x {n}',
+                        target,
+                        f'dup {result["duplicates"]}, lost {result["lost"]}, sent {result["statuses"].get("sent", 0)}',
+                        ok,
+                    )
                 else:
                     target += ' (target set for PostgreSQL; shown for SQLite)'
                     verdict = 'PASS' if ok else 'FAIL'
-            rows.append([LIBS[lib].label, fmt(result['rate'], '{:.0f}'), str(result['duplicates']),
-                         str(result['lost']), status_text(result['statuses']), result['by_worker'],
-                         result['errors'] or '-', target, verdict])
-        self.table(title, ['library', 'msgs/s (all workers)', 'duplicates', 'lost', 'dispatch statuses',
-                           'sent by worker', 'worker errors', 'target', 'result'], rows)
+            rows.append(
+                [
+                    LIBS[lib].label,
+                    fmt(result['rate'], '{:.0f}'),
+                    str(result['duplicates']),
+                    str(result['lost']),
+                    status_text(result['statuses']),
+                    result['by_worker'],
+                    result['errors'] or '-',
+                    target,
+                    verdict,
+                ]
+            )
+        self.table(
+            title,
+            [
+                'library',
+                'msgs/s (all workers)',
+                'duplicates',
+                'lost',
+                'dispatch statuses',
+                'sent by worker',
+                'worker errors',
+                'target',
+                'result',
+            ],
+            rows,
+        )
 
     def _workers(self, lib: str, n: int, workers: int) -> dict:
         self.run.child(lib, 'fill', n=n, prefix='w')
@@ -1081,19 +1360,29 @@ class Bench:
         expected = {address(prefix, i) for i in range(n)}
         received = {to: count for to, count in counts.items() if to in expected}
         statuses = self.run.child(lib, 'status')['statuses']
-        by_worker = [int(line.split(',')[0].split()[1]) for output in outputs for line in output.splitlines()
-                     if line.startswith('Sent: ')]
-        return {'duplicates': sum(count - 1 for count in received.values()),
-                'lost': len(expected) - len(received), 'statuses': statuses,
-                'all_sent': statuses.get('sent', 0) == n and sum(statuses.values()) == n,
-                'rate': n / seconds, 'by_worker': ' '.join(map(str, by_worker)) or 'n/a',
-                'errors': '; '.join(errors)}
+        by_worker = [
+            int(line.split(',')[0].split()[1])
+            for output in outputs
+            for line in output.splitlines()
+            if line.startswith('Sent: ')
+        ]
+        return {
+            'duplicates': sum(count - 1 for count in received.values()),
+            'lost': len(expected) - len(received),
+            'statuses': statuses,
+            'all_sent': statuses.get('sent', 0) == n and sum(statuses.values()) == n,
+            'rate': n / seconds,
+            'by_worker': ' '.join(map(str, by_worker)) or 'n/a',
+            'errors': '; '.join(errors),
+        }
 
     # Scenario 6: SIGKILL ---------------------------------------------------------------------------------------
 
     def scenario_kill(self, n: int, lease: int, libs: list) -> None:
-        title = (f'Scenario 6: SIGKILL of one of 2 workers mid-run ({n} e-mails queued, lease {lease} s), then '
-                 f'one more run after the lease, {load()}')
+        title = (
+            f'Scenario 6: SIGKILL of one of 2 workers mid-run ({n} e-mails queued, lease {lease} s), then '
+            f'one more run after the lease, {load()}'
+        )
         rows = []
         for lib in libs:
             progress(f'S6: {lib}, 2 workers, {n} e-mails, kill one')
@@ -1104,19 +1393,50 @@ class Bench:
             target = verdict = ''
             if lib == 'ours':
                 target = '0 lost, 0 processing, duplicates <= in-flight chunk'
-                ok = (result['lost'] == 0 and result['statuses'].get('processing', 0) == 0 and
-                      result['statuses'].get('sent', 0) == n and result['duplicates'] <= result['in_flight'])
-                verdict = self.verdict(f'S6 {self.engine}: ours', target,
-                                       f'lost {result["lost"]}, processing '
-                                       f'{result["statuses"].get("processing", 0)}, dup {result["duplicates"]} '
-                                       f'<= in-flight {result["in_flight"]}', ok)
-            rows.append([LIBS[lib].label, f'{result["killed_at"]}', str(result['in_flight']),
-                         str(result['duplicates']), str(result['lost']),
-                         str(result['statuses'].get('processing', 0)), status_text(result['statuses']),
-                         result['how'], target, verdict])
-        self.table(title, ['library', 'killed after (sink count)', "killed worker's in-flight chunk", 'duplicates',
-                           'lost', 'stuck in processing', 'dispatch statuses at the end', 'notes', 'target',
-                           'result'], rows)
+                ok = (
+                    result['lost'] == 0
+                    and result['statuses'].get('processing', 0) == 0
+                    and result['statuses'].get('sent', 0) == n
+                    and result['duplicates'] <= result['in_flight']
+                )
+                verdict = self.verdict(
+                    f'S6 {self.engine}: ours',
+                    target,
+                    f'lost {result["lost"]}, processing '
+                    f'{result["statuses"].get("processing", 0)}, dup {result["duplicates"]} '
+                    f'<= in-flight {result["in_flight"]}',
+                    ok,
+                )
+            rows.append(
+                [
+                    LIBS[lib].label,
+                    f'{result["killed_at"]}',
+                    str(result['in_flight']),
+                    str(result['duplicates']),
+                    str(result['lost']),
+                    str(result['statuses'].get('processing', 0)),
+                    status_text(result['statuses']),
+                    result['how'],
+                    target,
+                    verdict,
+                ]
+            )
+        self.table(
+            title,
+            [
+                'library',
+                'killed after (sink count)',
+                "killed worker's in-flight chunk",
+                'duplicates',
+                'lost',
+                'stuck in processing',
+                'dispatch statuses at the end',
+                'notes',
+                'target',
+                'result',
+            ],
+            rows,
+        )
 
     def _kill(self, lib: str, n: int, lease: int) -> dict:
         settings = {'SITEMESSAGE_SEND_LEASE_SECONDS': lease}
@@ -1124,8 +1444,7 @@ class Bench:
         self.sink.reset()
         procs = [self.run.start(lib, 'command', f's6-{lib}-{i}', settings=settings) for i in range(2)]
         deadline = time.monotonic() + 600
-        while self.sink.total < n * 0.3 and time.monotonic() < deadline and all(p.popen.poll() is None
-                                                                               for p in procs):
+        while self.sink.total < n * 0.3 and time.monotonic() < deadline and all(p.popen.poll() is None for p in procs):
             time.sleep(0.01)
         # Kill the busier worker (by CPU time so far): with 1.4.0 it is the one holding the claims.
         victim = max(procs, key=lambda proc: proc.cpu_seconds())
@@ -1147,11 +1466,13 @@ class Bench:
             left = after_survivor.get('claims', {})
             if survivor_done < killed_time + lease and left:
                 in_flight = sum(left.values())
-                how.append("in-flight = dispatches still claimed by the killed worker when the survivor ended")
+                how.append('in-flight = dispatches still claimed by the killed worker when the survivor ended')
             else:
                 in_flight = max((snapshot.get('claims') or {0: 0}).values())
-                how.append('the survivor outlived the lease and took the claims over; in-flight = largest claim '
-                           'held at the kill')
+                how.append(
+                    'the survivor outlived the lease and took the claims over; in-flight = largest claim '
+                    'held at the kill'
+                )
         else:
             in_flight = after_survivor['statuses'].get('processing', 0)
             how.append('1.4.0 has no lease: in-flight = rows left in processing')
@@ -1193,8 +1514,11 @@ def print_table(header: list, rows: list) -> None:
     cells = [header] + [[str(cell) for cell in row] for row in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(header))]
     for index, line in enumerate(cells):
-        print(' | '.join(cell.ljust(width) if i < 2 else cell.rjust(width)
-                         for i, (cell, width) in enumerate(zip(line, widths))).rstrip())
+        print(
+            ' | '.join(
+                cell.ljust(width) if i < 2 else cell.rjust(width) for i, (cell, width) in enumerate(zip(line, widths))
+            ).rstrip()
+        )
         if index == 0:
             print('-+-'.join('-' * width for width in widths))
 
@@ -1211,38 +1535,58 @@ def run_engine(engine: str, args, sink: Sink, workdir: Path, libs: list) -> Benc
     bench.create_databases()
     try:
         have = set(libs)
-        contenders = [item for item in (
-            ('ours, 1 connection', 'ours', 1), ('ours, 4 connections', 'ours', 4),
-            ('ours, 1 connection, no PIPELINING (no target)', 'ours', 1, {'BENCH_SMTP_PIPELINING': False}),
-            ('raw smtplib, 1 connection', 'raw', 1), ('sitemessage 1.4.0', 'sm140', 1),
-            ('django-post_office (5 threads, its default)', 'post_office', 1),
-            ('django-mailer', 'mailer', 1)) if item[1] == 'raw' or item[1] in have]
+        contenders = [
+            item
+            for item in (
+                ('ours, 1 connection', 'ours', 1),
+                ('ours, 4 connections', 'ours', 4),
+                ('ours, 1 connection, no PIPELINING (no target)', 'ours', 1, {'BENCH_SMTP_PIPELINING': False}),
+                ('raw smtplib, 1 connection', 'raw', 1),
+                ('sitemessage 1.4.0', 'sm140', 1),
+                ('django-post_office (5 threads, its default)', 'post_office', 1),
+                ('django-mailer', 'mailer', 1),
+            )
+            if item[1] == 'raw' or item[1] in have
+        ]
         if 1 in args.scenarios:
             bench.scenario_rates(1, 0.0, size(1500 if quick else 5000), 2 if quick else 3, contenders)
 
-        contenders = [item for item in (
-            ('ours, 8 connections', 'ours', 8), ('ours, 1 connection', 'ours', 1),
-            ('ours, 8 connections, no PIPELINING (no target)', 'ours', 8, {'BENCH_SMTP_PIPELINING': False}),
-            ('raw smtplib, 1 connection', 'raw', 1),
-            ('raw smtplib, 8 connections (8 threads; the machine\'s limit, no target)', 'raw', 8),
-            ('sitemessage 1.4.0', 'sm140', 1),
-            ('django-post_office (5 threads, its default)', 'post_office', 1),
-            ('django-mailer', 'mailer', 1)) if item[1] == 'raw' or item[1] in have]
+        contenders = [
+            item
+            for item in (
+                ('ours, 8 connections', 'ours', 8),
+                ('ours, 1 connection', 'ours', 1),
+                ('ours, 8 connections, no PIPELINING (no target)', 'ours', 8, {'BENCH_SMTP_PIPELINING': False}),
+                ('raw smtplib, 1 connection', 'raw', 1),
+                ("raw smtplib, 8 connections (8 threads; the machine's limit, no target)", 'raw', 8),
+                ('sitemessage 1.4.0', 'sm140', 1),
+                ('django-post_office (5 threads, its default)', 'post_office', 1),
+                ('django-mailer', 'mailer', 1),
+            )
+            if item[1] == 'raw' or item[1] in have
+        ]
         if 2 in args.scenarios:
             bench.scenario_rates(2, 0.02, size(800 if quick else 2000), 1 if quick else 3, contenders)
 
         sizes = [size(1000), size(10000)] + ([] if quick else [size(100000)])
-        contenders = [(name, lib, limit) for name, lib, limit in (
-            ('ours, 1 connection', 'ours', 10 ** 9), ('sitemessage 1.4.0', 'sm140', 10 ** 9),
-            ('django-post_office', 'post_office', size(10000)),
-            ('django-mailer', 'mailer', size(10000))) if lib in have]
+        contenders = [
+            (name, lib, limit)
+            for name, lib, limit in (
+                ('ours, 1 connection', 'ours', 10**9),
+                ('sitemessage 1.4.0', 'sm140', 10**9),
+                ('django-post_office', 'post_office', size(10000)),
+                ('django-mailer', 'mailer', size(10000)),
+            )
+            if lib in have
+        ]
         if quick:
             contenders = [item for item in contenders if item[1] in ('ours', 'sm140')]
         if 3 in args.scenarios:
             bench.scenario_sizes(sizes, contenders)
         if 4 in args.scenarios:
-            bench.scenario_schedule(size(10000), 1 if quick else 3,
-                                    skip={('backend', 'post_office'), ('list', 'sm140')} if quick else set())
+            bench.scenario_schedule(
+                size(10000), 1 if quick else 3, skip={('backend', 'post_office'), ('list', 'sm140')} if quick else set()
+            )
 
         worker_libs = [lib for lib in ('ours', 'sm140') if lib in have and not (quick and lib != 'ours')]
         if 5 in args.scenarios and (engine == 'postgres' or not quick):
@@ -1258,16 +1602,24 @@ def run_engine(engine: str, args, sink: Sink, workdir: Path, libs: list) -> Benc
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--quick', action='store_true',
-                        help='sizes 1k/10k, smaller queues, fewer runs and baselines, no SIGKILL scenario: '
-                             'a few minutes')
-    parser.add_argument('--db', choices=['sqlite', 'postgres', 'both'], default='both',
-                        help='database engine(s) (default: both)')
-    parser.add_argument('--only', default='',
-                        help='comma-separated libraries to include besides ours (sm140,post_office,mailer; '
-                             'default: all)')
-    parser.add_argument('--scenarios', default='1,2,3,4,5,6',
-                        help='comma-separated scenario numbers to run (default: all; --quick never runs 6)')
+    parser.add_argument(
+        '--quick',
+        action='store_true',
+        help='sizes 1k/10k, smaller queues, fewer runs and baselines, no SIGKILL scenario: a few minutes',
+    )
+    parser.add_argument(
+        '--db', choices=['sqlite', 'postgres', 'both'], default='both', help='database engine(s) (default: both)'
+    )
+    parser.add_argument(
+        '--only',
+        default='',
+        help='comma-separated libraries to include besides ours (sm140,post_office,mailer; default: all)',
+    )
+    parser.add_argument(
+        '--scenarios',
+        default='1,2,3,4,5,6',
+        help='comma-separated scenario numbers to run (default: all; --quick never runs 6)',
+    )
     parser.add_argument('--child', help=argparse.SUPPRESS)
     parser.add_argument('--scale', type=float, default=1.0, help=argparse.SUPPRESS)
     parser.add_argument('--all', action='store_true', help=argparse.SUPPRESS)  # quick sizes, every scenario
@@ -1285,8 +1637,11 @@ def main(argv=None) -> int:
         child_main(json.loads(args.child))
         return 0
     started = time.monotonic()
-    wanted = ['ours'] + ([lib for lib in args.only.split(',') if lib in LIBS and lib != 'ours'] if args.only
-                         else ['sm140', 'post_office', 'mailer'])
+    wanted = ['ours'] + (
+        [lib for lib in args.only.split(',') if lib in LIBS and lib != 'ours']
+        if args.only
+        else ['sm140', 'post_office', 'mailer']
+    )
     libs = []
     for key in wanted:
         if LIBS[key].ensure():
@@ -1299,14 +1654,17 @@ def main(argv=None) -> int:
         if problem:
             progress(f'PostgreSQL at 127.0.0.1:5432 is not reachable ({problem}): its scenarios are skipped')
             engines.remove('postgres')
-    print(f'sitemessage comparison ({"quick" if args.quick else "full"} run), {time.strftime("%Y-%m-%d %H:%M")}, '
-          f'{load()}')
+    print(
+        f'sitemessage comparison ({"quick" if args.quick else "full"} run), {time.strftime("%Y-%m-%d %H:%M")}, {load()}'
+    )
     for key in LIBS:
         lib = LIBS[key]
         state = lib.versions if key in libs else f'NOT MEASURED: {lib.error or "not selected (--only)"}'
         print(f'  {lib.label}: {state}')
-    print(f'  sink: {SINK_PROCESSES} aiosmtpd processes behind a dispatcher on 127.0.0.1, offering PIPELINING; '
-          'every e-mail is plain text with a List-Unsubscribe link, one recipient')
+    print(
+        f'  sink: {SINK_PROCESSES} aiosmtpd processes behind a dispatcher on 127.0.0.1, offering PIPELINING; '
+        'every e-mail is plain text with a List-Unsubscribe link, one recipient'
+    )
     workdir = Path(tempfile.mkdtemp(prefix='sitemessage-compare-'))
     sink = Sink().start()
     benches = []

@@ -11,6 +11,7 @@ once and reports how much its peak RSS (``resource.getrusage(RUSAGE_SELF).ru_max
 during the run. The SMTP sink (aiosmtpd) runs in this process and discards what it receives.
 Target (issue 9, item 7): the many-recipients case costs less than 3x the one-recipient case.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,30 +38,45 @@ def _configure(db: str, path: str, port: int) -> None:
     from django.conf import settings
 
     if db == 'postgres':
-        database = {'ENGINE': 'django.db.backends.postgresql', 'HOST': '127.0.0.1', 'PORT': '5432',
-                    'USER': 'postgres', 'PASSWORD': '', 'NAME': path}
+        database = {
+            'ENGINE': 'django.db.backends.postgresql',
+            'HOST': '127.0.0.1',
+            'PORT': '5432',
+            'USER': 'postgres',
+            'PASSWORD': '',
+            'NAME': path,
+        }
     else:
         database = {'ENGINE': 'django.db.backends.sqlite3', 'NAME': path}
     settings.configure(
-        DEBUG=False, SECRET_KEY='sitemessage-benchmark', USE_TZ=True,
+        DEBUG=False,
+        SECRET_KEY='sitemessage-benchmark',
+        USE_TZ=True,
         INSTALLED_APPS=['django.contrib.auth', 'django.contrib.contenttypes', 'sitemessage'],
-        DATABASES={'default': database}, DEFAULT_AUTO_FIELD='django.db.models.AutoField',
+        DATABASES={'default': database},
+        DEFAULT_AUTO_FIELD='django.db.models.AutoField',
         ROOT_URLCONF=URLConf,
         TEMPLATES=[{'BACKEND': 'django.template.backends.django.DjangoTemplates', 'APP_DIRS': True}],
-        DEFAULT_FROM_EMAIL='robot@example.com', EMAIL_HOST='127.0.0.1', EMAIL_PORT=port,
-        SITEMESSAGE_SITE_URL='https://example.com', SITEMESSAGE_SEND_BATCH_SIZE=200,
+        DEFAULT_FROM_EMAIL='robot@example.com',
+        EMAIL_HOST='127.0.0.1',
+        EMAIL_PORT=port,
+        SITEMESSAGE_SITE_URL='https://example.com',
+        SITEMESSAGE_SEND_BATCH_SIZE=200,
     )
     django.setup()
     from sitemessage.messengers.smtp import SMTPMessenger
     from sitemessage.toolbox import get_sitemessage_urls, register_messenger_objects
+
     URLConf.urlpatterns = get_sitemessage_urls()
     register_messenger_objects(SMTPMessenger(timeout=60))
 
 
 def body(megabytes: float) -> str:
     """HTML paragraphs (with markup, as a newsletter has) of about ``megabytes`` MB."""
-    paragraph = ('<p>Line {n}: the weekly digest of <b>everything</b> that happened on the site, '
-                 'with <a href="https://example.com/item/{n}">a link</a> to each item.</p>\n')
+    paragraph = (
+        '<p>Line {n}: the weekly digest of <b>everything</b> that happened on the site, '
+        'with <a href="https://example.com/item/{n}">a link</a> to each item.</p>\n'
+    )
     parts, size, n = [], 0, 0
     while size < megabytes * 1024 * 1024:
         part = paragraph.format(n=n)
@@ -73,12 +89,16 @@ def body(megabytes: float) -> str:
 def child_prepare(db: str, path: str, port: int, megabytes: float, recipients: int) -> dict:
     _configure(db, path, port)
     from django.core.management import call_command
+
     from sitemessage.messages.email import EmailHtmlMessage
-    from sitemessage.toolbox import recipients as to, schedule_messages
+    from sitemessage.toolbox import recipients as to
+    from sitemessage.toolbox import schedule_messages
 
     call_command('migrate', verbosity=0)
-    schedule_messages(EmailHtmlMessage('Large newsletter', {'contents': body(megabytes)}),
-                      to('smtp', [f'reader{n}@example.com' for n in range(recipients)]))
+    schedule_messages(
+        EmailHtmlMessage('Large newsletter', {'contents': body(megabytes)}),
+        to('smtp', [f'reader{n}@example.com' for n in range(recipients)]),
+    )
     return {'scheduled': recipients}
 
 
@@ -96,8 +116,15 @@ def child_measure(db: str, path: str, port: int) -> dict:
     report = send_scheduled_messages()
     seconds = time.monotonic() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {'sent': report.sent, 'errors': report.errors, 'failed': report.failed, 'seconds': seconds,
-            'before_mb': before / 1024, 'peak_mb': peak / 1024, 'growth_mb': (peak - before) / 1024}
+    return {
+        'sent': report.sent,
+        'errors': report.errors,
+        'failed': report.failed,
+        'seconds': seconds,
+        'before_mb': before / 1024,
+        'peak_mb': peak / 1024,
+        'growth_mb': (peak - before) / 1024,
+    }
 
 
 def _child(argv) -> None:
@@ -110,6 +137,7 @@ def _child(argv) -> None:
 
 
 # The parent: sink, databases, subprocesses --------------------------------------------------------------
+
 
 class DiscardingSink:
     def __init__(self):
@@ -124,17 +152,27 @@ class DiscardingSink:
 
 
 def _run_child(*args) -> dict:
-    result = subprocess.run([sys.executable, __file__, '--child', *map(str, args)], capture_output=True, text=True,
-                            cwd=REPO, env={**os.environ, 'PYTHONPATH': os.pathsep.join(
-                                filter(None, [str(REPO), str(Path(__file__).parent), os.environ.get('PYTHONPATH')]))})
+    result = subprocess.run(
+        [sys.executable, __file__, '--child', *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={
+            **os.environ,
+            'PYTHONPATH': os.pathsep.join(
+                filter(None, [str(REPO), str(Path(__file__).parent), os.environ.get('PYTHONPATH')])
+            ),
+        },
+    )
     lines = [line for line in result.stdout.splitlines() if line.startswith(MARK)]
     if result.returncode != 0 or not lines:
         raise SystemExit(f'child {args[0]} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}')
-    return json.loads(lines[-1][len(MARK):])
+    return json.loads(lines[-1][len(MARK) :])
 
 
 def free_port() -> int:
     import socket
+
     with socket.socket() as sock:
         sock.bind(('127.0.0.1', 0))
         return sock.getsockname()[1]
@@ -142,6 +180,7 @@ def free_port() -> int:
 
 def _pg(sql: str) -> None:
     import psycopg
+
     with psycopg.connect(host='127.0.0.1', port=5432, user='postgres', dbname='postgres', autocommit=True) as conn:
         conn.execute(sql)
 
@@ -166,11 +205,13 @@ def main(argv=None) -> int:
     parser.add_argument('--mb', type=float, default=5.0, help='size of the e-mail body in MB (default 5)')
     parser.add_argument('--recipients', type=int, default=40, help='recipients of the large case (default 40)')
     parser.add_argument('--db', choices=('sqlite', 'postgres'), default='sqlite')
-    parser.add_argument('--limit', type=float, default=3.0,
-                        help='the target: at most this many times the 1-recipient growth')
+    parser.add_argument(
+        '--limit', type=float, default=3.0, help='the target: at most this many times the 1-recipient growth'
+    )
     args = parser.parse_args(argv)
 
     from aiosmtpd.controller import Controller
+
     sink = DiscardingSink()
     controller = Controller(sink, hostname='127.0.0.1', port=free_port(), data_size_limit=0)
     controller.start()
@@ -183,8 +224,10 @@ def main(argv=None) -> int:
     one, many = results[1], results[args.recipients]
     print(f'Peak RSS growth of one send_scheduled_messages() run, templated HTML e-mail of {args.mb:g} MB, {args.db}:')
     for n, result in results.items():
-        print(f'  {n:>3} recipient(s): +{result["growth_mb"]:7.1f} MB (peak {result["peak_mb"]:.1f} MB), '
-              f'sent {result["sent"]}, failed {result["failed"]}, errors {result["errors"]}, {result["seconds"]:.1f} s')
+        print(
+            f'  {n:>3} recipient(s): +{result["growth_mb"]:7.1f} MB (peak {result["peak_mb"]:.1f} MB), '
+            f'sent {result["sent"]}, failed {result["failed"]}, errors {result["errors"]}, {result["seconds"]:.1f} s'
+        )
     ratio = many['growth_mb'] / max(one['growth_mb'], 1.0)
     passed = ratio < args.limit and many['sent'] == args.recipients and one['sent'] == 1
     print(f'  ratio {args.recipients}/1: {ratio:.2f}x (target < {args.limit:g}x): {"PASS" if passed else "FAIL"}')

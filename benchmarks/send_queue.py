@@ -14,6 +14,7 @@ The SMTP sink (aiosmtpd) runs in a separate process and only counts messages, so
 memory stay out of the sender's numbers. The baseline sends N equivalent messages with plain
 ``smtplib`` over one connection to the same sink: the rate a Python sender cannot beat.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,10 @@ if str(REPO) not in sys.path:
 
 FROM_EMAIL = 'robot@example.com'
 SUBJECT = 'Your weekly digest'
-BODY = ('Hello,\n\nthis is the weekly digest of the things that happened on the site.\n'
-        'Nothing much, really: a benchmark is running.\n\n-- \nThe robot\n')
+BODY = (
+    'Hello,\n\nthis is the weekly digest of the things that happened on the site.\n'
+    'Nothing much, really: a benchmark is running.\n\n-- \nThe robot\n'
+)
 SITE_URL = 'https://example.com'
 PG_DATABASE = 'sitemessage_bench'
 
@@ -51,6 +54,7 @@ def address(index: int) -> str:
 
 
 # SMTP sink: runs in its own process ------------------------------------------------------------
+
 
 def _sink_main(port: int, counter, ready, stop) -> None:
     from aiosmtpd.controller import Controller
@@ -78,8 +82,9 @@ class Sink:
         self.port = free_port()
         self.counter = ctx.Value('q', 0)
         self._ready, self._stop = ctx.Event(), ctx.Event()
-        self._process = ctx.Process(target=_sink_main, args=(self.port, self.counter, self._ready, self._stop),
-                                    name='smtp-sink', daemon=True)
+        self._process = ctx.Process(
+            target=_sink_main, args=(self.port, self.counter, self._ready, self._stop), name='smtp-sink', daemon=True
+        )
 
     def start(self) -> 'Sink':
         self._process.start()
@@ -108,28 +113,40 @@ def free_port() -> int:
 
 # Raw smtplib baseline -------------------------------------------------------------------------------
 
+
 def raw_smtplib_seconds(port: int, n: int, with_links: bool) -> float:
     """Send ``n`` messages like ours (same headers and body) over one connection; return the seconds."""
     body = BODY.replace('\n', '\r\n')
-    unsubscribe = ('List-Unsubscribe: <https://example.com/messages/unsubscribe/1/{i}/'
-                   '0123456789abcdef0123456789abcdef01234567/>\r\n'
-                   'List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n') if with_links else ''
-    template = ('From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\nDate: {date}\r\n'
-                'Message-ID: <{i}.{stamp}@example.com>\r\n' + unsubscribe +
-                'Content-Type: text/plain; charset="utf-8"\r\nContent-Transfer-Encoding: 7bit\r\n'
-                'MIME-Version: 1.0\r\n\r\n{body}')
+    unsubscribe = (
+        (
+            'List-Unsubscribe: <https://example.com/messages/unsubscribe/1/{i}/'
+            '0123456789abcdef0123456789abcdef01234567/>\r\n'
+            'List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n'
+        )
+        if with_links
+        else ''
+    )
+    template = (
+        'From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\nDate: {date}\r\n'
+        'Message-ID: <{i}.{stamp}@example.com>\r\n'
+        + unsubscribe
+        + 'Content-Type: text/plain; charset="utf-8"\r\nContent-Transfer-Encoding: 7bit\r\n'
+        'MIME-Version: 1.0\r\n\r\n{body}'
+    )
     started = time.perf_counter()
     stamp = time.time_ns()
     with smtplib.SMTP('127.0.0.1', port) as smtp:
         for i in range(n):
             to = address(i)
-            data = template.format(sender=FROM_EMAIL, to=to, subject=SUBJECT, date=formatdate(localtime=True),
-                                   i=i, stamp=stamp, body=body)
+            data = template.format(
+                sender=FROM_EMAIL, to=to, subject=SUBJECT, date=formatdate(localtime=True), i=i, stamp=stamp, body=body
+            )
             smtp.sendmail(FROM_EMAIL, [to], data.encode())
     return time.perf_counter() - started
 
 
 # Django set-up --------------------------------------------------------------------------------------
+
 
 class URLConf:
     """ROOT_URLCONF: sitemessage's URLs (filled in after set-up), so e-mails carry signed links."""
@@ -139,6 +156,7 @@ class URLConf:
 
 def pg_admin(sql: str) -> None:
     import psycopg
+
     with psycopg.connect(host='127.0.0.1', port=5432, user='postgres', dbname='postgres', autocommit=True) as conn:
         conn.execute(sql)
 
@@ -150,11 +168,20 @@ def configure_django(db: str, workdir: str, sink_port: int, batch_size, with_lin
     if db == 'postgres':
         pg_admin(f'DROP DATABASE IF EXISTS {PG_DATABASE} WITH (FORCE)')
         pg_admin(f'CREATE DATABASE {PG_DATABASE}')
-        databases = {'default': {'ENGINE': 'django.db.backends.postgresql', 'HOST': '127.0.0.1', 'PORT': '5432',
-                                 'USER': 'postgres', 'PASSWORD': '', 'NAME': PG_DATABASE}}
+        databases = {
+            'default': {
+                'ENGINE': 'django.db.backends.postgresql',
+                'HOST': '127.0.0.1',
+                'PORT': '5432',
+                'USER': 'postgres',
+                'PASSWORD': '',
+                'NAME': PG_DATABASE,
+            }
+        }
     else:
-        databases = {'default': {'ENGINE': 'django.db.backends.sqlite3',
-                                 'NAME': os.path.join(workdir, 'bench.sqlite3')}}
+        databases = {
+            'default': {'ENGINE': 'django.db.backends.sqlite3', 'NAME': os.path.join(workdir, 'bench.sqlite3')}
+        }
     extra = {} if batch_size is None else {'SITEMESSAGE_SEND_BATCH_SIZE': batch_size}
     settings.configure(
         DEBUG=False,  # no connection.queries list growing in memory
@@ -172,6 +199,7 @@ def configure_django(db: str, workdir: str, sink_port: int, batch_size, with_lin
     )
     django.setup()
     from django.core.management import call_command
+
     from sitemessage.messengers.smtp import SMTPMessenger
     from sitemessage.toolbox import get_sitemessage_urls, register_messenger_objects
 
@@ -184,6 +212,7 @@ def configure_django(db: str, workdir: str, sink_port: int, batch_size, with_lin
 def drop_pg_database() -> None:
     try:
         from django.db import connections
+
         connections.close_all()
     except Exception:  # Django was not set up yet
         pass
@@ -192,9 +221,12 @@ def drop_pg_database() -> None:
 
 # Queue helpers ----------------------------------------------------------------------------------------
 
+
 def wipe_queue() -> None:
     from django.db import connection
+
     from sitemessage.models import Dispatch, DispatchError, Message
+
     with connection.cursor() as cursor:
         for model in (DispatchError, Dispatch, Message):
             cursor.execute(f'DELETE FROM {connection.ops.quote_name(model._meta.db_table)}')
@@ -209,20 +241,33 @@ def fill_queue(n: int, shape: str) -> None:
     count = n if shape == 'per-recipient' else 1
     messages = Message.objects.bulk_create(
         [Message(cls=EmailTextMessage.get_alias(), context=context, dispatches_ready=True) for _ in range(count)],
-        batch_size=1000)
+        batch_size=1000,
+    )
     if any(message.pk is None for message in messages):  # a backend without RETURNING
         messages = list(Message.objects.order_by('pk'))
     Dispatch.objects.bulk_create(
-        [Dispatch(message=messages[i if shape == 'per-recipient' else 0], messenger='smtp', address=address(i))
-         for i in range(n)], batch_size=1000)
+        [
+            Dispatch(message=messages[i if shape == 'per-recipient' else 0], messenger='smtp', address=address(i))
+            for i in range(n)
+        ],
+        batch_size=1000,
+    )
 
 
 def requeue() -> None:
     """Put every dispatch back to its never-attempted state (for the second, memory-measured run)."""
     from sitemessage.models import Dispatch, DispatchError
+
     DispatchError.objects.all().delete()
-    Dispatch.objects.update(dispatch_status=Dispatch.DISPATCH_STATUS_PENDING, retry_count=0, message_cache=None,
-                            time_dispatched=None, claim_token=None, lease_until=None, next_attempt_at=None)
+    Dispatch.objects.update(
+        dispatch_status=Dispatch.DISPATCH_STATUS_PENDING,
+        retry_count=0,
+        message_cache=None,
+        time_dispatched=None,
+        claim_token=None,
+        lease_until=None,
+        next_attempt_at=None,
+    )
 
 
 class BenchmarkError(Exception):
@@ -231,6 +276,7 @@ class BenchmarkError(Exception):
 
 def check_outcome(n: int, report, sink: Sink, sink_before: int, label: str) -> None:
     from django.db.models import Count
+
     from sitemessage.models import Dispatch
 
     statuses = dict(Dispatch.objects.values_list('dispatch_status').annotate(c=Count('pk')))
@@ -252,6 +298,7 @@ def check_outcome(n: int, report, sink: Sink, sink_before: int, label: str) -> N
 def send_measured(n: int, sink: Sink):
     """Timed run: wall time, queries and ru_maxrss of ``send_scheduled_messages()``."""
     from django.db import connection
+
     from sitemessage.sending import send_scheduled_messages
 
     counter = QueryCounter()
@@ -302,9 +349,17 @@ def run_size(n: int, shape: str, sink: Sink, with_links: bool, repeat: int) -> d
             raise BenchmarkError(f'raw smtplib, N={n}: the sink received {sink.received - sink_before}, expected {n}')
     requeue()
     peak_mb = send_traced(n, sink)
-    return {'n': n, 'fill': fill_seconds, 'seconds': best_seconds, 'rate': n / best_seconds,
-            'raw_rate': n / best_raw, 'queries': queries, 'batches': batches, 'peak_mb': peak_mb,
-            'rss_mb': first_rss_mb}
+    return {
+        'n': n,
+        'fill': fill_seconds,
+        'seconds': best_seconds,
+        'rate': n / best_seconds,
+        'raw_rate': n / best_raw,
+        'queries': queries,
+        'batches': batches,
+        'peak_mb': peak_mb,
+        'rss_mb': first_rss_mb,
+    }
 
 
 def profile_send(n: int, shape: str, sink: Sink, top: int) -> None:
@@ -326,17 +381,26 @@ def profile_send(n: int, shape: str, sink: Sink, top: int) -> None:
 
 # Output ---------------------------------------------------------------------------------------------
 
-COLUMNS = [('size', 'n', '{:d}'), ('our msgs/s', 'rate', '{:.0f}'), ('raw smtplib msgs/s', 'raw_rate', '{:.0f}'),
-           ('ratio', 'ratio', '{:.2f}'), ('queries', 'queries', '{:d}'), ('queries/dispatch', 'qpd', '{:.3f}'),
-           ('batches', 'batches', '{:d}'), ('queries/batch', 'qpb', '{:.1f}'),
-           ('peak MB (tracemalloc)', 'peak_mb', '{:.2f}'), ('maxrss +MB', 'rss_mb', '{:.1f}')]
+COLUMNS = [
+    ('size', 'n', '{:d}'),
+    ('our msgs/s', 'rate', '{:.0f}'),
+    ('raw smtplib msgs/s', 'raw_rate', '{:.0f}'),
+    ('ratio', 'ratio', '{:.2f}'),
+    ('queries', 'queries', '{:d}'),
+    ('queries/dispatch', 'qpd', '{:.3f}'),
+    ('batches', 'batches', '{:d}'),
+    ('queries/batch', 'qpb', '{:.1f}'),
+    ('peak MB (tracemalloc)', 'peak_mb', '{:.2f}'),
+    ('maxrss +MB', 'rss_mb', '{:.1f}'),
+]
 
 
 def print_table(rows: list) -> None:
     cells = [[title for title, _key, _fmt in COLUMNS]]
     for row in rows:
-        row = dict(row, ratio=row['rate'] / row['raw_rate'], qpd=row['queries'] / row['n'],
-                   qpb=row['queries'] / row['batches'])
+        row = dict(
+            row, ratio=row['rate'] / row['raw_rate'], qpd=row['queries'] / row['n'], qpb=row['queries'] / row['batches']
+        )
         cells.append([fmt.format(row[key]) for _title, key, fmt in COLUMNS])
     widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
     for index, line in enumerate(cells):
@@ -348,20 +412,37 @@ def print_table(rows: list) -> None:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--sizes', default='1000,10000', help='comma-separated queue sizes (default: 1000,10000)')
-    parser.add_argument('--db', choices=['sqlite', 'postgres'], default='sqlite',
-                        help=f'SQLite file in a temp dir, or PostgreSQL at 127.0.0.1:5432 (user postgres, '
-                             f'database {PG_DATABASE}, created and dropped by the script)')
-    parser.add_argument('--shape', choices=['per-recipient', 'one'], default='per-recipient',
-                        help='per-recipient: N messages of one dispatch each (default); one: 1 message, N dispatches')
-    parser.add_argument('--batch-size', type=int, default=None,
-                        help='SITEMESSAGE_SEND_BATCH_SIZE (default: the library default)')
-    parser.add_argument('--no-links', action='store_true',
-                        help='do not attach sitemessage URLs (no signed List-Unsubscribe links)')
-    parser.add_argument('--repeat', type=int, default=1,
-                        help='timed runs of ours and of the baseline, interleaved; the best of each is shown '
-                             '(default: 1; use 3 on a busy machine)')
-    parser.add_argument('--profile', action='store_true',
-                        help='afterwards, cProfile one send of the smallest size and print the hotspots')
+    parser.add_argument(
+        '--db',
+        choices=['sqlite', 'postgres'],
+        default='sqlite',
+        help=f'SQLite file in a temp dir, or PostgreSQL at 127.0.0.1:5432 (user postgres, '
+        f'database {PG_DATABASE}, created and dropped by the script)',
+    )
+    parser.add_argument(
+        '--shape',
+        choices=['per-recipient', 'one'],
+        default='per-recipient',
+        help='per-recipient: N messages of one dispatch each (default); one: 1 message, N dispatches',
+    )
+    parser.add_argument(
+        '--batch-size', type=int, default=None, help='SITEMESSAGE_SEND_BATCH_SIZE (default: the library default)'
+    )
+    parser.add_argument(
+        '--no-links', action='store_true', help='do not attach sitemessage URLs (no signed List-Unsubscribe links)'
+    )
+    parser.add_argument(
+        '--repeat',
+        type=int,
+        default=1,
+        help='timed runs of ours and of the baseline, interleaved; the best of each is shown '
+        '(default: 1; use 3 on a busy machine)',
+    )
+    parser.add_argument(
+        '--profile',
+        action='store_true',
+        help='afterwards, cProfile one send of the smallest size and print the hotspots',
+    )
     parser.add_argument('--profile-top', type=int, default=25, help='rows of the profile listings (default: 25)')
     args = parser.parse_args(argv)
     try:
@@ -383,6 +464,7 @@ def main(argv=None) -> int:
     try:
         configure_django(args.db, workdir, sink.port, args.batch_size, with_links)
         from django.db import connection
+
         from sitemessage.settings import get_setting
 
         # Warm-up: imports, URL resolver, first connections are not part of any measurement.
@@ -390,10 +472,12 @@ def main(argv=None) -> int:
         fill_queue(20, args.shape)
         send_measured(20, sink)
 
-        print(f'sitemessage send benchmark: db={connection.vendor}, shape={args.shape}, '
-              f'links={"yes" if with_links else "no"}, batch size (SITEMESSAGE_SEND_BATCH_SIZE)='
-              f'{get_setting("SEND_BATCH_SIZE")}, queue filled with bulk_create, best of {args.repeat} '
-              f'timed run(s), load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs')
+        print(
+            f'sitemessage send benchmark: db={connection.vendor}, shape={args.shape}, '
+            f'links={"yes" if with_links else "no"}, batch size (SITEMESSAGE_SEND_BATCH_SIZE)='
+            f'{get_setting("SEND_BATCH_SIZE")}, queue filled with bulk_create, best of {args.repeat} '
+            f'timed run(s), load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs'
+        )
         rows = []
         for n in args.sizes:
             row = run_size(n, args.shape, sink, with_links, args.repeat)
@@ -403,9 +487,11 @@ def main(argv=None) -> int:
         print_table(rows)
         small, large = rows[0], rows[-1]
         print()
-        print(f'Peak memory (tracemalloc) at N={large["n"]} vs N={small["n"]}: {large["peak_mb"]:.2f} MB / '
-              f'{small["peak_mb"]:.2f} MB = {large["peak_mb"] / small["peak_mb"]:.2f}x '
-              f'(queue {large["n"] / small["n"]:.0f}x larger); batch size used: {get_setting("SEND_BATCH_SIZE")}')
+        print(
+            f'Peak memory (tracemalloc) at N={large["n"]} vs N={small["n"]}: {large["peak_mb"]:.2f} MB / '
+            f'{small["peak_mb"]:.2f} MB = {large["peak_mb"] / small["peak_mb"]:.2f}x '
+            f'(queue {large["n"] / small["n"]:.0f}x larger); batch size used: {get_setting("SEND_BATCH_SIZE")}'
+        )
         if args.profile:
             profile_send(small['n'], args.shape, sink, args.profile_top)
     except BenchmarkError as error:

@@ -3,6 +3,7 @@
 
 Run by ``make demo``; port from ``DEMO_SMTP_PORT`` (2525), stops on Ctrl-C or SIGTERM.
 """
+
 import os
 import signal
 import sys
@@ -18,15 +19,17 @@ OUTBOX = Path(__file__).resolve().parent / 'outbox.jsonl'
 
 
 class OutboxHandler:
-
     async def handle_DATA(self, server, session, envelope):
-        outbox.append(OUTBOX, {
-            'transport': 'smtp',
-            'peer': str(session.peer),
-            'mail_from': envelope.mail_from,
-            'rcpt_tos': list(envelope.rcpt_tos),
-            'data': envelope.original_content.decode('utf-8', errors='replace'),
-        })
+        outbox.append(
+            OUTBOX,
+            {
+                'transport': 'smtp',
+                'peer': str(session.peer),
+                'mail_from': envelope.mail_from,
+                'rcpt_tos': list(envelope.rcpt_tos),
+                'data': envelope.original_content.decode('utf-8', errors='replace'),
+            },
+        )
         print(f'[mail sink] {envelope.mail_from} -> {", ".join(envelope.rcpt_tos)}', flush=True)
         return '250 Message accepted for delivery'
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Run the demo (``make demo``): migrate, create the demo users, then start the SMTP sink,
 the sender (``sitemessage_worker --prepare``) and ``runserver 127.0.0.1:$PORT``. Ctrl-C stops all of them."""
+
 import os
 import signal
 import socket
@@ -67,8 +68,11 @@ def main():
         # What cron would do with `sitemessage_send_scheduled --prepare`, every few seconds.
         processes.append(start('manage.py', 'sitemessage_worker', '--prepare'))
         processes.append(start('manage.py', 'runserver', f'127.0.0.1:{PORT}'))
-        print(f'\n  Demo: http://127.0.0.1:{PORT}/   (admin: http://127.0.0.1:{PORT}/admin/, demo / demo)\n'
-              '  Press Ctrl-C to stop.\n', flush=True)
+        print(
+            f'\n  Demo: http://127.0.0.1:{PORT}/   (admin: http://127.0.0.1:{PORT}/admin/, demo / demo)\n'
+            '  Press Ctrl-C to stop.\n',
+            flush=True,
+        )
         while all(process.poll() is None for process in processes):
             time.sleep(0.5)
         sys.exit('A demo process stopped unexpectedly (see above); stopping the others.')

@@ -1,4 +1,5 @@
 """Sphinx configuration of the sitemessage docs (``make docs``; offline, warnings are errors)."""
+
 import os
 import sys
 from pathlib import Path

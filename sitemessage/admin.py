@@ -4,12 +4,14 @@ Everything shown comes from outside (subjects, addresses, error logs, rendered m
 escaped: lists through Django's own escaping and ``format_html``, previews in a ``<pre>`` or in a
 sandboxed ``<iframe srcdoc>`` that runs no script.
 """
+
 from __future__ import annotations
 
 from typing import Optional
 
 from django import forms
-from django.contrib import admin, messages as admin_messages
+from django.contrib import admin
+from django.contrib import messages as admin_messages
 from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, F, IntegerField, OuterRef, Subquery
@@ -21,7 +23,8 @@ from django.urls import path
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.text import Truncator
-from django.utils.translation import gettext, gettext_lazy as _, ngettext
+from django.utils.translation import gettext, ngettext
+from django.utils.translation import gettext_lazy as _
 
 from .models import Dispatch, DispatchError, Message, Subscription
 from .preview import render_previews
@@ -56,9 +59,11 @@ def _dispatch_count(statuses):
 
 def _count_column(name: str, description):
     """A sortable list column showing the annotation ``name`` (see ``MessageAdmin.COUNTS``)."""
+
     @admin.display(description=description, ordering=name)
     def column(self, message):
         return getattr(message, name)
+
     column.__name__ = name
     return column
 
@@ -71,7 +76,7 @@ class BoundedInlineFormSet(BaseInlineFormSet):
 
     def get_queryset(self):
         if not hasattr(self, '_queryset'):
-            self._queryset = super().get_queryset()[:self.max_shown]
+            self._queryset = super().get_queryset()[: self.max_shown]
         return self._queryset
 
 
@@ -114,8 +119,18 @@ class MessageForm(forms.ModelForm):
 
 class MessageAdmin(ListStyles, admin.ModelAdmin):
     form = MessageForm
-    list_display = ('time_created', 'cls', 'subject', 'priority', 'dispatches_ready',
-                    'count_total', 'count_pending', 'count_sent', 'count_error', 'count_failed')
+    list_display = (
+        'time_created',
+        'cls',
+        'subject',
+        'priority',
+        'dispatches_ready',
+        'count_total',
+        'count_pending',
+        'count_sent',
+        'count_error',
+        'count_failed',
+    )
     list_filter = ('cls', 'dispatches_ready')
     raw_id_fields = ('sender',)
     ordering = ('-time_created',)
@@ -153,8 +168,12 @@ class MessageAdmin(ListStyles, admin.ModelAdmin):
 
     def get_urls(self):
         info = self.opts.app_label, self.opts.model_name
-        return [path('<path:object_id>/preview/', self.admin_site.admin_view(self.preview_view),
-                     name='%s_%s_preview' % info), *super().get_urls()]
+        return [
+            path(
+                '<path:object_id>/preview/', self.admin_site.admin_view(self.preview_view), name='%s_%s_preview' % info
+            ),
+            *super().get_urls(),
+        ]
 
     def preview_view(self, request, object_id):
         """The message as each of its messengers renders it (text escaped, HTML in a sandbox)."""
@@ -166,14 +185,24 @@ class MessageAdmin(ListStyles, admin.ModelAdmin):
         context = {
             **self.admin_site.each_context(request),
             'title': gettext('Preview of message %s') % message.pk,
-            'opts': self.opts, 'original': message, 'previews': render_previews(message),
+            'opts': self.opts,
+            'original': message,
+            'previews': render_previews(message),
         }
         return TemplateResponse(request, 'admin/sitemessage/message/preview.html', context)
 
 
 class DispatchAdmin(ListStyles, admin.ModelAdmin):
-    list_display = ('time_created', 'dispatch_status', 'message_type', 'to', 'messenger', 'time_dispatched',
-                    'attempts', 'last_error')
+    list_display = (
+        'time_created',
+        'dispatch_status',
+        'message_type',
+        'to',
+        'messenger',
+        'time_dispatched',
+        'attempts',
+        'last_error',
+    )
     list_filter = ('dispatch_status', 'messenger', ('message__cls', admin.AllValuesFieldListFilter))
     list_select_related = ('recipient',)
     search_fields = ('=address',)
@@ -186,8 +215,12 @@ class DispatchAdmin(ListStyles, admin.ModelAdmin):
 
     def get_queryset(self, request):
         # The latest error of each dispatch in the same query (its first 300 characters).
-        last_error = DispatchError.objects.filter(dispatch=OuterRef('pk')).order_by('-pk').annotate(
-            head=Substr('error_log', 1, 300)).values('head')[:1]
+        last_error = (
+            DispatchError.objects.filter(dispatch=OuterRef('pk'))
+            .order_by('-pk')
+            .annotate(head=Substr('error_log', 1, 300))
+            .values('head')[:1]
+        )
         return super().get_queryset(request).annotate(message_type=F('message__cls'), last_error=Subquery(last_error))
 
     @admin.display(description=_('Message type'), ordering='message__cls')
@@ -218,23 +251,44 @@ class DispatchAdmin(ListStyles, admin.ModelAdmin):
         now = timezone.now()
         sent = queryset.filter(dispatch_status=SENT).count()
         busy = queryset.filter(dispatch_status=Dispatch.DISPATCH_STATUS_PROCESSING, lease_until__gte=now).count()
-        count = queryset.exclude(dispatch_status=SENT).exclude(
-            dispatch_status=Dispatch.DISPATCH_STATUS_PROCESSING, lease_until__gte=now).update(
-            dispatch_status=Dispatch.DISPATCH_STATUS_PENDING, retry_count=0,
-            next_attempt_at=None, lease_until=None, claim_token=None)
+        count = (
+            queryset.exclude(dispatch_status=SENT)
+            .exclude(dispatch_status=Dispatch.DISPATCH_STATUS_PROCESSING, lease_until__gte=now)
+            .update(
+                dispatch_status=Dispatch.DISPATCH_STATUS_PENDING,
+                retry_count=0,
+                next_attempt_at=None,
+                lease_until=None,
+                claim_token=None,
+            )
+        )
         if count:
             queue_changed.send(sender=Dispatch, using=queryset.db)
-        self.message_user(request, ngettext('%d dispatch is pending again.', '%d dispatches are pending again.',
-                                            count) % count, admin_messages.SUCCESS)
+        self.message_user(
+            request,
+            ngettext('%d dispatch is pending again.', '%d dispatches are pending again.', count) % count,
+            admin_messages.SUCCESS,
+        )
         if sent:
-            self.message_user(request, ngettext(
-                'Skipped %d sent dispatch: use “Resend selected sent dispatches” to send it again.',
-                'Skipped %d sent dispatches: use “Resend selected sent dispatches” to send them again.',
-                sent) % sent, admin_messages.WARNING)
+            self.message_user(
+                request,
+                ngettext(
+                    'Skipped %d sent dispatch: use “Resend selected sent dispatches” to send it again.',
+                    'Skipped %d sent dispatches: use “Resend selected sent dispatches” to send them again.',
+                    sent,
+                )
+                % sent,
+                admin_messages.WARNING,
+            )
         if busy:
-            self.message_user(request, ngettext(
-                'Skipped %d dispatch being sent right now.', 'Skipped %d dispatches being sent right now.',
-                busy) % busy, admin_messages.WARNING)
+            self.message_user(
+                request,
+                ngettext(
+                    'Skipped %d dispatch being sent right now.', 'Skipped %d dispatches being sent right now.', busy
+                )
+                % busy,
+                admin_messages.WARNING,
+            )
 
     @admin.action(description=_('Resend selected sent dispatches'), permissions=['change'])
     def resend_sent(self, request, queryset):
@@ -244,22 +298,32 @@ class DispatchAdmin(ListStyles, admin.ModelAdmin):
         """
         sent = queryset.filter(dispatch_status=SENT)
         if request.POST.get('post') == 'yes':
-            count = sent.update(dispatch_status=Dispatch.DISPATCH_STATUS_PENDING, retry_count=0, message_cache='',
-                                next_attempt_at=None, lease_until=None, claim_token=None)
+            count = sent.update(
+                dispatch_status=Dispatch.DISPATCH_STATUS_PENDING,
+                retry_count=0,
+                message_cache='',
+                next_attempt_at=None,
+                lease_until=None,
+                claim_token=None,
+            )
             if count:
                 queue_changed.send(sender=Dispatch, using=queryset.db)
-            self.message_user(request, ngettext('%d dispatch will be sent again.',
-                                                '%d dispatches will be sent again.', count) % count,
-                              admin_messages.SUCCESS)
+            self.message_user(
+                request,
+                ngettext('%d dispatch will be sent again.', '%d dispatches will be sent again.', count) % count,
+                admin_messages.SUCCESS,
+            )
             return None
         count = sent.count()
         skipped = queryset.count() - count
         context = {
             **self.admin_site.each_context(request),
             'title': gettext('Resend sent dispatches?'),
-            'opts': self.opts, 'media': self.media,
+            'opts': self.opts,
+            'media': self.media,
             'shown': sent.select_related('recipient').annotate(message_type=F('message__cls'))[:100],
-            'count': count, 'skipped': skipped,
+            'count': count,
+            'skipped': skipped,
             'action_checkbox_name': helpers.ACTION_CHECKBOX_NAME,
             'selected': request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
             'select_across': request.POST.get('select_across', '0'),

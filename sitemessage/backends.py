@@ -1,11 +1,12 @@
 """A Django e-mail backend that schedules mail through sitemessage instead of sending it."""
+
 from __future__ import annotations
 
 import email.policy
 import inspect
 from email.generator import BytesGenerator
-from io import BytesIO
 from email.utils import parseaddr
+from io import BytesIO
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from django.conf import settings
@@ -16,7 +17,12 @@ from django.db import DatabaseError
 from django.utils.html import escape, linebreaks
 
 from .headers import (
-    UnsafeHeaderValueError, check_email_address, check_header_name, check_header_value, is_plain_address, is_unsafe,
+    UnsafeHeaderValueError,
+    check_email_address,
+    check_header_name,
+    check_header_value,
+    is_plain_address,
+    is_unsafe,
 )
 from .messages.email import EmailHtmlMessage, EmailMimeMessage
 from .recipients import Recipient, recipients
@@ -59,8 +65,12 @@ class _Compat32(email.policy.Compat32):
     """
 
     def _fold(self, name, value, sanitize):
-        if isinstance(value, str) and value.isascii() and not is_unsafe(value) \
-                and len(name) + len(value) + 2 <= self.max_line_length:
+        if (
+            isinstance(value, str)
+            and value.isascii()
+            and not is_unsafe(value)
+            and len(name) + len(value) + 2 <= self.max_line_length
+        ):
             return f'{name}: {value}{self.linesep}'
         return super()._fold(name, value, sanitize)
 
@@ -85,10 +95,12 @@ def flatten(mime) -> bytes:
 def _bare_address_function() -> Callable[[str, str], str]:
     """Django's own envelope address rule: ``prep_address`` on Django 6, ``sanitize_address`` before."""
     from django.core.mail.backends import smtp
+
     prep_address = getattr(smtp.EmailBackend, 'prep_address', None)
     if prep_address is not None:
         return lambda address, _encoding: prep_address(None, address)  # it does not use the instance
     from django.core.mail.message import sanitize_address
+
     return lambda address, encoding: parseaddr(sanitize_address(address, encoding))[1]
 
 

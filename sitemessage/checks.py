@@ -13,6 +13,7 @@ before migrations apply, so they look for their tables first and say nothing whi
 ``sitemessage.W005``   Links would point to ``example.com``, the Sites framework's default domain.
 =====================  =========================================================================
 """
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,10 @@ from .registry import get_registered_message_types, get_registered_messenger_obj
 from .settings import get_setting
 
 TAG = 'sitemessage'
-SITE_URL_HINT = ("Set SITEMESSAGE_SITE_URL = 'https://www.your-site.com' in settings, or install "
-                 "django.contrib.sites and set the domain of the current Site.")
+SITE_URL_HINT = (
+    "Set SITEMESSAGE_SITE_URL = 'https://www.your-site.com' in settings, or install "
+    'django.contrib.sites and set the domain of the current Site.'
+)
 
 
 def _ours(app_configs) -> bool:
@@ -52,10 +55,14 @@ def check_site_url(app_configs=None, **kwargs) -> List[Warning]:
     """W001: no site URL is configured and no Sites framework can give one."""
     if not _ours(app_configs) or _site_url_source() or apps.is_installed('django.contrib.sites'):
         return []
-    return [Warning(
-        'Links in messages (unsubscribe, mark read, {{ SITE_URL }} in templates) would point to '
-        'http://undefined-domain.local: the site URL is not configured.',
-        hint=SITE_URL_HINT, id='sitemessage.W001')]
+    return [
+        Warning(
+            'Links in messages (unsubscribe, mark read, {{ SITE_URL }} in templates) would point to '
+            'http://undefined-domain.local: the site URL is not configured.',
+            hint=SITE_URL_HINT,
+            id='sitemessage.W001',
+        )
+    ]
 
 
 @register(TAG)
@@ -70,13 +77,17 @@ def check_supported_messengers(app_configs=None, **kwargs) -> List[Warning]:
             continue  # built-in types are registered for every project, whichever messengers it uses
         unknown = [name for name in message_type.supported_messengers or () if name not in messengers]
         if unknown:
-            warnings.append(Warning(
-                f'Message type `{alias}` ({message_type.__module__}.{message_type.__qualname__}) names '
-                f'unregistered messenger(s) in supported_messengers: {", ".join(unknown)} '
-                f'(registered: {", ".join(sorted(messengers)) or "none"}).',
-                hint='Fix the alias, or register the messenger with register_messenger_objects() in a '
-                     'sitemessages.py module.',
-                obj=message_type, id='sitemessage.W002'))
+            warnings.append(
+                Warning(
+                    f'Message type `{alias}` ({message_type.__module__}.{message_type.__qualname__}) names '
+                    f'unregistered messenger(s) in supported_messengers: {", ".join(unknown)} '
+                    f'(registered: {", ".join(sorted(messengers)) or "none"}).',
+                    hint='Fix the alias, or register the messenger with register_messenger_objects() in a '
+                    'sitemessages.py module.',
+                    obj=message_type,
+                    id='sitemessage.W002',
+                )
+            )
     return warnings
 
 
@@ -106,19 +117,24 @@ def _check_subscriptions(alias: str) -> List[Warning]:
     rows = Subscription.objects.using(alias).order_by()
     warnings = []
     for field, kind, registry, check_id in (
-            ('message_cls', 'message type', get_registered_message_types(), 'sitemessage.W003'),
-            ('messenger_cls', 'messenger', get_registered_messenger_objects(), 'sitemessage.W004')):
+        ('message_cls', 'message type', get_registered_message_types(), 'sitemessage.W003'),
+        ('messenger_cls', 'messenger', get_registered_messenger_objects(), 'sitemessage.W004'),
+    ):
         stored = set(rows.values_list(field, flat=True).distinct())
         unknown = sorted(stored - set(registry))
         if unknown:
             count = rows.filter(**{f'{field}__in': unknown}).count()
-            warnings.append(Warning(
-                f'{count} subscription(s) in database `{alias}` name unregistered {kind}(s): '
-                f'{", ".join(unknown)} (registered: {", ".join(sorted(registry)) or "none"}). '
-                f'Nothing is delivered to them.',
-                hint=f'Register the {kind}, or delete these subscriptions (admin: Subscriptions, '
-                     f'filter by {kind}).',
-                obj=Subscription, id=check_id))
+            warnings.append(
+                Warning(
+                    f'{count} subscription(s) in database `{alias}` name unregistered {kind}(s): '
+                    f'{", ".join(unknown)} (registered: {", ".join(sorted(registry)) or "none"}). '
+                    f'Nothing is delivered to them.',
+                    hint=f'Register the {kind}, or delete these subscriptions (admin: Subscriptions, '
+                    f'filter by {kind}).',
+                    obj=Subscription,
+                    id=check_id,
+                )
+            )
     return warnings
 
 
@@ -126,6 +142,7 @@ def _check_site_domain(alias: str) -> List[Warning]:
     if _site_url_source() or not apps.is_installed('django.contrib.sites'):
         return []
     from django.contrib.sites.models import Site
+
     if Site._meta.db_table not in _tables(alias):
         return []
     try:
@@ -133,12 +150,21 @@ def _check_site_domain(alias: str) -> List[Warning]:
     except Exception:  # no SITE_ID (ImproperlyConfigured), no such Site, a database error
         domain = ''
     if not domain:
-        return [Warning(
-            'Links in messages would point to http://undefined-domain.local: the Sites framework has '
-            'no current site (SITE_ID) and SITEMESSAGE_SITE_URL is not set.',
-            hint=SITE_URL_HINT, id='sitemessage.W001')]
+        return [
+            Warning(
+                'Links in messages would point to http://undefined-domain.local: the Sites framework has '
+                'no current site (SITE_ID) and SITEMESSAGE_SITE_URL is not set.',
+                hint=SITE_URL_HINT,
+                id='sitemessage.W001',
+            )
+        ]
     if domain == 'example.com':
-        return [Warning(
-            "Links in messages would point to http://example.com: the current Site still has Django's "
-            'default domain.', hint=SITE_URL_HINT, id='sitemessage.W005')]
+        return [
+            Warning(
+                "Links in messages would point to http://example.com: the current Site still has Django's "
+                'default domain.',
+                hint=SITE_URL_HINT,
+                id='sitemessage.W005',
+            )
+        ]
     return []

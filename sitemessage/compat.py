@@ -3,6 +3,7 @@
 Nothing in sitemessage uses them. :mod:`sitemessage.utils` and :mod:`sitemessage.messages.base`
 re-export them where 1.4.0 had them; see ``docs/upgrading.rst`` for what replaced each.
 """
+
 from __future__ import annotations
 
 import threading
@@ -23,5 +24,6 @@ def __getattr__(name: str) -> Any:
     # ``TypeUser`` is the user model base class; sitemessage.utils must import before apps are ready.
     if name == 'TypeUser':
         from django.contrib.auth.base_user import AbstractBaseUser
+
         return AbstractBaseUser
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

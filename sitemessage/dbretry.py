@@ -4,6 +4,7 @@ Used by the worker (a pass is retried after a backoff) and when a batch's outcom
 (e-mails already handed to a server must not be sent again only because the database was
 away for a few seconds).
 """
+
 from __future__ import annotations
 
 import logging
@@ -50,9 +51,14 @@ def close_connection(using: str = DEFAULT_DB_ALIAS) -> None:
         connections[using].connection = None
 
 
-def retry_on_connection_loss(action: Callable[[], T], what: str, attempts: int = STORE_ATTEMPTS,
-                             first_delay: float = STORE_FIRST_DELAY, before_retry: Optional[Callable[[], None]] = None,
-                             using: str = DEFAULT_DB_ALIAS) -> T:
+def retry_on_connection_loss(
+    action: Callable[[], T],
+    what: str,
+    attempts: int = STORE_ATTEMPTS,
+    first_delay: float = STORE_FIRST_DELAY,
+    before_retry: Optional[Callable[[], None]] = None,
+    using: str = DEFAULT_DB_ALIAS,
+) -> T:
     """Run ``action``; on a lost connection, reconnect and run it again, ``attempts`` times in all.
 
     Inside a transaction (``atomic``) nothing is retried: the transaction is broken already.
@@ -65,8 +71,13 @@ def retry_on_connection_loss(action: Callable[[], T], what: str, attempts: int =
             if attempt == attempts or connections[using].in_atomic_block:
                 raise
             delay = backoff_delay(attempt, first_delay, first_delay * 2 ** (attempts - 2))
-            LOGGER.warning('Database connection lost while %s (%s: %s); retrying in %.1f s.',
-                           what, type(error).__name__, str(error).strip(), delay)
+            LOGGER.warning(
+                'Database connection lost while %s (%s: %s); retrying in %.1f s.',
+                what,
+                type(error).__name__,
+                str(error).strip(),
+                delay,
+            )
             close_connection(using)
             time.sleep(delay)
             if before_retry is not None:

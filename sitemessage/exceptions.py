@@ -1,4 +1,5 @@
 """Exceptions raised by sitemessage; the hierarchy is the documented one of 1.4.0."""
+
 from __future__ import annotations
 
 

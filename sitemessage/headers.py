@@ -8,6 +8,7 @@ the value, so nothing of the kind is ever stored, let alone sent. An e-mail addr
 exactly one address (``'victim@x, evil@attacker.test'`` is refused). The checks are a
 precompiled regular expression on the common path: scheduling thousands of messages stays cheap.
 """
+
 from __future__ import annotations
 
 import logging
@@ -153,7 +154,8 @@ def check_message_type_context(message_type: Any, context: Any, items: Optional[
     if isinstance(message_type, str):
         message_type = get_registered_message_types().get(message_type)
     email = 'smtp' in (getattr(message_type, 'supported_messengers', None) or ()) or any(
-        is_email_messenger(alias) for alias in {item.messenger for item in items or ()})
+        is_email_messenger(alias) for alias in {item.messenger for item in items or ()}
+    )
     check_context(context, email=email)
 
 

@@ -10,6 +10,7 @@
   ``SITEMESSAGE_ACCEPT_LEGACY_LINK_SIGNATURES`` is True (the default) both views accept it, as
   those links are in delivered e-mails and cannot tell their action.
 """
+
 from __future__ import annotations
 
 import base64
@@ -39,7 +40,7 @@ _SALT_PREFIX = 'sitemessage.links.'
 _ALGORITHM = 'sha256'
 _LEGACY_HASH = re.compile(r'[0-9a-f]{40}')
 _json_string = json.encoder.encode_basestring_ascii  # a str as django.core.signing.JSONSerializer writes it
-_MAX_ID = 2 ** 63 - 1  # the largest value a BigAutoField holds: anything above cannot name a row
+_MAX_ID = 2**63 - 1  # the largest value a BigAutoField holds: anything above cannot name a row
 
 INVALID_LINK_TEMPLATE = 'sitemessage/link_invalid.html'
 STATUS_INVALID = 400  # tampered, malformed or made for another action
@@ -76,8 +77,9 @@ def mark_read_signature(message_id, dispatch_id, secret: Optional[str] = None) -
         mac = _keyed_hmac(f'{_SALT_PREFIX}{ACTION_MARK_READ}', settings.SECRET_KEY).copy()
         mac.update(f'{message_id}|{dispatch_id}'.encode())
         return mac.hexdigest()
-    return salted_hmac(f'{_SALT_PREFIX}{ACTION_MARK_READ}', f'{message_id}|{dispatch_id}',
-                       secret=secret, algorithm=_ALGORITHM).hexdigest()
+    return salted_hmac(
+        f'{_SALT_PREFIX}{ACTION_MARK_READ}', f'{message_id}|{dispatch_id}', secret=secret, algorithm=_ALGORITHM
+    ).hexdigest()
 
 
 @lru_cache(maxsize=32)
@@ -88,29 +90,38 @@ def _keyed_hmac(key_salt: str, secret) -> hmac.HMAC:
     ``hmac.new()``, not the one-shot ``hmac.digest()``: the latter releases the GIL around a
     microsecond of work, and with several connection threads each e-mail then waited to get it back.
     """
-    key = hashlib.sha256(f'{key_salt}{secret}'.encode() if isinstance(secret, str)
-                         else key_salt.encode() + bytes(secret)).digest()
+    key = hashlib.sha256(
+        f'{key_salt}{secret}'.encode() if isinstance(secret, str) else key_salt.encode() + bytes(secret)
+    ).digest()
     return hmac.new(key, digestmod=hashlib.sha256)
 
 
 def _json_list(values: list) -> str:
     """``json.dumps(values, separators=(',', ':'))`` for a flat list of ints, strings and None, faster."""
-    return '[' + ','.join('null' if value is None else _json_string(value) if isinstance(value, str)
-                          else str(int(value)) for value in values) + ']'
+    return (
+        '['
+        + ','.join(
+            'null' if value is None else _json_string(value) if isinstance(value, str) else str(int(value))
+            for value in values
+        )
+        + ']'
+    )
 
 
 def is_mark_read_signature_valid(message_id, dispatch_id, signature: str) -> bool:
     """Check a mark-read signature in constant time, against ``SECRET_KEY`` and its fallbacks."""
-    return any(constant_time_compare(mark_read_signature(message_id, dispatch_id, secret), signature)
-               for secret in _secrets())
+    return any(
+        constant_time_compare(mark_read_signature(message_id, dispatch_id, secret), signature) for secret in _secrets()
+    )
 
 
 def _unsubscribe_signer() -> signing.Signer:
     return signing.Signer(salt=f'{_SALT_PREFIX}{ACTION_UNSUBSCRIBE}', algorithm=_ALGORITHM)
 
 
-def unsubscribe_token(message_id: int, dispatch_id: int, message_type: str, messenger: str,
-                      recipient_id: Optional[int], address: str) -> str:
+def unsubscribe_token(
+    message_id: int, dispatch_id: int, message_type: str, messenger: str, recipient_id: Optional[int], address: str
+) -> str:
     """Return the signed token of an unsubscribe link (URL-safe: base64url and ``:``)."""
     # A user is unsubscribed by id, an address by itself: the other is left out to keep links short.
     data = [message_id, dispatch_id, message_type, messenger, recipient_id, '' if recipient_id else address]
@@ -179,6 +190,11 @@ def unsubscribed_response(request: HttpRequest, title: str, redirect_to: str) ->
         messages.success(request, text, fail_silently=True)
         return redirect(redirect_to)
     if request.method == 'POST' and request.POST.get(CONFIRMED_FIELD):
-        return HttpResponse(render_to_string(UNSUBSCRIBED_TEMPLATE, {
-            'message_type_title': title, 'text': text, 'redirect_to': redirect_to}, request=request))
+        return HttpResponse(
+            render_to_string(
+                UNSUBSCRIBED_TEMPLATE,
+                {'message_type_title': title, 'text': text, 'redirect_to': redirect_to},
+                request=request,
+            )
+        )
     return redirect(redirect_to)

@@ -1,4 +1,5 @@
 """The ``List-Id`` header (RFC 2919) of a message type's e-mails, built so it is always valid."""
+
 from __future__ import annotations
 
 import re
@@ -45,6 +46,8 @@ def _list_id(title: str, alias: str, site_url: str) -> str:
 def check_list_id(value: str, message_type: str) -> str:
     """Return a ``List-Id`` value when it is a single ASCII line ending in ``<label.namespace>``; else raise."""
     if not _LIST_ID_VALUE.fullmatch(value):
-        raise ValueError(f'{message_type}.get_list_id() returned {value!r}: a List-Id must be one ASCII line '
-                         'ending in <label.namespace> (RFC 2919).')
+        raise ValueError(
+            f'{message_type}.get_list_id() returned {value!r}: a List-Id must be one ASCII line '
+            'ending in <label.namespace> (RFC 2919).'
+        )
     return value

@@ -5,6 +5,7 @@ Django 6.1 replaces ``EMAIL_HOST``, ``EMAIL_PORT``... with the ``OPTIONS`` of a 
 ``MAILERS`` configures the messenger there, and one that still uses ``EMAIL_*`` keeps working on
 every Django version without the package adding deprecation warnings of its own.
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -29,6 +30,7 @@ MAILER_OPTION_NAMES = {
     'EMAIL_SSL_KEYFILE': 'ssl_keyfile',
 }
 
+
 def smtp_mailer_options() -> Optional[dict]:
     """Return the OPTIONS of the project's SMTP mailer, or None when ``MAILERS`` is not defined.
 
@@ -45,7 +47,8 @@ def smtp_mailer_options() -> Optional[dict]:
         if alias not in mailers:
             raise ImproperlyConfigured(
                 f'SITEMESSAGE_SMTP_MAILER names {alias!r}, which is not in MAILERS '
-                f'(known: {", ".join(map(repr, mailers)) or "none"}).')
+                f'(known: {", ".join(map(repr, mailers)) or "none"}).'
+            )
         return dict(mailers[alias].get('OPTIONS') or {})
     smtp_aliases = [name for name, config in mailers.items() if config.get('BACKEND', SMTP_BACKEND) == SMTP_BACKEND]
     if not smtp_aliases:

@@ -1,4 +1,5 @@
 """Housekeeping: removing sent dispatches, alerting about undelivered ones."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -60,12 +61,16 @@ def check_undelivered(to: Union[str, List[str], None] = None) -> int:
             if 'email_plain' not in get_registered_message_types():
                 register_message_types(EmailTextMessage)
             text = _('You have %(count)s undelivered dispatch(es) at %(url)s') % {
-                'count': failed_count, 'url': get_site_url()}
+                'count': failed_count,
+                'url': get_site_url(),
+            }
             alert = EmailTextMessage(_('[SITEMESSAGE] Undelivered dispatches'), text)
-            (message, _dispatches), = schedule_messages(
-                alert, recipients(get_setting('SHORTCUT_EMAIL_MESSENGER_TYPE'), to), priority=ALERT_PRIORITY)
+            ((message, _dispatches),) = schedule_messages(
+                alert, recipients(get_setting('SHORTCUT_EMAIL_MESSENGER_TYPE'), to), priority=ALERT_PRIORITY
+            )
             batch = Dispatch.objects.filter(message=message).claim(
-                get_positive_int_setting('SEND_BATCH_SIZE'), get_positive_int_setting('SEND_LEASE_SECONDS'))
+                get_positive_int_setting('SEND_BATCH_SIZE'), get_positive_int_setting('SEND_LEASE_SECONDS')
+            )
             error = deliver_batch(batch, SendReport(), False, False)
             if error is not None:
                 raise error

@@ -6,6 +6,7 @@ the queue gauges are measured at scrape time by :class:`QueueCollector` with a f
 queries. Expose them with :func:`metrics_view` (route it in your URLconf) or, in the worker, on
 ``SITEMESSAGE_METRICS_PORT`` (:func:`start_metrics_server`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -45,7 +46,8 @@ def _prometheus():
     except ImportError as error:
         raise SiteMessageConfigurationError(
             'SITEMESSAGE_METRICS is True but prometheus_client is not installed: '
-            'pip install django-sitemessage[prometheus]') from error
+            'pip install django-sitemessage[prometheus]'
+        ) from error
     return prometheus_client
 
 
@@ -62,13 +64,19 @@ class QueueCollector:
             # The worker's metrics server scrapes in a thread of its own: leave no connection behind.
             if not was_open and not connection.in_atomic_block:
                 connection.close()
-        depth = GaugeMetricFamily('sitemessage_queue_dispatches', 'Dispatches by status (sent ones are not counted).',
-                                  labels=['messenger', 'status'])
-        due = GaugeMetricFamily('sitemessage_queue_due_dispatches', 'Dispatches that may be sent now.',
-                                labels=['messenger'])
-        oldest = GaugeMetricFamily('sitemessage_queue_oldest_due_age_seconds',
-                                   'Seconds since the oldest due dispatch became due (0 when none is due).',
-                                   labels=['messenger'])
+        depth = GaugeMetricFamily(
+            'sitemessage_queue_dispatches',
+            'Dispatches by status (sent ones are not counted).',
+            labels=['messenger', 'status'],
+        )
+        due = GaugeMetricFamily(
+            'sitemessage_queue_due_dispatches', 'Dispatches that may be sent now.', labels=['messenger']
+        )
+        oldest = GaugeMetricFamily(
+            'sitemessage_queue_oldest_due_age_seconds',
+            'Seconds since the oldest due dispatch became due (0 when none is due).',
+            labels=['messenger'],
+        )
         # Registered messengers with an empty queue report zeros rather than no series at all.
         for alias in get_registered_messenger_objects():
             status.messengers.setdefault(alias, MessengerStatus())
@@ -80,9 +88,11 @@ class QueueCollector:
         yield depth
         yield due
         yield oldest
-        yield GaugeMetricFamily('sitemessage_messages_awaiting_preparation',
-                                'Messages scheduled without recipients, waiting for prepare_dispatches().',
-                                value=status.awaiting_preparation)
+        yield GaugeMetricFamily(
+            'sitemessage_messages_awaiting_preparation',
+            'Messages scheduled without recipients, waiting for prepare_dispatches().',
+            value=status.awaiting_preparation,
+        )
 
     def describe(self):
         return []  # measured only when scraped: registering must not query the database
@@ -95,17 +105,27 @@ class SitemessageMetrics:
         prometheus_client = _prometheus()
         self.registry = registry
         self.dispatches = prometheus_client.Counter(
-            'sitemessage_dispatches', 'Delivery attempts by outcome (sent, error: to retry, failed: given up).',
-            ['messenger', 'outcome'], registry=registry)
+            'sitemessage_dispatches',
+            'Delivery attempts by outcome (sent, error: to retry, failed: given up).',
+            ['messenger', 'outcome'],
+            registry=registry,
+        )
         self.latency = prometheus_client.Histogram(
-            'sitemessage_send_latency_seconds', 'Seconds from the creation of a dispatch until it was sent.',
-            ['messenger'], buckets=LATENCY_BUCKETS, registry=registry)
+            'sitemessage_send_latency_seconds',
+            'Seconds from the creation of a dispatch until it was sent.',
+            ['messenger'],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
         registry.register(QueueCollector())
 
     def observe(self, dispatches: Iterable) -> None:
         """Count the stored outcomes of a batch and the latency of the dispatches it sent."""
-        outcomes = {Dispatch.DISPATCH_STATUS_SENT: 'sent', Dispatch.DISPATCH_STATUS_ERROR: 'error',
-                    Dispatch.DISPATCH_STATUS_FAILED: 'failed'}
+        outcomes = {
+            Dispatch.DISPATCH_STATUS_SENT: 'sent',
+            Dispatch.DISPATCH_STATUS_ERROR: 'error',
+            Dispatch.DISPATCH_STATUS_FAILED: 'failed',
+        }
         now = timezone.now()
         for dispatch in dispatches:
             outcome = outcomes.get(dispatch.dispatch_status)
@@ -157,11 +177,13 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     """The metrics in Prometheus' text format; route it and restrict who may read it."""
     metrics = get_metrics()
     if metrics is None:
-        raise SiteMessageConfigurationError('sitemessage.metrics.metrics_view is routed but SITEMESSAGE_METRICS '
-                                            'is False: set it to True.')
+        raise SiteMessageConfigurationError(
+            'sitemessage.metrics.metrics_view is routed but SITEMESSAGE_METRICS is False: set it to True.'
+        )
     prometheus_client = _prometheus()
-    return HttpResponse(prometheus_client.generate_latest(metrics.registry),
-                        content_type=prometheus_client.CONTENT_TYPE_LATEST)
+    return HttpResponse(
+        prometheus_client.generate_latest(metrics.registry), content_type=prometheus_client.CONTENT_TYPE_LATEST
+    )
 
 
 def start_metrics_server() -> Optional[int]:
@@ -176,13 +198,15 @@ def start_metrics_server() -> Optional[int]:
         raise SiteMessageConfigurationError(f'SITEMESSAGE_METRICS_PORT must be a port number, got {port!r}.')
     metrics = get_metrics()
     if metrics is None:
-        raise SiteMessageConfigurationError('SITEMESSAGE_METRICS_PORT is set but SITEMESSAGE_METRICS is False: '
-                                            'set it to True.')
+        raise SiteMessageConfigurationError(
+            'SITEMESSAGE_METRICS_PORT is set but SITEMESSAGE_METRICS is False: set it to True.'
+        )
     address = get_setting('METRICS_ADDRESS')
     try:
         _prometheus().start_http_server(port, addr=address, registry=metrics.registry)
     except OSError as error:
         raise SiteMessageConfigurationError(
-            f'Cannot serve the metrics on {address}:{port} (SITEMESSAGE_METRICS_ADDRESS, _PORT): {error}') from error
+            f'Cannot serve the metrics on {address}:{port} (SITEMESSAGE_METRICS_ADDRESS, _PORT): {error}'
+        ) from error
     LOGGER.info('sitemessage metrics served on http://%s:%s/metrics', address, port)
     return port

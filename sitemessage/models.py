@@ -4,6 +4,7 @@ Names, fields, db columns and tables are those of django-sitemessage 1.4.0, so i
 migrate forward unchanged. All queries and locking of the delivery queue live here, in
 :class:`DispatchQuerySet`.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,8 +57,10 @@ class ContextField(models.TextField):
             return json.loads(value)
         except (ValueError, RecursionError):  # nested too deep: RecursionError
             raise ValidationError(
-                _('Value `%r` is not a valid context.'), code='invalid_context',
-                params={'value': _truncated(value, 100)}) from None
+                _('Value `%r` is not a valid context.'),
+                code='invalid_context',
+                params={'value': _truncated(value, 100)},
+            ) from None
 
     def from_db_value(self, value, expression, connection, *rest):
         if value is None:
@@ -172,18 +175,31 @@ class Message(models.Model):
     time_created = models.DateTimeField(_('Time created'), auto_now_add=True, editable=False)
     sender = models.ForeignKey(USER_MODEL, verbose_name=_('Sender'), null=True, blank=True, on_delete=models.CASCADE)
     cls = models.CharField(
-        _('Message class'), max_length=250, db_index=True, help_text=_('Message logic class identifier.'))
+        _('Message class'), max_length=250, db_index=True, help_text=_('Message logic class identifier.')
+    )
     group_mark = models.CharField(
-        _('Group mark'), max_length=128, db_index=True, db_column='gmark',
-        help_text=_('An identifier to group several messages into one.'))
+        _('Group mark'),
+        max_length=128,
+        db_index=True,
+        db_column='gmark',
+        help_text=_('An identifier to group several messages into one.'),
+    )
     context = ContextField(_('Message context'))
     priority = models.PositiveIntegerField(
-        _('Priority'), default=0, db_index=True,
-        help_text=_('Number describing message sending priority. '
-                    'Messages with different priorities can be sent with different periodicity.'))
+        _('Priority'),
+        default=0,
+        db_index=True,
+        help_text=_(
+            'Number describing message sending priority. '
+            'Messages with different priorities can be sent with different periodicity.'
+        ),
+    )
     dispatches_ready = models.BooleanField(
-        _('Dispatches ready'), db_index=True, default=False,
-        help_text=_('Indicates whether dispatches for this message are already formed and ready to delivery.'))
+        _('Dispatches ready'),
+        db_index=True,
+        default=False,
+        help_text=_('Indicates whether dispatches for this message are already formed and ready to delivery.'),
+    )
 
     class Meta:
         verbose_name = _('Message')
@@ -203,8 +219,14 @@ class Message(models.Model):
 
     @classmethod
     def create(
-            cls, message_class: str, context: dict, recipients=None, sender=None, priority: Optional[int] = None,
-            group_mark: str = '', context_merge_hook: Optional[Callable[[dict, dict], dict]] = None,
+        cls,
+        message_class: str,
+        context: dict,
+        recipients=None,
+        sender=None,
+        priority: Optional[int] = None,
+        group_mark: str = '',
+        context_merge_hook: Optional[Callable[[dict, dict], dict]] = None,
     ) -> Tuple['Message', Union[List['Dispatch'], models.QuerySet]]:
         """Create a message and its dispatches, or merge it into a pending message of its group."""
         if recipients is not None:
@@ -213,8 +235,13 @@ class Message(models.Model):
         with transaction.atomic():
             grouped = cls._find_group_message(message_class, group_mark, sender) if group_mark else None
             if grouped is None:
-                message = cls(cls=message_class, context=context, sender=sender,
-                              dispatches_ready=recipients is not None, group_mark=group_mark)
+                message = cls(
+                    cls=message_class,
+                    context=context,
+                    sender=sender,
+                    dispatches_ready=recipients is not None,
+                    group_mark=group_mark,
+                )
                 if priority is not None:
                     message.priority = priority
                 message.save()
@@ -267,8 +294,16 @@ class DispatchQuerySet(models.QuerySet):
         legacy = Q(dispatch_status=Dispatch.DISPATCH_STATUS_PROCESSING, lease_until__isnull=True)
         return self.filter(waiting | abandoned | legacy)
 
-    def claim(self, limit: int, lease_seconds: int, *, priority=None, attempted_before=None,
-              exclude_messengers: Iterable[str] = (), exclude_types: Iterable[str] = ()) -> List['Dispatch']:
+    def claim(
+        self,
+        limit: int,
+        lease_seconds: int,
+        *,
+        priority=None,
+        attempted_before=None,
+        exclude_messengers: Iterable[str] = (),
+        exclude_types: Iterable[str] = (),
+    ) -> List['Dispatch']:
         """Claim up to ``limit`` sendable dispatches, oldest first, for ``lease_seconds``.
 
         ``SELECT ... FOR UPDATE SKIP LOCKED`` keeps concurrent workers from waiting on each
@@ -303,8 +338,10 @@ class DispatchQuerySet(models.QuerySet):
                 if not picked or self._mark_claimed(picked, token, now, lease_seconds):
                     break
 
-        claimed = attach_messages(list(self.filter(claim_token=token).order_by('pk')),
-                                  Message.objects.filter(pk__in=self.filter(claim_token=token).values('message_id')))
+        claimed = attach_messages(
+            list(self.filter(claim_token=token).order_by('pk')),
+            Message.objects.filter(pk__in=self.filter(claim_token=token).values('message_id')),
+        )
         for dispatch in claimed:
             dispatch.start_attempt()
         return claimed
@@ -312,9 +349,15 @@ class DispatchQuerySet(models.QuerySet):
     def _mark_claimed(self, ids: Sequence[int], token: str, now, lease_seconds: int) -> int:
         if not ids:
             return 0
-        return self.model.objects.sendable(now).filter(pk__in=ids).update(
-            dispatch_status=Dispatch.DISPATCH_STATUS_PROCESSING, claim_token=token,
-            lease_until=now + timedelta(seconds=lease_seconds))
+        return (
+            self.model.objects.sendable(now)
+            .filter(pk__in=ids)
+            .update(
+                dispatch_status=Dispatch.DISPATCH_STATUS_PROCESSING,
+                claim_token=token,
+                lease_until=now + timedelta(seconds=lease_seconds),
+            )
+        )
 
     def release(self, dispatches: Sequence['Dispatch']) -> int:
         """Return claimed dispatches to the queue untouched (no attempt was made)."""
@@ -326,8 +369,11 @@ class DispatchQuerySet(models.QuerySet):
             released += self.model.objects.filter(pk__in=ids, claim_token=token).update(
                 dispatch_status=Case(
                     When(retry_count=0, then=Value(Dispatch.DISPATCH_STATUS_PENDING)),
-                    default=Value(Dispatch.DISPATCH_STATUS_ERROR)),
-                claim_token=None, lease_until=None)
+                    default=Value(Dispatch.DISPATCH_STATUS_ERROR),
+                ),
+                claim_token=None,
+                lease_until=None,
+            )
         for dispatch in dispatches:
             dispatch.claim_token = dispatch.lease_until = None
         return released
@@ -350,7 +396,8 @@ class DispatchQuerySet(models.QuerySet):
             dispatch.time_dispatched = now
             dispatch.lease_until = dispatch.claim_token = None
             dispatch.next_attempt_at = (
-                now + retry_delay(dispatch) if dispatch.dispatch_status == Dispatch.DISPATCH_STATUS_ERROR else None)
+                now + retry_delay(dispatch) if dispatch.dispatch_status == Dispatch.DISPATCH_STATUS_ERROR else None
+            )
 
         failed = [d for d in dispatches if d.dispatch_status in Dispatch.ERROR_STATUSES]
         others = [d for d in dispatches if d.dispatch_status not in Dispatch.ERROR_STATUSES]
@@ -360,13 +407,13 @@ class DispatchQuerySet(models.QuerySet):
         for dispatch in others:  # sent (or deferred): they share their new values
             by_status.setdefault(dispatch.dispatch_status, []).append(dispatch.pk)
         for status, ids in by_status.items():
-            target.filter(pk__in=ids).update(dispatch_status=status, time_dispatched=now, lease_until=None,
-                                             claim_token=None, next_attempt_at=None)
+            target.filter(pk__in=ids).update(
+                dispatch_status=status, time_dispatched=now, lease_until=None, claim_token=None, next_attempt_at=None
+            )
         if failed:  # each has its own retry count and time
             target.bulk_update(failed, [name for name in Dispatch.OUTCOME_FIELDS if name != 'message_cache'])
         # A sent dispatch may carry a note too (recipients an SMTP server refused among others).
-        errors = [DispatchError(dispatch=d, error_log=str(d.error_log)) for d in dispatches
-                  if d.error_log is not None]
+        errors = [DispatchError(dispatch=d, error_log=str(d.error_log)) for d in dispatches if d.error_log is not None]
         DispatchError.objects.bulk_create(errors)
 
     @staticmethod
@@ -469,8 +516,15 @@ class Dispatch(models.Model):
 
     SENDABLE_STATUSES = (DISPATCH_STATUS_PENDING, DISPATCH_STATUS_ERROR)
     ERROR_STATUSES = (DISPATCH_STATUS_ERROR, DISPATCH_STATUS_FAILED)
-    OUTCOME_FIELDS = ('dispatch_status', 'retry_count', 'message_cache', 'time_dispatched',
-                      'next_attempt_at', 'lease_until', 'claim_token')
+    OUTCOME_FIELDS = (
+        'dispatch_status',
+        'retry_count',
+        'message_cache',
+        'time_dispatched',
+        'next_attempt_at',
+        'lease_until',
+        'claim_token',
+    )
 
     # Not fields: the text of this attempt's error (as 1.4.0 set it) and the attempt itself, while claimed.
     error_log = None
@@ -478,29 +532,48 @@ class Dispatch(models.Model):
 
     time_created = models.DateTimeField(_('Time created'), auto_now_add=True, editable=False)
     time_dispatched = models.DateTimeField(
-        _('Time dispatched'), editable=False, null=True, blank=True, help_text=_('Time of the last delivery attempt.'))
+        _('Time dispatched'), editable=False, null=True, blank=True, help_text=_('Time of the last delivery attempt.')
+    )
     message = models.ForeignKey(Message, verbose_name=_('Message'), on_delete=models.CASCADE)
     messenger = models.CharField(
-        _('Messenger'), max_length=250, db_index=True, help_text=_('Messenger class identifier.'))
+        _('Messenger'), max_length=250, db_index=True, help_text=_('Messenger class identifier.')
+    )
     recipient = models.ForeignKey(
-        USER_MODEL, verbose_name=_('Recipient'), null=True, blank=True, on_delete=models.CASCADE)
+        USER_MODEL, verbose_name=_('Recipient'), null=True, blank=True, on_delete=models.CASCADE
+    )
     address = models.CharField(_('Address'), max_length=250, help_text=_('Recipient address.'))
     retry_count = models.PositiveIntegerField(
-        _('Retry count'), default=0, help_text=_('A number of delivery retries has already been made.'))
+        _('Retry count'), default=0, help_text=_('A number of delivery retries has already been made.')
+    )
     message_cache = CompiledTextField(_('Message cache'), null=True, editable=False)
     dispatch_status = models.PositiveIntegerField(
-        _('Dispatch status'), choices=DISPATCH_STATUSES, default=DISPATCH_STATUS_PENDING)
+        _('Dispatch status'), choices=DISPATCH_STATUSES, default=DISPATCH_STATUS_PENDING
+    )
     read_status = models.PositiveIntegerField(_('Read status'), choices=READ_STATUSES, default=READ_STATUS_UNREAD)
     # The lease of a worker's claim, and the earliest time of the next attempt.
     claim_token = models.CharField(
-        _('Claim token'), max_length=32, null=True, blank=True, editable=False, db_index=True,
-        help_text=_('Identifies the delivery run that has claimed this dispatch.'))
+        _('Claim token'),
+        max_length=32,
+        null=True,
+        blank=True,
+        editable=False,
+        db_index=True,
+        help_text=_('Identifies the delivery run that has claimed this dispatch.'),
+    )
     lease_until = models.DateTimeField(
-        _('Lease until'), null=True, blank=True, editable=False,
-        help_text=_('A claimed dispatch becomes sendable again after this time (its worker is gone).'))
+        _('Lease until'),
+        null=True,
+        blank=True,
+        editable=False,
+        help_text=_('A claimed dispatch becomes sendable again after this time (its worker is gone).'),
+    )
     next_attempt_at = models.DateTimeField(
-        _('Next attempt at'), null=True, blank=True, editable=False,
-        help_text=_('A dispatch in error is not retried before this time.'))
+        _('Next attempt at'),
+        null=True,
+        blank=True,
+        editable=False,
+        help_text=_('A dispatch in error is not retried before this time.'),
+    )
 
     objects = DispatchQuerySet.as_manager()
 
@@ -570,8 +643,11 @@ class Dispatch(models.Model):
         for item in recipients:
             if isinstance(item, Recipient):
                 result.append(item)
-            elif isinstance(item, (list, tuple)) and not isinstance(item, Recipient) and all(
-                    isinstance(r, Recipient) for r in item):
+            elif (
+                isinstance(item, (list, tuple))
+                and not isinstance(item, Recipient)
+                and all(isinstance(r, Recipient) for r in item)
+            ):
                 result.extend(item)  # e.g. `recipients(...),` -- a tuple holding a list
             else:
                 raise ValueError(f'Expected a Recipient (see sitemessage.toolbox.recipients()), got {item!r}.')
@@ -584,8 +660,15 @@ class Dispatch(models.Model):
         items = cls.normalize_recipients(recipients)
         if not items:
             return []
-        objects = [cls(message=message_model, messenger=r.messenger, recipient=r.user,
-                       address='' if r.address is None else r.address) for r in items]
+        objects = [
+            cls(
+                message=message_model,
+                messenger=r.messenger,
+                recipient=r.user,
+                address='' if r.address is None else r.address,
+            )
+            for r in items
+        ]
         objects = cls.objects.bulk_create(objects)
         queue_changed.send(sender=cls, using=None)
         if not message_model.dispatches_ready:
@@ -601,8 +684,10 @@ class Dispatch(models.Model):
         that several senders share the queue: whoever takes them must store an outcome or release them.
         """
         return cls.objects.claim(
-            get_positive_int_setting('SEND_BATCH_SIZE'), get_positive_int_setting('SEND_LEASE_SECONDS'),
-            priority=priority)
+            get_positive_int_setting('SEND_BATCH_SIZE'),
+            get_positive_int_setting('SEND_LEASE_SECONDS'),
+            priority=priority,
+        )
 
     @classmethod
     def get_unread(cls):
@@ -625,8 +710,12 @@ class Dispatch(models.Model):
 
         Only failed attempts (``error``, ``failed``) increase ``retry_count``.
         """
-        mapping = {'sent': cls.DISPATCH_STATUS_SENT, 'error': cls.DISPATCH_STATUS_ERROR,
-                   'failed': cls.DISPATCH_STATUS_FAILED, 'pending': cls.DISPATCH_STATUS_PENDING}
+        mapping = {
+            'sent': cls.DISPATCH_STATUS_SENT,
+            'error': cls.DISPATCH_STATUS_ERROR,
+            'failed': cls.DISPATCH_STATUS_FAILED,
+            'pending': cls.DISPATCH_STATUS_PENDING,
+        }
         unknown = set(statuses) - set(mapping)
         if unknown:
             raise ValueError(f'Unknown dispatch status keyword(s): {", ".join(sorted(unknown))}.')
@@ -646,8 +735,7 @@ class Dispatch(models.Model):
         if not dispatches:
             return
         cls.objects.bulk_update(dispatches, ['message_cache'])
-        DispatchError.objects.bulk_create(
-            [DispatchError(dispatch=d, error_log=str(d.error_log)) for d in dispatches])
+        DispatchError.objects.bulk_create([DispatchError(dispatch=d, error_log=str(d.error_log)) for d in dispatches])
 
 
 class DispatchError(models.Model):
@@ -670,11 +758,14 @@ class Subscription(models.Model):
 
     time_created = models.DateTimeField(_('Time created'), auto_now_add=True, editable=False)
     message_cls = models.CharField(
-        _('Message class'), max_length=250, db_index=True, help_text=_('Message logic class identifier.'))
+        _('Message class'), max_length=250, db_index=True, help_text=_('Message logic class identifier.')
+    )
     messenger_cls = models.CharField(
-        _('Messenger'), max_length=250, db_index=True, help_text=_('Messenger class identifier.'))
+        _('Messenger'), max_length=250, db_index=True, help_text=_('Messenger class identifier.')
+    )
     recipient = models.ForeignKey(
-        USER_MODEL, verbose_name=_('Recipient'), null=True, blank=True, on_delete=models.CASCADE)
+        USER_MODEL, verbose_name=_('Recipient'), null=True, blank=True, on_delete=models.CASCADE
+    )
     address = models.CharField(_('Address'), max_length=250, null=True, help_text=_('Recipient address.'))
 
     class Meta:
@@ -682,11 +773,15 @@ class Subscription(models.Model):
         verbose_name_plural = _('Subscriptions')
         constraints = [
             models.UniqueConstraint(
-                fields=['message_cls', 'messenger_cls', 'recipient'], condition=Q(recipient__isnull=False),
-                name='sitemessage_subscr_user_uniq'),
+                fields=['message_cls', 'messenger_cls', 'recipient'],
+                condition=Q(recipient__isnull=False),
+                name='sitemessage_subscr_user_uniq',
+            ),
             models.UniqueConstraint(
-                fields=['message_cls', 'messenger_cls', 'address'], condition=Q(recipient__isnull=True),
-                name='sitemessage_subscr_addr_uniq'),
+                fields=['message_cls', 'messenger_cls', 'address'],
+                condition=Q(recipient__isnull=True),
+                name='sitemessage_subscr_addr_uniq',
+            ),
         ]
 
     def __str__(self):
@@ -744,8 +839,10 @@ class Subscription(models.Model):
         """Replace all subscriptions of the user with ``(message type, messenger)`` pairs, atomically."""
         if user.pk is None:
             return False
-        rows = {tuple(cls._get_base_kwargs(user, message_cls, messenger_cls).items())
-                for message_cls, messenger_cls in prefs}
+        rows = {
+            tuple(cls._get_base_kwargs(user, message_cls, messenger_cls).items())
+            for message_cls, messenger_cls in prefs
+        }
         with transaction.atomic():
             cls.objects.filter(recipient=user).delete()
             cls.objects.bulk_create([cls(**dict(row)) for row in sorted(rows)])
@@ -754,13 +851,16 @@ class Subscription(models.Model):
     @classmethod
     def get_for_message_cls(cls, message_cls):
         return cls.objects.select_related('recipient').filter(
-            message_cls=message_cls if isinstance(message_cls, str) else message_cls.get_alias())
+            message_cls=message_cls if isinstance(message_cls, str) else message_cls.get_alias()
+        )
 
 
 def _check_registered(message_alias: str, messenger_alias: str) -> None:
     """Raise ``ValueError`` naming an unregistered alias of a subscription and the registered ones."""
-    for kind, alias, registry in (('message type', message_alias, get_registered_message_types()),
-                                  ('messenger', messenger_alias, get_registered_messenger_objects())):
+    for kind, alias, registry in (
+        ('message type', message_alias, get_registered_message_types()),
+        ('messenger', messenger_alias, get_registered_messenger_objects()),
+    ):
         if alias not in registry:
             known = ', '.join(sorted(registry)) or 'none'
             raise ValueError(f'Cannot subscribe to an unknown {kind} `{alias}` (registered: {known}).')

@@ -1,4 +1,5 @@
 """Optional dependencies (the pip extras): importing them with an error that names the extra."""
+
 from __future__ import annotations
 
 import sys
@@ -27,8 +28,8 @@ def import_optional(module_name: str, *, extra: str) -> ModuleType:
         return import_module(module_name)
     except ImportError as error:
         raise SiteMessageConfigurationError(
-            f'The `{module_name}` package is required here: '
-            f'pip install "django-sitemessage[{extra}]" ({error})') from error
+            f'The `{module_name}` package is required here: pip install "django-sitemessage[{extra}]" ({error})'
+        ) from error
 
 
 def stand_in_module(module_name: str) -> Optional[ModuleType]:

@@ -3,18 +3,40 @@
 Hand-written on the stdlib parser (about 60 lines) rather than a dependency: html2text is GPL,
 and the job is small — keep paragraphs and line breaks, show link targets, drop markup.
 """
+
 from __future__ import annotations
 
 import re
 from html.parser import HTMLParser
 
-_BLOCK_TAGS = {'p', 'div', 'br', 'tr', 'table', 'ul', 'ol', 'li', 'h1', 'h2', 'h3', 'h4', 'h5', 'h6',
-               'hr', 'blockquote', 'pre', 'section', 'article', 'header', 'footer', 'title'}
+_BLOCK_TAGS = {
+    'p',
+    'div',
+    'br',
+    'tr',
+    'table',
+    'ul',
+    'ol',
+    'li',
+    'h1',
+    'h2',
+    'h3',
+    'h4',
+    'h5',
+    'h6',
+    'hr',
+    'blockquote',
+    'pre',
+    'section',
+    'article',
+    'header',
+    'footer',
+    'title',
+}
 _SKIPPED_TAGS = {'head', 'style', 'script', 'template'}
 
 
 class _TextExtractor(HTMLParser):
-
     def __init__(self):
         super().__init__(convert_charrefs=True)
         self.chunks: list[str] = []

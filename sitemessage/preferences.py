@@ -1,4 +1,5 @@
 """Users' subscription preferences: the data of the preferences table, and saving a posted form."""
+
 from __future__ import annotations
 
 from typing import Callable, Dict, List, Optional, Tuple
@@ -15,8 +16,11 @@ Cell = Tuple[str, bool, bool]
 
 
 def get_user_preferences_for_ui(
-        user, message_filter: Optional[Callable] = None, messenger_filter: Optional[Callable] = None,
-        new_messengers_titles: Optional[Dict[str, str]] = None) -> Tuple[List[str], Dict[str, List[Cell]]]:
+    user,
+    message_filter: Optional[Callable] = None,
+    messenger_filter: Optional[Callable] = None,
+    new_messengers_titles: Optional[Dict[str, str]] = None,
+) -> Tuple[List[str], Dict[str, List[Cell]]]:
     """Return ``(messenger titles, {message title: [(value, supported, subscribed), ...]})``."""
     new_messengers_titles = new_messengers_titles or {}
     messengers = {}

@@ -3,6 +3,7 @@
 Rendering goes through the message type's own ``compile()``; a failure (a missing template, an
 unregistered messenger) is shown in place of that messenger's text rather than raised.
 """
+
 from __future__ import annotations
 
 from typing import List, NamedTuple, Optional
@@ -49,8 +50,12 @@ def render_previews(message: Message) -> List[Preview]:
     previews = []
     for alias in messengers_of(message):
         first = message.dispatch_set.filter(messenger=alias).order_by('pk').first()
-        stand_in = Dispatch(message=message, messenger=alias, address=first.address if first else '',
-                            recipient_id=first.recipient_id if first else None)
+        stand_in = Dispatch(
+            message=message,
+            messenger=alias,
+            address=first.address if first else '',
+            recipient_id=first.recipient_id if first else None,
+        )
         subject = message.context.get('subject') if isinstance(message.context.get('subject'), str) else None
         is_html = message.context.get('type') == 'html'
         title, error = alias, False
@@ -61,8 +66,18 @@ def render_previews(message: Message) -> List[Preview]:
             text = str.__str__(message.get_type().compile(message, messenger, dispatch=stand_in))
         except Exception as exc:  # shown to staff instead of a server error
             text, error, is_html = f'{type(exc).__name__}: {exc}', True, False
-        previews.append(Preview(alias, title, subject, text, is_html,
-                                html_to_text(text) if is_html else None, error, counts.get(alias, 0)))
+        previews.append(
+            Preview(
+                alias,
+                title,
+                subject,
+                text,
+                is_html,
+                html_to_text(text) if is_html else None,
+                error,
+                counts.get(alias, 0),
+            )
+        )
     return previews
 
 

@@ -4,6 +4,7 @@ At verbosity 2 and more: one line per batch (logs and cron mails keep every line
 on a terminal: one live line rewritten in place with ``\\r``; never on a pipe or a file, so cron
 mails stay as they were.
 """
+
 from __future__ import annotations
 
 import time
@@ -26,8 +27,10 @@ class Progress:
     def __call__(self, report: SendReport) -> None:
         elapsed = max(time.monotonic() - self.started, 1e-6)
         done = report.sent + report.errors + report.failed
-        counts = (f'sent {report.sent}, errors {report.errors}, failed {report.failed} so far, '
-                  f'{done / elapsed:.1f} dispatches/s')
+        counts = (
+            f'sent {report.sent}, errors {report.errors}, failed {report.failed} so far, '
+            f'{done / elapsed:.1f} dispatches/s'
+        )
         if self.per_batch:
             self.stdout.write(f'Batch {report.batches}: {counts}')
         elif self.live:

@@ -3,6 +3,7 @@
 Four aggregate queries (GROUP BY messenger), whatever the queue size: never one per row, and
 sent dispatches are never counted (they are the bulk of the table and say nothing about the queue).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -46,10 +47,17 @@ class MessengerStatus:
         return sum(getattr(self, name) for name in WAITING)
 
     def as_dict(self) -> dict:
-        return {'pending': self.pending, 'processing': self.processing, 'error': self.error,
-                'failed': self.failed, 'waiting': self.waiting, 'due': self.due,
-                'oldest_due_age_seconds': self.oldest_due_age, 'errors_last_hour': self.errors_last_hour,
-                'failed_last_hour': self.failed_last_hour}
+        return {
+            'pending': self.pending,
+            'processing': self.processing,
+            'error': self.error,
+            'failed': self.failed,
+            'waiting': self.waiting,
+            'due': self.due,
+            'oldest_due_age_seconds': self.oldest_due_age,
+            'errors_last_hour': self.errors_last_hour,
+            'failed_last_hour': self.failed_last_hour,
+        }
 
 
 @dataclass
@@ -71,17 +79,20 @@ class QueueStatus:
         return total
 
     def as_dict(self) -> dict:
-        return {'checked_at': self.checked_at.isoformat(),
-                'messengers': {alias: status.as_dict() for alias, status in sorted(self.messengers.items())},
-                'totals': self.totals.as_dict(),
-                'awaiting_preparation': self.awaiting_preparation}
+        return {
+            'checked_at': self.checked_at.isoformat(),
+            'messengers': {alias: status.as_dict() for alias, status in sorted(self.messengers.items())},
+            'totals': self.totals.as_dict(),
+            'awaiting_preparation': self.awaiting_preparation,
+        }
 
 
 def due_since() -> Case:
     """When a due dispatch became sendable: its claim's lease ran out, its retry time came, or it was created."""
     return Case(
         When(dispatch_status=Dispatch.DISPATCH_STATUS_PROCESSING, lease_until__isnull=False, then=F('lease_until')),
-        default=Coalesce('next_attempt_at', 'time_created'))
+        default=Coalesce('next_attempt_at', 'time_created'),
+    )
 
 
 def get_queue_status(now: Optional[datetime] = None) -> QueueStatus:
@@ -93,10 +104,12 @@ def get_queue_status(now: Optional[datetime] = None) -> QueueStatus:
     def of(alias: str) -> MessengerStatus:
         return status.messengers.setdefault(alias, MessengerStatus())
 
-    rows = (Dispatch.objects.filter(dispatch_status__in=list(QUEUE_STATUSES))
-            .values('messenger', 'dispatch_status')
-            .annotate(count=Count('id'), recent=Count('id', filter=Q(time_dispatched__gte=since)))
-            .order_by())
+    rows = (
+        Dispatch.objects.filter(dispatch_status__in=list(QUEUE_STATUSES))
+        .values('messenger', 'dispatch_status')
+        .annotate(count=Count('id'), recent=Count('id', filter=Q(time_dispatched__gte=since)))
+        .order_by()
+    )
     for row in rows:
         messenger = of(row['messenger'])
         name = QUEUE_STATUSES[row['dispatch_status']]
@@ -110,8 +123,12 @@ def get_queue_status(now: Optional[datetime] = None) -> QueueStatus:
         messenger.due = row['count']
         messenger.oldest_due_age = max((now - row['since']).total_seconds(), 0.0)
 
-    errors = (DispatchError.objects.filter(time_created__gte=since).values('dispatch__messenger')
-              .annotate(count=Count('id')).order_by())
+    errors = (
+        DispatchError.objects.filter(time_created__gte=since)
+        .values('dispatch__messenger')
+        .annotate(count=Count('id'))
+        .order_by()
+    )
     for row in errors:
         of(row['dispatch__messenger']).errors_last_hour = row['count']
 
@@ -133,17 +150,36 @@ def format_age(seconds: Optional[float]) -> str:
     return f'{secs}s'
 
 
-COLUMNS = (('pending', 'pending'), ('processing', 'processing'), ('error', 'error'), ('failed', 'failed'),
-           ('due', 'due'), ('oldest due', 'oldest_due_age'), ('errors 1h', 'errors_last_hour'),
-           ('failed 1h', 'failed_last_hour'))
+COLUMNS = (
+    ('pending', 'pending'),
+    ('processing', 'processing'),
+    ('error', 'error'),
+    ('failed', 'failed'),
+    ('due', 'due'),
+    ('oldest due', 'oldest_due_age'),
+    ('errors 1h', 'errors_last_hour'),
+    ('failed 1h', 'failed_last_hour'),
+)
 
 
 def format_table(status: QueueStatus) -> List[str]:
     """The text of ``sitemessage_status``: one line per messenger, then the totals."""
     rows = [('messenger', *(title for title, _name in COLUMNS))]
     for alias, messenger in [*sorted(status.messengers.items()), ('total', status.totals)]:
-        rows.append((alias, *(format_age(messenger.oldest_due_age) if name == 'oldest_due_age'
-                              else str(getattr(messenger, name)) for _title, name in COLUMNS)))
+        rows.append(
+            (
+                alias,
+                *(
+                    format_age(messenger.oldest_due_age) if name == 'oldest_due_age' else str(getattr(messenger, name))
+                    for _title, name in COLUMNS
+                ),
+            )
+        )
     widths = [max(len(row[index]) for row in rows) for index in range(len(rows[0]))]
-    return ['  '.join(cell.ljust(width) if index == 0 else cell.rjust(width)
-                      for index, (cell, width) in enumerate(zip(row, widths))).rstrip() for row in rows]
+    return [
+        '  '.join(
+            cell.ljust(width) if index == 0 else cell.rjust(width)
+            for index, (cell, width) in enumerate(zip(row, widths))
+        ).rstrip()
+        for row in rows
+    ]

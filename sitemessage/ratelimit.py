@@ -3,6 +3,7 @@
 ``sitemessage.ratelimit`` *is* :mod:`sitemessage.delivery.ratelimit`, so imports and patches of
 its names (``SLEEP``, ``CLOCK``) keep working.
 """
+
 import sys
 
 from .delivery import ratelimit as _ratelimit

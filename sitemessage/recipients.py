@@ -1,4 +1,5 @@
 """Recipients: who gets a message through which messenger, and the lists ``recipients()`` builds."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Iterable, List, NamedTuple, Optional, Union

@@ -3,6 +3,7 @@
 Never imports models: projects register from ``sitemessages.py`` modules, which are imported
 while the app registry is still loading.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -41,6 +42,7 @@ def _unknown(kind: str, alias: str, registry: dict) -> str:
 
 # Messengers ----------------------------------------------------------------------------------
 
+
 def register_messenger_objects(*messengers: 'MessengerBase') -> None:
     """Register (configure) messenger instances; a later one replaces an earlier with its alias."""
     for messenger in messengers:
@@ -62,6 +64,7 @@ def get_registered_messenger_object(messenger: TypeMessenger) -> 'MessengerBase'
 
 
 # Message types --------------------------------------------------------------------------------
+
 
 def register_message_types(*message_types: Type['MessageBase']) -> None:
     """Register message type classes; a later one replaces an earlier with the same alias."""
@@ -95,6 +98,7 @@ def get_message_type_for_app(app_name: str, default_message_type_alias: str) -> 
 
 
 # Autodiscovery --------------------------------------------------------------------------------
+
 
 def _app_package(app: str) -> str:
     """Turn an ``INSTALLED_APPS`` entry into its package path (``a.apps.AConfig`` -> ``a``)."""

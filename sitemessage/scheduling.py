@@ -2,6 +2,7 @@
 
 Many messages at once go in two bulk inserts instead of a few queries per message.
 """
+
 from __future__ import annotations
 
 from typing import Iterable, List, Optional, Sequence, Tuple, Union
@@ -18,8 +19,9 @@ from .signals import queue_changed
 TypeMessages = Union[str, MessageBase, List[Union[str, MessageBase]]]
 
 
-def schedule_messages(messages: TypeMessages, recipients=None, sender=None,
-                      priority: Optional[int] = None) -> List[MessageTuple]:
+def schedule_messages(
+    messages: TypeMessages, recipients=None, sender=None, priority: Optional[int] = None
+) -> List[MessageTuple]:
     """Schedule one or several messages (texts become :class:`PlainTextMessage`) to recipients.
 
     Without ``recipients`` the dispatches are created later by :func:`prepare_dispatches`.
@@ -27,7 +29,8 @@ def schedule_messages(messages: TypeMessages, recipients=None, sender=None,
     e-mail subject raises :class:`~sitemessage.headers.UnsafeHeaderValueError` before anything is stored.
     """
     items: Iterable[Union[str, MessageBase]] = (
-        messages if is_iterable(messages) and not isinstance(messages, MessageBase) else (messages,))  # type: ignore[assignment]
+        messages if is_iterable(messages) and not isinstance(messages, MessageBase) else (messages,)
+    )  # type: ignore[assignment]
     if recipients is not None:
         recipients = Dispatch.normalize_recipients(recipients)  # a generator must serve every message
     prepared = []
@@ -47,8 +50,8 @@ def schedule_messages(messages: TypeMessages, recipients=None, sender=None,
     for message in prepared:
         if id(message) not in scheduled:
             scheduled[id(message)] = message.schedule(
-                recipients=recipients, sender=sender,
-                priority=priority if priority is not None else message.priority)
+                recipients=recipients, sender=sender, priority=priority if priority is not None else message.priority
+            )
     return [scheduled[id(message)] for message in prepared]
 
 
@@ -57,44 +60,61 @@ def can_bulk_schedule(message: MessageBase) -> bool:
     return not message.group_mark and type(message).schedule is MessageBase.schedule
 
 
-def schedule_in_bulk(messages: Sequence[MessageBase], recipients, sender=None,
-                     priority: Optional[int] = None) -> List[MessageTuple]:
+def schedule_in_bulk(
+    messages: Sequence[MessageBase], recipients, sender=None, priority: Optional[int] = None
+) -> List[MessageTuple]:
     """Store messages (each with a dispatch per recipient) with one insert per table."""
     items = Dispatch.normalize_recipients(recipients) if recipients is not None else None
     return schedule_pairs_in_bulk([(message, items) for message in messages], sender=sender, priority=priority)
 
 
-def schedule_pairs_in_bulk(pairs: Sequence[Tuple[MessageBase, Optional[list]]], sender=None,
-                           priority: Optional[int] = None) -> List[MessageTuple]:
+def schedule_pairs_in_bulk(
+    pairs: Sequence[Tuple[MessageBase, Optional[list]]], sender=None, priority: Optional[int] = None
+) -> List[MessageTuple]:
     """Store ``(message, recipients)`` pairs with one insert per table (grouping does not apply)."""
     database = router.db_for_write(Message)
-    pairs = [(message, Dispatch.normalize_recipients(items) if items is not None else None)
-             for message, items in pairs]
+    pairs = [(message, Dispatch.normalize_recipients(items) if items is not None else None) for message, items in pairs]
     for message, items in pairs:  # refused before anything is stored
         check_message_type_context(type(message), message.get_context(), items)
     if not connections[database].features.can_return_rows_from_bulk_insert:
-        return [message.schedule(recipients=items, sender=sender,
-                                 priority=priority if priority is not None else message.priority)
-                for message, items in pairs]
+        return [
+            message.schedule(
+                recipients=items, sender=sender, priority=priority if priority is not None else message.priority
+            )
+            for message, items in pairs
+        ]
     models = []
     for message, items in pairs:
         effective = priority if priority is not None else message.priority
-        model = Message(cls=message.get_alias(), context=message.get_context(), sender=sender,
-                        dispatches_ready=items is not None, group_mark='')
+        model = Message(
+            cls=message.get_alias(),
+            context=message.get_context(),
+            sender=sender,
+            dispatches_ready=items is not None,
+            group_mark='',
+        )
         if effective is not None:
             model.priority = effective
         models.append(model)
     with transaction.atomic(using=database):
         models = Message.objects.bulk_create(models)
-        dispatches = Dispatch.objects.bulk_create([
-            Dispatch(message=model, messenger=r.messenger, recipient=r.user,
-                     address='' if r.address is None else r.address)
-            for model, (_message, items) in zip(models, pairs) for r in items or ()])
+        dispatches = Dispatch.objects.bulk_create(
+            [
+                Dispatch(
+                    message=model,
+                    messenger=r.messenger,
+                    recipient=r.user,
+                    address='' if r.address is None else r.address,
+                )
+                for model, (_message, items) in zip(models, pairs)
+                for r in items or ()
+            ]
+        )
         if dispatches:
             queue_changed.send(sender=Dispatch, using=database)
     result, offset = [], 0
     for model, (message, items) in zip(models, pairs):
-        own = dispatches[offset:offset + len(items or ())]
+        own = dispatches[offset : offset + len(items or ())]
         offset += len(own)
         message._message_model, message._dispatch_models = model, own
         result.append(MessageTuple(model, own))

@@ -3,6 +3,7 @@
 ``sitemessage.sending`` *is* :mod:`sitemessage.delivery.run`, so imports and patches of its
 names keep working.
 """
+
 import sys
 
 from .delivery import run as _run

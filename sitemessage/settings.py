@@ -4,6 +4,7 @@ Every setting is ``SITEMESSAGE_<NAME>`` in the project's settings. The documente
 constants (``sitemessage.settings.SITE_URL`` and friends) are still importable; they are
 resolved through the module ``__getattr__`` and so reflect the live value.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, NoReturn, Optional
@@ -55,18 +56,30 @@ _MISSING = object()
 
 #: What :func:`check_setting` accepts: a test of the value and the phrase for the error.
 CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    'positive_int': (lambda value: not isinstance(value, bool) and isinstance(value, int) and value >= 1,
-                     'a positive integer'),
-    'seconds': (lambda value: value is None or (not isinstance(value, bool) and isinstance(value, (int, float))
-                                                and value > 0),
-                'a positive number of seconds or None'),
-    'text': (lambda value: not isinstance(value, bool) and isinstance(value, (str, int, float)) and str(value) != '',
-             'a non-empty string'),
+    'positive_int': (
+        lambda value: not isinstance(value, bool) and isinstance(value, int) and value >= 1,
+        'a positive integer',
+    ),
+    'seconds': (
+        lambda value: value is None or (not isinstance(value, bool) and isinstance(value, (int, float)) and value > 0),
+        'a positive number of seconds or None',
+    ),
+    'text': (
+        lambda value: not isinstance(value, bool) and isinstance(value, (str, int, float)) and str(value) != '',
+        'a non-empty string',
+    ),
 }
 
 
-def get_setting(name: str, alias: Optional[str] = None, value: Any = None, *, default: Any = _MISSING,
-                check: Optional[str] = None, argument: Optional[str] = None) -> Any:
+def get_setting(
+    name: str,
+    alias: Optional[str] = None,
+    value: Any = None,
+    *,
+    default: Any = _MISSING,
+    check: Optional[str] = None,
+    argument: Optional[str] = None,
+) -> Any:
     """Return a setting by the one rule: the constructor's ``value``, else the project's setting, else the default.
 
     ``value`` is what a constructor argument holds (``None``: not given); ``argument`` names it

@@ -1,4 +1,5 @@
 """One-call scheduling for each built-in messenger."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -7,10 +8,20 @@ from .messages.email import EmailHtmlMessage, EmailTextMessage
 from .settings import get_setting
 from .toolbox import TypeMessages, get_registered_message_type, recipients, schedule_messages
 
-__all__ = ['schedule_email', 'schedule_jabber_message', 'schedule_tweet', 'schedule_telegram_message',
-           'schedule_facebook_message', 'schedule_vkontakte_message',
-           'recipients', 'schedule_messages', 'get_registered_message_type', 'EmailHtmlMessage',
-           'EmailTextMessage', 'TypeMessages']
+__all__ = [
+    'schedule_email',
+    'schedule_jabber_message',
+    'schedule_tweet',
+    'schedule_telegram_message',
+    'schedule_facebook_message',
+    'schedule_vkontakte_message',
+    'recipients',
+    'schedule_messages',
+    'get_registered_message_type',
+    'EmailHtmlMessage',
+    'EmailTextMessage',
+    'TypeMessages',
+]
 
 
 def schedule_email(message, to, subject: Optional[str] = None, sender=None, priority: Optional[int] = None) -> None:
@@ -25,9 +36,12 @@ def schedule_email(message, to, subject: Optional[str] = None, sender=None, prio
         message_cls = get_registered_message_type(forced_type)
     else:
         message_cls = EmailHtmlMessage if isinstance(message, dict) else EmailTextMessage
-    schedule_messages(message_cls(subject, message),
-                      recipients(get_setting('SHORTCUT_EMAIL_MESSENGER_TYPE'), to),
-                      sender=sender, priority=priority)
+    schedule_messages(
+        message_cls(subject, message),
+        recipients(get_setting('SHORTCUT_EMAIL_MESSENGER_TYPE'), to),
+        sender=sender,
+        priority=priority,
+    )
 
 
 def schedule_jabber_message(message: TypeMessages, to, sender=None, priority: Optional[int] = None) -> None:

@@ -8,6 +8,7 @@ not be resolved) and the keyword arguments ``request``, ``message`` and ``dispat
 models import nothing above them; :mod:`sitemessage.background` connects its receiver in
 ``AppConfig.ready()``. A receiver may raise to refuse the scheduling (nothing is stored).
 """
+
 from django.dispatch import Signal
 
 sig_unsubscribe_success = Signal()

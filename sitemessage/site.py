@@ -1,4 +1,5 @@
 """The site's base URL, for links in messages: configured, or guessed from settings and the environment."""
+
 from __future__ import annotations
 
 import os
@@ -25,8 +26,10 @@ def get_site_url() -> str:
 
 def _guess_site_url() -> str:
     url = domain = scheme = None
-    for source in (os.environ, {name: getattr(settings, name, None) for name in
-                                ('SITE_URL', 'SITE_DOMAIN', 'SITE_PROTO', 'SITE_SCHEME')}):
+    for source in (
+        os.environ,
+        {name: getattr(settings, name, None) for name in ('SITE_URL', 'SITE_DOMAIN', 'SITE_PROTO', 'SITE_SCHEME')},
+    ):
         url = url or source.get('SITE_URL')
         domain = domain or source.get('SITE_DOMAIN')
         scheme = scheme or source.get('SITE_PROTO') or source.get('SITE_SCHEME')
@@ -42,7 +45,7 @@ def _guess_site_url() -> str:
         domain = _current_site_domain()
 
     domain = (domain or 'undefined-domain.local').rstrip('/')
-    return f"{scheme or 'http'}://{domain}"
+    return f'{scheme or "http"}://{domain}'
 
 
 def _current_site_domain() -> Optional[str]:
@@ -50,6 +53,7 @@ def _current_site_domain() -> Optional[str]:
         return None
     # Imported here: the sites framework is optional, and its models import only where it is installed.
     from django.contrib.sites.models import Site
+
     try:
         return Site.objects.get_current().domain
     except Exception:  # no SITE_ID, table missing: the site is simply unknown

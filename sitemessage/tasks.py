@@ -3,6 +3,7 @@
 Celery's ``autodiscover_tasks()`` imports this module, which registers ``sitemessage.send_scheduled``.
 Patch the new home, not this module: names are looked up there.
 """
+
 from .background import tasks as _impl
 from .background.tasks import *  # noqa: F401,F403
 

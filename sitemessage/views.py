@@ -11,6 +11,7 @@ after its dispatch was cleaned up: its token names the recipient, type and messe
 cannot act ends in the failure signal and an "invalid link" answer (400, or 410 when what it named
 is gone), never in the success redirect, and no input makes these views answer 5xx.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -22,8 +23,16 @@ from django.views.decorators.csrf import csrf_exempt
 
 from .exceptions import UnknownMessageTypeError
 from .links import (
-    ACTION_MARK_READ, ACTION_UNSUBSCRIBE, STATUS_GONE, STATUS_INVALID, LinkData, invalid_link_response,
-    is_legacy_signature, is_mark_read_signature_valid, parse_id, read_unsubscribe_token,
+    ACTION_MARK_READ,
+    ACTION_UNSUBSCRIBE,
+    STATUS_GONE,
+    STATUS_INVALID,
+    LinkData,
+    invalid_link_response,
+    is_legacy_signature,
+    is_mark_read_signature_valid,
+    parse_id,
+    read_unsubscribe_token,
 )
 from .models import Dispatch, Message
 from .registry import get_registered_message_type
@@ -43,27 +52,47 @@ def _check_signature(action: str, message_type, message_id: int, dispatch_id: in
     elif is_mark_read_signature_valid(message_id, dispatch_id, hashed):
         return True, None
     # 1.4.0 links carry one signature for both actions: accepted by both while the setting allows.
-    legacy = (message_type is not None and is_legacy_signature(hashed)
-              and message_type.is_dispatch_hash_valid(dispatch_id, message_id, hashed))
+    legacy = (
+        message_type is not None
+        and is_legacy_signature(hashed)
+        and message_type.is_dispatch_hash_valid(dispatch_id, message_id, hashed)
+    )
     return legacy, None
 
 
 def _load_dispatch(dispatch_id: int) -> Optional[Dispatch]:
     # The context is not needed here: a row whose context cannot be read must not break the link.
-    return Dispatch.objects.select_related('message').defer('message__context', 'message_cache').filter(
-        pk=dispatch_id).first()
+    return (
+        Dispatch.objects.select_related('message')
+        .defer('message__context', 'message_cache')
+        .filter(pk=dispatch_id)
+        .first()
+    )
 
 
 def _rebuilt_from_link(link: LinkData):
     """Unsaved stand-ins of a cleaned-up message and dispatch, for the handler and the signals."""
     message = Message(pk=link.message_id, cls=link.message_type, context={})
-    dispatch = Dispatch(pk=link.dispatch_id, message=message, messenger=link.messenger,
-                        recipient_id=link.recipient_id, address=link.address)
+    dispatch = Dispatch(
+        pk=link.dispatch_id,
+        message=message,
+        messenger=link.messenger,
+        recipient_id=link.recipient_id,
+        address=link.address,
+    )
     return message, dispatch
 
 
-def _generic_view(message_method: str, fail_signal, request: HttpRequest, message_id, dispatch_id, hashed,
-                  redirect_to: Optional[str] = None, confirm: bool = False) -> HttpResponse:
+def _generic_view(
+    message_method: str,
+    fail_signal,
+    request: HttpRequest,
+    message_id,
+    dispatch_id,
+    hashed,
+    redirect_to: Optional[str] = None,
+    confirm: bool = False,
+) -> HttpResponse:
     action = _ACTIONS[message_method]
 
     def fail(status: int) -> HttpResponse:
@@ -95,10 +124,14 @@ def _generic_view(message_method: str, fail_signal, request: HttpRequest, messag
 
     assert message_type is not None  # found with the dispatch, or from the link
     if confirm and hash_is_valid:
-        return render(request, _CONFIRM_TEMPLATE, {
-            'message_type_title': message_type.title, 'action_url': request.path, 'redirect_to': redirect_to})
+        return render(
+            request,
+            _CONFIRM_TEMPLATE,
+            {'message_type_title': message_type.title, 'action_url': request.path, 'redirect_to': redirect_to},
+        )
     return getattr(message_type, message_method)(
-        request, message, dispatch, hash_is_valid=hash_is_valid, redirect_to=redirect_to)
+        request, message, dispatch, hash_is_valid=hash_is_valid, redirect_to=redirect_to
+    )
 
 
 @csrf_exempt
@@ -109,12 +142,27 @@ def unsubscribe(request: HttpRequest, message_id, dispatch_id, hashed, redirect_
     ``SITEMESSAGE_UNSUBSCRIBE_CONFIRM`` is False. An invalid link renders ``sitemessage/link_invalid.html``.
     """
     confirm = request.method != 'POST' and get_setting('UNSUBSCRIBE_CONFIRM')
-    return _generic_view('handle_unsubscribe_request', sig_unsubscribe_failed, request,
-                         message_id, dispatch_id, hashed, redirect_to=redirect_to or '/', confirm=confirm)
+    return _generic_view(
+        'handle_unsubscribe_request',
+        sig_unsubscribe_failed,
+        request,
+        message_id,
+        dispatch_id,
+        hashed,
+        redirect_to=redirect_to or '/',
+        confirm=confirm,
+    )
 
 
 @csrf_exempt
 def mark_read(request: HttpRequest, message_id, dispatch_id, hashed, redirect_to: Optional[str] = None):
     """Mark the dispatch read; redirect to a transparent pixel (for ``<img>`` tags)."""
-    return _generic_view('handle_mark_read_request', sig_mark_read_failed, request,
-                         message_id, dispatch_id, hashed, redirect_to=redirect_to or static('img/sitemessage/blank.png'))
+    return _generic_view(
+        'handle_mark_read_request',
+        sig_mark_read_failed,
+        request,
+        message_id,
+        dispatch_id,
+        hashed,
+        redirect_to=redirect_to or static('img/sitemessage/blank.png'),
+    )

@@ -2,6 +2,7 @@
 
 Patch the new home, not this module: names are looked up there.
 """
+
 from .background import wakeup as _impl
 from .background.wakeup import *  # noqa: F401,F403
 

@@ -2,6 +2,7 @@
 
 Patch the new home, not this module: names are looked up there.
 """
+
 from .background import worker as _impl
 from .background.worker import *  # noqa: F401,F403
 

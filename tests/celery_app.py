@@ -4,6 +4,7 @@ Configured from tests/process_settings.py (``CELERY_*`` settings: the Redis brok
 backend, the task queue); ``autodiscover_tasks()`` finds ``sitemessage.tasks`` in INSTALLED_APPS.
 Start a worker with ``celery -A tests.celery_app worker``.
 """
+
 import os
 
 from celery import Celery

@@ -1,4 +1,5 @@
 """Fixtures: a real SMTP server on loopback, an isolated registry per test, users."""
+
 from __future__ import annotations
 
 import os
@@ -25,6 +26,7 @@ class Mailbox(RefusingHandler):
 
     def messages(self):
         from email import message_from_bytes, policy
+
         return [message_from_bytes(env.content, policy=policy.default) for env in self.envelopes]
 
 
@@ -50,6 +52,7 @@ def smtp_server(smtp_controller):
 def smtp_messenger(smtp_server):
     """An SMTPMessenger pointed at the local server, registered as ``smtp``."""
     from sitemessage.messengers.smtp import SMTPMessenger
+
     messenger = SMTPMessenger('robot@example.com', host='127.0.0.1', port=smtp_server.port, timeout=5)
     utils.register_messenger_objects(messenger)
     return messenger
@@ -58,8 +61,11 @@ def smtp_messenger(smtp_server):
 @pytest.fixture(autouse=True)
 def isolated_registry():
     """Each test starts from the registries as discovered at start-up, and leaves them so."""
-    with mock.patch.dict(registry._MESSENGERS_REGISTRY), mock.patch.dict(registry._MESSAGES_REGISTRY), \
-            mock.patch.dict(registry._MESSAGES_FOR_APPS):
+    with (
+        mock.patch.dict(registry._MESSENGERS_REGISTRY),
+        mock.patch.dict(registry._MESSAGES_REGISTRY),
+        mock.patch.dict(registry._MESSAGES_FOR_APPS),
+    ):
         fake = registry._MESSENGERS_REGISTRY['fake']
         fake.reset()
         yield
@@ -94,6 +100,7 @@ def wait_for(predicate, timeout=5.0):
 @pytest.fixture(scope='session')
 def _api_server():
     from tests.http_api import LocalAPIServer
+
     server = LocalAPIServer().start()
     yield server
     server.stop()

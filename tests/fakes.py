@@ -1,4 +1,5 @@
 """Test doubles that are real participants: a messenger that records and fails on demand."""
+
 from __future__ import annotations
 
 import socket

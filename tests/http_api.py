@@ -1,4 +1,5 @@
 """A local HTTP server that imitates a provider's API: it records requests, serves scripted replies."""
+
 from __future__ import annotations
 
 import json
@@ -69,9 +70,14 @@ class LocalAPIServer:
             def _handle(self):
                 length = int(self.headers.get('Content-Length') or 0)
                 parts = urlsplit(self.path)
-                request = RecordedRequest(self.command, parts.path, parse_qs(parts.query),
-                                          dict(self.headers.items()), self.rfile.read(length) if length else b'',
-                                          self.client_address)
+                request = RecordedRequest(
+                    self.command,
+                    parts.path,
+                    parse_qs(parts.query),
+                    dict(self.headers.items()),
+                    self.rfile.read(length) if length else b'',
+                    self.client_address,
+                )
                 server.requests.append(request)
                 reply = server._reply_for(request)
                 if reply.delay:

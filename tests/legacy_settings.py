@@ -2,6 +2,7 @@
 
 The SQLite file is named by ``SITEMESSAGE_LEGACY_DB``; the secret is the one 1.4.0 signed links with.
 """
+
 import os
 
 SECRET_KEY = 'legacy-secret'

@@ -5,6 +5,7 @@ The Debian package ``postfix`` is run as a separate instance (``postfix -c DIR s
 mail for the test domains goes to Maildirs, anything else bounces locally (``error`` transport).
 Refusal rules (see :data:`REFUSALS`) let tests provoke each kind of SMTP refusal a relay gives.
 """
+
 from __future__ import annotations
 
 import os
@@ -129,21 +130,34 @@ class Postfix:
         mail = self.root / 'mail'
         mail.mkdir()
         os.chown(mail, uid, gid)
-        values = {'root': self.root, 'domain': DOMAIN, 'idn_domain': IDN_DOMAIN, 'uid': uid, 'gid': gid,
-                  'port': self.port}
+        values = {
+            'root': self.root,
+            'domain': DOMAIN,
+            'idn_domain': IDN_DOMAIN,
+            'uid': uid,
+            'gid': gid,
+            'port': self.port,
+        }
         (self.config / 'main.cf').write_text(MAIN_CF.format(**values))
         (self.config / 'master.cf').write_text(MASTER_CF.format(**values))
-        (self.root / 'mailboxes').write_text(''.join(
-            f'{address} {address.rpartition("@")[2]}/{address.partition("@")[0]}/\n' for address in self.mailboxes))
-        (self.root / 'rcpt_access').write_text(''.join(
-            f'{address} {reply}\n' for address, (stage, reply) in REFUSALS.items() if stage == 'rcpt'))
-        (self.root / 'eod_access').write_text(''.join(
-            f'{address} {reply}\n' for address, (stage, reply) in REFUSALS.items() if stage == 'eod'))
+        (self.root / 'mailboxes').write_text(
+            ''.join(
+                f'{address} {address.rpartition("@")[2]}/{address.partition("@")[0]}/\n' for address in self.mailboxes
+            )
+        )
+        (self.root / 'rcpt_access').write_text(
+            ''.join(f'{address} {reply}\n' for address, (stage, reply) in REFUSALS.items() if stage == 'rcpt')
+        )
+        (self.root / 'eod_access').write_text(
+            ''.join(f'{address} {reply}\n' for address, (stage, reply) in REFUSALS.items() if stage == 'eod')
+        )
         self.log_file.touch()
         result = self._postfix('start')
         if result.returncode != 0:
-            raise RuntimeError(f'postfix -c {self.config} start failed ({result.returncode}):\n'
-                               f'{result.stdout}{result.stderr}\n{self.log()}')
+            raise RuntimeError(
+                f'postfix -c {self.config} start failed ({result.returncode}):\n'
+                f'{result.stdout}{result.stderr}\n{self.log()}'
+            )
         self._wait_for_smtp(timeout)
         return self
 
@@ -155,8 +169,7 @@ class Postfix:
         shutil.rmtree(self.root, ignore_errors=True)
 
     def _postfix(self, command: str) -> subprocess.CompletedProcess:
-        return subprocess.run([POSTFIX, '-c', str(self.config), command], capture_output=True, text=True,
-                              timeout=60)
+        return subprocess.run([POSTFIX, '-c', str(self.config), command], capture_output=True, text=True, timeout=60)
 
     def _wait_for_smtp(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -170,8 +183,10 @@ class Postfix:
                 last_error = error
             time.sleep(0.1)
         self._postfix('stop')
-        raise RuntimeError(f'Postfix did not answer on {self.host}:{self.port} within {timeout:.0f}s '
-                           f'({last_error!r}); its log:\n{self.log()}')
+        raise RuntimeError(
+            f'Postfix did not answer on {self.host}:{self.port} within {timeout:.0f}s '
+            f'({last_error!r}); its log:\n{self.log()}'
+        )
 
     def log(self) -> str:
         try:
@@ -195,7 +210,8 @@ class Postfix:
         for path in self._delivered_files():
             domain, user = path.parts[-4], path.parts[-3]
             found.setdefault(f'{user}@{domain}', []).append(
-                message_from_bytes(path.read_bytes(), policy=policy.default))
+                message_from_bytes(path.read_bytes(), policy=policy.default)
+            )
         return found
 
     def wait_until_idle(self, expected: int, timeout: float = 20.0) -> int:
@@ -211,5 +227,7 @@ class Postfix:
 
     def queue_is_empty(self) -> bool:
         queue = self.root / 'queue'
-        return not any(any((queue / name).rglob('*')) if (queue / name).exists() else False
-                       for name in ('incoming', 'active', 'deferred', 'maildrop'))
+        return not any(
+            any((queue / name).rglob('*')) if (queue / name).exists() else False
+            for name in ('incoming', 'active', 'deferred', 'maildrop')
+        )

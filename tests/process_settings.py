@@ -10,6 +10,7 @@ Everything comes from the environment the fixture (tests/processes.py) builds:
 - ``SITEMESSAGE_PROCESS_<NAME>``: the ``SITEMESSAGE_<NAME>`` setting, as JSON (``10``, ``{"smtp": 10}``)
   or a plain string (``celery``).
 """
+
 import json
 import os
 
@@ -26,11 +27,17 @@ SITEMESSAGE_SITE_URL = 'https://process.example.com'
 
 if os.environ.get('SITEMESSAGE_PROCESS_PG'):
     from tests.settings import postgres_database
+
     DATABASES = {'default': postgres_database(os.environ['SITEMESSAGE_PROCESS_PG'])}
 elif os.environ.get('SITEMESSAGE_PROCESS_SQLITE'):
     # SQLite has one writer at a time: the others wait for the lock up to `timeout` seconds.
-    DATABASES = {'default': {'ENGINE': 'django.db.backends.sqlite3', 'NAME': os.environ['SITEMESSAGE_PROCESS_SQLITE'],
-                             'OPTIONS': {'timeout': float(os.environ.get('SITEMESSAGE_PROCESS_SQLITE_TIMEOUT', 30))}}}
+    DATABASES = {
+        'default': {
+            'ENGINE': 'django.db.backends.sqlite3',
+            'NAME': os.environ['SITEMESSAGE_PROCESS_SQLITE'],
+            'OPTIONS': {'timeout': float(os.environ.get('SITEMESSAGE_PROCESS_SQLITE_TIMEOUT', 30))},
+        }
+    }
 else:
     raise RuntimeError('Set SITEMESSAGE_PROCESS_SQLITE (a file) or SITEMESSAGE_PROCESS_PG (a database name).')
 
@@ -45,12 +52,12 @@ else:
 _PREFIX = 'SITEMESSAGE_PROCESS_'
 _OWN = {'SQLITE', 'SQLITE_TIMEOUT', 'PG', 'CACHE', 'SMTP_PORT', 'SMTP_CONNECTIONS'}
 for _name, _raw in os.environ.items():
-    if _name.startswith(_PREFIX) and _name[len(_PREFIX):] not in _OWN:
+    if _name.startswith(_PREFIX) and _name[len(_PREFIX) :] not in _OWN:
         try:
             _value = json.loads(_raw)
         except ValueError:
             _value = _raw
-        globals()[f'SITEMESSAGE_{_name[len(_PREFIX):]}'] = _value
+        globals()[f'SITEMESSAGE_{_name[len(_PREFIX) :]}'] = _value
 
 # Celery (tests/celery_app.py): broker and result backend in a Redis database chosen per test run.
 CELERY_BROKER_URL = os.environ.get('SITEMESSAGE_CELERY_BROKER', 'redis://127.0.0.1:6379/0')

@@ -11,6 +11,7 @@ Fixtures (import them into the test module):
 
 ORM snippets run as ``python -m tests.processes <function> '<json kwargs>'`` and print JSON.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -44,6 +45,7 @@ def address(prefix: str, index: int) -> str:
 
 
 # The slow SMTP sink -------------------------------------------------------------------------------
+
 
 class SlowSink(RefusingHandler):
     """aiosmtpd handler answering each DATA after ``delay`` seconds; records ``(time.time(), rcpt)``.
@@ -107,13 +109,19 @@ def sink():
 
 # Databases ----------------------------------------------------------------------------------------
 
+
 def _pg_connect():
     import psycopg
-    return psycopg.connect(host=os.environ.get('SITEMESSAGE_PG_HOST', '127.0.0.1'),
-                           port=os.environ.get('SITEMESSAGE_PG_PORT', '5432'),
-                           user=os.environ.get('SITEMESSAGE_PG_USER', 'postgres'),
-                           password=os.environ.get('SITEMESSAGE_PG_PASSWORD', ''),
-                           dbname='postgres', autocommit=True, connect_timeout=5)
+
+    return psycopg.connect(
+        host=os.environ.get('SITEMESSAGE_PG_HOST', '127.0.0.1'),
+        port=os.environ.get('SITEMESSAGE_PG_PORT', '5432'),
+        user=os.environ.get('SITEMESSAGE_PG_USER', 'postgres'),
+        password=os.environ.get('SITEMESSAGE_PG_PASSWORD', ''),
+        dbname='postgres',
+        autocommit=True,
+        connect_timeout=5,
+    )
 
 
 def _drop_pg_database(name: str) -> None:
@@ -122,18 +130,27 @@ def _drop_pg_database(name: str) -> None:
 
 
 def base_env(db_env: Dict[str, str]) -> Dict[str, str]:
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(('SITEMESSAGE_PROCESS_', 'PYTEST_', 'SITEMESSAGE_CELERY_'))}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(('SITEMESSAGE_PROCESS_', 'PYTEST_', 'SITEMESSAGE_CELERY_'))
+    }
     env.update(db_env)
-    env.update({'DJANGO_SETTINGS_MODULE': PROCESS_SETTINGS, 'PYTHONUNBUFFERED': '1',
-                'PYTHONPATH': os.pathsep.join(filter(None, [str(REPO), os.environ.get('PYTHONPATH')]))})
+    env.update(
+        {
+            'DJANGO_SETTINGS_MODULE': PROCESS_SETTINGS,
+            'PYTHONUNBUFFERED': '1',
+            'PYTHONPATH': os.pathsep.join(filter(None, [str(REPO), os.environ.get('PYTHONPATH')])),
+        }
+    )
     return env
 
 
 def _prepare(env: Dict[str, str]) -> None:
     for command in (['migrate', '--noinput', '-v', '0'], ['createcachetable', 'sitemessage_cache']):
-        subprocess.run([sys.executable, '-m', 'django', *command], env=env, cwd=REPO, check=True,
-                       capture_output=True, timeout=120)
+        subprocess.run(
+            [sys.executable, '-m', 'django', *command], env=env, cwd=REPO, check=True, capture_output=True, timeout=120
+        )
 
 
 @pytest.fixture(scope='session')
@@ -172,6 +189,7 @@ def process_db(_process_db_template, tmp_path):
 
 
 # Processes ----------------------------------------------------------------------------------------
+
 
 class Started:
     """A process started by :meth:`Processes.start`; its output goes to a file (no pipe to fill up)."""
@@ -231,33 +249,59 @@ class Processes:
         self.settings['SMTP_PORT'] = str(sink.port)
         self.settings['SMTP_CONNECTIONS'] = str(connections)
 
-    def django(self, *args: str, settings: Optional[dict] = None, timeout: float = 60.0,
-               check: bool = True) -> subprocess.CompletedProcess:
+    def django(
+        self, *args: str, settings: Optional[dict] = None, timeout: float = 60.0, check: bool = True
+    ) -> subprocess.CompletedProcess:
         """Run ``python -m django <args>`` to completion."""
-        result = subprocess.run([sys.executable, '-m', 'django', *args], env=self.env(settings), cwd=REPO,
-                                capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run(
+            [sys.executable, '-m', 'django', *args],
+            env=self.env(settings),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if check and result.returncode != 0:
-            raise AssertionError(f'`django {" ".join(args)}` exited {result.returncode}:\n'
-                                 f'{result.stdout}\n{result.stderr}')
+            raise AssertionError(
+                f'`django {" ".join(args)}` exited {result.returncode}:\n{result.stdout}\n{result.stderr}'
+            )
         return result
 
-    def start(self, *args: str, settings: Optional[dict] = None, module: str = 'django',
-              extra_env: Optional[dict] = None) -> Started:
+    def start(
+        self, *args: str, settings: Optional[dict] = None, module: str = 'django', extra_env: Optional[dict] = None
+    ) -> Started:
         """Start ``python -m <module> <args>`` (default: a Django command) in the background."""
         log = self.tmp_path / f'process-{len(self.started)}.log'
         with open(log, 'wb') as stream:
-            popen = subprocess.Popen([sys.executable, '-m', module, *args], env=self.env(settings, extra_env),
-                                     cwd=REPO, stdout=stream, stderr=subprocess.STDOUT, start_new_session=True)
+            popen = subprocess.Popen(
+                [sys.executable, '-m', module, *args],
+                env=self.env(settings, extra_env),
+                cwd=REPO,
+                stdout=stream,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         started = Started(popen, log)
         self.started.append(started)
         return started
 
-    def orm(self, function: str, settings: Optional[dict] = None, extra_env: Optional[dict] = None,
-            timeout: float = 60.0, **kwargs):
+    def orm(
+        self,
+        function: str,
+        settings: Optional[dict] = None,
+        extra_env: Optional[dict] = None,
+        timeout: float = 60.0,
+        **kwargs,
+    ):
         """Run an ORM snippet of this module in a subprocess and return its JSON result."""
-        result = subprocess.run([sys.executable, '-m', 'tests.processes', function, json.dumps(kwargs)],
-                                env=self.env(settings, extra_env), cwd=REPO, capture_output=True, text=True,
-                                timeout=timeout)
+        result = subprocess.run(
+            [sys.executable, '-m', 'tests.processes', function, json.dumps(kwargs)],
+            env=self.env(settings, extra_env),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if result.returncode != 0:
             raise AssertionError(f'snippet {function}({kwargs}) exited {result.returncode}:\n{result.stderr}')
         return json.loads(result.stdout.strip().splitlines()[-1])
@@ -286,6 +330,7 @@ def procs(process_db, tmp_path):
 
 # ORM snippets (run in a subprocess with tests/process_settings.py) -----------------------------------
 
+
 def schedule(count: int, prefix: str, mode: str = 'bulk', subject: str = 'Hello') -> dict:
     """Schedule ``count`` e-mails to ``<prefix>NNNN@example.com``.
 
@@ -298,8 +343,9 @@ def schedule(count: int, prefix: str, mode: str = 'bulk', subject: str = 'Hello'
 
     addresses = [address(prefix, index) for index in range(count)]
     if mode == 'bulk':
-        schedule_pairs_in_bulk([(EmailTextMessage(subject, f'Message to {to}'), recipients('smtp', to))
-                                for to in addresses])
+        schedule_pairs_in_bulk(
+            [(EmailTextMessage(subject, f'Message to {to}'), recipients('smtp', to)) for to in addresses]
+        )
     elif mode == 'one':
         schedule_messages(EmailTextMessage(subject, 'Message to all'), recipients('smtp', addresses))
     elif mode == 'each':
@@ -314,7 +360,7 @@ def status() -> dict:
     """Dispatch counts by status, and the addresses in each status."""
     from sitemessage.models import Dispatch
 
-    counts = {name: 0 for name in STATUS_NAMES.values()}
+    counts = dict.fromkeys(STATUS_NAMES.values(), 0)
     addresses: Dict[str, List[str]] = {name: [] for name in STATUS_NAMES.values()}
     for dispatch_address, dispatch_status in Dispatch.objects.values_list('address', 'dispatch_status'):
         name = STATUS_NAMES[dispatch_status]
@@ -325,6 +371,7 @@ def status() -> dict:
 
 def _main(argv: List[str]) -> None:
     import django
+
     django.setup()
     function = globals()[argv[0]]
     kwargs = json.loads(argv[1]) if len(argv) > 1 else {}

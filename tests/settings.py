@@ -1,4 +1,5 @@
 """Settings of the test suite. ``SITEMESSAGE_TEST_DB=postgres`` (or ``mysql``) selects the database."""
+
 import os
 
 SECRET_KEY = 'test-secret'
@@ -28,16 +29,21 @@ MIDDLEWARE = [
 ROOT_URLCONF = 'tests.urls'
 STATIC_URL = '/static/'
 
-TEMPLATES = [{
-    'BACKEND': 'django.template.backends.django.DjangoTemplates',
-    'DIRS': [],
-    'APP_DIRS': True,
-    'OPTIONS': {'context_processors': [
-        'django.template.context_processors.request',
-        'django.contrib.auth.context_processors.auth',
-        'django.contrib.messages.context_processors.messages',
-    ]},
-}]
+TEMPLATES = [
+    {
+        'BACKEND': 'django.template.backends.django.DjangoTemplates',
+        'DIRS': [],
+        'APP_DIRS': True,
+        'OPTIONS': {
+            'context_processors': [
+                'django.template.context_processors.request',
+                'django.contrib.auth.context_processors.auth',
+                'django.contrib.messages.context_processors.messages',
+            ]
+        },
+    }
+]
+
 
 def postgres_database(name: str) -> dict:
     """PostgreSQL at SITEMESSAGE_PG_HOST/PORT/USER/PASSWORD (default 127.0.0.1:5432, postgres)."""
@@ -56,19 +62,21 @@ if _DB == 'postgres':
     DATABASES = {'default': {**postgres_database('sitemessage'), 'TEST': {'NAME': 'test_sitemessage'}}}
 elif _DB == 'mysql':  # MySQL or MariaDB, through PyMySQL (pure Python: nothing to compile)
     import pymysql
+
     pymysql.install_as_MySQLdb()
-    DATABASES = {'default': {
-        'ENGINE': 'django.db.backends.mysql',
-        'HOST': os.environ.get('SITEMESSAGE_MYSQL_HOST', '127.0.0.1'),
-        'PORT': os.environ.get('SITEMESSAGE_MYSQL_PORT', '3306'),
-        'USER': os.environ.get('SITEMESSAGE_MYSQL_USER', 'root'),
-        'PASSWORD': os.environ.get('SITEMESSAGE_MYSQL_PASSWORD', ''),
-        'NAME': 'sitemessage',
-        'TEST': {'NAME': 'test_sitemessage'},
-    }}
+    DATABASES = {
+        'default': {
+            'ENGINE': 'django.db.backends.mysql',
+            'HOST': os.environ.get('SITEMESSAGE_MYSQL_HOST', '127.0.0.1'),
+            'PORT': os.environ.get('SITEMESSAGE_MYSQL_PORT', '3306'),
+            'USER': os.environ.get('SITEMESSAGE_MYSQL_USER', 'root'),
+            'PASSWORD': os.environ.get('SITEMESSAGE_MYSQL_PASSWORD', ''),
+            'NAME': 'sitemessage',
+            'TEST': {'NAME': 'test_sitemessage'},
+        }
+    }
 elif _DB == 'sqlite':
-    DATABASES = {'default': {'ENGINE': 'django.db.backends.sqlite3', 'NAME': ':memory:',
-                             'OPTIONS': {'timeout': 20}}}
+    DATABASES = {'default': {'ENGINE': 'django.db.backends.sqlite3', 'NAME': ':memory:', 'OPTIONS': {'timeout': 20}}}
 else:
     raise RuntimeError(f'SITEMESSAGE_TEST_DB must be sqlite, postgres or mysql, got {_DB!r}')
 

@@ -1,4 +1,5 @@
-"""tests/process_settings.py plus a real django.tasks queue backend: django-tasks-db (tests/background/test_tasks.py)."""
+"""tests/process_settings.py plus a real django.tasks queue (django-tasks-db), for tests/background/test_tasks.py."""
+
 from tests.process_settings import *  # noqa: F401,F403
 from tests.process_settings import INSTALLED_APPS
 

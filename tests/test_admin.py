@@ -1,4 +1,5 @@
 """The admin: every model registered, searches, filters, the re-queue action, editable messages, bounded queries."""
+
 from __future__ import annotations
 
 import json
@@ -96,8 +97,11 @@ def form_data(html):
 
 def test_all_four_models_are_registered_with_their_admin_classes():
     assert {model: type(admin.site._registry[model]) for model in MODELS.values()} == {
-        Message: sitemessage_admin.MessageAdmin, Dispatch: sitemessage_admin.DispatchAdmin,
-        DispatchError: sitemessage_admin.DispatchErrorAdmin, Subscription: sitemessage_admin.SubscriptionAdmin}
+        Message: sitemessage_admin.MessageAdmin,
+        Dispatch: sitemessage_admin.DispatchAdmin,
+        DispatchError: sitemessage_admin.DispatchErrorAdmin,
+        Subscription: sitemessage_admin.SubscriptionAdmin,
+    }
 
 
 @pytest.mark.parametrize('name', MODELS)
@@ -141,8 +145,9 @@ def test_dispatches_filter_by_status_and_messenger(admin_client, smtp_messenger)
     schedule_messages(GreetingMessage({'name': 'Dee'}), recipients('smtp', 'dee@example.com'))
     set_statuses(fake, Dispatch.DISPATCH_STATUS_FAILED, Dispatch.DISPATCH_STATUS_SENT, Dispatch.DISPATCH_STATUS_FAILED)
 
-    failed = results(admin_client.get(changelist('dispatch'),
-                                      {'dispatch_status__exact': Dispatch.DISPATCH_STATUS_FAILED}))
+    failed = results(
+        admin_client.get(changelist('dispatch'), {'dispatch_status__exact': Dispatch.DISPATCH_STATUS_FAILED})
+    )
     by_smtp = results(admin_client.get(changelist('dispatch'), {'messenger__exact': 'smtp'}))
 
     assert sorted(d.address for d in failed) == ['ann', 'cid']
@@ -169,15 +174,18 @@ def test_make_selected_dispatches_pending_requeues_them_with_a_fresh_retry_budge
     _message, dispatches = schedule(['failed', 'errored', 'sent', 'untouched'])
     later = timezone.now() + timedelta(hours=1)
     Dispatch.objects.filter(address='failed').update(
-        dispatch_status=Dispatch.DISPATCH_STATUS_FAILED, retry_count=10, next_attempt_at=later)
+        dispatch_status=Dispatch.DISPATCH_STATUS_FAILED, retry_count=10, next_attempt_at=later
+    )
     Dispatch.objects.filter(address='errored').update(
-        dispatch_status=Dispatch.DISPATCH_STATUS_ERROR, retry_count=3, next_attempt_at=later)
+        dispatch_status=Dispatch.DISPATCH_STATUS_ERROR, retry_count=3, next_attempt_at=later
+    )
     Dispatch.objects.filter(address='sent').update(dispatch_status=Dispatch.DISPATCH_STATUS_SENT, retry_count=0)
     Dispatch.objects.filter(address='untouched').update(dispatch_status=Dispatch.DISPATCH_STATUS_FAILED, retry_count=10)
     selected = [d.pk for d in dispatches if d.address != 'untouched']
 
-    response = admin_client.post(changelist('dispatch'), {'action': 'schedule_failed', '_selected_action': selected},
-                                 follow=True)
+    response = admin_client.post(
+        changelist('dispatch'), {'action': 'schedule_failed', '_selected_action': selected}, follow=True
+    )
 
     assert response.status_code == 200
     html = response.content.decode()
@@ -185,10 +193,12 @@ def test_make_selected_dispatches_pending_requeues_them_with_a_fresh_retry_budge
     assert '2 dispatches are pending again.' in html
     assert 'Skipped 1 sent dispatch: use “Resend selected sent dispatches” to send it again.' in html
     rows = {d.address: (d.dispatch_status, d.retry_count, d.next_attempt_at) for d in Dispatch.objects.all()}
-    assert rows == {'failed': (Dispatch.DISPATCH_STATUS_PENDING, 0, None),
-                    'errored': (Dispatch.DISPATCH_STATUS_PENDING, 0, None),
-                    'sent': (Dispatch.DISPATCH_STATUS_SENT, 0, None),
-                    'untouched': (Dispatch.DISPATCH_STATUS_FAILED, 10, None)}
+    assert rows == {
+        'failed': (Dispatch.DISPATCH_STATUS_PENDING, 0, None),
+        'errored': (Dispatch.DISPATCH_STATUS_PENDING, 0, None),
+        'sent': (Dispatch.DISPATCH_STATUS_SENT, 0, None),
+        'untouched': (Dispatch.DISPATCH_STATUS_FAILED, 10, None),
+    }
 
 
 def test_the_action_is_labelled_for_people(admin_client):
@@ -201,6 +211,7 @@ def test_the_action_is_labelled_for_people(admin_client):
 
 def test_requeued_failed_dispatch_is_delivered_by_the_next_run(admin_client, fake_messenger):
     from sitemessage.toolbox import send_scheduled_messages
+
     _message, (dispatch,) = schedule(['ann'])
     Dispatch.objects.filter(pk=dispatch.pk).update(dispatch_status=Dispatch.DISPATCH_STATUS_FAILED, retry_count=10)
 
@@ -263,9 +274,14 @@ def test_dispatch_change_page_shows_its_error_log(admin_client):
 def populate(count, django_user_model, prefix):
     """``count`` messages, dispatches (to users), errors and subscriptions."""
     users = django_user_model.objects.bulk_create(
-        [django_user_model(username=f'{prefix}{i}', email=f'{prefix}{i}@example.com') for i in range(count)])
-    statuses = [Dispatch.DISPATCH_STATUS_PENDING, Dispatch.DISPATCH_STATUS_SENT, Dispatch.DISPATCH_STATUS_ERROR,
-                Dispatch.DISPATCH_STATUS_FAILED]
+        [django_user_model(username=f'{prefix}{i}', email=f'{prefix}{i}@example.com') for i in range(count)]
+    )
+    statuses = [
+        Dispatch.DISPATCH_STATUS_PENDING,
+        Dispatch.DISPATCH_STATUS_SENT,
+        Dispatch.DISPATCH_STATUS_ERROR,
+        Dispatch.DISPATCH_STATUS_FAILED,
+    ]
     for i, user in enumerate(users):
         _message, (dispatch,) = schedule([user])
         Dispatch.objects.filter(pk=dispatch.pk).update(dispatch_status=statuses[i % 4])
@@ -280,12 +296,20 @@ def changelist_queries(admin_client, name, params=None):
     return len(queries)
 
 
-@pytest.mark.parametrize('name, params', [
-    ('dispatch', None), ('dispatch', {'dispatch_status__exact': Dispatch.DISPATCH_STATUS_FAILED}),
-    ('dispatch', {'q': 'first1'}), ('message', None), ('dispatcherror', None), ('subscription', None),
-])
-def test_changelists_run_as_many_queries_for_300_rows_as_for_3(admin_client, django_user_model,
-                                                                django_assert_max_num_queries, name, params):
+@pytest.mark.parametrize(
+    'name, params',
+    [
+        ('dispatch', None),
+        ('dispatch', {'dispatch_status__exact': Dispatch.DISPATCH_STATUS_FAILED}),
+        ('dispatch', {'q': 'first1'}),
+        ('message', None),
+        ('dispatcherror', None),
+        ('subscription', None),
+    ],
+)
+def test_changelists_run_as_many_queries_for_300_rows_as_for_3(
+    admin_client, django_user_model, django_assert_max_num_queries, name, params
+):
     populate(3, django_user_model, 'first')
     assert admin_client.get(changelist(name), params or {}).status_code == 200  # warm caches (content types)
     with_three = changelist_queries(admin_client, name, params)
@@ -298,8 +322,9 @@ def test_changelists_run_as_many_queries_for_300_rows_as_for_3(admin_client, dja
     assert len(results(response)) == min(100, response.context['cl'].result_count)
 
 
-def test_message_change_page_queries_do_not_grow_with_its_dispatches(admin_client, django_user_model,
-                                                                     django_assert_max_num_queries):
+def test_message_change_page_queries_do_not_grow_with_its_dispatches(
+    admin_client, django_user_model, django_assert_max_num_queries
+):
     few = django_user_model.objects.bulk_create([django_user_model(username=f'few{i}') for i in range(3)])
     many = django_user_model.objects.bulk_create([django_user_model(username=f'many{i}') for i in range(150)])
     small, _ = schedule(few)
@@ -344,30 +369,43 @@ def test_dispatch_change_page_queries_do_not_grow_with_its_errors(admin_client, 
 
 # Issue 10: retry skips sent and busy dispatches; resend behind a confirmation ------------------------
 
+
 def test_retry_leaves_dispatches_a_worker_holds_to_it_and_takes_abandoned_ones(admin_client):
     _message, dispatches = schedule(['busy', 'abandoned', 'legacy'])
     now = timezone.now()
-    Dispatch.objects.filter(address='busy').update(dispatch_status=Dispatch.DISPATCH_STATUS_PROCESSING,
-                                                   lease_until=now + timedelta(minutes=5), claim_token='a' * 32)
-    Dispatch.objects.filter(address='abandoned').update(dispatch_status=Dispatch.DISPATCH_STATUS_PROCESSING,
-                                                        lease_until=now - timedelta(minutes=5), claim_token='b' * 32)
+    Dispatch.objects.filter(address='busy').update(
+        dispatch_status=Dispatch.DISPATCH_STATUS_PROCESSING,
+        lease_until=now + timedelta(minutes=5),
+        claim_token='a' * 32,
+    )
+    Dispatch.objects.filter(address='abandoned').update(
+        dispatch_status=Dispatch.DISPATCH_STATUS_PROCESSING,
+        lease_until=now - timedelta(minutes=5),
+        claim_token='b' * 32,
+    )
     Dispatch.objects.filter(address='legacy').update(dispatch_status=Dispatch.DISPATCH_STATUS_PROCESSING)
 
-    response = admin_client.post(changelist('dispatch'), {
-        'action': 'schedule_failed', '_selected_action': [d.pk for d in dispatches]}, follow=True)
+    response = admin_client.post(
+        changelist('dispatch'),
+        {'action': 'schedule_failed', '_selected_action': [d.pk for d in dispatches]},
+        follow=True,
+    )
 
     html = response.content.decode()
     assert '2 dispatches are pending again.' in html and 'Skipped 1 dispatch being sent right now.' in html
     assert dict(Dispatch.objects.values_list('address', 'dispatch_status')) == {
-        'busy': Dispatch.DISPATCH_STATUS_PROCESSING, 'abandoned': Dispatch.DISPATCH_STATUS_PENDING,
-        'legacy': Dispatch.DISPATCH_STATUS_PENDING}
+        'busy': Dispatch.DISPATCH_STATUS_PROCESSING,
+        'abandoned': Dispatch.DISPATCH_STATUS_PENDING,
+        'legacy': Dispatch.DISPATCH_STATUS_PENDING,
+    }
     assert Dispatch.objects.get(address='busy').claim_token == 'a' * 32
 
 
 def sent_and_failed():
     _message, dispatches = schedule(['<b>ann</b>', 'bob', 'cid'])
     Dispatch.objects.filter(address__in=['<b>ann</b>', 'bob']).update(
-        dispatch_status=Dispatch.DISPATCH_STATUS_SENT, message_cache='old text', time_dispatched=timezone.now())
+        dispatch_status=Dispatch.DISPATCH_STATUS_SENT, message_cache='old text', time_dispatched=timezone.now()
+    )
     Dispatch.objects.filter(address='cid').update(dispatch_status=Dispatch.DISPATCH_STATUS_FAILED, retry_count=10)
     return dispatches
 
@@ -375,8 +413,9 @@ def sent_and_failed():
 def test_resend_asks_for_confirmation_first_and_changes_nothing(admin_client):
     dispatches = sent_and_failed()
 
-    response = admin_client.post(changelist('dispatch'), {
-        'action': 'resend_sent', '_selected_action': [d.pk for d in dispatches]})
+    response = admin_client.post(
+        changelist('dispatch'), {'action': 'resend_sent', '_selected_action': [d.pk for d in dispatches]}
+    )
 
     html = response.content.decode()
     assert response.status_code == 200
@@ -389,16 +428,21 @@ def test_resend_asks_for_confirmation_first_and_changes_nothing(admin_client):
 
 def test_resend_confirmed_queues_sent_dispatches_again_and_the_next_run_delivers_them(admin_client, fake_messenger):
     from sitemessage.toolbox import send_scheduled_messages
+
     dispatches = sent_and_failed()
-    page = admin_client.post(changelist('dispatch'), {
-        'action': 'resend_sent', '_selected_action': [d.pk for d in dispatches]}).content.decode()
+    page = admin_client.post(
+        changelist('dispatch'), {'action': 'resend_sent', '_selected_action': [d.pk for d in dispatches]}
+    ).content.decode()
 
     response = admin_client.post(changelist('dispatch'), form_data(page), follow=True)  # "Yes, send them again"
 
     assert '2 dispatches will be sent again.' in response.content.decode()
     rows = {d.address: (d.dispatch_status, d.retry_count, d.message_cache) for d in Dispatch.objects.all()}
-    assert rows == {'<b>ann</b>': (Dispatch.DISPATCH_STATUS_PENDING, 0, ''), 'bob': (Dispatch.DISPATCH_STATUS_PENDING, 0, ''),
-                    'cid': (Dispatch.DISPATCH_STATUS_FAILED, 10, None)}
+    assert rows == {
+        '<b>ann</b>': (Dispatch.DISPATCH_STATUS_PENDING, 0, ''),
+        'bob': (Dispatch.DISPATCH_STATUS_PENDING, 0, ''),
+        'cid': (Dispatch.DISPATCH_STATUS_FAILED, 10, None),
+    }
     send_scheduled_messages()
     assert sorted(address for address, _text in fake_messenger.delivered) == ['<b>ann</b>', 'bob']
     assert all('Ann' in text for _address, text in fake_messenger.delivered)  # compiled again, not 'old text'
@@ -407,8 +451,9 @@ def test_resend_confirmed_queues_sent_dispatches_again_and_the_next_run_delivers
 def test_resend_across_all_pages_of_a_filtered_list(admin_client):
     dispatches = sent_and_failed()
     url = changelist('dispatch') + f'?dispatch_status__exact={Dispatch.DISPATCH_STATUS_SENT}'
-    page = admin_client.post(url, {'action': 'resend_sent', 'select_across': '1', 'index': '0',
-                                   '_selected_action': [dispatches[0].pk]}).content.decode()
+    page = admin_client.post(
+        url, {'action': 'resend_sent', 'select_across': '1', 'index': '0', '_selected_action': [dispatches[0].pk]}
+    ).content.decode()
     assert '2 dispatches were sent already.' in page
 
     admin_client.post(url, form_data(page))
@@ -419,22 +464,25 @@ def test_resend_across_all_pages_of_a_filtered_list(admin_client):
 def test_resend_with_nothing_sent_offers_no_form(admin_client):
     _message, dispatches = schedule(['ann'])
 
-    html = admin_client.post(changelist('dispatch'), {
-        'action': 'resend_sent', '_selected_action': [d.pk for d in dispatches]}).content.decode()
+    html = admin_client.post(
+        changelist('dispatch'), {'action': 'resend_sent', '_selected_action': [d.pk for d in dispatches]}
+    ).content.decode()
 
     assert 'there is nothing to resend' in html and 'resend_form' not in html
 
 
 def test_resend_needs_the_change_permission(client, django_user_model):
     from django.contrib.auth.models import Permission
+
     viewer = django_user_model.objects.create_user('viewer', is_staff=True)
     viewer.user_permissions.add(Permission.objects.get(codename='view_dispatch'))
     client.force_login(viewer)
     dispatches = sent_and_failed()
 
     html = client.get(changelist('dispatch')).content.decode()
-    client.post(changelist('dispatch'), {'action': 'resend_sent', '_selected_action': [d.pk for d in dispatches],
-                                         'post': 'yes'})
+    client.post(
+        changelist('dispatch'), {'action': 'resend_sent', '_selected_action': [d.pk for d in dispatches], 'post': 'yes'}
+    )
 
     assert 'resend_sent' not in html
     assert Dispatch.objects.filter(dispatch_status=Dispatch.DISPATCH_STATUS_SENT).count() == 2
@@ -442,9 +490,11 @@ def test_resend_needs_the_change_permission(client, django_user_model):
 
 # Issue 10: what the lists show ------------------------------------------------------------------------
 
+
 def cells(html, field):
     """The text of each ``<td class="field-<field>">`` (or ``<th ...>``) of a changelist, markup included."""
     import re
+
     return re.findall(rf'<t[dh] class="field-{field}[^"]*">(.*?)</t[dh]>', html, re.S)
 
 
@@ -460,7 +510,7 @@ def test_dispatch_list_shows_type_recipient_attempts_and_the_latest_error_escape
     assert cells(html, 'message_type') == ['greeting']
     assert cells(html, 'to') == ['ann<br><small class="sitemessage-user">ann</small>']  # the fake's address: username
     assert cells(html, 'attempts') == ['2']
-    error, = cells(html, 'last_error')
+    (error,) = cells(html, 'last_error')
     assert error.startswith('<span title="421 &lt;script&gt;alert(1)&lt;/script&gt; try later xxx')
     assert '>421 &lt;script&gt;alert(1)&lt;/script&gt; try later xxx' in error and error.endswith('…</span>')
     assert '<script>alert(1)' not in html
@@ -479,16 +529,23 @@ def test_dispatch_list_filters_by_message_type(admin_client):
 
 def test_message_list_shows_subject_and_dispatch_counts_by_status(admin_client, smtp_messenger):
     from sitemessage.shortcuts import schedule_email
+
     schedule_email('Hello', ['ann@example.com'], subject='<script>alert(1)</script> Offers')
     _message, dispatches = schedule(['a', 'b', 'c', 'd', 'e'])
-    set_statuses(dispatches, Dispatch.DISPATCH_STATUS_SENT, Dispatch.DISPATCH_STATUS_SENT,
-                 Dispatch.DISPATCH_STATUS_ERROR, Dispatch.DISPATCH_STATUS_FAILED, Dispatch.DISPATCH_STATUS_PROCESSING)
+    set_statuses(
+        dispatches,
+        Dispatch.DISPATCH_STATUS_SENT,
+        Dispatch.DISPATCH_STATUS_SENT,
+        Dispatch.DISPATCH_STATUS_ERROR,
+        Dispatch.DISPATCH_STATUS_FAILED,
+        Dispatch.DISPATCH_STATUS_PROCESSING,
+    )
 
     html = admin_client.get(changelist('message')).content.decode()
 
-    assert [cells(html, name) for name in ('count_total', 'count_pending', 'count_sent', 'count_error',
-                                           'count_failed')] == [['5', '1'], ['1', '1'], ['2', '0'], ['1', '0'],
-                                                                ['1', '0']]
+    assert [
+        cells(html, name) for name in ('count_total', 'count_pending', 'count_sent', 'count_error', 'count_failed')
+    ] == [['5', '1'], ['1', '1'], ['2', '0'], ['1', '0'], ['1', '0']]
     assert '&lt;script&gt;alert(1)&lt;/script&gt; Offers' in cells(html, 'subject')[1]
     assert '<script>alert(1)' not in html
 
@@ -507,6 +564,7 @@ def test_message_list_sorts_by_failed_dispatches(admin_client):
 
 # Issue 10: the preview ------------------------------------------------------------------------------
 
+
 def preview(admin_client, message):
     return admin_client.get(reverse('admin:sitemessage_message_preview', args=[message.pk]))
 
@@ -520,8 +578,9 @@ def test_preview_is_linked_from_the_change_page(admin_client):
 
 
 def test_preview_renders_text_for_each_messenger_escaped_in_pre(admin_client, smtp_messenger):
-    message, _ = schedule_messages('Hi <script>alert(1)</script> & bye',
-                                   recipients('fake', 'ann') + recipients('smtp', 'bob@example.com'))[0]
+    message, _ = schedule_messages(
+        'Hi <script>alert(1)</script> & bye', recipients('fake', 'ann') + recipients('smtp', 'bob@example.com')
+    )[0]
 
     response = preview(admin_client, message)
 
@@ -543,19 +602,24 @@ def test_preview_renders_a_template_through_the_message_type(admin_client):
 
 def test_preview_of_html_mail_is_a_sandboxed_iframe_and_its_text_part(admin_client, smtp_messenger):
     from sitemessage.shortcuts import schedule_email
-    schedule_email({'contents': '<h1>Hi</h1><script>parent.document.title = "pwned"</script>'},
-                   ['ann@example.com'], subject='<i>News</i>')
+
+    schedule_email(
+        {'contents': '<h1>Hi</h1><script>parent.document.title = "pwned"</script>'},
+        ['ann@example.com'],
+        subject='<i>News</i>',
+    )
     message = Message.objects.get()
 
     html = preview(admin_client, message).content.decode()
 
     import re
-    iframe, = re.findall(r'<iframe[^>]*>', html)  # one tag: its srcdoc holds no raw < > or "
+
+    (iframe,) = re.findall(r'<iframe[^>]*>', html)  # one tag: its srcdoc holds no raw < > or "
     assert 'sandbox=""' in iframe
     assert 'srcdoc="' in iframe and '&lt;h1&gt;Hi&lt;/h1&gt;&lt;script&gt;parent.document.title' in iframe
     assert '<script>parent' not in html
     assert '<span class="sitemessage-subject">&lt;i&gt;News&lt;/i&gt;</span>' in html
-    text_part, = re.findall(r'<summary>Text part</summary><pre class="sitemessage-text">(.*?)</pre>', html, re.S)
+    (text_part,) = re.findall(r'<summary>Text part</summary><pre class="sitemessage-text">(.*?)</pre>', html, re.S)
     assert 'Hi' in text_part.split() and 'pwned' not in text_part  # what SMTP sends as text/plain
 
 
@@ -571,7 +635,8 @@ def test_preview_shows_why_a_messenger_cannot_render(admin_client):
 
 def test_preview_of_a_message_without_dispatches_uses_the_supported_messengers(admin_client, smtp_messenger):
     from sitemessage.messages.email import EmailTextMessage
-    (message, _), = schedule_messages(EmailTextMessage('Subject', 'Body'))
+
+    ((message, _),) = schedule_messages(EmailTextMessage('Subject', 'Body'))
 
     previews = preview(admin_client, message).context['previews']
 
@@ -592,5 +657,5 @@ def test_dispatch_error_list_shows_the_escaped_start_of_each_error(admin_client)
 
     html = admin_client.get(changelist('dispatcherror')).content.decode()
 
-    error, = cells(html, 'error')
+    (error,) = cells(html, 'error')
     assert '&lt;script&gt;alert(1)&lt;/script&gt;' in error and '<script>alert(1)' not in html

@@ -1,4 +1,5 @@
 """The Django e-mail backend, cleanup of sent messages, and the scheduling shortcuts."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -14,11 +15,13 @@ from sitemessage.maintenance import cleanup_sent_messages
 from sitemessage.models import Dispatch, Message
 from sitemessage.sending import send_scheduled_messages
 from sitemessage.shortcuts import (
-    schedule_facebook_message, schedule_jabber_message, schedule_telegram_message, schedule_tweet,
+    schedule_facebook_message,
+    schedule_jabber_message,
+    schedule_telegram_message,
+    schedule_tweet,
     schedule_vkontakte_message,
 )
 from sitemessage.toolbox import recipients, register_messenger_objects, schedule_messages
-
 from tests.fakes import FakeMessenger
 
 pytestmark = pytest.mark.django_db
@@ -35,6 +38,7 @@ def content_of(part):
 
 
 # EmailBackend ------------------------------------------------------------------------------------
+
 
 @LEGACY
 @BACKEND
@@ -89,11 +93,15 @@ def test_no_messages_return_zero(smtp_messenger):
 @LEGACY
 @BACKEND
 def test_cc_and_bcc_are_recipients_too(smtp_messenger):
-    EmailMultiAlternatives('Hi', 'text', 'from@example.com', ['to@example.com'],
-                           cc=['cc@example.com'], bcc=['bcc@example.com']).send()
+    EmailMultiAlternatives(
+        'Hi', 'text', 'from@example.com', ['to@example.com'], cc=['cc@example.com'], bcc=['bcc@example.com']
+    ).send()
 
     assert sorted(Dispatch.objects.values_list('address', flat=True)) == [
-        'bcc@example.com', 'cc@example.com', 'to@example.com']
+        'bcc@example.com',
+        'cc@example.com',
+        'to@example.com',
+    ]
 
 
 @override_settings(SITEMESSAGE_EMAIL_BACKEND_MESSAGES_PRIORITY=7)
@@ -124,6 +132,7 @@ def test_mail_from_the_backend_is_delivered_by_the_queue(smtp_server, smtp_messe
 
 # cleanup_sent_messages ---------------------------------------------------------------------------
 
+
 def scheduled(text, addresses):
     message, _ = schedule_messages(text, recipients('fake', addresses))[0]
     return message
@@ -131,7 +140,8 @@ def scheduled(text, addresses):
 
 def mark_sent(message, days_ago=0, **filters):
     message.dispatch_set.filter(**filters).update(
-        dispatch_status=SENT, time_dispatched=timezone.now() - timedelta(days=days_ago))
+        dispatch_status=SENT, time_dispatched=timezone.now() - timedelta(days=days_ago)
+    )
 
 
 def test_cleanup_deletes_sent_dispatches_and_messages_left_empty():
@@ -200,12 +210,17 @@ def test_cleanup_deletes_one_bounded_batch_at_a_time():
     with CaptureQueriesContext(connection) as context:
         assert cleanup_sent_messages() == 5
 
-    deletes = [q['sql'] for q in context.captured_queries if q['sql'].replace('`', '"').startswith('DELETE FROM "sitemessage_dispatch" ')]
+    deletes = [
+        q['sql']
+        for q in context.captured_queries
+        if q['sql'].replace('`', '"').startswith('DELETE FROM "sitemessage_dispatch" ')
+    ]
     assert len(deletes) == 3  # batches of 2, 2 and 1
     assert not Dispatch.objects.exists() and not Message.objects.exists()
 
 
 # Shortcuts ---------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def social_messengers():
@@ -215,14 +230,17 @@ def social_messengers():
     return {messenger.get_alias(): messenger for messenger in messengers}
 
 
-@pytest.mark.parametrize('shortcut, args, alias, address', [
-    (schedule_jabber_message, ('someone@jabber.example',), 'xmppsleek', 'someone@jabber.example'),
-    (schedule_tweet, (), 'twitter', ''),
-    (schedule_tweet, ('@idle',), 'twitter', '@idle'),
-    (schedule_telegram_message, ('12345',), 'telegram', '12345'),
-    (schedule_facebook_message, (), 'fb', ''),
-    (schedule_vkontakte_message, ('-1234',), 'vk', '-1234'),
-])
+@pytest.mark.parametrize(
+    'shortcut, args, alias, address',
+    [
+        (schedule_jabber_message, ('someone@jabber.example',), 'xmppsleek', 'someone@jabber.example'),
+        (schedule_tweet, (), 'twitter', ''),
+        (schedule_tweet, ('@idle',), 'twitter', '@idle'),
+        (schedule_telegram_message, ('12345',), 'telegram', '12345'),
+        (schedule_facebook_message, (), 'fb', ''),
+        (schedule_vkontakte_message, ('-1234',), 'vk', '-1234'),
+    ],
+)
 def test_shortcuts_schedule_to_their_messenger(social_messengers, shortcut, args, alias, address):
     assert shortcut('Hello world', *args, priority=3) is None
 
@@ -240,5 +258,7 @@ def test_shortcut_accepts_a_list_of_messages(social_messengers):
     schedule_telegram_message(['one', 'two'], '42')
 
     assert sorted(Message.objects.values_list('context', flat=True), key=str) == [
-        {'stext_': 'one', 'tpl': None, 'use_tpl': False}, {'stext_': 'two', 'tpl': None, 'use_tpl': False}]
+        {'stext_': 'one', 'tpl': None, 'use_tpl': False},
+        {'stext_': 'two', 'tpl': None, 'use_tpl': False},
+    ]
     assert Dispatch.objects.filter(messenger='telegram', address='42').count() == 2

@@ -4,6 +4,7 @@ Headless Chromium (Debian's ``chromium`` package) driven by Playwright, against 
 server. Skipped only where Chromium or Playwright is not installed. Also writes the screenshots used by
 the docs (``docs/_static/preferences.png`` and ``admin-dispatches.png``) when ``SITEMESSAGE_DOCS_SCREENSHOTS=1``.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,13 +25,23 @@ from sitemessage.toolbox import recipients, register_message_types, register_mes
 from tests.fakes import FakeMessenger
 
 CHROMIUM = '/usr/bin/chromium'
-CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-                 '--disable-background-networking', '--disable-component-update', '--disable-sync']
+CHROMIUM_ARGS = [
+    '--headless',
+    '--no-sandbox',
+    '--disable-gpu',
+    '--disable-quic',
+    '--no-first-run',
+    '--disable-background-networking',
+    '--disable-component-update',
+    '--disable-sync',
+]
 # The docs' screenshots are rewritten only on request (SITEMESSAGE_DOCS_SCREENSHOTS=1), so a test run
 # leaves the work tree clean; otherwise they go to a temporary folder and are still taken (and checked).
-SCREENSHOTS = (Path(__file__).resolve().parent.parent / 'docs' / '_static'
-               if os.environ.get('SITEMESSAGE_DOCS_SCREENSHOTS') == '1'
-               else Path(tempfile.gettempdir()) / 'sitemessage-screenshots')
+SCREENSHOTS = (
+    Path(__file__).resolve().parent.parent / 'docs' / '_static'
+    if os.environ.get('SITEMESSAGE_DOCS_SCREENSHOTS') == '1'
+    else Path(tempfile.gettempdir()) / 'sitemessage-screenshots'
+)
 
 if not os.path.exists(CHROMIUM):
     pytest.skip(f'{CHROMIUM} is not installed (Debian package `chromium`)', allow_module_level=True)
@@ -92,8 +103,15 @@ def logged_in_page(browser, live_server, user, width, height):
     client = Client()
     client.force_login(user)
     context = browser.new_context(viewport={'width': width, 'height': height})
-    context.add_cookies([{'name': settings.SESSION_COOKIE_NAME, 'url': live_server.url,
-                          'value': client.cookies[settings.SESSION_COOKIE_NAME].value}])
+    context.add_cookies(
+        [
+            {
+                'name': settings.SESSION_COOKIE_NAME,
+                'url': live_server.url,
+                'value': client.cookies[settings.SESSION_COOKIE_NAME].value,
+            }
+        ]
+    )
     return context.new_page()
 
 
@@ -112,7 +130,9 @@ def test_user_ticks_a_box_saves_and_is_subscribed(site_registry, browser, live_s
         page.click('input[type="submit"]')
 
     assert sorted(Subscription.objects.filter(recipient=user).values_list('message_cls', 'messenger_cls')) == [
-        ('comment_reply', 'sms'), ('weekly_digest', 'smtp')]
+        ('comment_reply', 'sms'),
+        ('weekly_digest', 'smtp'),
+    ]
     assert page.locator('input[name="sm_user_pref"][value="comment_reply|sms"]').is_checked()
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -124,8 +144,10 @@ def test_admin_dispatch_list_screenshot(site_registry, browser, live_server, dja
     bob = django_user_model.objects.create_user('bob', email='bob@example.com')
     now = timezone.now()
     schedule_messages(CommentReply({'text': 'Bob replied'}), recipients('smtp', ['ann@example.com', bob]))
-    schedule_messages(WeeklyDigest({'text': 'Digest'}),
-                      recipients('smtp', ['carol@example.com', 'dave@example.com', 'erin@example.com']))
+    schedule_messages(
+        WeeklyDigest({'text': 'Digest'}),
+        recipients('smtp', ['carol@example.com', 'dave@example.com', 'erin@example.com']),
+    )
     schedule_messages(CommentReply({'text': 'Carol replied'}), recipients('sms', ['+15550100', '+15550111']))
     outcomes = {
         'ann@example.com': (Dispatch.DISPATCH_STATUS_SENT, 0, now - timedelta(minutes=42)),
@@ -136,10 +158,13 @@ def test_admin_dispatch_list_screenshot(site_registry, browser, live_server, dja
         '+15550100': (Dispatch.DISPATCH_STATUS_SENT, 0, now - timedelta(minutes=1)),
     }
     for address, (status, retries, dispatched) in outcomes.items():
-        Dispatch.objects.filter(address=address).update(dispatch_status=status, retry_count=retries,
-                                                        time_dispatched=dispatched)
-    DispatchError.objects.create(dispatch=Dispatch.objects.get(address='dave@example.com'),
-                                 error_log='550 5.1.1 <dave@example.com>: Recipient address rejected')
+        Dispatch.objects.filter(address=address).update(
+            dispatch_status=status, retry_count=retries, time_dispatched=dispatched
+        )
+    DispatchError.objects.create(
+        dispatch=Dispatch.objects.get(address='dave@example.com'),
+        error_log='550 5.1.1 <dave@example.com>: Recipient address rejected',
+    )
     page = logged_in_page(browser, live_server, admin, 1280, 560)
 
     page.goto(f'{live_server.url}/admin/sitemessage/dispatch/')
@@ -155,21 +180,37 @@ def test_admin_dispatch_list_screenshot(site_registry, browser, live_server, dja
 def busy_admin_data(django_user_model):
     """Lists as an operator sees them: long addresses and subjects, long SMTP errors, every status."""
     from sitemessage.messages.email import EmailHtmlMessage
-    users = [django_user_model.objects.create_user(f'customer.with.a.long.name{i}',
-                                                   email=f'customer.with.a.long.name{i}@subdomain.example.com')
-             for i in range(3)]
+
+    users = [
+        django_user_model.objects.create_user(
+            f'customer.with.a.long.name{i}', email=f'customer.with.a.long.name{i}@subdomain.example.com'
+        )
+        for i in range(3)
+    ]
     long_address = 'a.very.long.mailbox.name.that.goes.on.and.on@mail.some-long-subdomain.example.com'
-    schedule_messages(EmailHtmlMessage('Your weekly digest: 42 new replies to the discussions you follow, and more',
-                                       '<p>Digest</p>'), recipients('smtp', [long_address, *users]))
+    schedule_messages(
+        EmailHtmlMessage('Your weekly digest: 42 new replies to the discussions you follow, and more', '<p>Digest</p>'),
+        recipients('smtp', [long_address, *users]),
+    )
     schedule_messages(CommentReply({'text': 'Carol replied'}), recipients('sms', ['+15550100', '+15550111']))
-    statuses = [Dispatch.DISPATCH_STATUS_SENT, Dispatch.DISPATCH_STATUS_ERROR, Dispatch.DISPATCH_STATUS_FAILED,
-                Dispatch.DISPATCH_STATUS_PROCESSING, Dispatch.DISPATCH_STATUS_PENDING]
+    statuses = [
+        Dispatch.DISPATCH_STATUS_SENT,
+        Dispatch.DISPATCH_STATUS_ERROR,
+        Dispatch.DISPATCH_STATUS_FAILED,
+        Dispatch.DISPATCH_STATUS_PROCESSING,
+        Dispatch.DISPATCH_STATUS_PENDING,
+    ]
     for i, dispatch in enumerate(Dispatch.objects.order_by('pk')):
-        Dispatch.objects.filter(pk=dispatch.pk).update(dispatch_status=statuses[i % 5], retry_count=i,
-                                                       time_dispatched=timezone.now())
-        DispatchError.objects.create(dispatch=dispatch, error_log=(
-            f'SMTP Error: (550, b"5.1.1 <{dispatch.address}>: Recipient address rejected: User unknown in '
-            f'virtual mailbox table; see https://support.example.com/smtp/errors/550-5.1.1?code=abcdefghijkl")'))
+        Dispatch.objects.filter(pk=dispatch.pk).update(
+            dispatch_status=statuses[i % 5], retry_count=i, time_dispatched=timezone.now()
+        )
+        DispatchError.objects.create(
+            dispatch=dispatch,
+            error_log=(
+                f'SMTP Error: (550, b"5.1.1 <{dispatch.address}>: Recipient address rejected: User unknown in '
+                f'virtual mailbox table; see https://support.example.com/smtp/errors/550-5.1.1?code=abcdefghijkl")'
+            ),
+        )
         Subscription.create(users[i % 3], 'comment_reply', 'sms')
     Subscription.create(long_address, 'weekly_digest', 'smtp')
 
@@ -185,27 +226,35 @@ def test_every_admin_list_fits_1280_pixels(site_registry, browser, live_server, 
 
     assert page.locator('#nav-sidebar').is_visible()  # the default: the sidebar takes its room
     assert page.locator('#result_list tbody tr').count() >= 2
-    sizes = page.evaluate('''() => {
+    sizes = page.evaluate("""() => {
         const table = document.querySelector('#result_list');
         const box = table.closest('.results');
         return {table: table.scrollWidth, box: box.clientWidth, right: table.getBoundingClientRect().right,
                 viewport: document.documentElement.clientWidth, page: document.documentElement.scrollWidth};
-    }''')
+    }""")
     assert sizes['table'] <= sizes['box'], sizes  # nothing hidden behind the list's own scroll bar
     assert sizes['right'] <= sizes['viewport'] and sizes['page'] <= sizes['viewport'], sizes
 
 
 def test_preview_shows_html_mail_in_a_sandbox_where_its_scripts_do_not_run(
-        site_registry, browser, live_server, django_user_model):
+    site_registry, browser, live_server, django_user_model
+):
     from sitemessage.messages.email import EmailHtmlMessage
     from sitemessage.models import Message
+
     register_message_types(EmailHtmlMessage)  # site_registry leaves the built-in types out
     admin = django_user_model.objects.create_superuser('admin', email='admin@example.com')
-    schedule_messages(EmailHtmlMessage('<script>document.title="subject ran"</script> News', (
-        '<h1 id="greeting">Hello</h1>'
-        '<script>document.body.setAttribute("data-ran", "yes"); parent.document.title = "pwned";</script>'
-        '<img src="x" onerror="parent.document.title = \'pwned by onerror\'">')),
-        recipients('smtp', 'ann@example.com'))
+    schedule_messages(
+        EmailHtmlMessage(
+            '<script>document.title="subject ran"</script> News',
+            (
+                '<h1 id="greeting">Hello</h1>'
+                '<script>document.body.setAttribute("data-ran", "yes"); parent.document.title = "pwned";</script>'
+                '<img src="x" onerror="parent.document.title = \'pwned by onerror\'">'
+            ),
+        ),
+        recipients('smtp', 'ann@example.com'),
+    )
     page = logged_in_page(browser, live_server, admin, 1280, 800)
 
     page.goto(f'{live_server.url}/admin/sitemessage/message/{Message.objects.get().pk}/preview/')
@@ -214,7 +263,7 @@ def test_preview_shows_html_mail_in_a_sandbox_where_its_scripts_do_not_run(
     assert iframe.get_attribute('sandbox') == ''
     assert '<h1 id="greeting">Hello</h1>' in iframe.get_attribute('srcdoc')  # the HTML, as the browser has it
     assert iframe.bounding_box()['height'] > 300
-    frame, = [f for f in page.frames if f.url == 'about:srcdoc']  # rendered in its own document
+    (frame,) = [f for f in page.frames if f.url == 'about:srcdoc']  # rendered in its own document
     page.wait_for_timeout(500)  # give a script, had it been allowed, time to run
     # Without the sandbox the srcdoc document is same-origin and its scripts would retitle this page.
     assert 'pwned' not in page.title() and 'ran' not in page.title()

@@ -1,4 +1,5 @@
 """System checks (sitemessage.W001-W005) and ``Subscription.create`` refusing unknown aliases."""
+
 from __future__ import annotations
 
 import os
@@ -36,13 +37,20 @@ def messages(check_id, databases=None):
 
 # W001: links to undefined-domain.local ----------------------------------------------------------------
 
+
 def test_w001_without_a_site_url_links_would_go_to_undefined_domain():
     assert ids() == ['sitemessage.W001']
     assert 'http://undefined-domain.local' in messages('sitemessage.W001')[0]
 
 
-@pytest.mark.parametrize('configured', [{'SITEMESSAGE_SITE_URL': 'https://www.example.org'},
-                                        {'SITE_URL': 'https://www.example.org'}, {'SITE_DOMAIN': 'example.org'}])
+@pytest.mark.parametrize(
+    'configured',
+    [
+        {'SITEMESSAGE_SITE_URL': 'https://www.example.org'},
+        {'SITE_URL': 'https://www.example.org'},
+        {'SITE_DOMAIN': 'example.org'},
+    ],
+)
 def test_w001_is_silent_when_a_site_url_is_configured(configured):
     with override_settings(**configured):
         assert ids() == []
@@ -55,11 +63,13 @@ def test_w001_is_silent_when_the_site_url_comes_from_the_environment(monkeypatch
 
 def test_checks_are_skipped_when_other_apps_are_checked():
     from django.apps import apps
+
     checked = run_checks(app_configs=[apps.get_app_config('auth')])
     assert [w for w in checked if w.id.startswith('sitemessage.')] == []
 
 
 # W002: message types naming unknown messengers ---------------------------------------------------------
+
 
 class Typo(MessageBase):
     alias = 'typo'
@@ -71,7 +81,7 @@ def test_w002_a_message_type_names_an_unregistered_messenger():
     register_message_types(Typo)
 
     assert ids() == ['sitemessage.W002']
-    message, = messages('sitemessage.W002')
+    (message,) = messages('sitemessage.W002')
     assert '`typo`' in message and 'smpt' in message and 'registered: fake' in message
     assert 'fake,' not in message.split('(registered')[0]  # only the unknown one is named
 
@@ -79,12 +89,14 @@ def test_w002_a_message_type_names_an_unregistered_messenger():
 @override_settings(SITEMESSAGE_SITE_URL='https://www.example.org')
 def test_w002_ignores_built_in_types_of_messengers_the_project_does_not_use():
     from sitemessage.utils import get_registered_message_types, get_registered_messenger_objects
+
     assert 'email_plain' in get_registered_message_types() and 'smtp' not in get_registered_messenger_objects()
 
     assert ids() == []
 
 
 # W003, W004: stored subscriptions with unknown aliases -------------------------------------------------
+
 
 @pytest.mark.django_db
 @override_settings(SITEMESSAGE_SITE_URL='https://www.example.org')
@@ -99,9 +111,11 @@ def test_w003_w004_stored_subscriptions_with_unknown_aliases_are_reported_with_a
 
     assert ids(['default']) == ['sitemessage.W003', 'sitemessage.W004']
     assert messages('sitemessage.W003', ['default'])[0].startswith(
-        '2 subscription(s) in database `default` name unregistered message type(s): emial_plain (registered: ')
+        '2 subscription(s) in database `default` name unregistered message type(s): emial_plain (registered: '
+    )
     assert messages('sitemessage.W004', ['default'])[0].startswith(
-        '1 subscription(s) in database `default` name unregistered messenger(s): smpt (registered: fake)')
+        '1 subscription(s) in database `default` name unregistered messenger(s): smpt (registered: fake)'
+    )
 
 
 @pytest.mark.django_db
@@ -114,8 +128,9 @@ def test_database_checks_are_clean_for_known_subscriptions():
 
 def _django(*args):
     env = {**os.environ, 'DJANGO_SETTINGS_MODULE': 'tests.settings', 'SITEMESSAGE_TEST_DB': 'sqlite'}
-    return subprocess.run([sys.executable, '-m', 'django', *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, '-m', 'django', *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_database_checks_run_before_migrations_on_an_empty_database_without_failing():
@@ -144,10 +159,15 @@ def test_w005_w001_the_sites_framework_gives_the_domain_once_it_is_set(tmp_path)
     (tmp_path / 'sites_settings.py').write_text(SITES_SETTINGS % str(tmp_path / 'db.sqlite3'))
 
     def django(*args):
-        env = {**os.environ, 'DJANGO_SETTINGS_MODULE': 'sites_settings', 'SITEMESSAGE_TEST_DB': 'sqlite',
-               'PYTHONPATH': os.pathsep.join([str(tmp_path), str(ROOT)])}
-        result = subprocess.run([sys.executable, '-m', 'django', *args], cwd=ROOT, env=env,
-                                capture_output=True, text=True, timeout=120)
+        env = {
+            **os.environ,
+            'DJANGO_SETTINGS_MODULE': 'sites_settings',
+            'SITEMESSAGE_TEST_DB': 'sqlite',
+            'PYTHONPATH': os.pathsep.join([str(tmp_path), str(ROOT)]),
+        }
+        result = subprocess.run(
+            [sys.executable, '-m', 'django', *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
         assert result.returncode == 0, result.stderr
         return result.stderr
 
@@ -166,6 +186,7 @@ def test_w005_w001_the_sites_framework_gives_the_domain_once_it_is_set(tmp_path)
 
 
 # Subscription.create refuses unknown aliases -----------------------------------------------------------
+
 
 @pytest.mark.django_db
 def test_subscription_create_refuses_an_unknown_message_type_naming_it_and_the_known_ones():

@@ -1,4 +1,5 @@
 """The management commands: their exact output (SPEC 7.10), errors and exit status."""
+
 from __future__ import annotations
 
 import os
@@ -43,6 +44,7 @@ def sent_message(text, address):
 
 
 # sitemessage_send_scheduled ----------------------------------------------------------------------
+
 
 def test_send_scheduled_prints_the_documented_lines_and_a_summary(fake_messenger):
     schedule('hello', 'a')
@@ -102,6 +104,7 @@ def test_send_scheduled_failure_is_reported_on_stderr_and_raises(fake_messenger)
 
 # sitemessage_cleanup -----------------------------------------------------------------------------
 
+
 def test_cleanup_removes_sent_dispatches_and_their_messages():
     sent = sent_message('old', 'a')
     pending = schedule('waiting', 'b')
@@ -151,11 +154,11 @@ def test_cleanup_ago_keeps_recent_dispatches():
 
 # sitemessage_probe -------------------------------------------------------------------------------
 
+
 def test_probe_prints_the_messenger_result(fake_messenger):
     lines, errors = run('sitemessage_probe', 'fake', '--to', 'x')
 
-    assert lines == ['Sending test message using fake ...', 'Probing function result: delivered to x.',
-                     'Probing done.']
+    assert lines == ['Sending test message using fake ...', 'Probing function result: delivered to x.', 'Probing done.']
     assert errors == ''
     assert fake_messenger.delivered == [('x', 'Test message from sitemessages.')]
 
@@ -182,6 +185,7 @@ def test_probe_failure_of_the_messenger_reaches_the_output(fake_messenger):
 
 
 # sitemessage_check_undelivered -------------------------------------------------------------------
+
 
 def failed_dispatch():
     message = schedule('lost', 'lost')
@@ -230,10 +234,12 @@ def test_check_undelivered_to_an_explicit_address(smtp_server, smtp_messenger):
 
 # Exit status -------------------------------------------------------------------------------------
 
+
 def _django(*args):
     env = {**os.environ, 'DJANGO_SETTINGS_MODULE': 'tests.settings'}
-    return subprocess.run([sys.executable, '-m', 'django', *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, '-m', 'django', *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_failing_commands_exit_non_zero():
@@ -248,11 +254,13 @@ def test_failing_commands_exit_non_zero():
 
 def test_check_undelivered_sends_only_its_own_alert(smtp_server, smtp_messenger, settings):
     from sitemessage.maintenance import check_undelivered
+
     settings.ADMINS = [('Ops', 'ops@example.com')]
     failed = schedule_messages(EmailTextMessage('broken', 'x'), recipients('smtp', 'gone@example.com'))[0]
     Dispatch.objects.filter(message=failed.message).update(dispatch_status=Dispatch.DISPATCH_STATUS_FAILED)
-    other = schedule_messages(EmailTextMessage('someone else', 'y'), recipients('smtp', 'later@example.com'),
-                              priority=999)[0]
+    other = schedule_messages(
+        EmailTextMessage('someone else', 'y'), recipients('smtp', 'later@example.com'), priority=999
+    )[0]
 
     assert check_undelivered() == 1
 
@@ -261,6 +269,7 @@ def test_check_undelivered_sends_only_its_own_alert(smtp_server, smtp_messenger,
 
 
 # Exit statuses (docs/commands.rst): 0 done, 3 could not run, 4 dispatches errored or failed ----------
+
 
 def status_of(command, *args, **options):
     """Run a command as cron would see it: (exit status, stdout lines, stderr)."""
@@ -285,6 +294,7 @@ def silent_server():
     import socket
     import threading
     import time
+
     listener = socket.socket()
     listener.bind(('127.0.0.1', 0))
     listener.listen(8)
@@ -315,6 +325,7 @@ def silent_server():
 def register_smtp(**kwargs):
     from sitemessage import utils
     from sitemessage.messengers.smtp import SMTPMessenger
+
     messenger = SMTPMessenger('robot@example.com', host='127.0.0.1', **kwargs)
     utils.register_messenger_objects(messenger)
     return messenger
@@ -348,8 +359,9 @@ def test_smtp_server_down_exits_3_naming_host_and_port(closed_port):
 
     assert status == 3
     assert SUMMARY.match(lines[2]).groups() == ('0', '2', '0')
-    assert lines[3].startswith(f'Could not connect: smtp: Messenger warm-up failed: SMTP Error: 127.0.0.1:{port}: '
-                               'ConnectionRefusedError')
+    assert lines[3].startswith(
+        f'Could not connect: smtp: Messenger warm-up failed: SMTP Error: 127.0.0.1:{port}: ConnectionRefusedError'
+    )
     assert 'could not connect: smtp (exit status 3)' in errors
     logs = list(Dispatch.objects.values_list('dispatch_status', flat=True))
     assert logs == [Dispatch.DISPATCH_STATUS_ERROR] * 2  # nothing lost: retried on a later run
@@ -358,6 +370,7 @@ def test_smtp_server_down_exits_3_naming_host_and_port(closed_port):
 @override_settings(SITEMESSAGE_CONNECT_TIMEOUT=0.5)
 def test_silent_server_times_out_and_exits_3(silent_server):
     import time
+
     port, accepted = silent_server
     register_smtp(port=port)  # no timeout argument, no EMAIL_TIMEOUT: SITEMESSAGE_CONNECT_TIMEOUT
     schedule_mail('a@example.com')
@@ -374,6 +387,7 @@ def test_silent_server_times_out_and_exits_3(silent_server):
 @override_settings(SITEMESSAGE_CONNECT_TIMEOUT=600, EMAIL_TIMEOUT=0.3)
 def test_email_timeout_wins_over_the_connect_timeout(silent_server):
     import time
+
     port, _accepted = silent_server
     register_smtp(port=port)
     schedule_mail('a@example.com')
@@ -387,6 +401,7 @@ def test_email_timeout_wins_over_the_connect_timeout(silent_server):
 
 def test_timeout_precedence(settings):
     from sitemessage.messengers.smtp import SMTPMessenger
+
     settings.EMAIL_TIMEOUT = None
     assert SMTPMessenger().timeout == 30  # the default of SITEMESSAGE_CONNECT_TIMEOUT
     settings.SITEMESSAGE_CONNECT_TIMEOUT = 12
@@ -490,6 +505,7 @@ def test_exit_statuses_of_real_processes(procs, sink, closed_port):
 
 # --prepare: messages scheduled without recipients --------------------------------------------------
 
+
 def postponed(text='news'):
     """A message scheduled without recipients: its dispatches wait for prepare_dispatches()."""
     [(message, dispatches)] = schedule_messages(text)
@@ -499,6 +515,7 @@ def postponed(text='news'):
 
 def test_a_run_without_prepare_says_what_waits(fake_messenger):
     from sitemessage.models import Subscription
+
     Subscription.create('reader', 'plain', 'fake')
     postponed()
     postponed()
@@ -513,6 +530,7 @@ def test_a_run_without_prepare_says_what_waits(fake_messenger):
 
 def test_prepare_creates_dispatches_and_sends_them(fake_messenger):
     from sitemessage.models import Subscription
+
     Subscription.create('reader', 'plain', 'fake')
     message = postponed()
 
@@ -537,6 +555,7 @@ def test_prepare_says_what_still_waits_for_subscribers(fake_messenger):
 
 def test_prepare_with_a_message_of_unknown_type_prepares_the_others_and_exits_3(fake_messenger):
     from sitemessage.models import Subscription
+
     Subscription.create('reader', 'plain', 'fake')
     Message.objects.create(cls='vanished', context={}, dispatches_ready=False)
     postponed()
@@ -545,8 +564,9 @@ def test_prepare_with_a_message_of_unknown_type_prepares_the_others_and_exits_3(
 
     assert status == 3
     assert fake_messenger.delivered == [('reader', 'news')]
-    assert lines[-1] == ('1 message(s) scheduled without recipients still wait: no subscribers yet, '
-                         'or of unknown type: vanished.')
+    assert lines[-1] == (
+        '1 message(s) scheduled without recipients still wait: no subscribers yet, or of unknown type: vanished.'
+    )
 
 
 def test_the_waiting_count_is_one_query():
@@ -554,6 +574,7 @@ def test_the_waiting_count_is_one_query():
     from django.test.utils import CaptureQueriesContext
 
     from sitemessage.sending import count_waiting_for_preparation
+
     postponed()
     postponed()
 
@@ -563,6 +584,7 @@ def test_the_waiting_count_is_one_query():
 
 
 # The worker: the same statuses with --passes, 0 when stopped; --prepare and its setting ------------------
+
 
 def test_worker_passes_exit_with_the_statuses(fake_messenger):
     schedule('hello', 'a')
@@ -583,6 +605,7 @@ def test_worker_passes_exit_with_the_statuses(fake_messenger):
 
 def test_worker_prepare_flag(fake_messenger):
     from sitemessage.models import Subscription
+
     Subscription.create('reader', 'plain', 'fake')
     postponed()
 
@@ -598,6 +621,7 @@ def test_worker_prepare_flag(fake_messenger):
 def test_worker_prepare_setting(fake_messenger):
     from sitemessage.models import Subscription
     from sitemessage.worker import Worker
+
     Subscription.create('reader', 'plain', 'fake')
     postponed()
 
@@ -622,8 +646,10 @@ def test_xmpp_waits_for_a_silent_server_at_most_the_connect_timeout(silent_serve
     import time
 
     from sitemessage import utils
+
     pytest.importorskip('slixmpp')  # the xmpp extra; a skip fails strict (CI) runs
     from sitemessage.messengers.xmpp import XMPPSleekMessenger
+
     port, accepted = silent_server
     utils.register_messenger_objects(XMPPSleekMessenger('bot@localhost', 'secret', '127.0.0.1', port, use_tls=False))
     schedule_messages('hello', recipients('xmppsleek', 'someone@localhost'))
@@ -640,6 +666,7 @@ def test_xmpp_waits_for_a_silent_server_at_most_the_connect_timeout(silent_serve
 
 def test_worker_process_exits_3_when_smtp_is_down_and_0_when_stopped(procs, sink, closed_port):
     import signal
+
     procs.settings['SMTP_PORT'] = str(closed_port)
     procs.orm('schedule', count=1, prefix='down')
 
@@ -657,6 +684,7 @@ def test_worker_process_exits_3_when_smtp_is_down_and_0_when_stopped(procs, sink
 def test_a_bad_connect_timeout_is_named(settings, value):
     from sitemessage.exceptions import SiteMessageConfigurationError
     from sitemessage.messengers.smtp import SMTPMessenger
+
     settings.EMAIL_TIMEOUT = None
     settings.SITEMESSAGE_CONNECT_TIMEOUT = value
 
@@ -666,6 +694,7 @@ def test_a_bad_connect_timeout_is_named(settings, value):
 
 def test_no_connect_timeout_is_allowed(settings):
     from sitemessage.messengers.smtp import SMTPMessenger
+
     settings.EMAIL_TIMEOUT = None
     settings.SITEMESSAGE_CONNECT_TIMEOUT = None
     assert SMTPMessenger().timeout is None

@@ -1,4 +1,5 @@
 """EmailBackend delivers what Django's own SMTP backend delivers: side by side on the same server."""
+
 from __future__ import annotations
 
 import re
@@ -21,8 +22,10 @@ from sitemessage.sending import send_scheduled_messages
 pytestmark = pytest.mark.django_db
 
 BACKEND = override_settings(EMAIL_BACKEND='sitemessage.backends.EmailBackend')
-PNG = bytes.fromhex('89504e470d0a1a0a0000000d4948445200000001000000010806000000'
-                    '1f15c4890000000d49444154789c6360000002000100e221bc330000000049454e44ae426082')
+PNG = bytes.fromhex(
+    '89504e470d0a1a0a0000000d4948445200000001000000010806000000'
+    '1f15c4890000000d49444154789c6360000002000100e221bc330000000049454e44ae426082'
+)
 BINARY = bytes(range(256)) * 40
 
 
@@ -32,9 +35,15 @@ def plain():
 
 def with_headers():
     return EmailMessage(
-        'Your order', 'Order 42 is on its way.', '"Shop, Inc." <shop@example.com>', ['Ann <ann@example.com>'],
-        cc=['bob@example.com'], bcc=['hidden@example.com'], reply_to=['Help Desk <help@example.com>'],
-        headers={'Message-ID': '<order-42@shop.example.com>', 'X-Order': '42', 'X-Mailer-Note': 'side by side'})
+        'Your order',
+        'Order 42 is on its way.',
+        '"Shop, Inc." <shop@example.com>',
+        ['Ann <ann@example.com>'],
+        cc=['bob@example.com'],
+        bcc=['hidden@example.com'],
+        reply_to=['Help Desk <help@example.com>'],
+        headers={'Message-ID': '<order-42@shop.example.com>', 'X-Order': '42', 'X-Mailer-Note': 'side by side'},
+    )
 
 
 def with_attachments():
@@ -46,14 +55,15 @@ def with_attachments():
 
 
 def with_inline_image_and_html():
-    message = EmailMultiAlternatives('Newsletter', 'Text version, as written.', 'news@example.com',
-                                     ['ann@example.com', 'bob@example.com'])
-    message.attach_alternative('<html><body><p>HTML <b>as written</b></p><img src="cid:logo"></body></html>',
-                               'text/html')
+    message = EmailMultiAlternatives(
+        'Newsletter', 'Text version, as written.', 'news@example.com', ['ann@example.com', 'bob@example.com']
+    )
+    message.attach_alternative(
+        '<html><body><p>HTML <b>as written</b></p><img src="cid:logo"></body></html>', 'text/html'
+    )
     if django.VERSION >= (6, 1):  # MIMEBase parts and mixed_subtype are gone: a MIMEPart, as Django documents
         image = MIMEPart()
-        image.set_content(PNG, maintype='image', subtype='png', disposition='inline', filename='logo.png',
-                          cid='<logo>')
+        image.set_content(PNG, maintype='image', subtype='png', disposition='inline', filename='logo.png', cid='<logo>')
     else:
         message.mixed_subtype = 'related'
         image = MIMEImage(PNG, 'png')
@@ -64,8 +74,12 @@ def with_inline_image_and_html():
 
 
 def password_reset():
-    return EmailMultiAlternatives('Password reset on example.com', 'Hello <Mallory>,\nclick below.',
-                                  'webmaster@example.com', ['mallory@example.com'])
+    return EmailMultiAlternatives(
+        'Password reset on example.com',
+        'Hello <Mallory>,\nclick below.',
+        'webmaster@example.com',
+        ['mallory@example.com'],
+    )
 
 
 CASES = [plain, with_headers, with_attachments, with_inline_image_and_html, password_reset]
@@ -77,16 +91,20 @@ def anatomy(envelope, keep_message_id: bool):
     dropped = {'date'} if keep_message_id else {'date', 'message-id'}
     parts = []
     for part in mail.walk():
-        headers = [(name, re.sub(r'boundary="[^"]*"', 'boundary=B', value)) for name, value in part.items()
-                   if name.lower() not in dropped]
+        headers = [
+            (name, re.sub(r'boundary="[^"]*"', 'boundary=B', value))
+            for name, value in part.items()
+            if name.lower() not in dropped
+        ]
         payload = None if part.is_multipart() else part.get_payload(decode=True)
         parts.append((headers, part.get_filename(), payload))
     return envelope.mail_from, envelope.rcpt_tos, parts
 
 
 def through_django(smtp_server, make):
-    connection = get_connection('django.core.mail.backends.smtp.EmailBackend', host='127.0.0.1',
-                                port=smtp_server.port, timeout=5)
+    connection = get_connection(
+        'django.core.mail.backends.smtp.EmailBackend', host='127.0.0.1', port=smtp_server.port, timeout=5
+    )
     assert connection.send_messages([make()]) == 1
     [envelope] = smtp_server.handler.envelopes
     smtp_server.handler.envelopes.clear()
@@ -123,15 +141,18 @@ def test_what_arrives_is_what_the_caller_wrote(smtp_server, smtp_messenger):
     assert smtp_server.handler.envelopes[0].mail_from == 'shop@example.com'  # not the messenger's robot@
     assert smtp_server.handler.envelopes[0].rcpt_tos == ['ann@example.com', 'bob@example.com', 'hidden@example.com']
     assert (order['From'], order['To'], order['Cc'], order['Reply-To']) == (
-        '"Shop, Inc." <shop@example.com>', 'Ann <ann@example.com>', 'bob@example.com', 'Help Desk <help@example.com>')
+        '"Shop, Inc." <shop@example.com>',
+        'Ann <ann@example.com>',
+        'bob@example.com',
+        'Help Desk <help@example.com>',
+    )
     assert (order['Message-ID'], order['X-Order']) == ('<order-42@shop.example.com>', '42')
     assert str(report['From']) == 'Сайт <robot@example.com>' and str(report['Subject']) == 'Отчёт за май'
     attachments = {part.get_filename(): part.get_content() for part in report.iter_attachments()}
     for name in ('notes.txt', 'отчёт №5.txt'):  # text lines end in CRLF on the wire (Django 6 ends the last one too)
         attachments[name] = attachments[name].replace('\r\n', '\n')
     attachments['отчёт №5.txt'] = attachments['отчёт №5.txt'].rstrip('\n')
-    assert attachments == {'notes.txt': 'first line\nsecond line\n', 'data.bin': BINARY,
-                           'отчёт №5.txt': 'содержимое'}
+    assert attachments == {'notes.txt': 'first line\nsecond line\n', 'data.bin': BINARY, 'отчёт №5.txt': 'содержимое'}
     assert news.get_body(('plain',)).get_content().rstrip('\r\n') == 'Text version, as written.'
     assert news.get_body(('html',)).get_content().count('<html>') == 1
     [image] = [part for part in news.walk() if part.get_content_type() == 'image/png']
@@ -165,8 +186,14 @@ def test_ascii_and_8bit_mime_round_trip_through_the_database(smtp_server, smtp_m
 
 
 def test_an_address_in_to_cc_and_bcc_gets_one_copy(smtp_server, smtp_messenger):
-    message = EmailMessage('Once', 'text', 'from@example.com', ['ann@example.com', 'ann@example.com'],
-                           cc=['ann@example.com'], bcc=['ann@example.com', 'bob@example.com'])
+    message = EmailMessage(
+        'Once',
+        'text',
+        'from@example.com',
+        ['ann@example.com', 'ann@example.com'],
+        cc=['ann@example.com'],
+        bcc=['ann@example.com', 'bob@example.com'],
+    )
     EmailBackend().send_messages([message])
     send_scheduled_messages()
 
@@ -185,8 +212,9 @@ def test_send_mail_to_10000_copies_of_one_address_sends_one_email(smtp_server, s
 
 def test_partial_refusal_is_sent_and_notes_the_refused(smtp_server, smtp_messenger):
     smtp_server.handler.refuse['gone@example.com'] = '550 No such user'
-    EmailBackend().send_messages([EmailMessage('Hi', 'text', 'from@example.com',
-                                               ['ann@example.com', 'gone@example.com'])])
+    EmailBackend().send_messages(
+        [EmailMessage('Hi', 'text', 'from@example.com', ['ann@example.com', 'gone@example.com'])]
+    )
     send_scheduled_messages()
 
     dispatch = Dispatch.objects.get()
@@ -231,8 +259,10 @@ def test_several_messages_go_in_bulk_and_return_their_count(smtp_server, smtp_me
 
 def _queries_to_queue(count, **kwargs):
     """Queue ``count`` e-mails in one send_messages() call; return (its result, its queries)."""
-    messages = [EmailMessage(f'Hi {i}', f'text {i}', 'from@example.com', [f'u{i}@example.com', 'cc@example.com'])
-                for i in range(count)]
+    messages = [
+        EmailMessage(f'Hi {i}', f'text {i}', 'from@example.com', [f'u{i}@example.com', 'cc@example.com'])
+        for i in range(count)
+    ]
     with CaptureQueriesContext(connection) as context:
         queued = EmailBackend(**kwargs).send_messages(messages)
     return queued, len(context.captured_queries)
@@ -245,10 +275,13 @@ def bulk_insert():
         pytest.skip('SITEMESSAGE_TEST_DB: no ids from bulk inserts (MySQL), e-mails are queued one by one there')
 
 
-@pytest.mark.parametrize('settings', [
-    {},  # one MIME message each, as Django built it
-    {'SITEMESSAGE_SHORTCUT_EMAIL_MESSAGE_TYPE': 'email_html'},  # the 1.4.0 way: one dispatch per recipient
-])
+@pytest.mark.parametrize(
+    'settings',
+    [
+        {},  # one MIME message each, as Django built it
+        {'SITEMESSAGE_SHORTCUT_EMAIL_MESSAGE_TYPE': 'email_html'},  # the 1.4.0 way: one dispatch per recipient
+    ],
+)
 def test_queries_of_send_messages_do_not_grow_with_the_number_of_emails(bulk_insert, smtp_messenger, settings):
     with override_settings(**settings):
         two = _queries_to_queue(2)
@@ -293,6 +326,7 @@ def test_priority_comes_from_options_or_the_setting(smtp_messenger):
 
 def test_mime_type_is_not_offered_for_subscription():
     from sitemessage.toolbox import get_registered_message_type
+
     cls = get_registered_message_type('email_django')
     assert cls is EmailMimeMessage
     assert (cls.allow_user_subscription, cls.supported_messengers) == (False, ['smtp'])
@@ -301,6 +335,7 @@ def test_mime_type_is_not_offered_for_subscription():
 def test_configured_as_djangos_mailers_setting_says(smtp_server, smtp_messenger):
     """Django 6.1 configures backends in MAILERS (OPTIONS become keyword arguments); older, EMAIL_BACKEND."""
     import django
+
     if django.VERSION >= (6, 1):
         mailers = {'default': {'BACKEND': 'sitemessage.backends.EmailBackend', 'OPTIONS': {'priority': 4}}}
         with override_settings(MAILERS=mailers):
@@ -318,6 +353,7 @@ def stdlib_compat32_mime():
     from email.mime.application import MIMEApplication
     from email.mime.multipart import MIMEMultipart
     from email.mime.text import MIMEText
+
     mime = MIMEMultipart()
     mime['Subject'] = Header('Отчёт с длинной темой, которую придётся переносить на несколько строк', 'utf-8')
     mime['X-Long'] = 'A subject long enough to need folding at seventy-eight characters, surely'
@@ -334,6 +370,7 @@ def test_the_fast_writer_gives_the_bytes_of_compat32():
     from io import BytesIO
 
     from sitemessage.backends import flatten
+
     mimes = [stdlib_compat32_mime()]
     if django.VERSION < (6, 0):  # Django 6 builds with the modern email API and does not use flatten()
         mimes += [make().message() for make in CASES]

@@ -6,6 +6,7 @@ the database is locked by this process for a while (a real ``OperationalError`` 
 on PostgreSQL (``SITEMESSAGE_TEST_DB=postgres``) the worker's backends are terminated with
 ``pg_terminate_backend()``, as a server restart or a fail-over does.
 """
+
 from __future__ import annotations
 
 import logging
@@ -18,8 +19,8 @@ import pytest
 from tests.conftest import wait_for as wait_until
 from tests.processes import ON_POSTGRES, _pg_connect, address
 
-
 # 1. The worker survives a database that goes away --------------------------------------------------
+
 
 def _cut_database(procs, meanwhile=lambda: None) -> str:
     """Take the database away from the worker for a moment, calling ``meanwhile`` while it is away."""
@@ -27,8 +28,9 @@ def _cut_database(procs, meanwhile=lambda: None) -> str:
         name = procs.db_env['SITEMESSAGE_PROCESS_PG']
         with _pg_connect() as connection:
             killed = connection.execute(
-                'SELECT pg_terminate_backend(pid) FROM pg_stat_activity '
-                'WHERE datname = %s AND pid <> pg_backend_pid()', [name]).fetchall()
+                'SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()',
+                [name],
+            ).fetchall()
         assert killed, 'the worker had no connection to terminate'
         meanwhile()
         return f'terminated {len(killed)} backend(s)'
@@ -54,20 +56,23 @@ def test_slow_worker_reconnects_after_losing_its_database_and_keeps_delivering(p
 
     for round_ in range(2):  # twice: the backoff resets and listening resumes after a reconnect
         done = _cut_database(procs)
-        assert wait_until(lambda: worker.output().count('Database connection lost') > round_), \
+        assert wait_until(lambda seen=round_: worker.output().count('Database connection lost') > seen), (
             f'{done}\n{worker.output()}'
+        )
         procs.orm('schedule', count=4, prefix=f'after{round_}')
         assert sink.handler.wait_for(3 + 4 * (round_ + 1), timeout=30), f'{done}\n{worker.output()}'
         assert worker.popen.poll() is None, worker.output()
 
     assert 'reconnecting in' in worker.output()
     counts = sink.handler.counts()
-    assert set(counts) == ({address('before', i) for i in range(3)} | {address('after0', i) for i in range(4)}
-                           | {address('after1', i) for i in range(4)})
+    assert set(counts) == (
+        {address('before', i) for i in range(3)}
+        | {address('after0', i) for i in range(4)}
+        | {address('after1', i) for i in range(4)}
+    )
     assert max(counts.values()) == 1
     # The sink has them; the worker stores the outcomes right after.
     assert wait_until(lambda: procs.orm('status')['counts']['sent'] == 11, timeout=15), procs.orm('status')
-
 
 
 def test_slow_outcomes_of_mail_sent_while_the_database_is_away_are_stored_once_it_is_back(procs, sink):
@@ -85,7 +90,9 @@ def test_slow_outcomes_of_mail_sent_while_the_database_is_away_are_stored_once_i
     assert sink.handler.counts() == {address('held', 0): 1, address('held', 1): 1}  # nothing sent twice
     assert worker.popen.poll() is None, worker.output()
 
+
 # 2. A broker that is down when a message is scheduled ------------------------------------------------
+
 
 @pytest.fixture
 def celery_app_with_broker_down(closed_port):
@@ -93,12 +100,18 @@ def celery_app_with_broker_down(closed_port):
     pytest.importorskip('celery', reason='Celery is not installed: pip install "celery[redis]"')
     from celery import Celery
 
-    app = Celery('sitemessage-broker-down', broker=f'amqp://guest:s3cret-broker-pw@127.0.0.1:{closed_port}//',
-                 set_as_current=True)
-    app.conf.update(broker_connection_timeout=0.5, broker_connection_retry=False,
-                    broker_connection_max_retries=1, task_publish_retry=True,
-                    task_publish_retry_policy={'max_retries': 1, 'interval_start': 0, 'interval_step': 0.1,
-                                               'interval_max': 0.1})
+    app = Celery(
+        'sitemessage-broker-down',
+        broker=f'amqp://guest:s3cret-broker-pw@127.0.0.1:{closed_port}//',
+        set_as_current=True,
+    )
+    app.conf.update(
+        broker_connection_timeout=0.5,
+        broker_connection_retry=False,
+        broker_connection_max_retries=1,
+        task_publish_retry=True,
+        task_publish_retry_policy={'max_retries': 1, 'interval_start': 0, 'interval_step': 0.1, 'interval_max': 0.1},
+    )
     try:
         yield app
     finally:
@@ -107,7 +120,8 @@ def celery_app_with_broker_down(closed_port):
 
 @pytest.mark.django_db(transaction=True)
 def test_scheduling_with_the_celery_broker_down_logs_and_the_next_run_sends(
-        celery_app_with_broker_down, smtp_messenger, smtp_server, caplog, settings):
+    celery_app_with_broker_down, smtp_messenger, smtp_server, caplog, settings
+):
     from kombu.exceptions import OperationalError as KombuOperationalError
 
     from sitemessage.messages.email import EmailTextMessage
@@ -170,16 +184,21 @@ def _break_context(message_id: int, raw: str) -> None:
 @pytest.mark.django_db
 @pytest.mark.parametrize('broken', BROKEN_CONTEXTS, ids=list(BROKEN_CONTEXTS))
 def test_an_unreadable_message_row_fails_alone_and_the_rest_of_its_batch_is_delivered(
-        broken, smtp_messenger, smtp_server, settings):
+    broken, smtp_messenger, smtp_server, settings
+):
     from sitemessage.messages.email import EmailTextMessage
     from sitemessage.models import Dispatch, DispatchError
     from sitemessage.sending import send_scheduled_messages
     from sitemessage.toolbox import recipients, schedule_messages
 
     settings.SITEMESSAGE_SEND_BATCH_SIZE = 50
-    scheduled = [schedule_messages(EmailTextMessage(f'Subject {n}', f'Body {n}'),
-                                   recipients('smtp', [f'r{n}a@example.com', f'r{n}b@example.com']))[0]
-                 for n in range(3)]
+    scheduled = [
+        schedule_messages(
+            EmailTextMessage(f'Subject {n}', f'Body {n}'),
+            recipients('smtp', [f'r{n}a@example.com', f'r{n}b@example.com']),
+        )[0]
+        for n in range(3)
+    ]
     bad_message = scheduled[1].message
     raw, expected_reason = BROKEN_CONTEXTS[broken]
     _break_context(bad_message.pk, raw)
@@ -223,6 +242,7 @@ def test_links_of_an_unreadable_message_row_do_not_answer_5xx(broken, client, se
 
 # 4. Secrets in urllib3's DEBUG log ------------------------------------------------------------------
 
+
 def test_facebook_token_exchange_keeps_secrets_out_of_urllib3_debug_log(api_server, caplog):
     from sitemessage.messengers.facebook import FacebookMessenger
     from tests.http_api import Reply
@@ -239,16 +259,18 @@ def test_facebook_token_exchange_keeps_secrets_out_of_urllib3_debug_log(api_serv
         tokens = FacebookMessenger('', api_url=api_server.url).get_page_access_token('app-id', secret, user_token)
 
     assert tokens == {'One': 'page0token0one0x', 'Two': 'page0token0two0x'}
-    requests_logged = [r.getMessage() for r in caplog.records
-                       if r.name == 'urllib3.connectionpool' and '"GET ' in r.getMessage()]
+    requests_logged = [
+        r.getMessage() for r in caplog.records if r.name == 'urllib3.connectionpool' and '"GET ' in r.getMessage()
+    ]
     assert len(requests_logged) == 3, caplog.text  # the log is really written: exchange, two pages
     assert requests_logged[0].endswith('=***&fb_exchange_token=*** HTTP/1.1" 200 38'), requests_logged[0]
     for value in (secret, user_token, long_lived):
         assert value not in caplog.text
 
 
-@pytest.mark.skipif(not ON_POSTGRES,
-                    reason='a server-side kill needs PostgreSQL: run with SITEMESSAGE_TEST_DB=postgres')
+@pytest.mark.skipif(
+    not ON_POSTGRES, reason='a server-side kill needs PostgreSQL: run with SITEMESSAGE_TEST_DB=postgres'
+)
 @pytest.mark.django_db(transaction=True)
 def test_worker_retry_loop_recovers_from_a_connection_killed_by_the_server(smtp_messenger, smtp_server, caplog):
     from django.db import connection
@@ -260,7 +282,7 @@ def test_worker_retry_loop_recovers_from_a_connection_killed_by_the_server(smtp_
     schedule_messages(EmailTextMessage('Hi', 'Body'), recipients('smtp', ['one@example.com', 'two@example.com']))
     with connection.cursor() as cursor:
         cursor.execute('SELECT pg_backend_pid()')
-        (pid,), = cursor.fetchall()
+        ((pid,),) = cursor.fetchall()
     with _pg_connect() as admin:
         admin.execute('SELECT pg_terminate_backend(%s)', [pid])  # as a server restart does
 
@@ -274,4 +296,6 @@ def test_worker_retry_loop_recovers_from_a_connection_killed_by_the_server(smtp_
     assert 'Database connection lost (OperationalError: ' in record.getMessage()
     assert 'terminating connection due to administrator command' in record.getMessage()
     assert sorted(rcpt for env in smtp_server.handler.envelopes for rcpt in env.rcpt_tos) == [
-        'one@example.com', 'two@example.com']
+        'one@example.com',
+        'two@example.com',
+    ]

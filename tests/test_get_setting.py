@@ -1,4 +1,5 @@
 """One settings rule: the constructor's value, then SITEMESSAGE_<NAME> (per alias), then the default."""
+
 import pytest
 
 from sitemessage.exceptions import SiteMessageConfigurationError
@@ -25,13 +26,17 @@ def test_a_per_alias_setting_is_looked_up_by_alias(settings):
 
 def test_a_bad_value_names_the_setting_and_the_value(settings):
     settings.SITEMESSAGE_PARALLEL_CONNECTIONS = {'smtp': 0}
-    with pytest.raises(SiteMessageConfigurationError,
-                       match=r"^SITEMESSAGE_PARALLEL_CONNECTIONS\['smtp'\] must be a positive integer, got 0\.$"):
+    with pytest.raises(
+        SiteMessageConfigurationError,
+        match=r"^SITEMESSAGE_PARALLEL_CONNECTIONS\['smtp'\] must be a positive integer, got 0\.$",
+    ):
         get_setting('PARALLEL_CONNECTIONS', alias='smtp', check='positive_int')
 
     settings.SITEMESSAGE_PARALLEL_CONNECTIONS = 4
-    with pytest.raises(SiteMessageConfigurationError,
-                       match=r'^SITEMESSAGE_PARALLEL_CONNECTIONS must be a dict keyed by messenger alias, got 4\.$'):
+    with pytest.raises(
+        SiteMessageConfigurationError,
+        match=r'^SITEMESSAGE_PARALLEL_CONNECTIONS must be a dict keyed by messenger alias, got 4\.$',
+    ):
         get_setting('PARALLEL_CONNECTIONS', alias='smtp')
 
 

@@ -1,4 +1,5 @@
 """Header safety: CR, LF and NUL never reach the wire as header lines, by any path (issue 9, item 3)."""
+
 from __future__ import annotations
 
 from email import message_from_bytes, policy
@@ -8,7 +9,9 @@ import django
 import pytest
 from django.core.mail import EmailMessage
 from django.core.mail.message import BadHeaderError
-from hypothesis import HealthCheck, example, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, example, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from sitemessage.backends import EmailBackend, mime_bytes
 from sitemessage.headers import UnsafeHeaderValueError
@@ -22,13 +25,25 @@ from sitemessage.utils import Recipient
 
 pytestmark = pytest.mark.django_db
 
-INJECTIONS = ['Order\r\nReply-To : x@evil.test', 'Hi\r\n\r\nINJECTED BODY', 'Hi\nBcc: evil@attacker.test',
-              'Hi\rthere', 'Hi\x00there', 'Hi\x0cBcc: evil@attacker.test', 'Hi\u2028there']
+INJECTIONS = [
+    'Order\r\nReply-To : x@evil.test',
+    'Hi\r\n\r\nINJECTED BODY',
+    'Hi\nBcc: evil@attacker.test',
+    'Hi\rthere',
+    'Hi\x00there',
+    'Hi\x0cBcc: evil@attacker.test',
+    'Hi\u2028there',
+]
 # Line breaks for SMTP (CR, LF), NUL, and what Python's email package also splits header lines at.
 BREAKS = '\r\n\x00\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029'
-UNSAFE_ADDRESSES = ['victim@x.test, evil@attacker.test', 'victim@x.test\r\nBcc: evil@attacker.test',
-                    'victim@x.test\x00', 'Victim <victim@x.test>; evil@attacker.test',
-                    'victim@x.test evil@attacker.test', 'Victim <victim@x.test> evil@attacker.test']
+UNSAFE_ADDRESSES = [
+    'victim@x.test, evil@attacker.test',
+    'victim@x.test\r\nBcc: evil@attacker.test',
+    'victim@x.test\x00',
+    'Victim <victim@x.test>; evil@attacker.test',
+    'victim@x.test evil@attacker.test',
+    'Victim <victim@x.test> evil@attacker.test',
+]
 
 
 def nothing_stored():
@@ -36,6 +51,7 @@ def nothing_stored():
 
 
 # At the door: every scheduling path refuses, naming the field and the value ------------------------
+
 
 @pytest.mark.parametrize('subject', INJECTIONS)
 def test_schedule_email_refuses_an_unsafe_subject(smtp_messenger, subject):
@@ -86,8 +102,13 @@ def test_recipients_refuse_an_unsafe_email_address(smtp_messenger, address):
 
 
 def test_one_address_in_its_usual_forms_is_accepted(smtp_messenger):
-    fine = ['ann@example.com', 'Ann Smith <ann@example.com>', '"Smith, Ann" <ann@example.com>',
-            'user@bücher.example', '"odd local"@example.com']
+    fine = [
+        'ann@example.com',
+        'Ann Smith <ann@example.com>',
+        '"Smith, Ann" <ann@example.com>',
+        'user@bücher.example',
+        '"odd local"@example.com',
+    ]
     schedule_email('text', fine, subject='Hi')
     assert list(Dispatch.objects.order_by('pk').values_list('address', flat=True)) == fine
 
@@ -102,17 +123,22 @@ def test_other_messengers_addresses_get_only_the_line_break_check(fake_messenger
 
 # EmailBackend: Django's BadHeaderError ------------------------------------------------------------
 
-@pytest.mark.parametrize('build', [
-    lambda: EmailMessage('Hi\r\nBcc: evil@attacker.test', 'text', 'from@example.com', ['ann@example.com']),
-    lambda: EmailMessage('Hi\x00', 'text', 'from@example.com', ['ann@example.com']),
-    lambda: EmailMessage('Hi', 'text', 'from@example.com\r\nBcc: e@x.test', ['ann@example.com']),
-    lambda: EmailMessage('Hi', 'text', 'from@example.com', ['victim@x.test, evil@attacker.test']),
-    lambda: EmailMessage('Hi', 'text', 'from@example.com', ['ann@example.com'], cc=['c@x.test\nBcc: e@x.test']),
-    lambda: EmailMessage('Hi', 'text', 'from@example.com', ['ann@example.com'], reply_to=['r@x.test\r\n']),
-    lambda: EmailMessage('Hi', 'text', 'from@example.com', ['ann@example.com'], headers={'X-Tag': 'a\r\nBcc: e'}),
-    lambda: EmailMessage('Hi', 'text', 'from@example.com', ['ann@example.com'], headers={'X-Tag\r\nBcc': 'a'}),
-    lambda: EmailMessage('Hi', 'text', 'from@example.com', ['ann@example.com'], headers={'Bad Name': 'a'}),
-], ids=['subject', 'nul', 'from', 'two-in-to', 'cc', 'reply-to', 'header-value', 'header-name', 'space-in-name'])
+
+@pytest.mark.parametrize(
+    'build',
+    [
+        lambda: EmailMessage('Hi\r\nBcc: evil@attacker.test', 'text', 'from@example.com', ['ann@example.com']),
+        lambda: EmailMessage('Hi\x00', 'text', 'from@example.com', ['ann@example.com']),
+        lambda: EmailMessage('Hi', 'text', 'from@example.com\r\nBcc: e@x.test', ['ann@example.com']),
+        lambda: EmailMessage('Hi', 'text', 'from@example.com', ['victim@x.test, evil@attacker.test']),
+        lambda: EmailMessage('Hi', 'text', 'from@example.com', ['ann@example.com'], cc=['c@x.test\nBcc: e@x.test']),
+        lambda: EmailMessage('Hi', 'text', 'from@example.com', ['ann@example.com'], reply_to=['r@x.test\r\n']),
+        lambda: EmailMessage('Hi', 'text', 'from@example.com', ['ann@example.com'], headers={'X-Tag': 'a\r\nBcc: e'}),
+        lambda: EmailMessage('Hi', 'text', 'from@example.com', ['ann@example.com'], headers={'X-Tag\r\nBcc': 'a'}),
+        lambda: EmailMessage('Hi', 'text', 'from@example.com', ['ann@example.com'], headers={'Bad Name': 'a'}),
+    ],
+    ids=['subject', 'nul', 'from', 'two-in-to', 'cc', 'reply-to', 'header-value', 'header-name', 'space-in-name'],
+)
 def test_email_backend_raises_bad_header_error(smtp_messenger, build):
     with pytest.raises(BadHeaderError):
         EmailBackend().send_messages([build()])
@@ -121,10 +147,12 @@ def test_email_backend_raises_bad_header_error(smtp_messenger, build):
 
 # At the wire: rows written before the door existed are failed, never sent --------------------------
 
+
 @pytest.mark.parametrize('subject', INJECTIONS[:3])
 def test_a_stored_unsafe_subject_fails_and_sends_nothing(smtp_server, smtp_messenger, subject):
-    message = Message.objects.create(cls='email_plain', dispatches_ready=True,
-                                     context={'subject': subject, 'type': 'plain', 'stext_': 'text'})
+    message = Message.objects.create(
+        cls='email_plain', dispatches_ready=True, context={'subject': subject, 'type': 'plain', 'stext_': 'text'}
+    )
     Dispatch.objects.create(message=message, messenger='smtp', address='ann@example.com')
 
     report = send_scheduled_messages()
@@ -136,13 +164,20 @@ def test_a_stored_unsafe_subject_fails_and_sends_nothing(smtp_server, smtp_messe
 
 # Duplicates (item 7b) ----------------------------------------------------------------------------
 
+
 def test_one_address_named_10000_times_is_sent_once(smtp_server, smtp_messenger, user):
     schedule_email('text', ['ann@example.com'] * 10_000 + [user, user, 'bob@example.com'], subject='Hi')
     assert list(Dispatch.objects.order_by('pk').values_list('address', flat=True)) == [
-        'ann@example.com', 'user1@example.com', 'bob@example.com']
+        'ann@example.com',
+        'user1@example.com',
+        'bob@example.com',
+    ]
     send_scheduled_messages()
     assert sorted(e.rcpt_tos[0] for e in smtp_server.handler.envelopes) == [
-        'ann@example.com', 'bob@example.com', 'user1@example.com']
+        'ann@example.com',
+        'bob@example.com',
+        'user1@example.com',
+    ]
 
 
 def test_duplicates_are_dropped_per_messenger_in_bulk_too(smtp_messenger, fake_messenger):
@@ -161,11 +196,33 @@ def test_page_posts_without_an_address_are_not_duplicates(fake_messenger):
 
 # Property: whatever the text, it is refused, or exactly the intended headers arrive --------------
 
-SETTINGS = hsettings(max_examples=60, deadline=None,
-                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+SETTINGS = hsettings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 TEXT = st.text(st.characters(blacklist_categories=('Cs',)), max_size=40)
-NASTY = st.sampled_from(['\r', '\n', '\r\n', '\x00', ': ', ',', ';', '<', '>', '"', ' ', '\t', 'Bcc: e@x.test',
-                         '\u2028', '\x85', '\x0b', '=?utf-8?q?x?=', 'é', '😀'])
+NASTY = st.sampled_from(
+    [
+        '\r',
+        '\n',
+        '\r\n',
+        '\x00',
+        ': ',
+        ',',
+        ';',
+        '<',
+        '>',
+        '"',
+        ' ',
+        '\t',
+        'Bcc: e@x.test',
+        '\u2028',
+        '\x85',
+        '\x0b',
+        '=?utf-8?q?x?=',
+        'é',
+        '😀',
+    ]
+)
 HOSTILE = st.lists(st.one_of(TEXT, NASTY), max_size=6).map(''.join)
 LOCAL = st.text(st.sampled_from('abcxyz.+-_\r\n\x00,; "<>'), min_size=1, max_size=12)  # UTF-8 local parts: item 2
 
@@ -208,8 +265,10 @@ def test_property_schedule_email_subject(smtp_server, smtp_messenger, subject):
     send_scheduled_messages()
     envelope, mail = arrived(smtp_server)
     assert envelope.rcpt_tos == ['ann@example.com']
-    assert_headers(mail, ['from', 'to', 'subject', 'date', 'message-id', 'content-type', 'mime-version',
-                          'content-transfer-encoding'])
+    assert_headers(
+        mail,
+        ['from', 'to', 'subject', 'date', 'message-id', 'content-type', 'mime-version', 'content-transfer-encoding'],
+    )
     if '=?' not in subject:  # text that looks like an RFC 2047 encoded word is decoded by the reader
         assert decoded(mail['Subject']) == decoded(subject or 'No Subject')
     assert mail.get_content().rstrip('\r\n') == 'Body line.'
@@ -235,8 +294,10 @@ def test_property_schedule_email_address(smtp_server, smtp_messenger, name, loca
         return
     envelope, mail = arrived(smtp_server)
     assert len(envelope.rcpt_tos) == 1
-    assert_headers(mail, ['from', 'to', 'subject', 'date', 'message-id', 'content-type', 'mime-version',
-                          'content-transfer-encoding'])
+    assert_headers(
+        mail,
+        ['from', 'to', 'subject', 'date', 'message-id', 'content-type', 'mime-version', 'content-transfer-encoding'],
+    )
     assert len(mail['To'].addresses) == 1 and mail['Subject'] == 'Hello'
     assert mail.get_content().rstrip('\r\n') == 'Body line.'
 
@@ -246,8 +307,7 @@ def test_property_schedule_email_address(smtp_server, smtp_messenger, name, loca
 def test_property_email_backend(smtp_server, smtp_messenger, subject, name, header):
     fresh(smtp_server)
     sender = formataddr((name, 'from@example.com'))  # a display name quoted as a careful caller does
-    message = EmailMessage(subject, 'Body line.', sender,
-                           ['ann@example.com'], headers={'X-Note': header})
+    message = EmailMessage(subject, 'Body line.', sender, ['ann@example.com'], headers={'X-Note': header})
     try:
         EmailBackend().send_messages([message])
     except ValueError:  # BadHeaderError, or Django/Python refusing the value while building the MIME
@@ -257,8 +317,20 @@ def test_property_email_backend(smtp_server, smtp_messenger, subject, name, head
     send_scheduled_messages()
     envelope, mail = arrived(smtp_server)
     assert (envelope.mail_from, envelope.rcpt_tos) == ('from@example.com', ['ann@example.com'])
-    assert_headers(mail, ['from', 'to', 'subject', 'date', 'message-id', 'content-type', 'mime-version',
-                          'content-transfer-encoding', 'x-note'])
+    assert_headers(
+        mail,
+        [
+            'from',
+            'to',
+            'subject',
+            'date',
+            'message-id',
+            'content-type',
+            'mime-version',
+            'content-transfer-encoding',
+            'x-note',
+        ],
+    )
     if '=?' not in subject:
         assert decoded(mail['Subject']) == decoded(subject)
     if django.VERSION < (6, 1):  # 6.1's modern policy may write a ';' of an encoded name raw (its own backend too)
@@ -266,13 +338,15 @@ def test_property_email_backend(smtp_server, smtp_messenger, subject, name, head
     # The header block is what Django builds for this e-mail (Date and Message-ID are made anew each time).
     built = message_from_bytes(mime_bytes(message), policy=policy.default)
     assert [(k, v) for k, v in mail.items() if k not in ('Date', 'Message-ID')] == [
-        (k, v) for k, v in built.items() if k not in ('Date', 'Message-ID')]
+        (k, v) for k, v in built.items() if k not in ('Date', 'Message-ID')
+    ]
     assert mail.get_content().rstrip('\r\n') == 'Body line.'
 
 
 def test_a_stored_unsafe_subscriber_address_is_left_out_of_the_others_dispatches(smtp_messenger, caplog):
     from sitemessage.models import Subscription
     from sitemessage.toolbox import prepare_dispatches
+
     Subscription.create('ann@example.com', 'email_plain', 'smtp')
     Subscription.objects.create(message_cls='email_plain', messenger_cls='smtp', address='x@y.test\r\nBcc: e@z.test')
     schedule_messages(EmailTextMessage('Hi', 'text'))

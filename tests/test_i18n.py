@@ -1,4 +1,5 @@
 """Shipped translations: compiled catalogues for en and ru, and Russian where users and staff read text."""
+
 from __future__ import annotations
 
 import gettext
@@ -30,11 +31,32 @@ def test_russian_catalogue_translates_the_documented_strings():
     with (LOCALE / 'ru' / 'LC_MESSAGES' / 'django.mo').open('rb') as stream:
         ru = gettext.GNUTranslations(stream).gettext
 
-    assert {msgid: ru(msgid) for msgid in ('Messaging', 'E-mail', 'No Subject', 'Dispatch', 'Pending', 'Processing',
-                                           'Sent', 'Error', 'Failed', 'this link')} == {
-        'Messaging': 'Корреспонденция', 'E-mail': 'Эл. почта', 'No Subject': 'Без темы', 'Dispatch': 'Депеша',
-        'Pending': 'Ожидает', 'Processing': 'В обработке', 'Sent': 'Отправлена', 'Error': 'Ошибка',
-        'Failed': 'Провал', 'this link': 'этой ссылкой'}
+    assert {
+        msgid: ru(msgid)
+        for msgid in (
+            'Messaging',
+            'E-mail',
+            'No Subject',
+            'Dispatch',
+            'Pending',
+            'Processing',
+            'Sent',
+            'Error',
+            'Failed',
+            'this link',
+        )
+    } == {
+        'Messaging': 'Корреспонденция',
+        'E-mail': 'Эл. почта',
+        'No Subject': 'Без темы',
+        'Dispatch': 'Депеша',
+        'Pending': 'Ожидает',
+        'Processing': 'В обработке',
+        'Sent': 'Отправлена',
+        'Error': 'Ошибка',
+        'Failed': 'Провал',
+        'this link': 'этой ссылкой',
+    }
 
 
 def test_dispatch_statuses_read_in_russian():
@@ -42,19 +64,29 @@ def test_dispatch_statuses_read_in_russian():
         labels = {status: str(label) for status, label in Dispatch.DISPATCH_STATUSES}
         one = Dispatch(dispatch_status=Dispatch.DISPATCH_STATUS_FAILED).get_dispatch_status_display()
 
-    assert labels == {Dispatch.DISPATCH_STATUS_PENDING: 'Ожидает', Dispatch.DISPATCH_STATUS_PROCESSING: 'В обработке',
-                      Dispatch.DISPATCH_STATUS_SENT: 'Отправлена', Dispatch.DISPATCH_STATUS_ERROR: 'Ошибка',
-                      Dispatch.DISPATCH_STATUS_FAILED: 'Провал'}
+    assert labels == {
+        Dispatch.DISPATCH_STATUS_PENDING: 'Ожидает',
+        Dispatch.DISPATCH_STATUS_PROCESSING: 'В обработке',
+        Dispatch.DISPATCH_STATUS_SENT: 'Отправлена',
+        Dispatch.DISPATCH_STATUS_ERROR: 'Ошибка',
+        Dispatch.DISPATCH_STATUS_FAILED: 'Провал',
+    }
     assert one == 'Провал'
 
 
 def test_app_models_and_messenger_titles_follow_the_active_language():
     with translation.override('ru'):
-        russian = (str(apps.get_app_config('sitemessage').verbose_name), str(Dispatch._meta.verbose_name),
-                   str(SMTPMessenger.title))
+        russian = (
+            str(apps.get_app_config('sitemessage').verbose_name),
+            str(Dispatch._meta.verbose_name),
+            str(SMTPMessenger.title),
+        )
     with translation.override('en'):
-        english = (str(apps.get_app_config('sitemessage').verbose_name), str(Dispatch._meta.verbose_name),
-                   str(SMTPMessenger.title))
+        english = (
+            str(apps.get_app_config('sitemessage').verbose_name),
+            str(Dispatch._meta.verbose_name),
+            str(SMTPMessenger.title),
+        )
 
     assert russian == ('Корреспонденция', 'Депеша', 'Эл. почта')
     assert english == ('Messaging', 'Dispatch', 'E-mail')
@@ -63,6 +95,7 @@ def test_app_models_and_messenger_titles_follow_the_active_language():
 @pytest.mark.django_db
 def test_preferences_table_titles_are_those_of_the_request_language(smtp_messenger, django_user_model):
     from sitemessage.toolbox import get_user_preferences_for_ui
+
     user = django_user_model.objects.create_user('ivan', email='ivan@example.com')
     Subscription.create(user, 'email_html', 'smtp')
 
@@ -84,7 +117,7 @@ def test_email_without_a_subject_and_its_footer_are_russian_when_sent_in_russian
         schedule_messages(EmailHtmlMessage('', {'contents': 'Привет'}), recipients('smtp', 'ivan@example.com'))
         send_scheduled_messages()
 
-    mail, = smtp_server.handler.messages()
+    (mail,) = smtp_server.handler.messages()
     assert mail['Subject'] == 'Без темы'
     html = mail.get_body(('html',)).get_content()
     assert 'Вы можете отписаться от этой рассылки' in html and 'этой ссылкой</a>' in html

@@ -3,6 +3,7 @@
 The project runs in a subprocess (settings: tests/legacy_settings.py) on a copy of
 tests/fixtures/sitemessage_1_4_0.sqlite3, sending to this test's SMTP server.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,7 +20,7 @@ from django.core.signing import Signer
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / 'tests' / 'fixtures' / 'sitemessage_1_4_0.sqlite3'
 
-SCRIPT = r'''
+SCRIPT = r"""
 import json, os
 from collections import Counter
 
@@ -83,7 +84,7 @@ result['subscribed_after_forged_link'] = alice_subscribed()
 result['unsubscribe_status'] = client.post(f'/messages/unsubscribe/1/2/{legacy_hash}/').status_code
 result['subscribed_after_legacy_link'] = alice_subscribed()
 print(json.dumps(result, default=str))
-'''
+"""
 
 
 def legacy_dispatch_hash(dispatch_id, message_id, secret='legacy-secret'):
@@ -95,10 +96,16 @@ def legacy_dispatch_hash(dispatch_id, message_id, secret='legacy-secret'):
 def run_legacy_project(tmp_path, smtp_port):
     database = tmp_path / 'legacy.sqlite3'
     shutil.copyfile(FIXTURE, database)
-    env = {**os.environ, 'DJANGO_SETTINGS_MODULE': 'tests.legacy_settings', 'SITEMESSAGE_LEGACY_DB': str(database),
-           'LEGACY_SMTP_PORT': str(smtp_port), 'LEGACY_HASH': legacy_dispatch_hash(2, 1)}
-    process = subprocess.run([sys.executable, '-c', SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
-                             timeout=120)
+    env = {
+        **os.environ,
+        'DJANGO_SETTINGS_MODULE': 'tests.legacy_settings',
+        'SITEMESSAGE_LEGACY_DB': str(database),
+        'LEGACY_SMTP_PORT': str(smtp_port),
+        'LEGACY_HASH': legacy_dispatch_hash(2, 1),
+    }
+    process = subprocess.run(
+        [sys.executable, '-c', SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert process.returncode == 0, process.stderr
     return json.loads(process.stdout.strip().splitlines()[-1])
 
@@ -107,16 +114,22 @@ def test_legacy_database_migrates_keeps_every_row_and_is_delivered(tmp_path, smt
     result = run_legacy_project(tmp_path, smtp_server.port)
 
     # Only the new migration is applied.
-    assert result['plan'] == ['sitemessage.0005_dispatch_lease_and_retry_time',
-                              'sitemessage.0006_subscription_unique']
+    assert result['plan'] == ['sitemessage.0005_dispatch_lease_and_retry_time', 'sitemessage.0006_subscription_unique']
 
     # Every row survived, as 1.4.0 left it.
-    assert result['counts'] == {'auth_user': 2, 'sitemessage_message': 8, 'sitemessage_dispatch': 8,
-                                'sitemessage_dispatcherror': 2, 'sitemessage_subscription': 2}
+    assert result['counts'] == {
+        'auth_user': 2,
+        'sitemessage_message': 8,
+        'sitemessage_dispatch': 8,
+        'sitemessage_dispatcherror': 2,
+        'sitemessage_subscription': 2,
+    }
     assert result['statuses'] == {'1': 4, '2': 1, '3': 1, '4': 1, '5': 1}
     assert result['errors'] == [[4, 'legacy failure'], [6, 'legacy error']]
-    assert result['subscriptions'] == [['email_html', 'smtp', None, 'eve@example.com'],
-                                       ['email_plain', 'smtp', 1, None]]
+    assert result['subscriptions'] == [
+        ['email_html', 'smtp', None, 'eve@example.com'],
+        ['email_plain', 'smtp', 1, None],
+    ]
     messages = result['messages']
     assert messages['2']['context']['contents'] == '<b>html</b>'
     assert messages['2']['priority'] == 5
@@ -130,11 +143,27 @@ def test_legacy_database_migrates_keeps_every_row_and_is_delivered(tmp_path, smt
     # Pending, error and abandoned-processing dispatches are delivered; failed and sent are not.
     assert result['report'] == {'sent': 6, 'errors': 0, 'failed': 0}
     delivered = sorted(rcpt for envelope in smtp_server.handler.envelopes for rcpt in envelope.rcpt_tos)
-    assert delivered == sorted(['carol@example.com', 'alice@example.com', 'dave@example.com',
-                                'error@example.com', 'processing@example.com', 'frank@example.com'])
+    assert delivered == sorted(
+        [
+            'carol@example.com',
+            'alice@example.com',
+            'dave@example.com',
+            'error@example.com',
+            'processing@example.com',
+            'frank@example.com',
+        ]
+    )
     after = result['after']
     assert {pk: d['status'] for pk, d in after.items()} == {
-        '1': 2, '2': 2, '3': 2, '4': 4, '5': 2, '6': 2, '7': 2, '8': 2}
+        '1': 2,
+        '2': 2,
+        '3': 2,
+        '4': 4,
+        '5': 2,
+        '6': 2,
+        '7': 2,
+        '8': 2,
+    }
     assert after['6']['retry_count'] == 2  # success does not count as a retry
     assert after['8']['cache'] == 'Grouped hello'
     bodies = {m['To']: m for m in smtp_server.handler.messages()}
@@ -150,7 +179,8 @@ def test_legacy_database_migrates_keeps_every_row_and_is_delivered(tmp_path, smt
     header = bodies['alice@example.com']['List-Unsubscribe']
     assert header.startswith(prefix) and expected_hash not in header
     assert Signer(key='legacy-secret', salt='sitemessage.links.unsubscribe', algorithm='sha256').unsign_object(
-        header[len(prefix):-2]) == [1, 2, 'email_plain', 'smtp', 1, '']
+        header[len(prefix) : -2]
+    ) == [1, 2, 'email_plain', 'smtp', 1, '']
     assert result['subscribed_after_forged_link'] is True
     assert result['unsubscribe_status'] == 302
     assert result['subscribed_after_legacy_link'] is False

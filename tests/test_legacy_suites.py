@@ -6,6 +6,7 @@ Such suites stand in for third-party modules with ``unittest.mock`` objects in `
 place where mocks are the point: they are what those suites do. The stand-ins are installed
 with ``mock.patch.dict(sys.modules, ...)`` so they never leak into other tests.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -18,6 +19,7 @@ import pytest
 
 from sitemessage.exceptions import MessengerWarmupException, SiteMessageConfigurationError
 from sitemessage.messages.plain import PlainTextMessage
+
 # Imported here, not under mock.patch.dict(sys.modules): that would drop them from sys.modules again.
 from sitemessage.messengers.facebook import FacebookMessenger
 from sitemessage.messengers.smtp import SMTPMessenger
@@ -47,6 +49,7 @@ def statuses(message):
 
 # A module in sys.modules without __spec__ --------------------------------------------------------------
 
+
 def test_a_stand_in_module_without_spec_is_imported_as_it_is():
     stand_in = MagicMock()
     with mock.patch.dict(sys.modules, {'requests': stand_in}):
@@ -59,8 +62,9 @@ def test_a_stand_in_module_without_spec_is_imported_as_it_is():
 def test_http_messengers_are_built_while_requests_is_a_stand_in():
 
     stand_in = MagicMock()
-    telegram = mock_thirdparty('requests', lambda: TelegramMessenger(
-        'bottoken', proxy={'https': 'socks5://user:pass@host:port'}), stand_in)
+    telegram = mock_thirdparty(
+        'requests', lambda: TelegramMessenger('bottoken', proxy={'https': 'socks5://user:pass@host:port'}), stand_in
+    )
     facebook = mock_thirdparty('requests', lambda: FacebookMessenger('pagetoken'), stand_in)
     vkontakte = mock_thirdparty('requests', lambda: VKontakteMessenger('apptoken'), stand_in)
 
@@ -86,6 +90,7 @@ def test_a_missing_module_names_the_pip_extra_and_the_import_error():
 
 
 # SMTP ----------------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def messenger_smtp():
@@ -131,7 +136,9 @@ def test_smtp_failure_of_the_mocked_connection_is_logged(messenger_smtp):
     errors = list(DispatchError.objects.all())
     assert len(errors) == 1
     # 2.0 names the address and the exception's type (1.4.0 logged only 'smtp failed').
-    assert errors[0].error_log.endswith('Exception: smtp failed') and errors[0].dispatch.address == 'someone@example.com'
+    assert (
+        errors[0].error_log.endswith('Exception: smtp failed') and errors[0].dispatch.address == 'someone@example.com'
+    )
 
 
 @pytest.mark.django_db
@@ -165,7 +172,10 @@ def test_smtp_assigned_options_are_used_by_the_next_connection(smtp_server):
     assert envelope.mail_from == 'other@example.com'
     assert envelope.rcpt_tos == ['someone@example.com']
     assert (messenger.host, messenger.port, messenger.from_email) == (
-        '127.0.0.1', smtp_server.port, 'other@example.com')
+        '127.0.0.1',
+        smtp_server.port,
+        'other@example.com',
+    )
 
     messenger.port = 1
     with pytest.raises(MessengerWarmupException):
@@ -184,6 +194,7 @@ def test_smtp_option_assigned_none_falls_back_to_the_setting(settings):
 
 
 # XMPP ----------------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def messenger_xmpp():
@@ -228,7 +239,8 @@ def test_xmpp_session_start_handler_marks_the_session_started():
     messenger.xmpp.get_roster.assert_called_once_with()
     assert messenger._session_started is True
     messenger.xmpp.connect.assert_called_once_with(
-        address=('xmpp.example.com', 5223), reattempt=False, use_tls=False, use_ssl=True)
+        address=('xmpp.example.com', 5223), reattempt=False, use_tls=False, use_ssl=True
+    )
 
 
 @pytest.mark.django_db
@@ -237,8 +249,7 @@ def test_xmpp_scheduled_send_makes_the_1_4_0_call(messenger_xmpp):
 
     send_scheduled_messages()
 
-    messenger_xmpp.xmpp.send_message.assert_called_once_with(
-        mtype='chat', mbody='text', mfrom='somjid', mto='someone')
+    messenger_xmpp.xmpp.send_message.assert_called_once_with(mtype='chat', mbody='text', mfrom='somjid', mto='someone')
     assert statuses(message) == [Dispatch.DISPATCH_STATUS_SENT]
 
 
@@ -285,11 +296,13 @@ def test_xmpp_assigned_client_is_used_with_slixmpp_installed():
     messenger.send(PlainTextMessage, message, dispatches)
 
     messenger.xmpp.send_message.assert_called_once_with(
-        mfrom='bot@example.com', mto='someone@example.com', mbody='text', mtype='chat')
+        mfrom='bot@example.com', mto='someone@example.com', mbody='text', mtype='chat'
+    )
     assert [dispatch.dispatch_status for dispatch in dispatches] == [Dispatch.DISPATCH_STATUS_SENT]
 
 
 # Twitter ---------------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def messenger_twitter():
@@ -355,8 +368,9 @@ def test_twitter_assigned_api_is_used_by_send():
 def test_twitter_stand_in_needs_neither_requests_nor_oauthlib():
     stand_in = MagicMock()
     with mock.patch.dict(sys.modules, {'requests': None, 'requests_oauthlib': None}):
-        messenger = mock_thirdparty('twitter', lambda: TwitterMessenger('key', 'secret', 'token', 'token_secret'),
-                                    stand_in)
+        messenger = mock_thirdparty(
+            'twitter', lambda: TwitterMessenger('key', 'secret', 'token', 'token_secret'), stand_in
+        )
     assert messenger.lib is stand_in
 
     messenger.send_test_message('someone', 'sometext')
@@ -379,11 +393,15 @@ def test_twitter_built_for_x_api_v2_takes_an_assigned_lib():
 
 # Deprecated 1.4.0 names ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize('name, replacement', [
-    ('RequestsMessengerBase', 'sitemessage.messengers.base_http.RequestsMessengerBase'),
-    ('TypeProxy', 'sitemessage.messengers.base_http.TypeProxy'),
-    ('DispatchProcessingHandler', 'MessengerBase.before_after_send_handling()'),
-])
+
+@pytest.mark.parametrize(
+    'name, replacement',
+    [
+        ('RequestsMessengerBase', 'sitemessage.messengers.base_http.RequestsMessengerBase'),
+        ('TypeProxy', 'sitemessage.messengers.base_http.TypeProxy'),
+        ('DispatchProcessingHandler', 'MessengerBase.before_after_send_handling()'),
+    ],
+)
 def test_moved_messenger_base_names_warn_with_their_replacement(name, replacement):
     from sitemessage.messengers import base
 

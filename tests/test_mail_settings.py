@@ -1,4 +1,5 @@
 """SMTP settings: ``MAILERS`` (Django 6.1+) or ``EMAIL_*``, read without deprecation warnings of ours."""
+
 import warnings
 
 import django
@@ -11,8 +12,9 @@ from sitemessage.messengers.smtp import SMTPMessenger
 
 MAILERS = {
     'default': {'BACKEND': 'sitemessage.backends.EmailBackend'},
-    'relay': {'OPTIONS': {'host': 'relay.example.org', 'username': 'bot', 'password': 's3cret',
-                          'use_tls': True, 'timeout': 7}},
+    'relay': {
+        'OPTIONS': {'host': 'relay.example.org', 'username': 'bot', 'password': 's3cret', 'use_tls': True, 'timeout': 7}
+    },
 }
 
 
@@ -20,7 +22,11 @@ def test_email_settings_without_mailers():
     messenger = SMTPMessenger()
     with override_settings(EMAIL_HOST='mail.example.org', EMAIL_PORT=2525, EMAIL_USE_TLS=True):
         assert (messenger.host, messenger.port, messenger.use_tls, messenger.use_ssl) == (
-            'mail.example.org', 2525, True, False)
+            'mail.example.org',
+            2525,
+            True,
+            False,
+        )
     assert smtp_mailer_options() is None
 
 
@@ -32,8 +38,14 @@ def test_mailers_smtp_alias_found_by_backend():
     """A default mailer that queues through sitemessage: the SMTP relay is the other alias."""
     with override_settings(MAILERS=MAILERS):
         messenger = SMTPMessenger()
-        assert (messenger.host, messenger.port, messenger.login, messenger.password, messenger.use_tls,
-                messenger.timeout) == ('relay.example.org', 587, 'bot', 's3cret', True, 7)
+        assert (
+            messenger.host,
+            messenger.port,
+            messenger.login,
+            messenger.password,
+            messenger.use_tls,
+            messenger.timeout,
+        ) == ('relay.example.org', 587, 'bot', 's3cret', True, 7)
 
 
 def test_mailers_explicit_alias_and_explicit_argument_wins():

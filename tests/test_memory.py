@@ -3,6 +3,7 @@
 The figures (peak RSS of a 5 MB HTML e-mail to 40 recipients against 1) come from
 benchmarks/memory_large_body.py; these tests hold the mechanisms that keep them low.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -57,7 +58,8 @@ def test_a_shared_rendering_is_held_once_and_read_as_each_recipients_own_str(fak
 
 @pytest.mark.parametrize('texts_per_query, text_updates', [(models.TEXTS_PER_QUERY, 1), (10, 5)])
 def test_large_texts_are_stored_one_at_a_time_and_equal_what_was_sent(
-        texts_per_query, text_updates, smtp_messenger, smtp_server, monkeypatch):
+    texts_per_query, text_updates, smtp_messenger, smtp_server, monkeypatch
+):
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
@@ -69,8 +71,11 @@ def test_large_texts_are_stored_one_at_a_time_and_equal_what_was_sent(
         report = send_scheduled_messages()
 
     assert report.sent == 5
-    updates = [q['sql'] for q in queries.captured_queries
-               if q['sql'].startswith('UPDATE') and f'{connection.ops.quote_name("message_cache")} =' in q['sql']]
+    updates = [
+        q['sql']
+        for q in queries.captured_queries
+        if q['sql'].startswith('UPDATE') and f'{connection.ops.quote_name("message_cache")} =' in q['sql']
+    ]
     assert len(updates) == text_updates
     sent = {str(message['To']): message.get_body(('html',)).get_content() for message in smtp_server.handler.messages()}
     for dispatch in Dispatch.objects.select_related('message'):

@@ -1,4 +1,5 @@
 """Message types: contexts, grouping, templates, compilation, signed links, subscribers."""
+
 from __future__ import annotations
 
 import copy
@@ -24,8 +25,13 @@ from sitemessage.messengers.base import MessengerBase
 from sitemessage.messengers.smtp import SMTPMessenger
 from sitemessage.models import Dispatch, DispatchError, Message, Subscription
 from sitemessage.toolbox import (
-    get_registered_message_types, prepare_dispatches, recipients, register_message_types, register_messenger_objects,
-    schedule_messages, send_scheduled_messages,
+    get_registered_message_types,
+    prepare_dispatches,
+    recipients,
+    register_message_types,
+    register_messenger_objects,
+    schedule_messages,
+    send_scheduled_messages,
 )
 from sitemessage.utils import Recipient, get_site_url
 from tests.fakes import FakeMessenger
@@ -38,19 +44,27 @@ REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 # With ROOT_URLCONF pointing here, the sitemessage URLs are not attached.
 urlpatterns = []
 
-TEMPLATES = [{
-    'BACKEND': 'django.template.backends.django.DjangoTemplates',
-    'OPTIONS': {'loaders': [
-        ('django.template.loaders.locmem.Loader', {
-            'sitemessage/messages/note__fake.tpl': 'FAKE {{ x }}',
-            'sitemessage/messages/note__other.tpl': 'OTHER {{ x }}',
-            'sitemessage/messages/addressed__fake.tpl':
-                'Dear {{ dispatch_model.address }}: {{ directive_unsubscribe }}',
-            'sitemessage/messages/shouting__fake.tpl': '{{ shout }}! {{ directive_mark_read }}',
-        }),
-        'django.template.loaders.app_directories.Loader',
-    ]},
-}]
+TEMPLATES = [
+    {
+        'BACKEND': 'django.template.backends.django.DjangoTemplates',
+        'OPTIONS': {
+            'loaders': [
+                (
+                    'django.template.loaders.locmem.Loader',
+                    {
+                        'sitemessage/messages/note__fake.tpl': 'FAKE {{ x }}',
+                        'sitemessage/messages/note__other.tpl': 'OTHER {{ x }}',
+                        'sitemessage/messages/addressed__fake.tpl': (
+                            'Dear {{ dispatch_model.address }}: {{ directive_unsubscribe }}'
+                        ),
+                        'sitemessage/messages/shouting__fake.tpl': '{{ shout }}! {{ directive_mark_read }}',
+                    },
+                ),
+                'django.template.loaders.app_directories.Loader',
+            ]
+        },
+    }
+]
 
 SITE = 'https://site.example'
 
@@ -87,18 +101,34 @@ def dispatch_to(address: str) -> Dispatch:
 
 # Contexts ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize('message, expected', [
-    (lambda: PlainTextMessage('ppp'), {'tpl': None, 'use_tpl': False, 'stext_': 'ppp'}),
-    (lambda: MessageBase({'title': 'My message!', 'name': 'idle'}),
-     {'tpl': None, 'use_tpl': True, 'title': 'My message!', 'name': 'idle'}),
-    (lambda: EmailTextMessage('S', 'txt'),
-     {'tpl': None, 'use_tpl': False, 'subject': 'S', 'type': 'plain', 'stext_': 'txt'}),
-    (lambda: EmailHtmlMessage('S', '<b>x</b>'),
-     {'tpl': None, 'use_tpl': False, 'subject': 'S', 'type': 'html', 'stext_': '<b>x</b>'}),
-    (lambda: EmailHtmlMessage('S', {'a': 1}), {'tpl': None, 'use_tpl': True, 'subject': 'S', 'type': 'html', 'a': 1}),
-    (lambda: EmailTextMessage('S', {'k': 'v'}, template_path='x/y.txt'),
-     {'tpl': 'x/y.txt', 'use_tpl': True, 'subject': 'S', 'type': 'plain', 'k': 'v'}),
-], ids=['plain', 'base-dict', 'email-text', 'email-html', 'email-html-dict', 'email-text-template'])
+
+@pytest.mark.parametrize(
+    'message, expected',
+    [
+        (lambda: PlainTextMessage('ppp'), {'tpl': None, 'use_tpl': False, 'stext_': 'ppp'}),
+        (
+            lambda: MessageBase({'title': 'My message!', 'name': 'idle'}),
+            {'tpl': None, 'use_tpl': True, 'title': 'My message!', 'name': 'idle'},
+        ),
+        (
+            lambda: EmailTextMessage('S', 'txt'),
+            {'tpl': None, 'use_tpl': False, 'subject': 'S', 'type': 'plain', 'stext_': 'txt'},
+        ),
+        (
+            lambda: EmailHtmlMessage('S', '<b>x</b>'),
+            {'tpl': None, 'use_tpl': False, 'subject': 'S', 'type': 'html', 'stext_': '<b>x</b>'},
+        ),
+        (
+            lambda: EmailHtmlMessage('S', {'a': 1}),
+            {'tpl': None, 'use_tpl': True, 'subject': 'S', 'type': 'html', 'a': 1},
+        ),
+        (
+            lambda: EmailTextMessage('S', {'k': 'v'}, template_path='x/y.txt'),
+            {'tpl': 'x/y.txt', 'use_tpl': True, 'subject': 'S', 'type': 'plain', 'k': 'v'},
+        ),
+    ],
+    ids=['plain', 'base-dict', 'email-text', 'email-html', 'email-html-dict', 'email-text-template'],
+)
 def test_message_contexts_are_those_of_1_4_0_in_key_order_too(message, expected):
     context = message().get_context()
 
@@ -117,6 +147,7 @@ def test_template_path_overrides_a_tpl_key_of_the_dict():
 
 
 # merge_context ----------------------------------------------------------------------------------------
+
 
 def test_merge_context_joins_texts_with_a_newline():
     merged = MessageBase.merge_context({'a': 1, 'stext_': 'first'}, {'b': 2, 'stext_': 'second'})
@@ -138,6 +169,7 @@ def test_merge_context_leaves_its_arguments_alone():
 
 
 # Aliases and templates --------------------------------------------------------------------------------
+
 
 def test_alias_falls_back_to_the_class_name_without_leaking_to_subclasses():
     class Parent(MessageBase):
@@ -208,9 +240,10 @@ def test_one_message_type_renders_each_messenger_with_its_own_template(fake_mess
 
 # Compilation ------------------------------------------------------------------------------------------
 
+
 @override_settings(SITEMESSAGE_SITE_URL=SITE)
 def test_compile_does_not_change_the_stored_context(fake_messenger):
-    (message, dispatches), = schedule_messages(GreetingMessage({'name': 'Ann'}), recipients('fake', 'ann'))
+    ((message, dispatches),) = schedule_messages(GreetingMessage({'name': 'Ann'}), recipients('fake', 'ann'))
     before = copy.deepcopy(message.context)
 
     text = GreetingMessage.compile(message, fake_messenger, dispatch=dispatches[0])
@@ -240,12 +273,12 @@ def test_template_context_has_site_url_models_and_directives(fake_messenger):
             return context
 
     register_message_types(Capturing)
-    (message, _dispatches), = schedule_messages(Capturing({'name': 'Ann'}), recipients('fake', 'ann'))
+    ((message, _dispatches),) = schedule_messages(Capturing({'name': 'Ann'}), recipients('fake', 'ann'))
     dispatch = Dispatch.objects.get()
 
     text = Capturing.compile(message, fake_messenger, dispatch=dispatch)
 
-    context, = seen
+    (context,) = seen
     assert context['name'] == 'Ann'
     assert context['SITE_URL'] == SITE == get_site_url()
     assert context['message_model'] is message and context['dispatch_model'] is dispatch
@@ -253,19 +286,20 @@ def test_template_context_has_site_url_models_and_directives(fake_messenger):
     assert context['directive_mark_read'] == Capturing.get_mark_read_directive(message, dispatch)
     assert context['directive_unsubscribe'].startswith(f'{SITE}/messages/unsubscribe/{message.pk}/{dispatch.pk}/')
     assert context['directive_mark_read'].startswith(f'{SITE}/messages/ping/{message.pk}/{dispatch.pk}/')
-    assert text.rstrip('\n') == (f"Hello Ann! unsubscribe={context['directive_unsubscribe']} "
-                    f"read={context['directive_mark_read']} site={SITE}")
+    assert text.rstrip('\n') == (
+        f'Hello Ann! unsubscribe={context["directive_unsubscribe"]} read={context["directive_mark_read"]} site={SITE}'
+    )
 
 
 def test_directives_are_empty_without_a_dispatch(fake_messenger):
-    (message, _dispatches), = schedule_messages(GreetingMessage({'name': 'Ann'}), recipients('fake', 'ann'))
+    ((message, _dispatches),) = schedule_messages(GreetingMessage({'name': 'Ann'}), recipients('fake', 'ann'))
 
     assert GreetingMessage.get_unsubscribe_directive(message, None) == ''
     assert delivered_links(GreetingMessage.compile(message, fake_messenger)) == {'unsubscribe': '', 'read': ''}
 
 
 def test_directives_are_empty_while_urls_are_not_attached_and_come_back_once_they_are():
-    (message, _dispatches), = schedule_messages(GreetingMessage({'name': 'Ann'}), recipients('fake', 'ann'))
+    ((message, _dispatches),) = schedule_messages(GreetingMessage({'name': 'Ann'}), recipients('fake', 'ann'))
     dispatch = Dispatch.objects.get()
 
     with override_settings(ROOT_URLCONF=__name__):
@@ -276,6 +310,7 @@ def test_directives_are_empty_while_urls_are_not_attached_and_come_back_once_the
 
 
 # Signed links -----------------------------------------------------------------------------------------
+
 
 def test_dispatch_hash_matches_the_1_4_0_test_vector():
     assert settings.SECRET_KEY == 'test-secret'
@@ -300,7 +335,7 @@ def test_dispatch_hash_is_valid_with_the_current_key_or_a_fallback_only():
 
 
 def test_mark_read_link_signed_with_a_rotated_key_still_works(client):
-    (message, _dispatches), = schedule_messages(GreetingMessage({'name': 'Ann'}), recipients('fake', 'ann'))
+    ((message, _dispatches),) = schedule_messages(GreetingMessage({'name': 'Ann'}), recipients('fake', 'ann'))
     dispatch = Dispatch.objects.get()
     with override_settings(SECRET_KEY='old-secret'):
         link = GreetingMessage.get_mark_read_directive(message, dispatch)
@@ -329,8 +364,9 @@ def test_each_recipient_of_one_templated_message_gets_its_own_signed_links(fake_
 
 
 def test_each_recipient_of_one_html_email_gets_its_own_links_in_body_and_header(smtp_messenger, smtp_server):
-    schedule_messages(EmailHtmlMessage('News', {'contents': 'Hello'}),
-                      recipients('smtp', ['ann@example.com', 'bob@example.com']))
+    schedule_messages(
+        EmailHtmlMessage('News', {'contents': 'Hello'}), recipients('smtp', ['ann@example.com', 'bob@example.com'])
+    )
 
     send_scheduled_messages()
 
@@ -400,7 +436,7 @@ def test_missing_template_puts_the_dispatch_in_error_without_calling_send(fake_m
     assert [address for address, _text in fake_messenger.delivered] == ['bob']
     broken = dispatch_to('ann')
     assert (broken.dispatch_status, broken.retry_count) == (Dispatch.DISPATCH_STATUS_ERROR, 1)
-    error, = DispatchError.objects.filter(dispatch=broken)
+    (error,) = DispatchError.objects.filter(dispatch=broken)
     assert 'TemplateDoesNotExist' in error.error_log and 'no/such/template.tpl' in error.error_log
 
 
@@ -421,6 +457,7 @@ def test_missing_template_of_the_only_message_never_reaches_send(fake_messenger)
 
 # Subscribers ------------------------------------------------------------------------------------------
 
+
 def test_subscribers_are_active_users_and_addresses_with_a_usable_address(user, django_user_model):
     register_messenger_objects(SMTPMessenger())
     inactive = django_user_model.objects.create_user('inactive', email='inactive@example.com', is_active=False)
@@ -437,13 +474,15 @@ def test_subscribers_are_active_users_and_addresses_with_a_usable_address(user, 
     subscribers = GreetingMessage.get_subscribers()
 
     assert sorted(subscribers, key=lambda r: (r.messenger, r.address)) == [
-        Recipient('fake', user, 'user1'), Recipient('smtp', None, 'list@example.com'),
-        Recipient('smtp', user, 'user1@example.com')]
+        Recipient('fake', user, 'user1'),
+        Recipient('smtp', None, 'list@example.com'),
+        Recipient('smtp', user, 'user1@example.com'),
+    ]
     assert Recipient('smtp', inactive, 'inactive@example.com') in GreetingMessage.get_subscribers(active_only=False)
 
 
 def test_prepare_dispatches_uses_subscribers_and_skips_messages_without_any(fake_messenger, user):
-    (without_recipients, _dispatches), = schedule_messages(GreetingMessage({'name': 'Ann'}))
+    ((without_recipients, _dispatches),) = schedule_messages(GreetingMessage({'name': 'Ann'}))
     assert prepare_dispatches() == []
 
     Subscription.create(user, 'greeting', 'fake')
@@ -456,8 +495,11 @@ def test_prepare_dispatches_uses_subscribers_and_skips_messages_without_any(fake
 
 # Built-in types -----------------------------------------------------------------------------------------
 
+
 def test_builtin_types_are_importable_from_the_messages_package():
-    from sitemessage.messages import EmailHtmlMessage as Html, EmailTextMessage as Text, PlainTextMessage as Plain
+    from sitemessage.messages import EmailHtmlMessage as Html
+    from sitemessage.messages import EmailTextMessage as Text
+    from sitemessage.messages import PlainTextMessage as Plain
 
     assert (Plain, Text, Html) == (PlainTextMessage, EmailTextMessage, EmailHtmlMessage)
     with pytest.raises(AttributeError):
@@ -469,11 +511,14 @@ def test_builtin_types_register_under_their_aliases():
 
     types = get_registered_message_types()
     assert (types['plain'], types['email_plain'], types['email_html']) == (
-        PlainTextMessage, EmailTextMessage, EmailHtmlMessage)
+        PlainTextMessage,
+        EmailTextMessage,
+        EmailHtmlMessage,
+    )
 
 
 def test_messages_package_imports_builtin_types_only_when_asked():
-    code = textwrap.dedent('''
+    code = textwrap.dedent("""
         import sys
         import sitemessage.messages
         assert 'sitemessage.models' not in sys.modules, 'models imported'
@@ -482,14 +527,21 @@ def test_messages_package_imports_builtin_types_only_when_asked():
         django.setup()
         from sitemessage.messages import EmailHtmlMessage
         print(EmailHtmlMessage.alias)
-    ''')
-    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=60,
-                            env={'DJANGO_SETTINGS_MODULE': 'tests.settings'}, cwd=REPO_ROOT)
+    """)
+    result = subprocess.run(
+        [sys.executable, '-c', code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={'DJANGO_SETTINGS_MODULE': 'tests.settings'},
+        cwd=REPO_ROOT,
+    )
 
     assert result.stdout.strip() == 'email_html', result.stderr
 
 
 # Grouping (Message.create) --------------------------------------------------------------------------------
+
 
 class Grouped(PlainTextMessage):
     alias = 'grouped'
@@ -507,8 +559,8 @@ def dispatch_addresses(message) -> list:
 
 
 def test_grouped_messages_merge_into_one_pending_message(grouped, fake_messenger):
-    (first, _dispatches), = schedule_messages(grouped('text1'), recipients('fake', 'ann'))
-    (second, dispatches), = schedule_messages(grouped('moretext'), recipients('fake', 'ann'))
+    ((first, _dispatches),) = schedule_messages(grouped('text1'), recipients('fake', 'ann'))
+    ((second, dispatches),) = schedule_messages(grouped('moretext'), recipients('fake', 'ann'))
 
     assert second.pk == first.pk
     assert Message.objects.get().context == {'tpl': None, 'use_tpl': False, 'stext_': 'text1\nmoretext'}
@@ -518,7 +570,7 @@ def test_grouped_messages_merge_into_one_pending_message(grouped, fake_messenger
 
 
 def test_grouping_adds_new_recipients_once(grouped):
-    (message, _dispatches), = schedule_messages(grouped('a'), recipients('fake', 'ann'))
+    ((message, _dispatches),) = schedule_messages(grouped('a'), recipients('fake', 'ann'))
     schedule_messages(grouped('b'), recipients('fake', ['ann', 'bob']))
     schedule_messages(grouped('c'), recipients('fake', ['bob']))
 
@@ -532,11 +584,12 @@ def test_grouping_matches_the_sender(grouped, user, django_user_model):
         schedule_messages(grouped('x'), recipients('fake', 'ann'), sender=sender)
 
     assert sorted((m.sender_id or 0, m.context['stext_']) for m in Message.objects.all()) == sorted(
-        [(0, 'x\nx'), (user.pk, 'x\nx'), (other.pk, 'x\nx')])
+        [(0, 'x\nx'), (user.pk, 'x\nx'), (other.pk, 'x\nx')]
+    )
 
 
 def test_grouping_keeps_the_priority_and_clears_stale_caches(grouped):
-    (message, _dispatches), = schedule_messages(grouped('a'), recipients('fake', 'ann'), priority=5)
+    ((message, _dispatches),) = schedule_messages(grouped('a'), recipients('fake', 'ann'), priority=5)
     Dispatch.objects.update(message_cache='a')
 
     schedule_messages(grouped('b'), recipients('fake', 'ann'), priority=9)
@@ -586,12 +639,14 @@ def test_group_mark_may_be_a_property_of_the_instance():
         schedule_messages(PerTopic(topic, text), recipients('fake', 'ann'))
 
     assert sorted((m.group_mark, m.context['stext_']) for m in Message.objects.all()) == [
-        ('topic-a', '1\n3'), ('topic-b', '2')]
+        ('topic-a', '1\n3'),
+        ('topic-b', '2'),
+    ]
 
 
 def test_grouping_into_a_message_without_dispatches_yet(grouped, user):
-    (message, dispatches), = schedule_messages(grouped('a'))
-    (same, more_dispatches), = schedule_messages(grouped('b'))
+    ((message, dispatches),) = schedule_messages(grouped('a'))
+    ((same, more_dispatches),) = schedule_messages(grouped('b'))
 
     assert (same.pk, dispatches, more_dispatches) == (message.pk, [], [])
     Subscription.create(user, 'grouped', 'fake')
@@ -602,8 +657,9 @@ def test_grouping_into_a_message_without_dispatches_yet(grouped, user):
 
 def test_message_create_without_merge_hook_replaces_the_context():
     Message.create('grouped', {'stext_': 'old'}, recipients=recipients('fake', 'ann'), group_mark='g')
-    message, dispatches = Message.create('grouped', {'stext_': 'new'}, recipients=recipients('fake', 'ann'),
-                                         group_mark='g')
+    message, dispatches = Message.create(
+        'grouped', {'stext_': 'new'}, recipients=recipients('fake', 'ann'), group_mark='g'
+    )
 
     assert Message.objects.get().context == {'stext_': 'new'}
     assert [d.address for d in dispatches] == ['ann']
@@ -617,9 +673,11 @@ def test_signed_links_from_the_cached_template_equal_reverse():
     for message_id, dispatch_id, hashed in ((1, 2, 'abc'), (10, 987654321, 'f' * 40), (5, 5, '5')):
         for name in ('sitemessage_unsubscribe', 'sitemessage_mark_read'):
             assert reverse_signed_link(name, message_id, dispatch_id, hashed) == reverse(
-                name, args=[message_id, dispatch_id, hashed])
+                name, args=[message_id, dispatch_id, hashed]
+            )
     with override_settings(ROOT_URLCONF='tests.messengers.test_smtp'):  # a URLconf without sitemessage's views
         with pytest.raises(NoReverseMatch):
             reverse_signed_link('sitemessage_unsubscribe', 1, 2, 'abc')
     assert reverse_signed_link('sitemessage_unsubscribe', 1, 2, 'abc') == reverse(
-        'sitemessage_unsubscribe', args=[1, 2, 'abc'])
+        'sitemessage_unsubscribe', args=[1, 2, 'abc']
+    )

@@ -1,4 +1,5 @@
 """Prometheus metrics (sitemessage.metrics) in a real registry, after real sends to aiosmtpd."""
+
 from __future__ import annotations
 
 import re
@@ -43,8 +44,7 @@ def exposition(registry) -> dict:
     return samples
 
 
-def test_outcome_counters_latency_and_queue_gauges_after_a_real_send(registry, smtp_server, smtp_messenger,
-                                                                     settings):
+def test_outcome_counters_latency_and_queue_gauges_after_a_real_send(registry, smtp_server, smtp_messenger, settings):
     settings.SITEMESSAGE_RETRY_DELAY_SECONDS = 600
     smtp_server.handler.refuse.update({'gone@example.com': '550 No such user', 'busy@example.com': '451 Later'})
     for to in ('one@example.com', 'two@example.com', 'gone@example.com', 'busy@example.com'):
@@ -133,8 +133,9 @@ def test_bad_metrics_settings_are_named(monkeypatch, settings):
         metrics.get_metrics()
     settings.SITEMESSAGE_METRICS = True
     settings.SITEMESSAGE_METRICS_PORT = 'http'
-    with pytest.raises(SiteMessageConfigurationError,
-                       match="SITEMESSAGE_METRICS_PORT must be a port number, got 'http'"):
+    with pytest.raises(
+        SiteMessageConfigurationError, match="SITEMESSAGE_METRICS_PORT must be a port number, got 'http'"
+    ):
         metrics.start_metrics_server()
 
 
@@ -154,8 +155,7 @@ def test_worker_serves_metrics_on_the_port_setting(procs, sink):
     procs.use_sink(sink)
     port = free_port()  # the worker process is told the port of its metrics server in advance
     procs.orm('schedule', count=3, prefix='metrics')
-    worker = procs.start('sitemessage_worker', '--idle', '0.2',
-                         settings={'METRICS': True, 'METRICS_PORT': port})
+    worker = procs.start('sitemessage_worker', '--idle', '0.2', settings={'METRICS': True, 'METRICS_PORT': port})
     assert sink.handler.wait_for(3, timeout=30), worker.output()
     assert worker.wait_for_output('Sent: 3', timeout=30), worker.output()
 

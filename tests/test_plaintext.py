@@ -1,4 +1,5 @@
 """HTML to readable plain text (sitemessage/plaintext.py), the text/plain part of HTML e-mails."""
+
 from __future__ import annotations
 
 import pytest
@@ -21,11 +22,14 @@ def test_list_items_are_bulleted_lines():
 
 
 def test_links_show_their_target_once():
-    html = ('<p>Read <a href="https://example.com/post">the post</a>, '
-            '<a href="https://example.com/">https://example.com/</a>, '
-            '<a href="#top">back to top</a>, <a>no href</a> and <a href="">empty</a>.</p>')
+    html = (
+        '<p>Read <a href="https://example.com/post">the post</a>, '
+        '<a href="https://example.com/">https://example.com/</a>, '
+        '<a href="#top">back to top</a>, <a>no href</a> and <a href="">empty</a>.</p>'
+    )
     assert html_to_text(html) == (
-        'Read the post (https://example.com/post), https://example.com/, back to top, no href and empty.')
+        'Read the post (https://example.com/post), https://example.com/, back to top, no href and empty.'
+    )
 
 
 def test_nested_links_pop_their_own_targets():
@@ -49,8 +53,10 @@ def test_invisible_elements_are_dropped(tag):
 
 
 def test_nested_and_stray_closing_invisible_tags():
-    html = ('<head><title>T</title><style>p {}</style><script>x()</script>still head</head>'
-            '</script><p>shown</p><template><style>a</style>inner</template>end')
+    html = (
+        '<head><title>T</title><style>p {}</style><script>x()</script>still head</head>'
+        '</script><p>shown</p><template><style>a</style>inner</template>end'
+    )
     assert html_to_text(html) == 'shown\nend'
 
 
@@ -69,13 +75,13 @@ def test_images_show_their_alt_text_however_the_tag_is_written(img):
 
 
 def test_a_whole_email_document():
-    html = '''<!DOCTYPE html><html><head><meta charset="utf-8"><title>News</title>
+    html = """<!DOCTYPE html><html><head><meta charset="utf-8"><title>News</title>
     <style>body { color: red }</style></head>
     <body>
       <table><tr><td>Hello&nbsp;Ann,</td></tr>
       <tr><td>Our <a href="https://shop.example/sale">sale</a> starts today.</td></tr></table>
       <script>track()</script>
-    </body></html>'''
+    </body></html>"""
     assert html_to_text(html) == 'Hello Ann,\n\nOur sale (https://shop.example/sale) starts today.'
 
 

@@ -1,4 +1,5 @@
 """Subscriptions and users' preferences: the table's data, saving a posted form, uniqueness of rows."""
+
 from __future__ import annotations
 
 import threading
@@ -14,7 +15,9 @@ from django.test import RequestFactory
 from sitemessage.messages.base import MessageBase
 from sitemessage.models import Subscription
 from sitemessage.toolbox import (
-    get_user_preferences_for_ui, register_message_types, register_messenger_objects,
+    get_user_preferences_for_ui,
+    register_message_types,
+    register_messenger_objects,
     set_user_preferences_from_request,
 )
 from sitemessage.utils import Recipient
@@ -23,7 +26,8 @@ from tests.testapp.sitemessages import GreetingMessage
 
 needs_partial_unique = pytest.mark.skipif(
     connection.vendor == 'mysql',
-    reason='MySQL/MariaDB cannot enforce conditional unique constraints (SITEMESSAGE_TEST_DB=mysql)')
+    reason='MySQL/MariaDB cannot enforce conditional unique constraints (SITEMESSAGE_TEST_DB=mysql)',
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -37,6 +41,7 @@ class SecondFake(FakeMessenger):
 
 class Internal(MessageBase):
     """An admin alert nobody may subscribe to."""
+
     alias = 'internal'
     title = 'Internal alerts'
     allow_user_subscription = False
@@ -65,6 +70,7 @@ def post(user, *values):
 
 
 # The table's data ---------------------------------------------------------------------------------------
+
 
 def test_preferences_data_has_sorted_messenger_titles_and_one_row_per_message_title(smtp_messenger, user):
     Subscription.create(user, 'greeting', 'fake')
@@ -178,6 +184,7 @@ def test_unsupported_messenger_cells_are_empty(user):
 
 # Saving a posted form -----------------------------------------------------------------------------------
 
+
 def test_posted_preferences_replace_the_users_subscriptions(user, django_user_model):
     other = django_user_model.objects.create_user('other')
     Subscription.create(user, 'plain', 'fake')
@@ -199,11 +206,27 @@ def test_posting_nothing_removes_every_subscription_of_the_user(user):
     assert user_rows(user) == []
 
 
-@pytest.mark.parametrize('value', [
-    'a', 'a|b|c', '', '|', 'greeting|', '|fake', 'greeting||fake', 'greeting|fake|', ' greeting|fake',
-    'nosuchtype|fake', 'greeting|nosuchmessenger', 'internal|fake', 'fake_only|second', 'greeting|closed',
-    'greeting|fake\x00', 'Greeting|Fake',
-])
+@pytest.mark.parametrize(
+    'value',
+    [
+        'a',
+        'a|b|c',
+        '',
+        '|',
+        'greeting|',
+        '|fake',
+        'greeting||fake',
+        'greeting|fake|',
+        ' greeting|fake',
+        'nosuchtype|fake',
+        'greeting|nosuchmessenger',
+        'internal|fake',
+        'fake_only|second',
+        'greeting|closed',
+        'greeting|fake\x00',
+        'Greeting|Fake',
+    ],
+)
 def test_malformed_unknown_unsupported_or_forbidden_values_are_ignored(user, value):
 
     class Closed(FakeMessenger):
@@ -251,14 +274,19 @@ def test_replacing_preferences_is_atomic(user):
 
 
 def test_replace_for_user_accepts_classes_and_aliases_and_drops_duplicates(user, fake_messenger):
-    assert Subscription.replace_for_user(user, [(GreetingMessage, fake_messenger), ('greeting', 'fake'),
-                                                (GreetingMessage, 'fake')]) is True
+    assert (
+        Subscription.replace_for_user(
+            user, [(GreetingMessage, fake_messenger), ('greeting', 'fake'), (GreetingMessage, 'fake')]
+        )
+        is True
+    )
 
     assert user_rows(user) == [('greeting', 'fake')]
     assert Subscription.replace_for_user(AnonymousUser(), [('greeting', 'fake')]) is False
 
 
 # Subscribers --------------------------------------------------------------------------------------------
+
 
 def test_subscribers_are_active_users_only_unless_asked(django_user_model):
     active = django_user_model.objects.create_user('active')
@@ -268,11 +296,14 @@ def test_subscribers_are_active_users_only_unless_asked(django_user_model):
     Subscription.create('someone', 'greeting', 'fake')
 
     assert sorted(GreetingMessage.get_subscribers(), key=lambda r: r.address) == [
-        Recipient('fake', active, 'active'), Recipient('fake', None, 'someone')]
+        Recipient('fake', active, 'active'),
+        Recipient('fake', None, 'someone'),
+    ]
     assert Recipient('fake', inactive, 'inactive') in GreetingMessage.get_subscribers(active_only=False)
 
 
 # Uniqueness ---------------------------------------------------------------------------------------------
+
 
 def test_subscribing_twice_keeps_one_row(user):
     first = Subscription.create(user, 'greeting', 'fake')
@@ -285,8 +316,7 @@ def test_subscribing_twice_keeps_one_row(user):
 
 
 def test_an_address_subscription_is_distinct_from_a_user_subscription_with_the_same_address(user):
-    Subscription.objects.create(recipient=user, address='ann@example.com', message_cls='greeting',
-                                messenger_cls='fake')
+    Subscription.objects.create(recipient=user, address='ann@example.com', message_cls='greeting', messenger_cls='fake')
 
     by_address = Subscription.create('ann@example.com', 'greeting', 'fake')
 
@@ -294,10 +324,13 @@ def test_an_address_subscription_is_distinct_from_a_user_subscription_with_the_s
     assert Subscription.objects.count() == 2
 
 
-@pytest.mark.parametrize('row', [
-    {'recipient': 'user', 'message_cls': 'greeting', 'messenger_cls': 'fake'},
-    {'address': 'ann@example.com', 'message_cls': 'greeting', 'messenger_cls': 'fake'},
-])
+@pytest.mark.parametrize(
+    'row',
+    [
+        {'recipient': 'user', 'message_cls': 'greeting', 'messenger_cls': 'fake'},
+        {'address': 'ann@example.com', 'message_cls': 'greeting', 'messenger_cls': 'fake'},
+    ],
+)
 @needs_partial_unique
 def test_the_database_refuses_duplicate_subscriptions(user, row):
     row = {**row, 'recipient': user} if 'recipient' in row else row
@@ -309,8 +342,12 @@ def test_the_database_refuses_duplicate_subscriptions(user, row):
 
 def test_the_same_pair_for_other_users_addresses_types_or_messengers_is_allowed(user, django_user_model):
     other = django_user_model.objects.create_user('other')
-    for kwargs in ({'recipient': user}, {'recipient': other}, {'address': 'a@example.com'},
-                   {'address': 'b@example.com'}):
+    for kwargs in (
+        {'recipient': user},
+        {'recipient': other},
+        {'address': 'a@example.com'},
+        {'address': 'b@example.com'},
+    ):
         Subscription.objects.create(message_cls='greeting', messenger_cls='fake', **kwargs)
         Subscription.objects.create(message_cls='plain', messenger_cls='fake', **kwargs)
         Subscription.objects.create(message_cls='greeting', messenger_cls='smtp', **kwargs)
@@ -357,22 +394,37 @@ def test_migration_0006_deletes_duplicates_keeping_the_oldest_row_then_enforces_
     try:
         legacy = executor.loader.project_state(before).apps.get_model('sitemessage', 'Subscription')
         rows = [  # (recipient, address, message_cls, messenger_cls)
-            (ann.pk, None, 'greeting', 'fake'), (ann.pk, None, 'greeting', 'fake'), (ann.pk, None, 'greeting', 'fake'),
+            (ann.pk, None, 'greeting', 'fake'),
+            (ann.pk, None, 'greeting', 'fake'),
+            (ann.pk, None, 'greeting', 'fake'),
             (ann.pk, 'x@example.com', 'greeting', 'fake'),  # a user row: a duplicate of the first ones too
-            (ann.pk, None, 'plain', 'fake'), (bob.pk, None, 'greeting', 'fake'),
-            (None, 'eve@example.com', 'greeting', 'fake'), (None, 'eve@example.com', 'greeting', 'fake'),
-            (None, 'eve@example.com', 'greeting', 'smtp'), (None, None, 'greeting', 'fake'),
+            (ann.pk, None, 'plain', 'fake'),
+            (bob.pk, None, 'greeting', 'fake'),
+            (None, 'eve@example.com', 'greeting', 'fake'),
+            (None, 'eve@example.com', 'greeting', 'fake'),
+            (None, 'eve@example.com', 'greeting', 'smtp'),
+            (None, None, 'greeting', 'fake'),
             (None, None, 'greeting', 'fake'),  # no recipient at all: nothing to compare, both kept
         ]
-        ids = [legacy.objects.create(recipient_id=recipient, address=address, message_cls=message_cls,
-                                     messenger_cls=messenger_cls).pk
-               for recipient, address, message_cls, messenger_cls in rows]
+        ids = [
+            legacy.objects.create(
+                recipient_id=recipient, address=address, message_cls=message_cls, messenger_cls=messenger_cls
+            ).pk
+            for recipient, address, message_cls, messenger_cls in rows
+        ]
     finally:
         executor = MigrationExecutor(connection)
         executor.migrate(after)
 
     assert sorted(Subscription.objects.values_list('pk', flat=True)) == [
-        ids[0], ids[4], ids[5], ids[6], ids[8], ids[9], ids[10]]
+        ids[0],
+        ids[4],
+        ids[5],
+        ids[6],
+        ids[8],
+        ids[9],
+        ids[10],
+    ]
     with pytest.raises(IntegrityError), transaction.atomic():
         Subscription.objects.create(recipient=ann, message_cls='greeting', messenger_cls='fake')
     with pytest.raises(IntegrityError), transaction.atomic():

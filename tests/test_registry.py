@@ -1,4 +1,5 @@
 """Registries, recipients, the site URL, per-app type overrides, autodiscovery, settings, exceptions, app config."""
+
 from __future__ import annotations
 
 import subprocess
@@ -16,8 +17,12 @@ from django.test import override_settings
 
 from sitemessage import settings as sm_settings
 from sitemessage.exceptions import (
-    MessengerException, MessengerWarmupException, SiteMessageConfigurationError, SiteMessageError,
-    UnknownMessageTypeError, UnknownMessengerError,
+    MessengerException,
+    MessengerWarmupException,
+    SiteMessageConfigurationError,
+    SiteMessageError,
+    UnknownMessageTypeError,
+    UnknownMessengerError,
 )
 from sitemessage.messages.base import MessageBase
 from sitemessage.messages.email import EmailHtmlMessage, EmailTextMessage
@@ -25,9 +30,18 @@ from sitemessage.messengers.smtp import SMTPMessenger
 from sitemessage.models import Dispatch, DispatchError, Message, Subscription
 from sitemessage.toolbox import schedule_messages
 from sitemessage.utils import (
-    Recipient, get_message_type_for_app, get_registered_message_type, get_registered_message_types,
-    get_registered_messenger_object, get_registered_messenger_objects, get_site_url, import_app_sitemessage_module,
-    import_project_sitemessage_modules, override_message_type_for_app, recipients, register_message_types,
+    Recipient,
+    get_message_type_for_app,
+    get_registered_message_type,
+    get_registered_message_types,
+    get_registered_messenger_object,
+    get_registered_messenger_objects,
+    get_site_url,
+    import_app_sitemessage_module,
+    import_project_sitemessage_modules,
+    override_message_type_for_app,
+    recipients,
+    register_message_types,
     register_messenger_objects,
 )
 from tests.fakes import FakeMessenger
@@ -39,6 +53,7 @@ REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 
 
 # Registries ---------------------------------------------------------------------------------------
+
 
 def test_registering_a_messenger_under_a_taken_alias_replaces_the_earlier_one():
     first, second = FakeMessenger(), FakeMessenger()
@@ -100,6 +115,7 @@ def test_recipients_for_an_unknown_messenger_alias_raise():
 
 # Recipient and recipients() ---------------------------------------------------------------------------
 
+
 def test_recipient_is_a_positional_named_tuple():
     recipient = Recipient('msgr', None, 'address')
 
@@ -116,7 +132,9 @@ def test_recipients_accept_a_messenger_alias_class_or_instance():
 
 def test_recipients_take_users_and_addresses_one_or_many(user):
     assert recipients(SMTPMessenger, [user, 'a@example.com']) == [
-        Recipient('smtp', user, 'user1@example.com'), Recipient('smtp', None, 'a@example.com')]
+        Recipient('smtp', user, 'user1@example.com'),
+        Recipient('smtp', None, 'a@example.com'),
+    ]
     assert recipients(SMTPMessenger, 'a@example.com') == [Recipient('smtp', None, 'a@example.com')]
     assert recipients(SMTPMessenger, user) == [Recipient('smtp', user, 'user1@example.com')]
     assert recipients('fake', user) == [Recipient('fake', user, 'user1')]
@@ -136,8 +154,8 @@ def test_recipient_lists_add_up_including_trailing_comma_tuples():
     expected = [Recipient('smtp', None, 'a@example.com'), Recipient('fake', None, 'bob')]
 
     assert smtp + fake == expected
-    smtp_tuple = recipients(SMTPMessenger, ['a@example.com']),
-    fake_tuple = recipients('fake', ['bob']),
+    smtp_tuple = (recipients(SMTPMessenger, ['a@example.com']),)
+    fake_tuple = (recipients('fake', ['bob']),)
     assert list(smtp + fake_tuple) == expected
     assert list(smtp_tuple + fake) == expected
 
@@ -147,7 +165,7 @@ def dispatch_targets(message) -> list:
 
 
 def test_schedule_messages_accepts_a_tuple_of_recipients():
-    (message, _dispatches), = schedule_messages('hi', tuple(recipients('fake', ['ann', 'bob'])))
+    ((message, _dispatches),) = schedule_messages('hi', tuple(recipients('fake', ['ann', 'bob'])))
 
     assert dispatch_targets(message) == [('fake', 'ann'), ('fake', 'bob')]
 
@@ -156,7 +174,9 @@ def test_schedule_messages_uses_a_generator_of_recipients_for_every_message():
     scheduled = schedule_messages(['one', 'two'], (r for r in recipients('fake', ['ann', 'bob'])))
 
     assert [dispatch_targets(message) for message, _dispatches in scheduled] == [
-        [('fake', 'ann'), ('fake', 'bob')], [('fake', 'ann'), ('fake', 'bob')]]
+        [('fake', 'ann'), ('fake', 'bob')],
+        [('fake', 'ann'), ('fake', 'bob')],
+    ]
 
 
 def test_dispatch_create_accepts_one_recipient_a_tuple_a_set_or_a_generator():
@@ -198,6 +218,7 @@ def test_garbage_among_recipients_is_refused_naming_it_and_nothing_is_created():
 
 # Site URL ---------------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def no_site_env(monkeypatch):
     for name in ('SITE_URL', 'SITE_DOMAIN', 'SITE_PROTO', 'SITE_SCHEME'):
@@ -207,8 +228,9 @@ def no_site_env(monkeypatch):
 
 @pytest.fixture
 def greeting_dispatch():
-    (message, _dispatches), = schedule_messages(
-        testapp_sitemessages.GreetingMessage({'name': 'Ann'}), recipients('fake', 'ann'))
+    ((message, _dispatches),) = schedule_messages(
+        testapp_sitemessages.GreetingMessage({'name': 'Ann'}), recipients('fake', 'ann')
+    )
     return message, Dispatch.objects.get(message=message)
 
 
@@ -268,6 +290,7 @@ def test_sitemessage_site_url_wins_over_the_fallbacks(no_site_env):
 
 # Message types for reusable applications ------------------------------------------------------------------
 
+
 def test_app_gets_the_default_message_type_unless_overridden():
     class ShoutingEmail(EmailTextMessage):
         alias = 'shouting_email'
@@ -295,6 +318,7 @@ def test_app_default_type_that_is_not_registered_raises():
 
 
 # Autodiscovery ---------------------------------------------------------------------------------------------
+
 
 def test_app_sitemessages_module_is_imported_by_package_or_app_config_path():
     assert import_app_sitemessage_module('tests.testapp') is testapp_sitemessages
@@ -357,6 +381,7 @@ def test_project_type_registered_under_a_builtin_alias_wins():
 
 # Settings -------------------------------------------------------------------------------------------------
 
+
 def test_documented_settings_constants_have_their_defaults():
     assert sm_settings.APP_MODULE_NAME == 'sitemessages'
     assert sm_settings.INIT_BUILTIN_MESSAGE_TYPES is True
@@ -367,31 +392,43 @@ def test_documented_settings_constants_have_their_defaults():
 
 
 @override_settings(
-    SITEMESSAGE_APP_MODULE_NAME='notices', SITEMESSAGE_INIT_BUILTIN_MESSAGE_TYPES=False,
-    SITEMESSAGE_EMAIL_BACKEND_MESSAGES_PRIORITY=7, SITEMESSAGE_SHORTCUT_EMAIL_MESSENGER_TYPE='fake',
-    SITEMESSAGE_SHORTCUT_EMAIL_MESSAGE_TYPE='email_html', SITEMESSAGE_SITE_URL='https://x.example')
+    SITEMESSAGE_APP_MODULE_NAME='notices',
+    SITEMESSAGE_INIT_BUILTIN_MESSAGE_TYPES=False,
+    SITEMESSAGE_EMAIL_BACKEND_MESSAGES_PRIORITY=7,
+    SITEMESSAGE_SHORTCUT_EMAIL_MESSENGER_TYPE='fake',
+    SITEMESSAGE_SHORTCUT_EMAIL_MESSAGE_TYPE='email_html',
+    SITEMESSAGE_SITE_URL='https://x.example',
+)
 def test_settings_constants_reflect_overridden_settings():
-    assert (sm_settings.APP_MODULE_NAME, sm_settings.INIT_BUILTIN_MESSAGE_TYPES,
-            sm_settings.EMAIL_BACKEND_MESSAGES_PRIORITY, sm_settings.SHORTCUT_EMAIL_MESSENGER_TYPE,
-            sm_settings.SHORTCUT_EMAIL_MESSAGE_TYPE, sm_settings.SITE_URL) == (
-        'notices', False, 7, 'fake', 'email_html', 'https://x.example')
+    assert (
+        sm_settings.APP_MODULE_NAME,
+        sm_settings.INIT_BUILTIN_MESSAGE_TYPES,
+        sm_settings.EMAIL_BACKEND_MESSAGES_PRIORITY,
+        sm_settings.SHORTCUT_EMAIL_MESSENGER_TYPE,
+        sm_settings.SHORTCUT_EMAIL_MESSAGE_TYPE,
+        sm_settings.SITE_URL,
+    ) == ('notices', False, 7, 'fake', 'email_html', 'https://x.example')
 
 
 def test_overridden_shortcut_and_backend_settings_take_effect():
     from django.core.mail import send_mail
+
     from sitemessage.shortcuts import schedule_email
 
-    with override_settings(SITEMESSAGE_SHORTCUT_EMAIL_MESSENGER_TYPE='fake',
-                           SITEMESSAGE_SHORTCUT_EMAIL_MESSAGE_TYPE='email_html'):
+    with override_settings(
+        SITEMESSAGE_SHORTCUT_EMAIL_MESSENGER_TYPE='fake', SITEMESSAGE_SHORTCUT_EMAIL_MESSAGE_TYPE='email_html'
+    ):
         schedule_email('plain words', 'ann')
-    with override_settings(EMAIL_BACKEND='sitemessage.backends.EmailBackend',
-                           SITEMESSAGE_EMAIL_BACKEND_MESSAGES_PRIORITY=7,
-                           SITEMESSAGE_SHORTCUT_EMAIL_MESSENGER_TYPE='fake'):
+    with override_settings(
+        EMAIL_BACKEND='sitemessage.backends.EmailBackend',
+        SITEMESSAGE_EMAIL_BACKEND_MESSAGES_PRIORITY=7,
+        SITEMESSAGE_SHORTCUT_EMAIL_MESSENGER_TYPE='fake',
+    ):
         send_mail('Subject', 'Body', 'from@example.com', ['bob'])
 
-    assert list(Dispatch.objects.order_by('pk').values_list('messenger', 'address', 'message__cls',
-                                                             'message__priority')) == [
-        ('fake', 'ann', 'email_html', 0), ('fake', 'bob', 'email_html', 7)]
+    assert list(
+        Dispatch.objects.order_by('pk').values_list('messenger', 'address', 'message__cls', 'message__priority')
+    ) == [('fake', 'ann', 'email_html', 0), ('fake', 'bob', 'email_html', 7)]
 
 
 def test_unknown_settings_constant_is_an_attribute_error():
@@ -400,29 +437,39 @@ def test_unknown_settings_constant_is_an_attribute_error():
 
 
 def test_settings_exceptions_signals_and_utils_import_without_the_app_registry():
-    code = textwrap.dedent('''
+    code = textwrap.dedent("""
         import sys
         import sitemessage.settings, sitemessage.exceptions, sitemessage.signals, sitemessage.utils
         from sitemessage.utils import Recipient, recipients, register_messenger_objects, get_site_url
         assert 'sitemessage.models' not in sys.modules, 'models imported'
         print('ok')
-    ''')
-    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=60,
-                            env={'DJANGO_SETTINGS_MODULE': 'tests.settings'}, cwd=REPO_ROOT)
+    """)
+    result = subprocess.run(
+        [sys.executable, '-c', code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={'DJANGO_SETTINGS_MODULE': 'tests.settings'},
+        cwd=REPO_ROOT,
+    )
 
     assert result.stdout.strip() == 'ok', result.stderr
 
 
 # Exceptions (SPEC 7.11) ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize('error, parent', [
-    (SiteMessageError, Exception),
-    (SiteMessageConfigurationError, SiteMessageError),
-    (UnknownMessageTypeError, SiteMessageError),
-    (MessengerException, SiteMessageError),
-    (UnknownMessengerError, MessengerException),
-    (MessengerWarmupException, MessengerException),
-])
+
+@pytest.mark.parametrize(
+    'error, parent',
+    [
+        (SiteMessageError, Exception),
+        (SiteMessageConfigurationError, SiteMessageError),
+        (UnknownMessageTypeError, SiteMessageError),
+        (MessengerException, SiteMessageError),
+        (UnknownMessengerError, MessengerException),
+        (MessengerWarmupException, MessengerException),
+    ],
+)
 def test_exception_hierarchy_is_the_documented_one(error, parent):
     assert issubclass(error, parent)
 
@@ -434,24 +481,34 @@ def test_unknown_message_type_and_configuration_errors_are_not_messenger_errors(
 
 def messenger_exception(module, name):
     from importlib.util import find_spec
+
     missing = find_spec(f'sitemessage.messengers.{module}') is None
-    return pytest.param(module, name, marks=pytest.mark.skipif(
-        missing, reason=f'sitemessage.messengers.{module} does not exist yet'), id=name)
+    return pytest.param(
+        module,
+        name,
+        marks=pytest.mark.skipif(missing, reason=f'sitemessage.messengers.{module} does not exist yet'),
+        id=name,
+    )
 
 
-@pytest.mark.parametrize('module, name', [
-    messenger_exception('telegram', 'TelegramMessengerException'),
-    messenger_exception('facebook', 'FacebookMessengerException'),
-    messenger_exception('vkontakte', 'VKontakteMessengerException'),
-])
+@pytest.mark.parametrize(
+    'module, name',
+    [
+        messenger_exception('telegram', 'TelegramMessengerException'),
+        messenger_exception('facebook', 'FacebookMessengerException'),
+        messenger_exception('vkontakte', 'VKontakteMessengerException'),
+    ],
+)
 def test_messenger_specific_exceptions_are_messenger_exceptions(module, name):
     from importlib import import_module
+
     error = getattr(import_module(f'sitemessage.messengers.{module}'), name)
 
     assert issubclass(error, MessengerException)
 
 
 # App config and migrations --------------------------------------------------------------------------------
+
 
 def test_app_keeps_integer_ids_whatever_default_auto_field_says():
     assert settings.DEFAULT_AUTO_FIELD == 'django.db.models.BigAutoField'

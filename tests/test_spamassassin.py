@@ -4,6 +4,7 @@
 ``sa-update``, no network) scores each e-mail; no structural rule may fire. Skipped when
 SpamAssassin is missing, a failure under ``SITEMESSAGE_TEST_STRICT=1`` (see tests/conftest.py).
 """
+
 from __future__ import annotations
 
 import re
@@ -28,17 +29,23 @@ urlpatterns = get_sitemessage_urls()  # this module is the URLconf of the tests 
 # Rules about the structure of an e-mail: what a well-built message never triggers.
 STRUCTURAL = re.compile(r'^(MISSING_.*|MIME_.*|MPART_ALT_DIFF.*|INVALID_DATE|LIST_PARTIAL_.*|HTML_IMAGE_ONLY_.*)$')
 
-NEWS_HTML = ('<p>Hello Ann,</p><p>Our <b>spring catalogue</b> is out. It lists the new garden tools, the seeds '
-             'of the season and a few books about growing vegetables in small city gardens.</p>'
-             '<p>Thank you for reading, and see you soon.</p>')
-NEWS_TEXT = ('Hello Ann,\n\nOur spring catalogue is out. It lists the new garden tools, the seeds of the season '
-             'and a few books about growing vegetables in small city gardens.\n\nThank you for reading, and see '
-             'you soon.\n')
+NEWS_HTML = (
+    '<p>Hello Ann,</p><p>Our <b>spring catalogue</b> is out. It lists the new garden tools, the seeds '
+    'of the season and a few books about growing vegetables in small city gardens.</p>'
+    '<p>Thank you for reading, and see you soon.</p>'
+)
+NEWS_TEXT = (
+    'Hello Ann,\n\nOur spring catalogue is out. It lists the new garden tools, the seeds of the season '
+    'and a few books about growing vegetables in small city gardens.\n\nThank you for reading, and see '
+    'you soon.\n'
+)
 
 
-BADLY_BUILT = (b'From: robot@example.com\r\nTo: ann@example.com\r\nSubject: Hi\r\nMIME-Version: 1.0\r\n'
-               b'Content-Type: text/html; charset="us-ascii"\r\n\r\n'
-               b'<html><body><img src="https://shop.example.com/x.png"></body></html>\r\n')
+BADLY_BUILT = (
+    b'From: robot@example.com\r\nTo: ann@example.com\r\nSubject: Hi\r\nMIME-Version: 1.0\r\n'
+    b'Content-Type: text/html; charset="us-ascii"\r\n\r\n'
+    b'<html><body><img src="https://shop.example.com/x.png"></body></html>\r\n'
+)
 
 
 def spamassassin_rules(mails: list, directory) -> list:
@@ -78,13 +85,22 @@ def schedule_the_built_in_emails(user):
     """The e-mails of each built-in type: plain and templated, to a subscriber and to explicit addresses."""
     to_user, to_address = recipients('smtp', user), recipients('smtp', 'bob@example.com')
     schedule_messages(EmailTextMessage('Spring catalogue (plain)', NEWS_TEXT), to_user)
-    schedule_messages(EmailTextMessage('Spring catalogue (plain, template)',
-                                       {'contents': NEWS_TEXT, 'footer': 'The garden shop team'}), to_user)
+    schedule_messages(
+        EmailTextMessage(
+            'Spring catalogue (plain, template)', {'contents': NEWS_TEXT, 'footer': 'The garden shop team'}
+        ),
+        to_user,
+    )
     schedule_messages(EmailHtmlMessage('Spring catalogue (html)', NEWS_HTML), to_user)
-    schedule_messages(EmailHtmlMessage('Spring catalogue (html, template)',
-                                       {'contents': NEWS_HTML, 'footer': 'The garden shop team'}), to_user)
-    schedule_messages(EmailHtmlMessage('Your order (html, template, explicit recipient)',
-                                       {'contents': NEWS_HTML}), to_address)
+    schedule_messages(
+        EmailHtmlMessage(
+            'Spring catalogue (html, template)', {'contents': NEWS_HTML, 'footer': 'The garden shop team'}
+        ),
+        to_user,
+    )
+    schedule_messages(
+        EmailHtmlMessage('Your order (html, template, explicit recipient)', {'contents': NEWS_HTML}), to_address
+    )
 
 
 def run_all(spamassassin, mails) -> dict:
@@ -93,22 +109,35 @@ def run_all(spamassassin, mails) -> dict:
 
 
 def received(smtp_server):
-    return [(str(message_from_bytes(envelope.content, policy=policy.default)['Subject']), envelope.content)
-            for envelope in smtp_server.handler.envelopes]
+    return [
+        (str(message_from_bytes(envelope.content, policy=policy.default)['Subject']), envelope.content)
+        for envelope in smtp_server.handler.envelopes
+    ]
 
 
 def structural(fired: dict) -> dict:
-    return {subject: sorted(rule for rule in rules if STRUCTURAL.match(rule)) for subject, rules in fired.items()
-            if any(STRUCTURAL.match(rule) for rule in rules)}
+    return {
+        subject: sorted(rule for rule in rules if STRUCTURAL.match(rule))
+        for subject, rules in fired.items()
+        if any(STRUCTURAL.match(rule) for rule in rules)
+    }
 
 
 @override_settings(ROOT_URLCONF=__name__, SITEMESSAGE_SITE_URL='https://shop.example.com')
 def test_the_built_in_emails_with_unsubscribe_links_fire_no_structural_rule(
-        spamassassin, smtp_server, smtp_messenger, subscriber):
+    spamassassin, smtp_server, smtp_messenger, subscriber
+):
     schedule_the_built_in_emails(subscriber)
-    EmailBackend().send_messages([EmailMessage(  # what send_mail() hands the EMAIL_BACKEND
-        'Reset your password', 'Follow the link below to choose a new password.\n', 'robot@example.com',
-        ['carol@example.com'])])
+    EmailBackend().send_messages(
+        [
+            EmailMessage(  # what send_mail() hands the EMAIL_BACKEND
+                'Reset your password',
+                'Follow the link below to choose a new password.\n',
+                'robot@example.com',
+                ['carol@example.com'],
+            )
+        ]
+    )
     send_scheduled_messages()
     mails = received(smtp_server)
     assert len(mails) == 6
@@ -129,7 +158,8 @@ def test_the_built_in_emails_with_unsubscribe_links_fire_no_structural_rule(
 
 @override_settings(ROOT_URLCONF='tests.test_spamassassin_no_urls', SITEMESSAGE_SITE_URL='https://shop.example.com')
 def test_the_built_in_emails_without_unsubscribe_links_fire_no_structural_rule(
-        spamassassin, smtp_server, smtp_messenger, subscriber):
+    spamassassin, smtp_server, smtp_messenger, subscriber
+):
     schedule_the_built_in_emails(subscriber)
     send_scheduled_messages()
     mails = received(smtp_server)

@@ -1,2 +1,3 @@
 """A URLconf without sitemessage URLs: messages then carry no unsubscribe links."""
+
 urlpatterns = []

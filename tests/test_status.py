@@ -1,5 +1,6 @@
 """``manage.py sitemessage_status``: the queue by status and messenger, its text and JSON output,
 the thresholds and their exit status; and the progress lines of ``sitemessage_send_scheduled``."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,12 @@ from tests.processes import REPO
 pytestmark = pytest.mark.django_db
 
 PENDING, SENT, ERROR, FAILED, PROCESSING = (
-    Dispatch.DISPATCH_STATUS_PENDING, Dispatch.DISPATCH_STATUS_SENT, Dispatch.DISPATCH_STATUS_ERROR,
-    Dispatch.DISPATCH_STATUS_FAILED, Dispatch.DISPATCH_STATUS_PROCESSING)
+    Dispatch.DISPATCH_STATUS_PENDING,
+    Dispatch.DISPATCH_STATUS_SENT,
+    Dispatch.DISPATCH_STATUS_ERROR,
+    Dispatch.DISPATCH_STATUS_FAILED,
+    Dispatch.DISPATCH_STATUS_PROCESSING,
+)
 
 
 def run(*args):
@@ -94,7 +99,16 @@ def test_status_text_output(queue):
 
     assert re.fullmatch(r'Delivery queue at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC', lines[0])
     assert re.split(r'\s{2,}', lines[1]) == [
-        'messenger', 'pending', 'processing', 'error', 'failed', 'due', 'oldest due', 'errors 1h', 'failed 1h']
+        'messenger',
+        'pending',
+        'processing',
+        'error',
+        'failed',
+        'due',
+        'oldest due',
+        'errors 1h',
+        'failed 1h',
+    ]
     assert lines[2].split() == ['fake', '0', '1', '0', '0', '1', lines[2].split()[6], '1', '0']
     assert re.fullmatch(r'1m0\ds', lines[2].split()[6])
     assert lines[3].split()[:6] == ['smtp', '2', '0', '1', '2', '2']
@@ -109,8 +123,11 @@ def test_status_text_output(queue):
 
 
 def test_status_of_an_empty_queue():
-    assert run()[1:] == ['No dispatches waiting, none failed.', 'Oldest due dispatch: -',
-                         'Messages waiting for prepare_dispatches(): 0']
+    assert run()[1:] == [
+        'No dispatches waiting, none failed.',
+        'Oldest due dispatch: -',
+        'Messages waiting for prepare_dispatches(): 0',
+    ]
 
 
 def test_status_json_output(queue):
@@ -120,8 +137,15 @@ def test_status_json_output(queue):
     smtp = data['messengers']['smtp']
     assert smtp['oldest_due_age_seconds'] == pytest.approx(300, abs=10)
     assert {key: value for key, value in smtp.items() if key != 'oldest_due_age_seconds'} == {
-        'pending': 2, 'processing': 0, 'error': 1, 'failed': 2, 'waiting': 3, 'due': 2,
-        'errors_last_hour': 2, 'failed_last_hour': 1}
+        'pending': 2,
+        'processing': 0,
+        'error': 1,
+        'failed': 2,
+        'waiting': 3,
+        'due': 2,
+        'errors_last_hour': 2,
+        'failed_last_hour': 1,
+    }
     assert data['totals']['waiting'] == 4
     assert data['totals']['errors_last_hour'] == 3
     assert data['awaiting_preparation'] == 1
@@ -157,7 +181,9 @@ def test_exceeded_thresholds_are_listed_in_the_json(queue):
         call_command('sitemessage_status', '--json', '--max-pending', '0', '--max-failed', '0', stdout=out)
 
     assert json.loads(out.getvalue())['problems'] == [
-        '4 dispatches waiting > --max-pending 0', '1 dispatches failed in the last hour > --max-failed 0']
+        '4 dispatches waiting > --max-pending 0',
+        '1 dispatches failed in the last hour > --max-failed 0',
+    ]
 
 
 def test_status_exit_statuses_of_the_real_command(procs):
@@ -193,7 +219,10 @@ def test_send_scheduled_prints_a_line_per_batch_at_verbosity_2(fake_messenger, s
 
     assert lines[0] == 'Sending scheduled messages  ...'
     assert [BATCH_LINE.match(line).groups() for line in lines[1:4]] == [
-        ('1', '1', '1', '0'), ('2', '2', '1', '1'), ('3', '3', '1', '1')]
+        ('1', '1', '1', '0'),
+        ('2', '2', '1', '1'),
+        ('3', '3', '1', '1'),
+    ]
     assert lines[4:6] == ['Sending done.', 'Sent: 3, errors: 1, failed: 1, seconds: ' + lines[5].split()[-1]]
     assert '\r' not in out.getvalue()
 
@@ -230,7 +259,10 @@ def test_send_scheduled_shows_a_live_line_on_a_terminal_only(procs):
     assert lines[0] == 'Sending scheduled messages  ...'
     live = [part for part in lines[1].split('\r') if part]
     assert [re.match(r'sent (\d+), errors (\d+), failed (\d+) so far', part).groups() for part in live] == [
-        ('0', '1', '0'), ('0', '2', '0'), ('0', '3', '0')]
+        ('0', '1', '0'),
+        ('0', '2', '0'),
+        ('0', '3', '0'),
+    ]
     assert lines[2] == 'Sending done.'
 
     piped = _send_scheduled_output(procs, tty=False)

@@ -1,4 +1,5 @@
 """What a person sees around an unsubscribe link: the word that it worked, and pages a project can override."""
+
 from __future__ import annotations
 
 from urllib.parse import urlsplit
@@ -28,8 +29,7 @@ def test_with_the_messages_framework_the_next_page_says_it_worked(client):
     response = client.post(link(), {CONFIRMED_FIELD: '1'})
 
     assert (response.status_code, response['Location']) == (302, '/')
-    assert [str(m) for m in get_messages(response.wsgi_request)] == [
-        'You will no longer receive “Greetings” messages.']
+    assert [str(m) for m in get_messages(response.wsgi_request)] == ['You will no longer receive “Greetings” messages.']
     assert not Subscription.objects.exists()
 
 
@@ -45,8 +45,9 @@ def test_without_the_messages_framework_a_confirmed_unsubscribe_shows_the_done_p
 
 @override_settings(MIDDLEWARE=WITHOUT_MESSAGES)
 def test_a_mail_clients_one_click_post_is_still_redirected():
-    response = Client(enforce_csrf_checks=True).post(link(), 'List-Unsubscribe=One-Click',
-                                                     content_type='application/x-www-form-urlencoded')
+    response = Client(enforce_csrf_checks=True).post(
+        link(), 'List-Unsubscribe=One-Click', content_type='application/x-www-form-urlencoded'
+    )
     assert (response.status_code, response['Location']) == (302, '/')
 
 

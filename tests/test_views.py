@@ -1,4 +1,5 @@
 """Bundled views: signed unsubscribe and mark-read links, their signals, and every kind of bad link."""
+
 from __future__ import annotations
 
 import re
@@ -17,7 +18,10 @@ from sitemessage.links import mark_read_signature, unsubscribe_token
 from sitemessage.messages.base import MessageBase
 from sitemessage.models import Dispatch, Message, Subscription
 from sitemessage.signals import (
-    sig_mark_read_failed, sig_mark_read_success, sig_unsubscribe_failed, sig_unsubscribe_success,
+    sig_mark_read_failed,
+    sig_mark_read_success,
+    sig_unsubscribe_failed,
+    sig_unsubscribe_success,
 )
 from sitemessage.toolbox import recipients, register_message_types, schedule_messages
 from tests.testapp.sitemessages import GreetingMessage
@@ -25,8 +29,12 @@ from tests.testapp.sitemessages import GreetingMessage
 pytestmark = pytest.mark.django_db
 
 BLANK = '/static/img/sitemessage/blank.png'
-SIGNALS = {'unsubscribe_success': sig_unsubscribe_success, 'unsubscribe_failed': sig_unsubscribe_failed,
-           'mark_read_success': sig_mark_read_success, 'mark_read_failed': sig_mark_read_failed}
+SIGNALS = {
+    'unsubscribe_success': sig_unsubscribe_success,
+    'unsubscribe_failed': sig_unsubscribe_failed,
+    'mark_read_success': sig_mark_read_success,
+    'mark_read_failed': sig_mark_read_failed,
+}
 
 
 class Received(list):
@@ -41,8 +49,10 @@ def received():
     log = Received()
     receivers = {}
     for name, signal in SIGNALS.items():
+
         def receiver(sender, _name=name, **kwargs):
             log.append((_name, sender, kwargs))
+
         receivers[name] = receiver
         signal.connect(receiver)
     yield log
@@ -74,7 +84,7 @@ def subscribed(*args):
 
 
 def assert_signal_with_models(received, name, message_type, message, dispatch, request_path):
-    (got_name, sender, kwargs), = received
+    ((got_name, sender, kwargs),) = received
     assert (got_name, sender) == (name, message_type)
     assert set(kwargs) == {'signal', 'request', 'message', 'dispatch'}
     assert kwargs['signal'] is SIGNALS[name]
@@ -84,13 +94,14 @@ def assert_signal_with_models(received, name, message_type, message, dispatch, r
 
 
 def assert_signal_with_raw_ids(received, name, message_id, dispatch_id):
-    (got_name, sender, kwargs), = received
+    ((got_name, sender, kwargs),) = received
     assert (got_name, sender) == (name, None)
     assert set(kwargs) == {'signal', 'request', 'message', 'dispatch'}
     assert (kwargs['message'], kwargs['dispatch']) == (message_id, dispatch_id)
 
 
 # Unsubscribe: GET asks, POST acts --------------------------------------------------------------------
+
 
 def test_get_of_a_valid_unsubscribe_link_shows_a_confirmation_page_and_changes_nothing(client, received):
     Subscription.create('ann', 'greeting', 'fake')
@@ -163,7 +174,8 @@ def test_with_confirmation_off_a_get_unsubscribes_at_once_as_in_1_4_0(client, re
 
 
 def test_unsubscribing_a_user_removes_only_that_users_subscription_to_that_type_and_messenger(
-        client, received, django_user_model):
+    client, received, django_user_model
+):
     ann = django_user_model.objects.create_user('ann')
     bob = django_user_model.objects.create_user('bob')
     Subscription.create(ann, 'greeting', 'fake')
@@ -175,7 +187,9 @@ def test_unsubscribing_a_user_removes_only_that_users_subscription_to_that_type_
     client.post(unsubscribe_path(message, dispatch))
 
     assert sorted(Subscription.objects.values_list('recipient__username', 'message_cls')) == [
-        ('ann', 'plain'), ('bob', 'greeting')]
+        ('ann', 'plain'),
+        ('bob', 'greeting'),
+    ]
 
 
 def test_confirmation_page_escapes_the_message_type_title(client):
@@ -196,6 +210,7 @@ def test_confirmation_page_escapes_the_message_type_title(client):
 # Bad links --------------------------------------------------------------------------------------------
 # A link that cannot act says so: the "invalid link" page (a transparent image with the same status for
 # mark-read links, which sit in <img> tags), 400 when tampered, 410 when what it named is gone.
+
 
 def assert_invalid_page(response, status=400):
     assert response.status_code == status
@@ -226,21 +241,33 @@ def forged_hashes(message, dispatch, other_dispatch):
         'token, data changed': token.replace(token.split(':')[0], token.split(':')[0][:-2] + 'AA', 1),
         'token, signature cut': token[:-1],
         'token signed with another key': signing.Signer(
-            key='another-key', salt='sitemessage.links.unsubscribe', algorithm='sha256').sign_object(
-                [message.pk, dispatch.pk, 'greeting', 'fake', None, 'ann']),
+            key='another-key', salt='sitemessage.links.unsubscribe', algorithm='sha256'
+        ).sign_object([message.pk, dispatch.pk, 'greeting', 'fake', None, 'ann']),
         'mark-read signature': mark_read_path(message, dispatch).split('/')[-2],
     }
 
 
-FORGERIES = ['zeros', 'truncated', 'extended', 'upper-case', 'other dispatch', 'other key', 'non-ascii',
-             'token of another dispatch', 'token, data changed', 'token, signature cut',
-             'token signed with another key', 'mark-read signature']
+FORGERIES = [
+    'zeros',
+    'truncated',
+    'extended',
+    'upper-case',
+    'other dispatch',
+    'other key',
+    'non-ascii',
+    'token of another dispatch',
+    'token, data changed',
+    'token, signature cut',
+    'token signed with another key',
+    'mark-read signature',
+]
 
 
 @pytest.mark.parametrize('method', ['get', 'post'])
 @pytest.mark.parametrize('forgery', FORGERIES)
 def test_unsubscribe_with_a_forged_signature_changes_nothing_and_sends_the_failure_signal(
-        client, received, method, forgery):
+    client, received, method, forgery
+):
     Subscription.create('ann', 'greeting', 'fake')
     message, dispatches = schedule_messages(GreetingMessage({'name': 'Ann'}), recipients('fake', ['ann', 'bob']))[0]
     dispatch, other = dispatches
@@ -296,10 +323,17 @@ def test_new_signatures_are_per_action_sha256_and_not_the_1_4_0_hash():
     assert len(ping_signature) == 64 and ping_signature != legacy  # HMAC-SHA256, hex
     assert legacy not in token and ping_signature not in token
     assert signing.Signer(salt='sitemessage.links.unsubscribe', algorithm='sha256').unsign_object(token) == [
-        message.pk, dispatch.pk, 'greeting', 'fake', None, 'ann']
+        message.pk,
+        dispatch.pk,
+        'greeting',
+        'fake',
+        None,
+        'ann',
+    ]
 
 
 # Links delivered by 1.4.0 (and by 2.0 before per-action signatures) -----------------------------------
+
 
 def legacy_path(view, message, dispatch):
     return f'/messages/{view}/{message.pk}/{dispatch.pk}/{MessageBase.get_dispatch_hash(dispatch.pk, message.pk)}/'
@@ -335,11 +369,16 @@ def test_1_4_0_links_are_refused_when_legacy_signatures_are_switched_off(client,
 
 # After cleanup_sent_messages() -------------------------------------------------------------------------
 
+
 def sent_and_cleaned_up(to, message_type=GreetingMessage):
     from sitemessage.toolbox import cleanup_sent_messages, send_scheduled_messages
+
     message, dispatch = schedule(to, message_type)
-    paths = {'unsubscribe': unsubscribe_path(message, dispatch), 'ping': mark_read_path(message, dispatch),
-             'legacy': legacy_path('unsubscribe', message, dispatch)}
+    paths = {
+        'unsubscribe': unsubscribe_path(message, dispatch),
+        'ping': mark_read_path(message, dispatch),
+        'legacy': legacy_path('unsubscribe', message, dispatch),
+    }
     send_scheduled_messages()
     cleanup_sent_messages()
     assert not Dispatch.objects.filter(pk=dispatch.pk).exists()
@@ -358,7 +397,7 @@ def test_unsubscribe_link_works_after_its_dispatch_was_cleaned_up(client, receiv
 
     assert (response.status_code, response['Location']) == (302, '/')
     assert list(Subscription.objects.values_list('address', flat=True)) == ['bob']
-    (name, sender, kwargs), = received
+    ((name, sender, kwargs),) = received
     assert (name, sender) == ('unsubscribe_success', GreetingMessage)
     # The signal gets unsaved stand-ins rebuilt from the link: the rows are gone.
     assert (kwargs['message'].pk, kwargs['message'].cls) == (message_id, 'greeting')
@@ -389,6 +428,7 @@ def test_unsubscribe_link_of_a_cleaned_up_message_whose_type_was_retired_is_gone
     Subscription.create('ann', 'retiring', 'fake')
     _m, _d, paths = sent_and_cleaned_up('ann', Retiring)
     from sitemessage import utils
+
     del utils._MESSAGES_REGISTRY['retiring']
 
     assert_invalid_page(client.post(paths['unsubscribe']), status=410)
@@ -396,11 +436,13 @@ def test_unsubscribe_link_of_a_cleaned_up_message_whose_type_was_retired_is_gone
     assert received.names() == ['unsubscribe_failed']
 
 
-@pytest.mark.parametrize('view, failure, location', [
-    ('unsubscribe', 'unsubscribe_failed', '/'), ('ping', 'mark_read_failed', BLANK)])
+@pytest.mark.parametrize(
+    'view, failure, location', [('unsubscribe', 'unsubscribe_failed', '/'), ('ping', 'mark_read_failed', BLANK)]
+)
 @pytest.mark.parametrize('method', ['get', 'post'])
 def test_link_whose_message_id_does_not_match_the_dispatch_fails_with_raw_ids(
-        client, received, view, failure, location, method):
+    client, received, view, failure, location, method
+):
     Subscription.create('ann', 'greeting', 'fake')
     message, dispatch = schedule('ann')
     other_message, _ = schedule('bob')
@@ -415,8 +457,9 @@ def test_link_whose_message_id_does_not_match_the_dispatch_fails_with_raw_ids(
     assert Dispatch.objects.get(pk=dispatch.pk).read_status == Dispatch.READ_STATUS_UNREAD
 
 
-@pytest.mark.parametrize('view, failure, location', [
-    ('unsubscribe', 'unsubscribe_failed', '/'), ('ping', 'mark_read_failed', BLANK)])
+@pytest.mark.parametrize(
+    'view, failure, location', [('unsubscribe', 'unsubscribe_failed', '/'), ('ping', 'mark_read_failed', BLANK)]
+)
 @pytest.mark.parametrize('method', ['get', 'post'])
 def test_link_to_an_unknown_dispatch_fails_with_raw_ids(client, received, view, failure, location, method):
     message, dispatch = schedule('ann')
@@ -429,11 +472,13 @@ def test_link_to_an_unknown_dispatch_fails_with_raw_ids(client, received, view, 
     assert_signal_with_raw_ids(received, failure, str(message.pk), str(missing))
 
 
-@pytest.mark.parametrize('view, failure, location', [
-    ('unsubscribe', 'unsubscribe_failed', '/'), ('ping', 'mark_read_failed', BLANK)])
+@pytest.mark.parametrize(
+    'view, failure, location', [('unsubscribe', 'unsubscribe_failed', '/'), ('ping', 'mark_read_failed', BLANK)]
+)
 @pytest.mark.parametrize('method', ['get', 'post'])
 def test_link_of_a_message_type_no_longer_registered_fails_with_raw_ids(
-        client, received, view, failure, location, method):
+    client, received, view, failure, location, method
+):
     Subscription.objects.create(address='ann', message_cls='retired', messenger_cls='fake')  # create() refuses it
     message, (dispatch,) = Message.create('retired', {'x': 1}, recipients=recipients('fake', 'ann'))
     hashed = MessageBase.get_dispatch_hash(dispatch.pk, message.pk)
@@ -453,9 +498,11 @@ OVERFLOWS = ['9' * 20, '9223372036854775808', '2147483648', '9' * 5000]
 @pytest.mark.parametrize('huge', OVERFLOWS, ids=['20 digits', 'int64+1', 'int32+1', '5000 digits'])
 def test_huge_ids_in_a_link_are_refused_never_500(client, received, view, method, huge):
     message, dispatch = schedule('ann')
-    paths = [f'/messages/{view}/{huge}/{dispatch.pk}/{"0" * 40}/',
-             f'/messages/{view}/{message.pk}/{huge}/{"0" * 40}/',
-             f'/messages/{view}/{huge}/{huge}/{"0" * 40}/']
+    paths = [
+        f'/messages/{view}/{huge}/{dispatch.pk}/{"0" * 40}/',
+        f'/messages/{view}/{message.pk}/{huge}/{"0" * 40}/',
+        f'/messages/{view}/{huge}/{huge}/{"0" * 40}/',
+    ]
 
     statuses = [getattr(client, method)(path).status_code for path in paths]
 
@@ -474,10 +521,13 @@ def test_non_ascii_digits_in_ids_are_refused_and_change_nothing(client, received
     Subscription.create('ann', 'greeting', 'fake')
     message, dispatch = schedule('ann')
     arabic = str.maketrans('0123456789', '٠١٢٣٤٥٦٧٨٩')
-    for hashed in (GreetingMessage.get_dispatch_hash(dispatch.pk, message.pk),
-                   unsubscribe_path(message, dispatch).split('/')[-2]):
-        path = (f'/messages/unsubscribe/{str(message.pk).translate(arabic)}/{str(dispatch.pk).translate(arabic)}'
-                f'/{hashed}/')
+    for hashed in (
+        GreetingMessage.get_dispatch_hash(dispatch.pk, message.pk),
+        unsubscribe_path(message, dispatch).split('/')[-2],
+    ):
+        path = (
+            f'/messages/unsubscribe/{str(message.pk).translate(arabic)}/{str(dispatch.pk).translate(arabic)}/{hashed}/'
+        )
 
         response = getattr(client, method)(path)
 
@@ -491,12 +541,28 @@ def hostile_tails(message, dispatch):
     m, d = message.pk, dispatch.pk
     token = unsubscribe_path(message, dispatch).split('/')[-2]
     return [
-        f'{m}/{d}/{"x" * 10000}/', f'{m}/{d}/{":" * 50}/', f'{m}/{d}/:/', f'{m}/{d}/a:b/',
-        f'{m}/{d}/.eJzLSM3JyQcABiwCFQ:abc/', f'{m}/{d}/{token}{token}/', f'{m}/{d}/{token[1:]}/',
-        f'{m}/{d}/%C3%BF%C3%BF:%E2%80%AE/', f'{m}/{d}/%F0%9F%92%A9/', f'{m}/{d}/%FF%FE/', f'{m}/{d}/%0A%0D/',
-        f'{m}/{d}/{"%00" * 40}/', f"{m}/{d}/' OR 1=1 --/", f'{m}/{d}/{"0" * 64}/', f'{m}/{d}/{"f" * 40}/',
-        f'0/0/{"0" * 40}/', f'0/{d}/{token}/', f'{m}/0/{token}/', f'{"0" * 30}{m}/{d}/{token}/',
-        f'{m}/{"9" * 19}/{token}/', f'{"9" * 19}/{"9" * 19}/{"0" * 40}/', f'{m}/{d}/{"9" * 4301}/',
+        f'{m}/{d}/{"x" * 10000}/',
+        f'{m}/{d}/{":" * 50}/',
+        f'{m}/{d}/:/',
+        f'{m}/{d}/a:b/',
+        f'{m}/{d}/.eJzLSM3JyQcABiwCFQ:abc/',
+        f'{m}/{d}/{token}{token}/',
+        f'{m}/{d}/{token[1:]}/',
+        f'{m}/{d}/%C3%BF%C3%BF:%E2%80%AE/',
+        f'{m}/{d}/%F0%9F%92%A9/',
+        f'{m}/{d}/%FF%FE/',
+        f'{m}/{d}/%0A%0D/',
+        f'{m}/{d}/{"%00" * 40}/',
+        f"{m}/{d}/' OR 1=1 --/",
+        f'{m}/{d}/{"0" * 64}/',
+        f'{m}/{d}/{"f" * 40}/',
+        f'0/0/{"0" * 40}/',
+        f'0/{d}/{token}/',
+        f'{m}/0/{token}/',
+        f'{"0" * 30}{m}/{d}/{token}/',
+        f'{m}/{"9" * 19}/{token}/',
+        f'{"9" * 19}/{"9" * 19}/{"0" * 40}/',
+        f'{m}/{d}/{"9" * 4301}/',
     ]
 
 
@@ -507,8 +573,10 @@ def test_hostile_input_table_never_answers_5xx_and_never_acts(client, received, 
     message, dispatch = schedule('ann')
     client.raise_request_exception = False
 
-    statuses = {tail: getattr(client, method)(f'/messages/{view}/{tail}').status_code
-                for tail in hostile_tails(message, dispatch)}
+    statuses = {
+        tail: getattr(client, method)(f'/messages/{view}/{tail}').status_code
+        for tail in hostile_tails(message, dispatch)
+    }
 
     assert {tail: status for tail, status in statuses.items() if status not in (400, 404, 410)} == {}
     assert subscribed('ann', 'greeting', 'fake')
@@ -527,6 +595,7 @@ def test_a_message_whose_context_cannot_be_read_still_unsubscribes(client, recei
 
 
 # Key rotation -----------------------------------------------------------------------------------------
+
 
 def test_link_signed_before_a_key_rotation_works_while_the_old_key_is_a_fallback(client, received):
     Subscription.create('ann', 'greeting', 'fake')
@@ -548,6 +617,7 @@ def test_link_signed_before_a_key_rotation_works_while_the_old_key_is_a_fallback
 
 # Mark read ---------------------------------------------------------------------------------------------
 
+
 def test_mark_read_get_marks_only_its_dispatch_read_and_redirects_to_the_blank_pixel(client, received):
     message, dispatches = schedule_messages(GreetingMessage({'name': 'Ann'}), recipients('fake', ['ann', 'bob']))[0]
     ann, bob = dispatches
@@ -557,7 +627,9 @@ def test_mark_read_get_marks_only_its_dispatch_read_and_redirects_to_the_blank_p
 
     assert (response.status_code, response['Location']) == (302, BLANK)
     assert dict(Dispatch.objects.values_list('address', 'read_status')) == {
-        'ann': Dispatch.READ_STATUS_READ, 'bob': Dispatch.READ_STATUS_UNREAD}
+        'ann': Dispatch.READ_STATUS_READ,
+        'bob': Dispatch.READ_STATUS_UNREAD,
+    }
     assert_signal_with_models(received, 'mark_read_success', GreetingMessage, message, ann, path)
 
 
@@ -571,18 +643,32 @@ def test_mark_read_redirect_follows_the_static_files_url(client):
 PIXEL_TEMPLATE = (  # the recipe of docs/views.rst
     '{% extends "sitemessage/messages/_base.html" %}\n'
     '{% block footer %}{{ block.super }}{% if directive_mark_read %}'
-    '<img src="{{ directive_mark_read }}" alt="" width="1" height="1">{% endif %}{% endblock %}\n')
+    '<img src="{{ directive_mark_read }}" alt="" width="1" height="1">{% endif %}{% endblock %}\n'
+)
 
 
-@override_settings(TEMPLATES=[{'BACKEND': 'django.template.backends.django.DjangoTemplates', 'OPTIONS': {'loaders': [
-    ('django.template.loaders.locmem.Loader', {'news_with_pixel.html': PIXEL_TEMPLATE}),
-    'django.template.loaders.app_directories.Loader']}}])
+@override_settings(
+    TEMPLATES=[
+        {
+            'BACKEND': 'django.template.backends.django.DjangoTemplates',
+            'OPTIONS': {
+                'loaders': [
+                    ('django.template.loaders.locmem.Loader', {'news_with_pixel.html': PIXEL_TEMPLATE}),
+                    'django.template.loaders.app_directories.Loader',
+                ]
+            },
+        }
+    ]
+)
 def test_the_default_template_has_no_pixel_but_a_template_can_ask_for_it(client, smtp_server, smtp_messenger):
     from sitemessage.messages.email import EmailHtmlMessage
     from sitemessage.toolbox import send_scheduled_messages
+
     schedule_messages(EmailHtmlMessage('Plain news', {'contents': 'Hi'}), recipients('smtp', 'a@example.com'))
-    schedule_messages(EmailHtmlMessage('Tracked news', {'contents': 'Hi'}, template_path='news_with_pixel.html'),
-                      recipients('smtp', 'b@example.com'))
+    schedule_messages(
+        EmailHtmlMessage('Tracked news', {'contents': 'Hi'}, template_path='news_with_pixel.html'),
+        recipients('smtp', 'b@example.com'),
+    )
     send_scheduled_messages()
     mails = {str(mail['To']): mail.get_body(('html',)).get_content() for mail in smtp_server.handler.messages()}
 
@@ -590,7 +676,9 @@ def test_the_default_template_has_no_pixel_but_a_template_can_ask_for_it(client,
     pixel = re.search(r'<img src="([^"]+)" alt="" width="1" height="1">', mails['b@example.com']).group(1)
     assert client.get(urlsplit(pixel).path)['Location'] == BLANK
     assert dict(Dispatch.objects.values_list('address', 'read_status')) == {
-        'a@example.com': Dispatch.READ_STATUS_UNREAD, 'b@example.com': Dispatch.READ_STATUS_READ}
+        'a@example.com': Dispatch.READ_STATUS_UNREAD,
+        'b@example.com': Dispatch.READ_STATUS_READ,
+    }
 
 
 def png_pixels(data: bytes):
@@ -598,9 +686,9 @@ def png_pixels(data: bytes):
     assert data[:8] == b'\x89PNG\r\n\x1a\n'
     offset, chunks = 8, {}
     while offset < len(data):
-        length, kind = struct.unpack('>I4s', data[offset:offset + 8])
-        body = data[offset + 8:offset + 8 + length]
-        assert zlib.crc32(kind + body) == struct.unpack('>I', data[offset + 8 + length:offset + 12 + length])[0]
+        length, kind = struct.unpack('>I4s', data[offset : offset + 8])
+        body = data[offset + 8 : offset + 8 + length]
+        assert zlib.crc32(kind + body) == struct.unpack('>I', data[offset + 8 + length : offset + 12 + length])[0]
         chunks[kind] = chunks.get(kind, b'') + body
         offset += 12 + length
     width, height, depth, colour_type, _c, _f, interlace = struct.unpack('>IIBBBBB', chunks[b'IHDR'])
@@ -621,11 +709,13 @@ def test_blank_png_is_a_one_pixel_fully_transparent_image():
 
 # Django 6.1 warns when salted_hmac() is called without an algorithm ---------------------------------
 
+
 def test_links_are_made_and_checked_with_an_explicit_hash_algorithm(client, monkeypatch):
     from django.utils import crypto
 
     import sitemessage.links
     import sitemessage.messages.base
+
     calls = []
 
     def recording_salted_hmac(key_salt, value, secret=None, *, algorithm=None):
@@ -645,15 +735,24 @@ def test_links_are_made_and_checked_with_an_explicit_hash_algorithm(client, monk
     assert set(calls) == {'sha256', 'sha1'}  # sha1 only for checking 1.4.0 links
 
 
-@pytest.mark.parametrize('recipient_id, address', [
-    (None, 'ann@example.com'), (7, 'ignored@example.com'), (None, 'jürgen@bücher.example'),
-    (None, 'quote"back\\slash\ttab\u2028@x.test'), (None, ''), (2 ** 63 - 1, '')])
+@pytest.mark.parametrize(
+    'recipient_id, address',
+    [
+        (None, 'ann@example.com'),
+        (7, 'ignored@example.com'),
+        (None, 'jürgen@bücher.example'),
+        (None, 'quote"back\\slash\ttab\u2028@x.test'),
+        (None, ''),
+        (2**63 - 1, ''),
+    ],
+)
 def test_unsubscribe_token_is_what_django_signer_makes(settings, recipient_id, address):
     """The token is built without ``Signer`` (it is made per e-mail): it must be Signer's, byte for byte."""
     settings.SECRET_KEY = 'a-key-for-this-test'
     token = unsubscribe_token(12, 345, 'greeting', 'smtp', recipient_id, address)
     expected = signing.Signer(salt='sitemessage.links.unsubscribe', algorithm='sha256').sign_object(
-        [12, 345, 'greeting', 'smtp', recipient_id, '' if recipient_id else address])
+        [12, 345, 'greeting', 'smtp', recipient_id, '' if recipient_id else address]
+    )
     assert token == expected
     settings.SECRET_KEY = 'another-key'  # a key change is seen at once: no stale keyed HMAC
     assert unsubscribe_token(12, 345, 'greeting', 'smtp', recipient_id, address) != token
@@ -661,6 +760,7 @@ def test_unsubscribe_token_is_what_django_signer_makes(settings, recipient_id, a
 
 def test_mark_read_signature_is_salted_hmac_sha256(settings):
     settings.SECRET_KEY = 'a-key-for-this-test'
-    assert mark_read_signature(3, 4) == salted_hmac(
-        'sitemessage.links.mark_read', '3|4', algorithm='sha256').hexdigest()
+    assert (
+        mark_read_signature(3, 4) == salted_hmac('sitemessage.links.mark_read', '3|4', algorithm='sha256').hexdigest()
+    )
     assert mark_read_signature(3, 4) == mark_read_signature(3, 4, 'a-key-for-this-test')

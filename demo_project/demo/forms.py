@@ -8,19 +8,22 @@ class ScheduleForm(forms.Form):
     KIND_CHOICES = [
         ('email_plain', 'Plain text e-mail (schedule_email with a text)'),
         ('email_html', 'HTML e-mail (schedule_email with a dict, built-in template)'),
-        ('weekly_digest', 'Weekly digest (the demo\'s custom message type)'),
+        ('weekly_digest', "Weekly digest (the demo's custom message type)"),
     ]
-    MESSENGER_CHOICES = [('smtp', 'E-mail (SMTP)'), ('console', 'Console (the demo\'s custom messenger)')]
+    MESSENGER_CHOICES = [('smtp', 'E-mail (SMTP)'), ('console', "Console (the demo's custom messenger)")]
 
     kind = forms.ChoiceField(choices=KIND_CHOICES, initial='email_html')
     messenger = forms.ChoiceField(
-        choices=MESSENGER_CHOICES, initial='smtp', help_text='Used by the weekly digest; e-mails always go by SMTP.')
+        choices=MESSENGER_CHOICES, initial='smtp', help_text='Used by the weekly digest; e-mails always go by SMTP.'
+    )
     user = forms.ModelChoiceField(queryset=get_user_model().objects.order_by('username'), required=False)
     address = forms.CharField(required=False, help_text='An e-mail address (or a username for the console).')
     subject = forms.CharField(initial='Hello from sitemessage', required=False)
-    text = forms.CharField(widget=forms.Textarea(attrs={'rows': 4}),
-                           initial='First line.\nSecond line, <b>escaped</b> in HTML e-mails.',
-                           help_text='For the digest, one item per line.')
+    text = forms.CharField(
+        widget=forms.Textarea(attrs={'rows': 4}),
+        initial='First line.\nSecond line, <b>escaped</b> in HTML e-mails.',
+        help_text='For the digest, one item per line.',
+    )
 
     def clean(self):
         cleaned = super().clean()

@@ -1,4 +1,5 @@
 """The demo's outbox file: JSON lines written by mail_sink.py (e-mails) and ConsoleMessenger."""
+
 from __future__ import annotations
 
 import json
@@ -33,14 +34,16 @@ def _describe(record: dict) -> dict:
     msg = message_from_string(record['data'], policy=policy.default)
     text_part = msg.get_body(preferencelist=('plain',))
     html_part = msg.get_body(preferencelist=('html',))
-    record.update({
-        'headers': [(name, str(value)) for name, value in msg.items()],
-        'subject': str(msg.get('Subject', '')),
-        'text': text_part.get_content() if text_part is not None else '',
-        'html': html_part.get_content() if html_part is not None else '',
-        'list_unsubscribe': str(msg.get('List-Unsubscribe', '')).strip().strip('<>'),
-        'one_click': 'One-Click' in str(msg.get('List-Unsubscribe-Post', '')),
-    })
+    record.update(
+        {
+            'headers': [(name, str(value)) for name, value in msg.items()],
+            'subject': str(msg.get('Subject', '')),
+            'text': text_part.get_content() if text_part is not None else '',
+            'html': html_part.get_content() if html_part is not None else '',
+            'list_unsubscribe': str(msg.get('List-Unsubscribe', '')).strip().strip('<>'),
+            'one_click': 'One-Click' in str(msg.get('List-Unsubscribe-Post', '')),
+        }
+    )
     # <base target="_top">: a link clicked in the preview opens in the page, not inside the frame.
     record['html_srcdoc'] = f'<base target="_top">{record["html"]}' if record['html'] else ''
     record['links'] = _URL.findall(record['text'])

@@ -1,4 +1,5 @@
 """Discovered by sitemessage at start-up: the demo's messengers and its own message type."""
+
 from datetime import date
 
 from django.conf import settings
@@ -36,8 +37,7 @@ class ConsoleMessenger(MessengerBase):
     @staticmethod
     def _print(to, text, message_type):
         print(f'[console] to {to} ({message_type}):\n{text}\n', flush=True)
-        outbox.append(settings.DEMO_OUTBOX, {'transport': 'console', 'to': to, 'type': message_type,
-                                             'text': text})
+        outbox.append(settings.DEMO_OUTBOX, {'transport': 'console', 'to': to, 'type': message_type, 'text': text})
 
 
 class WeeklyDigest(MessageBase):
@@ -54,8 +54,7 @@ class WeeklyDigest(MessageBase):
     def __init__(self, items, week=None):
         week = week or date.today().isocalendar()[1]
         # 'subject' and 'type' are read by SMTPMessenger (type 'html': sent with a text alternative).
-        super().__init__({'subject': f'Weekly digest, week {week}', 'type': 'html',
-                          'items': list(items), 'week': week})
+        super().__init__({'subject': f'Weekly digest, week {week}', 'type': 'html', 'items': list(items), 'week': week})
 
     @classmethod
     def get_template_context(cls, context):

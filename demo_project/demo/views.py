@@ -1,4 +1,5 @@
 """Demo pages: schedule messages, edit subscriptions, look at what was delivered."""
+
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import get_user_model, login
@@ -10,7 +11,10 @@ from django.views.decorators.http import require_POST
 from sitemessage.models import Dispatch
 from sitemessage.shortcuts import schedule_email
 from sitemessage.toolbox import (
-    get_user_preferences_for_ui, recipients, schedule_messages, set_user_preferences_from_request,
+    get_user_preferences_for_ui,
+    recipients,
+    schedule_messages,
+    set_user_preferences_from_request,
 )
 
 from . import outbox as outbox_file
@@ -35,8 +39,10 @@ def home(request):
         else:
             items = [line.strip() for line in data['text'].splitlines() if line.strip()]
             schedule_messages(WeeklyDigest(items), recipients(data['messenger'], to), sender=sender)
-        messages.success(request, f'Scheduled for {", ".join(map(str, to))}. '
-                                  'The sender delivers it within a few seconds: see the outbox.')
+        messages.success(
+            request,
+            f'Scheduled for {", ".join(map(str, to))}. The sender delivers it within a few seconds: see the outbox.',
+        )
         return redirect('home')
     dispatches = Dispatch.objects.select_related('message').order_by('-pk')[:15]
     return render(request, 'demo/home.html', {'form': form, 'dispatches': dispatches})

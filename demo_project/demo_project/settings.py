@@ -1,4 +1,5 @@
 """Settings of the sitemessage demo: SQLite, a local SMTP sink, DEBUG on. Not for production."""
+
 import os
 from pathlib import Path
 
@@ -34,25 +35,31 @@ MIDDLEWARE = [
 
 ROOT_URLCONF = 'demo_project.urls'
 
-TEMPLATES = [{
-    'BACKEND': 'django.template.backends.django.DjangoTemplates',
-    'DIRS': [],
-    'APP_DIRS': True,
-    'OPTIONS': {'context_processors': [
-        'django.template.context_processors.request',
-        'django.contrib.auth.context_processors.auth',
-        'django.contrib.messages.context_processors.messages',
-    ]},
-}]
+TEMPLATES = [
+    {
+        'BACKEND': 'django.template.backends.django.DjangoTemplates',
+        'DIRS': [],
+        'APP_DIRS': True,
+        'OPTIONS': {
+            'context_processors': [
+                'django.template.context_processors.request',
+                'django.contrib.auth.context_processors.auth',
+                'django.contrib.messages.context_processors.messages',
+            ]
+        },
+    }
+]
 
 WSGI_APPLICATION = 'demo_project.wsgi.application'
 
-DATABASES = {'default': {
-    'ENGINE': 'django.db.backends.sqlite3',
-    'NAME': BASE_DIR / 'db.sqlite3',
-    # runserver and the sender write to the same file: wait for each other's locks.
-    'OPTIONS': {'timeout': 20},
-}}
+DATABASES = {
+    'default': {
+        'ENGINE': 'django.db.backends.sqlite3',
+        'NAME': BASE_DIR / 'db.sqlite3',
+        # runserver and the sender write to the same file: wait for each other's locks.
+        'OPTIONS': {'timeout': 20},
+    }
+}
 
 DEFAULT_AUTO_FIELD = 'django.db.models.BigAutoField'
 USE_TZ = True

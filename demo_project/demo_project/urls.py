@@ -1,7 +1,7 @@
+from demo import views
 from django.contrib import admin
 from django.urls import path
 
-from demo import views
 from sitemessage.toolbox import get_sitemessage_urls
 
 urlpatterns = [

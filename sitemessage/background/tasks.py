@@ -9,6 +9,7 @@ The ``django.tasks`` task, ``sitemessage.tasks.django_send_scheduled``, is built
 (no ``default`` backend, no ``TASKS`` at all) and on Django before 6.0. Its path names that
 attribute, so a backend that stores the path and imports it again in its worker gets the task.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -16,20 +17,25 @@ import logging
 import threading
 from typing import Any, Optional
 
-from ..exceptions import SiteMessageConfigurationError
 from ..delivery.run import send_scheduled_messages
+from ..exceptions import SiteMessageConfigurationError
 
 LOGGER = logging.getLogger('sitemessage.tasks')  # the documented logger name
 
-__all__ = ['send_scheduled', 'celery_send_scheduled', 'has_django_tasks', 'get_django_task', 'check_target',
-           'enqueue_send']  # not django_send_scheduled: star-importing it would build the task
+__all__ = [
+    'send_scheduled',
+    'celery_send_scheduled',
+    'has_django_tasks',
+    'get_django_task',
+    'check_target',
+    'enqueue_send',
+]  # not django_send_scheduled: star-importing it would build the task
 
 
 def send_scheduled(priority: Optional[int] = None) -> dict:
     """Run one delivery pass; return its report as a dict (serialisable task result)."""
     report = send_scheduled_messages(priority=priority)
-    return {'sent': report.sent, 'errors': report.errors, 'failed': report.failed,
-            'seconds': round(report.seconds, 3)}
+    return {'sent': report.sent, 'errors': report.errors, 'failed': report.failed, 'seconds': round(report.seconds, 3)}
 
 
 try:  # Celery is optional: pip install "django-sitemessage[celery]"
@@ -41,6 +47,7 @@ else:
 
 
 # django.tasks ------------------------------------------------------------------------------------
+
 
 def django_send_scheduled(priority: Optional[int] = None) -> dict:
     """Run one delivery pass (the function of the ``django.tasks`` task of the same name)."""
@@ -72,7 +79,8 @@ def get_django_task() -> Any:
     """
     if not has_django_tasks():
         raise SiteMessageConfigurationError(
-            'SITEMESSAGE_ENQUEUE_ON_SCHEDULE is "django_tasks" but this Django has no django.tasks (Django 6.0+).')
+            'SITEMESSAGE_ENQUEUE_ON_SCHEDULE is "django_tasks" but this Django has no django.tasks (Django 6.0+).'
+        )
     from django.tasks import DEFAULT_TASK_BACKEND_ALIAS, task, task_backends
     from django.tasks.exceptions import InvalidTaskBackend
 
@@ -86,7 +94,8 @@ def get_django_task() -> Any:
                 raise SiteMessageConfigurationError(
                     f'django.tasks: the TASKS setting has no {alias!r} backend ({error}); '
                     f'add one, e.g. TASKS = {{{alias!r}: {{"BACKEND": '
-                    f'"django.tasks.backends.immediate.ImmediateBackend"}}}}.') from error
+                    f'"django.tasks.backends.immediate.ImmediateBackend"}}}}.'
+                ) from error
             built = _TASKS[alias] = task(backend=alias)(_django_send_scheduled_function)
     return built
 
@@ -110,10 +119,12 @@ def check_target(target: str) -> None:
         if celery_send_scheduled is None:
             raise SiteMessageConfigurationError(
                 'SITEMESSAGE_ENQUEUE_ON_SCHEDULE is "celery" but Celery is not installed: '
-                'pip install "django-sitemessage[celery]"')
+                'pip install "django-sitemessage[celery]"'
+            )
     elif target != 'django_tasks':
         raise SiteMessageConfigurationError(
-            f'SITEMESSAGE_ENQUEUE_ON_SCHEDULE must be "celery", "django_tasks" or None, got {target!r}.')
+            f'SITEMESSAGE_ENQUEUE_ON_SCHEDULE must be "celery", "django_tasks" or None, got {target!r}.'
+        )
 
 
 def enqueue_send(target: str, priority: Optional[int] = None) -> None:
@@ -131,5 +142,6 @@ def enqueue_send(target: str, priority: Optional[int] = None) -> None:
         try:
             get_django_task().enqueue(priority)
         except Exception:
-            LOGGER.exception('sitemessage: could not enqueue the django.tasks send task; '
-                             'the messages stay queued for the next run')
+            LOGGER.exception(
+                'sitemessage: could not enqueue the django.tasks send task; the messages stay queued for the next run'
+            )

@@ -4,6 +4,7 @@ On PostgreSQL a ``NOTIFY sitemessage_queue`` wakes ``sitemessage_worker`` proces
 (they ``LISTEN``); elsewhere workers poll. ``SITEMESSAGE_ENQUEUE_ON_SCHEDULE`` can also enqueue
 the send task of a task system: ``'celery'`` or ``'django_tasks'``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -52,16 +53,24 @@ def _announce(using: str) -> None:
             with connection.cursor() as cursor:
                 cursor.execute(f'NOTIFY {CHANNEL}')
         except Exception as error:  # committed already: workers find it on their next poll
-            LOGGER.warning('Could not notify workers of new messages (%s: %s); they pick them up on their '
-                           'next pass.', type(error).__name__, error)
+            LOGGER.warning(
+                'Could not notify workers of new messages (%s: %s); they pick them up on their next pass.',
+                type(error).__name__,
+                error,
+            )
     target = get_setting('ENQUEUE_ON_SCHEDULE')
     if target:
         try:
             enqueue_send(target)
         except Exception as error:
             # No URL or credentials here: Celery's/kombu's error texts name the broker's host at most.
-            LOGGER.error('Could not enqueue a send task on %s (%s: %s); the message is stored and the next '
-                         'delivery run sends it.', target, type(error).__name__, error)
+            LOGGER.error(
+                'Could not enqueue a send task on %s (%s: %s); the message is stored and the next '
+                'delivery run sends it.',
+                target,
+                type(error).__name__,
+                error,
+            )
 
 
 def listen(using: Optional[str] = None) -> bool:

@@ -7,6 +7,7 @@ bounded by ``SITEMESSAGE_SEND_BATCH_SIZE``); nothing stays claimed.
 A lost database connection (a restart, a fail-over, a killed backend) does not end it: the
 error is logged, the connection closed, and the pass retried after a capped exponential backoff.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,9 +31,16 @@ class Worker:
     connection: 1 s, 2 s, 4 s... up to 60 s by default, jittered, for as long as it takes.
     """
 
-    def __init__(self, priority: Optional[int] = None, idle_seconds: Optional[float] = None,
-                 max_passes: Optional[int] = None, report: Optional[Callable[[SendReport], None]] = None,
-                 prepare: Optional[bool] = None, reconnect_base: float = 1.0, reconnect_max: float = 60.0):
+    def __init__(
+        self,
+        priority: Optional[int] = None,
+        idle_seconds: Optional[float] = None,
+        max_passes: Optional[int] = None,
+        report: Optional[Callable[[SendReport], None]] = None,
+        prepare: Optional[bool] = None,
+        reconnect_base: float = 1.0,
+        reconnect_max: float = 60.0,
+    ):
         self.priority = priority
         # Create the dispatches of messages scheduled without recipients before each pass.
         self.prepare = bool(get_setting('WORKER_PREPARE_DISPATCHES') if prepare is None else prepare)
@@ -81,8 +89,13 @@ class Worker:
                 self.reconnects += 1
                 notifications = None  # a new connection listens afresh
                 delay = backoff_delay(failures, self.reconnect_base, self.reconnect_max)
-                LOGGER.warning('Database connection lost (%s: %s); reconnecting in %.1f s (attempt %s).',
-                               type(error).__name__, str(error).strip(), delay, failures)
+                LOGGER.warning(
+                    'Database connection lost (%s: %s); reconnecting in %.1f s (attempt %s).',
+                    type(error).__name__,
+                    str(error).strip(),
+                    delay,
+                    failures,
+                )
                 close_connection()
                 self.stop_event.wait(delay)
         return self.totals

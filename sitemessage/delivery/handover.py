@@ -4,6 +4,7 @@ A messenger only sees :meth:`~sitemessage.messengers.base.MessengerBase.send_man
 and marks outcomes; compiling texts, rate limits, guarding against a hook that raises or forgets a
 dispatch, and storing the outcomes are the engine's, here.
 """
+
 from __future__ import annotations
 
 import logging
@@ -42,8 +43,9 @@ def messenger_lock(messenger: 'MessengerBase') -> threading.RLock:
     return lock
 
 
-def compile_texts(messenger: 'MessengerBase', message_cls, message: Message,
-                  dispatches: List[Dispatch]) -> List[Dispatch]:
+def compile_texts(
+    messenger: 'MessengerBase', message_cls, message: Message, dispatches: List[Dispatch]
+) -> List[Dispatch]:
     """Fill ``message_cache`` where empty; return the dispatches that compiled.
 
     A message whose stored context cannot be read fails all its dispatches here, with the
@@ -82,9 +84,14 @@ def deliver(messenger: 'MessengerBase', work: List[MessageWork], limits: Limits)
             mark_unmarked(messenger, item.dispatches, error, item.message_cls)
     else:
         for item in work:
-            mark_unmarked(messenger, item.dispatches, MessengerException(
-                f'{type(messenger).__name__}.send_many() did not report an outcome for this dispatch'),
-                item.message_cls)
+            mark_unmarked(
+                messenger,
+                item.dispatches,
+                MessengerException(
+                    f'{type(messenger).__name__}.send_many() did not report an outcome for this dispatch'
+                ),
+                item.message_cls,
+            )
 
 
 def deliver_rate_limited(messenger: 'MessengerBase', item: MessageWork, limits: Limits) -> None:
@@ -114,8 +121,12 @@ def send_guarded(messenger: 'MessengerBase', message_cls, message: Message, disp
         LOGGER.exception('%s: send() raised', messenger.get_alias())
         mark_unmarked(messenger, dispatches, error, message_cls)
     else:
-        mark_unmarked(messenger, dispatches, MessengerException(
-            f'{type(messenger).__name__}.send() did not report an outcome for this dispatch'), message_cls)
+        mark_unmarked(
+            messenger,
+            dispatches,
+            MessengerException(f'{type(messenger).__name__}.send() did not report an outcome for this dispatch'),
+            message_cls,
+        )
 
 
 def mark_unmarked(messenger: 'MessengerBase', dispatches: Iterable[Dispatch], error: Any, message_cls=None) -> None:
@@ -141,7 +152,8 @@ def store_outcomes(dispatches: List[Dispatch], untouched: List[Dispatch]) -> Non
         for dispatch, token, lease_until in claims:
             dispatch.claim_token, dispatch.lease_until = token, lease_until
 
-    retry_on_connection_loss(lambda: Dispatch.objects.store_outcomes(attempted),
-                             'storing delivery outcomes', before_retry=restore_claims)
+    retry_on_connection_loss(
+        lambda: Dispatch.objects.store_outcomes(attempted), 'storing delivery outcomes', before_retry=restore_claims
+    )
     metrics.observe_outcomes(attempted)
     retry_on_connection_loss(lambda: Dispatch.objects.release(untouched), 'releasing dispatches')

@@ -3,6 +3,7 @@
 This module imports only :mod:`sitemessage.exceptions`, so the models can use it: a claimed
 dispatch carries its :class:`Attempt` until the outcome is stored.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

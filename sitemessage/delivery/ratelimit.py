@@ -11,6 +11,7 @@ messenger alias) and ``SITEMESSAGE_RATE_LIMITS_PER_RECIPIENT = {'telegram': 1}``
 ``LocMemCache`` is per process: use a shared cache (Redis, Memcached, database) when several
 processes send (FileBasedCache is not safe across processes either: its ``add`` is not atomic).
 """
+
 from __future__ import annotations
 
 import math
@@ -36,7 +37,8 @@ def limit_for(alias: str, per_recipient: bool = False) -> Optional[float]:
     if isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0:
         setting = 'RATE_LIMITS_PER_RECIPIENT' if per_recipient else 'RATE_LIMITS'
         raise SiteMessageConfigurationError(
-            f'SITEMESSAGE_{setting}[{alias!r}] must be a positive number of messages per second, got {limit!r}.')
+            f'SITEMESSAGE_{setting}[{alias!r}] must be a positive number of messages per second, got {limit!r}.'
+        )
     return float(limit)
 
 

@@ -3,13 +3,14 @@
 Memory stays flat whatever the queue size (one batch at a time); each batch costs a handful
 of queries (claim, outcomes, error log), never one per dispatch.
 """
+
 from __future__ import annotations
 
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from django.utils import timezone
@@ -67,8 +68,11 @@ class SendReport:
     @property
     def unreachable_messengers(self) -> Dict[str, str]:
         """Messengers whose every attempt in this run failed to connect, each with its first reason."""
-        return {alias: reason for alias, reason in self.warm_up_reasons.items()
-                if self.warm_up_failures[alias] == self.attempts[alias]}
+        return {
+            alias: reason
+            for alias, reason in self.warm_up_reasons.items()
+            if self.warm_up_failures[alias] == self.attempts[alias]
+        }
 
     def merge(self, other: 'SendReport') -> None:
         """Add another run's report to this one (a worker's totals)."""
@@ -98,10 +102,13 @@ def validate_priority(priority) -> Optional[int]:
     return value
 
 
-def send_scheduled_messages(priority=None, ignore_unknown_messengers: bool = False,
-                            ignore_unknown_message_types: bool = False,
-                            should_stop: Optional[Callable[[], bool]] = None,
-                            progress: Optional[Callable[[SendReport], None]] = None) -> SendReport:
+def send_scheduled_messages(
+    priority=None,
+    ignore_unknown_messengers: bool = False,
+    ignore_unknown_message_types: bool = False,
+    should_stop: Optional[Callable[[], bool]] = None,
+    progress: Optional[Callable[[SendReport], None]] = None,
+) -> SendReport:
     """Send every dispatch that is due, batch by batch, oldest first.
 
     Each messenger's connections stay open for the whole run. With several connections the
@@ -123,8 +130,13 @@ def send_scheduled_messages(priority=None, ignore_unknown_messengers: bool = Fal
         if should_stop and should_stop():
             return []
         return Dispatch.objects.claim(
-            batch_size, lease_seconds, priority=priority, attempted_before=run_started_at,
-            exclude_messengers=report.skipped_messengers, exclude_types=report.skipped_message_types)
+            batch_size,
+            lease_seconds,
+            priority=priority,
+            attempted_before=run_started_at,
+            exclude_messengers=report.skipped_messengers,
+            exclude_types=report.skipped_message_types,
+        )
 
     try:
         with DeliveryRun(report, ignore_unknown_messengers, ignore_unknown_message_types) as run:
@@ -156,8 +168,9 @@ def send_scheduled_messages(priority=None, ignore_unknown_messengers: bool = Fal
     return report
 
 
-def deliver_batch(batch: List[Dispatch], report: SendReport, ignore_unknown_messengers: bool,
-                  ignore_unknown_message_types: bool):
+def deliver_batch(
+    batch: List[Dispatch], report: SendReport, ignore_unknown_messengers: bool, ignore_unknown_message_types: bool
+):
     """Deliver one claimed batch and store its outcomes; return the first unknown-alias error not ignored."""
     with DeliveryRun(report, ignore_unknown_messengers, ignore_unknown_message_types) as run:
         return run.finish(run.start(batch))
@@ -282,8 +295,9 @@ def prepare_dispatches(ignore_unknown_message_types: bool = False) -> List[Dispa
         except UnknownMessageTypeError:
             if not ignore_unknown_message_types:
                 raise
-            LOGGER.warning('Message %s of unknown type `%s` left waiting for prepare_dispatches().',
-                           message.pk, message.cls)
+            LOGGER.warning(
+                'Message %s of unknown type `%s` left waiting for prepare_dispatches().', message.pk, message.cls
+            )
             continue
         dispatches.extend(message_cls.prepare_dispatches(message))
     return dispatches

@@ -6,6 +6,7 @@ has a thread of its own and they pull work from one queue; :meth:`DeliverySessio
 returns at once, so the caller can claim the next batch from the database while the
 connections are still busy with this one, and they never wait for each other between batches.
 """
+
 from __future__ import annotations
 
 import collections
@@ -209,8 +210,12 @@ class DeliverySession:
     def _start_connection(self) -> None:
         # Called holding the guard. The thread runs in a copy of the caller's context (translations).
         self._live += 1
-        thread = threading.Thread(target=contextvars.copy_context().run, args=(self._connection,), daemon=True,
-                                  name=f'sitemessage-{self.messenger.get_alias()}-{len(self._threads) + 1}')
+        thread = threading.Thread(
+            target=contextvars.copy_context().run,
+            args=(self._connection,),
+            daemon=True,
+            name=f'sitemessage-{self.messenger.get_alias()}-{len(self._threads) + 1}',
+        )
         self._threads.append(thread)
         thread.start()
 
@@ -295,7 +300,7 @@ def bundle_work(work: List[MessageWork], connections_count: int) -> List[List[Me
     for message_cls, message, group in work:
         start = 0
         while start < len(group):
-            piece = group[start:start + room]
+            piece = group[start : start + room]
             current.append(MessageWork(message_cls, message, piece))
             start += len(piece)
             room -= len(piece)
@@ -305,4 +310,3 @@ def bundle_work(work: List[MessageWork], connections_count: int) -> List[List[Me
     if current:
         units.append(current)
     return units
-

@@ -1,4 +1,5 @@
 """Message types. The built-in ones are importable from here, lazily, as the docs show."""
+
 from importlib import import_module
 
 from ..registry import register_message_types
@@ -15,6 +16,7 @@ def register_builtin_message_types() -> None:
     """Register the built-in message types: ``plain``, ``email_plain``, ``email_html`` and ``email_django``."""
     from .email import EmailHtmlMessage, EmailMimeMessage, EmailTextMessage
     from .plain import PlainTextMessage
+
     register_message_types(PlainTextMessage, EmailTextMessage, EmailHtmlMessage, EmailMimeMessage)
 
 

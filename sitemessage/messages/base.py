@@ -1,4 +1,5 @@
 """The base of message types: what a message says and how it is rendered for each messenger."""
+
 from __future__ import annotations
 
 from contextvars import ContextVar
@@ -17,7 +18,8 @@ from ..exceptions import UnknownMessengerError
 from ..headers import safe_recipients
 from ..links import ACTION_MARK_READ, ACTION_UNSUBSCRIBE, invalid_link_response, unsubscribed_response
 from ..list_id import default_list_id
-from ..recipients import Recipient, recipients as _recipients
+from ..recipients import Recipient
+from ..recipients import recipients as _recipients
 from ..registry import get_registered_messenger_object
 from ..signals import sig_mark_read_failed, sig_mark_read_success, sig_unsubscribe_failed, sig_unsubscribe_success
 from ..site import get_site_url
@@ -109,11 +111,18 @@ class MessageBase:
     def schedule(self, recipients=None, sender=None, priority: Optional[int] = None) -> 'MessageTuple':
         """Store this message (with one dispatch per recipient) for delivery."""
         from ..models import Message, MessageTuple
+
         if priority is None:
             priority = self.priority
         self._message_model, self._dispatch_models = Message.create(
-            self.get_alias(), self.get_context(), recipients=recipients, sender=sender, priority=priority,
-            group_mark=self.group_mark, context_merge_hook=self.merge_context)
+            self.get_alias(),
+            self.get_context(),
+            recipients=recipients,
+            sender=sender,
+            priority=priority,
+            group_mark=self.group_mark,
+            context_merge_hook=self.merge_context,
+        )
         return MessageTuple(self._message_model, self._dispatch_models)
 
     @classmethod
@@ -128,6 +137,7 @@ class MessageBase:
     def get_subscribers(cls, active_only: bool = True) -> List[Recipient]:
         """Return recipients subscribed to this type (inactive users are left out by default)."""
         from ..models import Subscription
+
         subscribers = []
         for subscription in Subscription.get_for_message_cls(cls.get_alias()):
             user = subscription.recipient
@@ -147,6 +157,7 @@ class MessageBase:
     def prepare_dispatches(cls, message: 'Message', recipients=None) -> List['Dispatch']:
         """Create dispatches of a message scheduled without recipients (subscribers by default)."""
         from ..models import Dispatch
+
         return Dispatch.create(message, recipients or cls.get_subscribers())
 
     # Rendering --------------------------------------------------------------------------------
@@ -154,8 +165,11 @@ class MessageBase:
     @classmethod
     def get_template(cls, message, messenger) -> str:
         """Return the template path: the message's own, the class', or one derived per messenger."""
-        return (message.context.get('tpl') or cls.template or
-                f'sitemessage/messages/{cls.get_alias()}__{messenger.get_alias()}.{cls.template_ext}')
+        return (
+            message.context.get('tpl')
+            or cls.template
+            or f'sitemessage/messages/{cls.get_alias()}__{messenger.get_alias()}.{cls.template_ext}'
+        )
 
     @classmethod
     def get_template_context(cls, context: dict) -> dict:
@@ -168,18 +182,21 @@ class MessageBase:
         if not message.context.get('use_tpl'):
             return message.context[cls.SIMPLE_TEXT_ID]
         context = dict(message.context)  # never change the stored context
-        context.update({
-            'SITE_URL': get_site_url(),
-            'directive_unsubscribe': cls.get_unsubscribe_directive(message, dispatch),
-            'directive_mark_read': cls.get_mark_read_directive(message, dispatch),
-            'message_model': message,
-            'dispatch_model': dispatch,
-        })
+        context.update(
+            {
+                'SITE_URL': get_site_url(),
+                'directive_unsubscribe': cls.get_unsubscribe_directive(message, dispatch),
+                'directive_mark_read': cls.get_mark_read_directive(message, dispatch),
+                'message_model': message,
+                'dispatch_model': dispatch,
+            }
+        )
         return render_to_string(cls.get_template(message, messenger), cls.get_template_context(context))
 
     @classmethod
-    def compile_for_dispatches(cls, message, messenger,
-                               dispatches: Sequence['Dispatch']) -> List[Union[str, 'DeferredText']]:
+    def compile_for_dispatches(
+        cls, message, messenger, dispatches: Sequence['Dispatch']
+    ) -> List[Union[str, 'DeferredText']]:
         """Return one text per dispatch, each with that dispatch's own signed links.
 
         Unless ``has_dynamic_context`` is set, the template is rendered once, and each dispatch's
@@ -189,6 +206,7 @@ class MessageBase:
         (one ``str`` each) when it turns out to use ``dispatch_model``.
         """
         from ..models import DeferredText
+
         if cls.has_dynamic_context or len(dispatches) < 2:
             return [cls.compile(message, messenger, dispatch=dispatch) for dispatch in dispatches]
         placeholders = {name: f'sitemessagedirective{uuid4().hex}' for name in (URL_UNSUBSCRIBE, URL_MARK_READ)}
@@ -204,8 +222,10 @@ class MessageBase:
         if not used:
             return [text] * len(dispatches)  # one and the same str object: held once
         directive_getters = {URL_UNSUBSCRIBE: cls.get_unsubscribe_directive, URL_MARK_READ: cls.get_mark_read_directive}
-        return [DeferredText(text, [(token, directive_getters[name](message, dispatch))
-                                    for name, token in used.items()]) for dispatch in dispatches]
+        return [
+            DeferredText(text, [(token, directive_getters[name](message, dispatch)) for name, token in used.items()])
+            for dispatch in dispatches
+        ]
 
     # Signed links -----------------------------------------------------------------------------
 
@@ -217,15 +237,16 @@ class MessageBase:
         :mod:`sitemessage.links`); it is kept to check links already delivered and for projects
         that call it.
         """
-        return salted_hmac(str(dispatch_id), f'{message_id}|{dispatch_id}', secret=secret,
-                           algorithm='sha1').hexdigest()
+        return salted_hmac(str(dispatch_id), f'{message_id}|{dispatch_id}', secret=secret, algorithm='sha1').hexdigest()
 
     @classmethod
     def is_dispatch_hash_valid(cls, dispatch_id, message_id, hashed: str) -> bool:
         """Check a 1.4.0 signature in constant time, against ``SECRET_KEY`` and its fallbacks."""
         secrets = [settings.SECRET_KEY, *getattr(settings, 'SECRET_KEY_FALLBACKS', [])]
-        return any(constant_time_compare(cls.get_dispatch_hash(dispatch_id, message_id, secret), str(hashed))
-                   for secret in secrets)
+        return any(
+            constant_time_compare(cls.get_dispatch_hash(dispatch_id, message_id, secret), str(hashed))
+            for secret in secrets
+        )
 
     @classmethod
     def get_unsubscribe_directive(cls, message_model, dispatch_model) -> str:
@@ -263,13 +284,15 @@ class MessageBase:
     # Requests from the bundled views ----------------------------------------------------------
 
     @classmethod
-    def handle_unsubscribe_request(cls, request: HttpRequest, message: 'Message', dispatch: 'Dispatch',
-                                   hash_is_valid: bool, redirect_to: str) -> HttpResponse:
+    def handle_unsubscribe_request(
+        cls, request: HttpRequest, message: 'Message', dispatch: 'Dispatch', hash_is_valid: bool, redirect_to: str
+    ) -> HttpResponse:
         """Cancel the subscription behind a dispatch when its link is valid and redirect; else say it is invalid.
 
         After a cleanup, ``message`` and ``dispatch`` are unsaved instances rebuilt from the link.
         """
         from ..models import Subscription
+
         if hash_is_valid:
             Subscription.cancel(dispatch.recipient_id or dispatch.address, cls.get_alias(), dispatch.messenger)
             sig_unsubscribe_success.send(cls, request=request, message=message, dispatch=dispatch)
@@ -278,8 +301,9 @@ class MessageBase:
         return invalid_link_response(request, ACTION_UNSUBSCRIBE)
 
     @classmethod
-    def handle_mark_read_request(cls, request: HttpRequest, message: 'Message', dispatch: 'Dispatch',
-                                 hash_is_valid: bool, redirect_to: str) -> HttpResponse:
+    def handle_mark_read_request(
+        cls, request: HttpRequest, message: 'Message', dispatch: 'Dispatch', hash_is_valid: bool, redirect_to: str
+    ) -> HttpResponse:
         """Mark a dispatch read when its link is valid and redirect; else answer the blank image with 400."""
         if hash_is_valid:
             dispatch.mark_read()
@@ -288,4 +312,3 @@ class MessageBase:
             return redirect(redirect_to)
         sig_mark_read_failed.send(cls, request=request, message=message, dispatch=dispatch)
         return invalid_link_response(request, ACTION_MARK_READ)
-

@@ -1,4 +1,5 @@
 """E-mail message types: plain text and HTML (``subject`` and ``type`` are read by the SMTP messenger)."""
+
 from __future__ import annotations
 
 import base64
@@ -10,12 +11,12 @@ from .base import MessageBase
 
 
 class _EmailMessageBase(MessageBase):
-
     supported_messengers = ['smtp']
     title = _('Email notification')
 
-    def __init__(self, subject: str, text_or_dict: Union[str, dict], type_name: str,
-                 template_path: Optional[str] = None):
+    def __init__(
+        self, subject: str, text_or_dict: Union[str, dict], type_name: str, template_path: Optional[str] = None
+    ):
         context = {'subject': subject, 'type': type_name}
         self.update_context(context, text_or_dict)
         super().__init__(context, template_path=template_path)
@@ -62,12 +63,18 @@ class EmailMimeMessage(MessageBase):
     def __init__(self, mime: bytes, envelope_from: str, envelope_to: List[str], subject: str = ''):
         super().__init__()
         encoding, text = encode_mime(mime)
-        self.context.update({
-            'subject': subject, 'type': 'mime', 'mime': text, 'mime_encoding': encoding,
-            'envelope_from': envelope_from, 'envelope_to': list(envelope_to),
-            # What compile() gives: a dispatch's message_cache never holds a second copy of the MIME.
-            self.SIMPLE_TEXT_ID: f'E-mail built by Django, {len(mime)} bytes (stored on the message).',
-        })
+        self.context.update(
+            {
+                'subject': subject,
+                'type': 'mime',
+                'mime': text,
+                'mime_encoding': encoding,
+                'envelope_from': envelope_from,
+                'envelope_to': list(envelope_to),
+                # What compile() gives: a dispatch's message_cache never holds a second copy of the MIME.
+                self.SIMPLE_TEXT_ID: f'E-mail built by Django, {len(mime)} bytes (stored on the message).',
+            }
+        )
 
     @staticmethod
     def get_mime(context: dict) -> bytes:

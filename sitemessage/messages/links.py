@@ -3,6 +3,7 @@
 The signatures themselves (per action, and checking them) are :mod:`sitemessage.links`, which the
 views use too; this module only builds the URLs of a dispatch's unsubscribe and mark-read links.
 """
+
 from __future__ import annotations
 
 import threading
@@ -30,8 +31,13 @@ def signed_link_url(name: str, message_type: str, message_model: 'Message', disp
     message_id, dispatch_id = message_model.pk, dispatch_model.pk
     if name == URL_UNSUBSCRIBE:
         signature = unsubscribe_token(
-            message_id, dispatch_id, getattr(message_model, 'cls', None) or message_type,
-            dispatch_model.messenger, dispatch_model.recipient_id, dispatch_model.address)
+            message_id,
+            dispatch_id,
+            getattr(message_model, 'cls', None) or message_type,
+            dispatch_model.messenger,
+            dispatch_model.recipient_id,
+            dispatch_model.address,
+        )
     else:
         signature = mark_read_signature(message_id, dispatch_id)
     try:

@@ -6,6 +6,7 @@ public hooks (``before_send``, ``send`` or ``send_many``, ``after_send``, option
 ``mark_failed`` record each dispatch's outcome in memory, and the engine stores all outcomes of
 a batch with a few bulk queries.
 """
+
 from __future__ import annotations
 
 import threading
@@ -17,7 +18,6 @@ from django.contrib.auth.base_user import AbstractBaseUser
 from ..delivery import handover, ratelimit
 from ..delivery.outcomes import MessageWork, describe_error
 from ..delivery.session import DeliverySession
-from ..exceptions import SiteMessageConfigurationError
 from ..models import Dispatch, Message, MessageTuple
 from ..recipients import Recipient, is_iterable
 from ..settings import get_setting
@@ -25,8 +25,17 @@ from ..settings import get_setting
 if TYPE_CHECKING:  # pragma: nocover
     from ..messages.base import MessageBase
 
-__all__ = ['MessengerBase', 'RequestsMessengerBase', 'TypeProxy', 'Message', 'Dispatch', 'MessageTuple', 'Recipient',
-           'MessageWork', 'describe_error']
+__all__ = [
+    'MessengerBase',
+    'RequestsMessengerBase',  # noqa: F822  (deprecated here, served lazily by __getattr__)
+    'TypeProxy',  # noqa: F822  (the same)
+    'Message',
+    'Dispatch',
+    'MessageTuple',
+    'Recipient',
+    'MessageWork',
+    'describe_error',
+]
 
 
 class PerThread:
@@ -153,8 +162,9 @@ class MessengerBase:
         Raise :class:`~sitemessage.exceptions.PermanentDeliveryError` or
         :class:`~sitemessage.exceptions.TemporaryDeliveryError` when the service refuses it.
         """
-        raise NotImplementedError(f'{type(self).__name__} must implement _send_message() or _test_message() '
-                                  'to be probed')
+        raise NotImplementedError(
+            f'{type(self).__name__} must implement _send_message() or _test_message() to be probed'
+        )
 
     def _test_message(self, to: Optional[str], text: str) -> Any:
         return self._send_message(self._build_message(to, text), to=to)
@@ -178,8 +188,14 @@ class MessengerBase:
         """Record that a dispatch was delivered."""
         dispatch.set_outcome(Dispatch.DISPATCH_STATUS_SENT)
 
-    def mark_error(self, dispatch: Dispatch, error_log: Any, message_cls: Optional[Type['MessageBase']] = None,
-                   *, retry_after: Optional[float] = None) -> None:
+    def mark_error(
+        self,
+        dispatch: Dispatch,
+        error_log: Any,
+        message_cls: Optional[Type['MessageBase']] = None,
+        *,
+        retry_after: Optional[float] = None,
+    ) -> None:
         """Record a failed attempt to be retried; past the type's ``send_retry_limit`` it is failed."""
         if message_cls is None:
             message_cls = dispatch.message.get_type()
@@ -211,9 +227,14 @@ class MessengerBase:
     def get_parallel_connections(self) -> int:
         """How many connections deliver a batch at once: the constructor's, the setting's, or 1."""
         # A constructor's `connections=` lands on the instance; the class attribute is the default.
-        return get_setting('PARALLEL_CONNECTIONS', alias=self.get_alias(), value=vars(self).get('parallel_connections'),
-                           default=type(self).parallel_connections, check='positive_int',
-                           argument=f'The parallel connections of messenger `{self.get_alias()}`')
+        return get_setting(
+            'PARALLEL_CONNECTIONS',
+            alias=self.get_alias(),
+            value=vars(self).get('parallel_connections'),
+            default=type(self).parallel_connections,
+            check='positive_int',
+            argument=f'The parallel connections of messenger `{self.get_alias()}`',
+        )
 
     def rate_limits(self) -> Tuple[Optional[float], Optional[float]]:
         """The configured limits of this messenger: (messages a second, per recipient); None is no limit."""
@@ -259,6 +280,7 @@ def __getattr__(name):
     # RequestsMessengerBase lives in base_http; importable from here as in 1.4.0.
     if name in ('RequestsMessengerBase', 'TypeProxy'):
         from . import base_http
+
         warn_deprecated(f'{__name__}.{name}', f'sitemessage.messengers.base_http.{name}')
         return getattr(base_http, name)
     if name == 'DispatchProcessingHandler':

@@ -8,6 +8,7 @@ honouring ``Retry-After``); any other 4xx is permanent (the dispatch fails at on
 Subclasses read the service's own error payload through :meth:`payload_error` and
 :meth:`map_payload_error`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -18,8 +19,8 @@ from urllib.parse import quote, quote_plus
 
 from .. import VERSION
 from ..exceptions import MessengerException, MessengerWarmupException, PermanentDeliveryError, TemporaryDeliveryError
-from ..settings import get_setting
 from ..optional import import_optional
+from ..settings import get_setting
 from .base import MessengerBase, PerThread, describe_error
 
 LOGGER = logging.getLogger(__name__)
@@ -101,8 +102,9 @@ class RequestsMessengerBase(MessengerBase):
 
     _thread = PerThread(_ThreadState)
 
-    def __init__(self, proxy: TypeProxy = None, *, api_url: Optional[str] = None, timeout: Optional[float] = None,
-                 **kwargs):
+    def __init__(
+        self, proxy: TypeProxy = None, *, api_url: Optional[str] = None, timeout: Optional[float] = None, **kwargs
+    ):
         self.lib = import_optional('requests', extra=self.extra_name)
         self.proxy = proxy
         if api_url is not None:
@@ -118,8 +120,9 @@ class RequestsMessengerBase(MessengerBase):
 
     def redact(self, text: str, secrets: Optional[Iterable[str]] = None) -> str:
         """Return ``text`` without ``secrets`` (by default :meth:`get_secrets`), as they are and URL-encoded."""
-        for secret in sorted(map(str, filter(None, self.get_secrets() if secrets is None else secrets)),
-                             key=len, reverse=True):  # a shorter secret may be part of a longer one
+        for secret in sorted(
+            map(str, filter(None, self.get_secrets() if secrets is None else secrets)), key=len, reverse=True
+        ):  # a shorter secret may be part of a longer one
             # requests errors echo URLs, where a secret appears percent-encoded ('|' -> '%7C')
             for form in dict.fromkeys((secret, quote_plus(secret), quote(secret, safe=''))):
                 text = text.replace(form, '***')
@@ -154,7 +157,7 @@ class RequestsMessengerBase(MessengerBase):
             self.warm_up()
         except MessengerWarmupException as error:
             self._close_session()
-            raise self.scrub(error)
+            raise self.scrub(error) from None  # the original's text may hold a secret
         except MessengerException as error:
             self._close_session()
             raise MessengerWarmupException(self.redact(str(error))) from error
@@ -182,15 +185,15 @@ class RequestsMessengerBase(MessengerBase):
         if session is not None:
             close_connections(session)
 
-
     def _get_common_params(self) -> dict:
         proxy = self.proxy() if callable(self.proxy) else self.proxy
         return {'timeout': self.get_timeout(), 'proxies': proxy or None}
 
     def get_timeout(self) -> Optional[float]:
         """Seconds to wait for the service: the constructor's ``timeout``, else ``SITEMESSAGE_HTTP_TIMEOUT``."""
-        return get_setting('HTTP_TIMEOUT', value=self.timeout, check='seconds',
-                           argument=f'{type(self).__name__}(timeout=...)')
+        return get_setting(
+            'HTTP_TIMEOUT', value=self.timeout, check='seconds', argument=f'{type(self).__name__}(timeout=...)'
+        )
 
     # Requests ---------------------------------------------------------------------------------
 
@@ -231,8 +234,11 @@ class RequestsMessengerBase(MessengerBase):
             raise self.map_payload_error(response, error)
         if response.status_code < 400:
             return
-        self.raise_for_status(response.status_code, self.describe_error(response, payload),
-                              retry_after=response.headers.get('Retry-After'))
+        self.raise_for_status(
+            response.status_code,
+            self.describe_error(response, payload),
+            retry_after=response.headers.get('Retry-After'),
+        )
 
     def payload_error(self, response, payload: Any) -> Optional[dict]:
         """Hook: return the error object the service put in its JSON reply (often with HTTP 200)."""
@@ -296,8 +302,12 @@ class RequestsMessengerBase(MessengerBase):
                 self.mark_pending(dispatch)
             return
         for dispatch in dispatches:
-            self.mark_error(dispatch, f'Not attempted: an earlier post in this run was refused: {reason}',
-                            message_cls, retry_after=reason.retry_after)
+            self.mark_error(
+                dispatch,
+                f'Not attempted: an earlier post in this run was refused: {reason}',
+                message_cls,
+                retry_after=reason.retry_after,
+            )
 
     def deliver(self, dispatch, message_cls, call: Optional[Callable[[], Any]] = None) -> None:
         """Make the delivery ``call`` for one dispatch (by default the build and send hooks) and mark it.
@@ -307,9 +317,12 @@ class RequestsMessengerBase(MessengerBase):
         is retried and makes the rest of the run wait.
         """
         if call is None:
+
             def call():
-                return self._send_message(self._build_message(dispatch.address, dispatch.message_cache),
-                                          to=dispatch.address)
+                return self._send_message(
+                    self._build_message(dispatch.address, dispatch.message_cache), to=dispatch.address
+                )
+
         try:
             call()
         except DeferBatch as error:
@@ -342,7 +355,9 @@ def parse_retry_after(value: Any) -> Optional[float]:
     except (TypeError, ValueError):
         pass
     from email.utils import parsedate_to_datetime
+
     from django.utils import timezone
+
     try:
         when = parsedate_to_datetime(str(value))
     except (TypeError, ValueError):

@@ -4,6 +4,7 @@ API references: https://developers.facebook.com/docs/graph-api/reference/page/fe
 https://developers.facebook.com/docs/pages-api/posts/ (Pages API guide) and
 https://developers.facebook.com/docs/graph-api/guides/error-handling/ (error codes).
 """
+
 from __future__ import annotations
 
 import json
@@ -74,8 +75,16 @@ class FacebookMessenger(RequestsMessengerBase):
     api_url = 'https://graph.facebook.com'
     extra_name = 'facebook'
 
-    def __init__(self, page_access_token: str, proxy: TypeProxy = None, *, page_id: str = 'me',
-                 graph_version: Optional[str] = None, api_url: Optional[str] = None, timeout: Optional[float] = None):
+    def __init__(
+        self,
+        page_access_token: str,
+        proxy: TypeProxy = None,
+        *,
+        page_id: str = 'me',
+        graph_version: Optional[str] = None,
+        api_url: Optional[str] = None,
+        timeout: Optional[float] = None,
+    ):
         super().__init__(proxy, api_url=api_url, timeout=timeout)
         self.access_token = page_access_token
         self.page_id = page_id
@@ -84,8 +93,14 @@ class FacebookMessenger(RequestsMessengerBase):
     @property
     def graph_version(self) -> str:
         """The Graph API version in use, such as ``v24.0``: the constructor's, else the setting's."""
-        version = str(get_setting('FACEBOOK_GRAPH_VERSION', value=self._graph_version_arg, check='text',
-                                  argument='FacebookMessenger(graph_version=...)'))
+        version = str(
+            get_setting(
+                'FACEBOOK_GRAPH_VERSION',
+                value=self._graph_version_arg,
+                check='text',
+                argument='FacebookMessenger(graph_version=...)',
+            )
+        )
         return version if version.startswith('v') else f'v{version}'
 
     def get_secrets(self) -> Iterable[str]:
@@ -103,8 +118,9 @@ class FacebookMessenger(RequestsMessengerBase):
     def _send_message(self, msg: Any, to: Optional[str] = None) -> Any:
         text = str(msg)
         field = 'link' if _LINK.match(text) else 'message'
-        result = self.request('POST', self._url(f'{self.page_id}/feed'),
-                              data={field: text, 'access_token': self.access_token})
+        result = self.request(
+            'POST', self._url(f'{self.page_id}/feed'), data={field: text, 'access_token': self.access_token}
+        )
         return result.get('id') if isinstance(result, dict) else result
 
     def payload_error(self, response, payload: Any) -> Optional[dict]:
@@ -114,9 +130,16 @@ class FacebookMessenger(RequestsMessengerBase):
 
     def map_payload_error(self, response, error: Dict[str, Any]) -> FacebookMessengerException:
         code, subcode = _int(error.get('code')), _int(error.get('error_subcode'))
-        details = ', '.join(f'{label} {error[key]}' for key, label in (
-            ('code', 'code'), ('error_subcode', 'subcode'), ('type', 'type'), ('fbtrace_id', 'fbtrace_id'))
-            if error.get(key) not in (None, ''))
+        details = ', '.join(
+            f'{label} {error[key]}'
+            for key, label in (
+                ('code', 'code'),
+                ('error_subcode', 'subcode'),
+                ('type', 'type'),
+                ('fbtrace_id', 'fbtrace_id'),
+            )
+            if error.get(key) not in (None, '')
+        )
         description = f'{error.get("message") or "unknown error"}' + (f' [{details}]' if details else '')
         status = response.status_code
         text = f'{self.title}: HTTP {status}: {description}'
@@ -156,9 +179,16 @@ class FacebookMessenger(RequestsMessengerBase):
                 raise FacebookMessengerException(str(error)) from None
 
     def _page_tokens(self, app_id: str, app_secret: str, user_token: str, secrets: list) -> Dict[str, str]:
-        exchanged = self.request('GET', self._url('oauth/access_token'), params={
-            'grant_type': 'fb_exchange_token', 'client_id': app_id, 'client_secret': app_secret,
-            'fb_exchange_token': user_token})
+        exchanged = self.request(
+            'GET',
+            self._url('oauth/access_token'),
+            params={
+                'grant_type': 'fb_exchange_token',
+                'client_id': app_id,
+                'client_secret': app_secret,
+                'fb_exchange_token': user_token,
+            },
+        )
         long_lived = exchanged.get('access_token') if isinstance(exchanged, dict) else None
         if not long_lived:
             raise FacebookMessengerException('Facebook: the token exchange returned no access_token')

@@ -9,6 +9,7 @@ thread that claimed the batch (:func:`subscriptions_of_batch`, called by ``prepa
 connection threads then never query the database, where on SQLite they would wait for the
 claiming thread's write lock.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -34,8 +35,12 @@ def subscriptions_of_batch(items: Sequence[tuple]) -> Dict[int, bool]:
     if not wanted:
         return {}
     subscribed = subscribed_dispatches(wanted)
-    return {dispatch.pk: dispatch.pk in subscribed
-            for _cls, _message, dispatches in wanted for dispatch in dispatches if dispatch.pk is not None}
+    return {
+        dispatch.pk: dispatch.pk in subscribed
+        for _cls, _message, dispatches in wanted
+        for dispatch in dispatches
+        if dispatch.pk is not None
+    }
 
 
 def list_headers_for(items: Sequence[tuple]) -> Callable[..., Headers]:
@@ -51,8 +56,9 @@ def list_headers_for(items: Sequence[tuple]) -> Callable[..., Headers]:
     subscribed: Optional[Set[int]] = None
     list_ids: Dict[type, str] = {}
 
-    def headers(message_cls, message_model, dispatch, unsubscribe_url: Optional[str],
-                subscribed_here: Optional[bool] = None) -> Headers:
+    def headers(
+        message_cls, message_model, dispatch, unsubscribe_url: Optional[str], subscribed_here: Optional[bool] = None
+    ) -> Headers:
         nonlocal subscribed
         if message_cls not in list_ids:
             value = message_cls.get_list_id()
@@ -98,11 +104,16 @@ def subscribed_dispatches(items: Sequence[tuple]) -> Set[int]:
     types = sorted({alias for alias, _m, _u, _w in wanted.values()})
     found: set = set()
     for start in range(0, max(len(user_ids), len(addresses), 1), _CHUNK):
-        condition = Q(recipient_id__in=user_ids[start:start + _CHUNK]) | Q(address__in=addresses[start:start + _CHUNK])
+        condition = Q(recipient_id__in=user_ids[start : start + _CHUNK]) | Q(
+            address__in=addresses[start : start + _CHUNK]
+        )
         rows = Subscription.objects.filter(condition, message_cls__in=types).values_list(
-            'message_cls', 'messenger_cls', 'recipient_id', 'address')
-        found.update((alias, messenger, uid is not None, uid if uid is not None else address)
-                     for alias, messenger, uid, address in rows)
+            'message_cls', 'messenger_cls', 'recipient_id', 'address'
+        )
+        found.update(
+            (alias, messenger, uid is not None, uid if uid is not None else address)
+            for alias, messenger, uid, address in rows
+        )
     return {pk for pk, key in wanted.items() if key in found}
 
 

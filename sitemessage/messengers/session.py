@@ -2,6 +2,7 @@
 
 ``sitemessage.messengers.session`` *is* :mod:`sitemessage.delivery.session`.
 """
+
 import sys
 
 from ..delivery import session as _session

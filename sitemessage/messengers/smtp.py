@@ -5,6 +5,7 @@ Each message carries ``Date``, ``Message-ID``, ``From``, ``To`` and ``Subject``;
 (RFC 2369) and, where one click really unsubscribes, ``List-Unsubscribe-Post`` (RFC 8058) come
 from :mod:`sitemessage.messengers.list_headers`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -24,22 +25,28 @@ from functools import lru_cache
 from importlib import import_module
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from django.utils.translation import gettext as _, gettext_lazy
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 from ..exceptions import MessengerException, MessengerWarmupException, PermanentDeliveryError
+from ..headers import UnsafeHeaderValueError, check_context
 from ..mail_settings import email_setting
 from ..plaintext import html_to_text
-from ..headers import UnsafeHeaderValueError, check_context
 from ..settings import get_timeout_setting
+from . import smtp_wire
 from .base import Dispatch, MessengerBase
 from .list_headers import list_headers_for, subscriptions_of_batch
 from .smtp_pipelining import (
-    PLAIN_ADDRESS, can_pipeline, content_refusal, is_sequencing_refusal, read_envelope_replies, send_pipelined,
-    write_content, write_envelope,
+    PLAIN_ADDRESS,
+    can_pipeline,
+    content_refusal,
+    is_sequencing_refusal,
+    read_envelope_replies,
+    send_pipelined,
+    write_content,
+    write_envelope,
 )
-from . import smtp_wire
 from .smtp_tls import tls_context
-
 
 LOGGER = logging.getLogger(__name__)
 
@@ -52,8 +59,13 @@ class _Policy(policy.Compat32):
     """
 
     def _fold(self, name, value, sanitize):
-        if isinstance(value, str) and value.isascii() and '\n' not in value and '\r' not in value \
-                and len(name) + len(value) + 2 <= self.max_line_length:
+        if (
+            isinstance(value, str)
+            and value.isascii()
+            and '\n' not in value
+            and '\r' not in value
+            and len(name) + len(value) + 2 <= self.max_line_length
+        ):
             return f'{name}: {value}{self.linesep}'
         return super()._fold(name, value, sanitize)
 
@@ -133,7 +145,8 @@ def _smtp_code(error: BaseException) -> Optional[int]:
 def is_connection_lost(error: BaseException) -> bool:
     """A broken connection (SMTPException is an OSError too, but a refusal leaves the session usable)."""
     return isinstance(error, smtplib.SMTPServerDisconnected) or (
-        isinstance(error, OSError) and not isinstance(error, smtplib.SMTPException))
+        isinstance(error, OSError) and not isinstance(error, smtplib.SMTPException)
+    )
 
 
 def is_permanent(error: BaseException) -> bool:
@@ -177,13 +190,26 @@ class SMTPMessenger(MessengerBase):
     _subscribers_found: Optional[Dict[int, bool]] = None
     connection_class: Optional[Callable[..., smtplib.SMTP]] = None
 
-    def __init__(self, from_email: Optional[str] = None, login: Optional[str] = None,
-                 password: Optional[str] = None, host: Optional[str] = None, port: Optional[int] = None,
-                 use_tls: Optional[bool] = None, use_ssl: Optional[bool] = None, debug: bool = False,
-                 timeout: Optional[float] = None, *, connections: Optional[int] = None, pipelining: bool = True,
-                 ssl_context: Optional[ssl.SSLContext] = None, ca_file: Optional[str] = None,
-                 ssl_certfile: Optional[str] = None, ssl_keyfile: Optional[str] = None,
-                 connection_class: Optional[Callable[..., smtplib.SMTP]] = None):
+    def __init__(
+        self,
+        from_email: Optional[str] = None,
+        login: Optional[str] = None,
+        password: Optional[str] = None,
+        host: Optional[str] = None,
+        port: Optional[int] = None,
+        use_tls: Optional[bool] = None,
+        use_ssl: Optional[bool] = None,
+        debug: bool = False,
+        timeout: Optional[float] = None,
+        *,
+        connections: Optional[int] = None,
+        pipelining: bool = True,
+        ssl_context: Optional[ssl.SSLContext] = None,
+        ca_file: Optional[str] = None,
+        ssl_certfile: Optional[str] = None,
+        ssl_keyfile: Optional[str] = None,
+        connection_class: Optional[Callable[..., smtplib.SMTP]] = None,
+    ):
         self.lib = import_module('smtplib')  # as 1.4.0 did: a test's stand-in in sys.modules is used
         self.debug = debug
         if not isinstance(pipelining, bool):
@@ -191,15 +217,26 @@ class SMTPMessenger(MessengerBase):
         self.pipelining = pipelining
         if connections is not None:
             self.parallel_connections = connections
-        self._options = {'from_email': from_email, 'login': login, 'password': password, 'host': host,
-                         'port': port, 'use_tls': use_tls, 'use_ssl': use_ssl, 'timeout': timeout,
-                         'ssl_certfile': ssl_certfile, 'ssl_keyfile': ssl_keyfile}
+        self._options = {
+            'from_email': from_email,
+            'login': login,
+            'password': password,
+            'host': host,
+            'port': port,
+            'use_tls': use_tls,
+            'use_ssl': use_ssl,
+            'timeout': timeout,
+            'ssl_certfile': ssl_certfile,
+            'ssl_keyfile': ssl_keyfile,
+        }
         self.ssl_context, self.ca_file = ssl_context, ca_file
         if connection_class is not None:
             self.connection_class = connection_class
         if self.use_tls and self.use_ssl:
-            raise ValueError('SMTPMessenger: use_tls and use_ssl (EMAIL_USE_TLS / EMAIL_USE_SSL) '
-                             'are mutually exclusive; set only one of them to True.')
+            raise ValueError(
+                'SMTPMessenger: use_tls and use_ssl (EMAIL_USE_TLS / EMAIL_USE_SSL) '
+                'are mutually exclusive; set only one of them to True.'
+            )
 
     def _option(self, name: str) -> Any:
         value = self._options[name]
@@ -221,7 +258,7 @@ class SMTPMessenger(MessengerBase):
 
     @property
     def timeout(self) -> Optional[float]:
-        """Seconds to wait for the server: the argument, ``EMAIL_TIMEOUT``, else ``SITEMESSAGE_CONNECT_TIMEOUT`` (30)."""
+        """Seconds to wait for the server: the argument, ``EMAIL_TIMEOUT``, else ``SITEMESSAGE_CONNECT_TIMEOUT``."""
         value = self._option('timeout')
         return get_timeout_setting('CONNECT_TIMEOUT') if value is None else value
 
@@ -259,10 +296,13 @@ class SMTPMessenger(MessengerBase):
             state = self.__dict__.setdefault('_connection_state', _ConnectionState())
         return state
 
-    smtp = property(lambda self: self._thread_state().smtp,
-                    lambda self, value: setattr(self._thread_state(), 'smtp', value))
-    _session_started = property(lambda self: self._thread_state().session_started,
-                                lambda self, value: setattr(self._thread_state(), 'session_started', value))
+    smtp = property(
+        lambda self: self._thread_state().smtp, lambda self, value: setattr(self._thread_state(), 'smtp', value)
+    )
+    _session_started = property(
+        lambda self: self._thread_state().session_started,
+        lambda self, value: setattr(self._thread_state(), 'session_started', value),
+    )
 
     def _connect(self, config: SMTPSettings) -> smtplib.SMTP:
         """Open a connection with ``connection_class`` (by default ``smtplib.SMTP`` or ``SMTP_SSL``)."""
@@ -286,7 +326,8 @@ class SMTPMessenger(MessengerBase):
                 if not self.smtp.has_extn('STARTTLS'):
                     raise MessengerWarmupException(
                         f'SMTP Error: {config.describe()} does not offer STARTTLS, but use_tls is set; '
-                        'refusing to continue in plain text')
+                        'refusing to continue in plain text'
+                    )
                 self.smtp.starttls(context=self._tls_context(config))
                 self.smtp.ehlo()
             if config.login:
@@ -295,8 +336,7 @@ class SMTPMessenger(MessengerBase):
             state.pipelining = self.pipelining and bool(self.smtp.has_extn('pipelining'))
         except (smtplib.SMTPException, OSError) as error:
             self._drop_connection()
-            raise MessengerWarmupException(
-                f'SMTP Error: {config.describe()}: {describe_smtp_error(error)}') from error
+            raise MessengerWarmupException(f'SMTP Error: {config.describe()}: {describe_smtp_error(error)}') from error
         except MessengerWarmupException:
             self._drop_connection()
             raise
@@ -322,9 +362,18 @@ class SMTPMessenger(MessengerBase):
 
     # Messages ---------------------------------------------------------------------------------
 
-    def _build_message(self, to: str, text: str, subject: Optional[str] = None, mtype: Optional[str] = None,
-                       unsubscribe_url: Optional[str] = None, *, date: Optional[str] = None,
-                       message_id: Optional[str] = None, headers: Sequence[Tuple[str, str]] = ()) -> Message:
+    def _build_message(
+        self,
+        to: str,
+        text: str,
+        subject: Optional[str] = None,
+        mtype: Optional[str] = None,
+        unsubscribe_url: Optional[str] = None,
+        *,
+        date: Optional[str] = None,
+        message_id: Optional[str] = None,
+        headers: Sequence[Tuple[str, str]] = (),
+    ) -> Message:
         """Build the e-mail: headers, and a text part plus an HTML alternative for ``mtype='html'``.
 
         ``unsubscribe_url`` adds ``List-Unsubscribe`` alone (as 1.4.0); ``headers`` are further
@@ -351,8 +400,16 @@ class SMTPMessenger(MessengerBase):
             msg[name] = value
         return msg
 
-    def _message_bytes(self, to: str, text: str, subject: Optional[str] = None, mtype: Optional[str] = None,
-                       unsubscribe_url: Optional[str] = None, *, headers: Sequence[Tuple[str, str]] = ()) -> bytes:
+    def _message_bytes(
+        self,
+        to: str,
+        text: str,
+        subject: Optional[str] = None,
+        mtype: Optional[str] = None,
+        unsubscribe_url: Optional[str] = None,
+        *,
+        headers: Sequence[Tuple[str, str]] = (),
+    ) -> bytes:
         """The e-mail as sent: what ``_build_message(...).as_bytes()`` gives, written directly when plain.
 
         A plain-text ASCII e-mail with short header values (most notifications) is formatted
@@ -363,12 +420,21 @@ class SMTPMessenger(MessengerBase):
         subject = str(subject or _('No Subject'))
         date, message_id = date_header(), make_msgid(domain=sender_domain)
         if mtype != 'html':
-            data = plain_message_bytes(sender_header, smtp_wire.header_address(to), subject, date, message_id, text,
-                                       unsubscribe_url, headers=headers)
+            data = plain_message_bytes(
+                sender_header,
+                smtp_wire.header_address(to),
+                subject,
+                date,
+                message_id,
+                text,
+                unsubscribe_url,
+                headers=headers,
+            )
             if data is not None:
                 return data
-        return self._build_message(to, text, subject, mtype, unsubscribe_url, date=date, message_id=message_id,
-                                   headers=headers).as_bytes(policy=_policy_for(to))
+        return self._build_message(
+            to, text, subject, mtype, unsubscribe_url, date=date, message_id=message_id, headers=headers
+        ).as_bytes(policy=_policy_for(to))
 
     def _send_message(self, msg: Message) -> dict:
         recipient = getattr(msg, 'envelope_recipient', None) or parseaddr(str(msg['To']))[1]
@@ -381,7 +447,7 @@ class SMTPMessenger(MessengerBase):
         return self._sendmail(sender, recipient, data)
 
     def _sendmail(self, sender: str, recipient: str, data: bytes) -> dict:
-        """``sendmail`` one command at a time; MAIL options only when needed (SMTPUTF8), so the call is 1.4.0's otherwise."""
+        """``sendmail`` one command at a time; MAIL options only when needed (SMTPUTF8): otherwise 1.4.0's call."""
         options = self._mail_options(sender, recipient)
         if options:
             return self.smtp.sendmail(sender, [recipient], data, options)
@@ -453,8 +519,12 @@ class SMTPMessenger(MessengerBase):
             except Exception as error:  # a bug or an encoding problem: this dispatch's outcome, not the batch's
                 LOGGER.exception('SMTP: unexpected error sending to %r', dispatch.address)
                 previous, in_flight = in_flight, None
-                self._settle(previous, smtplib.SMTPServerDisconnected(  # its verdict is unknown: retried
-                    f'verdict not read: the connection was dropped after {type(error).__name__}'))
+                self._settle(
+                    previous,
+                    smtplib.SMTPServerDisconnected(  # its verdict is unknown: retried
+                        f'verdict not read: the connection was dropped after {type(error).__name__}'
+                    ),
+                )
                 self._record_failure(dispatch, error, message_cls)
                 self._drop_connection()  # the session's state is unknown: the next e-mail reconnects
         self._settle(in_flight)
@@ -530,8 +600,10 @@ class SMTPMessenger(MessengerBase):
             self.mark_failed(dispatch, f'Cannot send the stored e-mail: {type(error).__name__}: {error}')
             return
         if refused:
-            details = '; '.join(f'{rcpt}: {code} {msg.decode(errors="replace") if isinstance(msg, bytes) else msg}'
-                                for rcpt, (code, msg) in refused.items())
+            details = '; '.join(
+                f'{rcpt}: {code} {msg.decode(errors="replace") if isinstance(msg, bytes) else msg}'
+                for rcpt, (code, msg) in refused.items()
+            )
             dispatch.set_outcome(Dispatch.DISPATCH_STATUS_SENT, f'Sent; recipients refused by the server: {details}')
         else:
             self.mark_sent(dispatch)
@@ -565,12 +637,17 @@ class SMTPMessenger(MessengerBase):
                         self.mark_failed(dispatch, PermanentDeliveryError(problem))
                         continue
                     headers = list_headers(message_cls, message_model, dispatch, unsubscribe_url, subscribed)
-                    data = self._message_bytes(dispatch.address, dispatch.message_cache, subject=subject,
-                                               mtype=mtype, headers=headers)
+                    data = self._message_bytes(
+                        dispatch.address, dispatch.message_cache, subject=subject, mtype=mtype, headers=headers
+                    )
                     recipient = envelope_address(dispatch.address)
                 except UnicodeError as error:  # an address IDNA refuses, a text that cannot be encoded
-                    self.mark_failed(dispatch, PermanentDeliveryError(
-                        f'`{dispatch.address}` cannot be encoded for SMTP: {type(error).__name__}: {error}'))
+                    self.mark_failed(
+                        dispatch,
+                        PermanentDeliveryError(
+                            f'`{dispatch.address}` cannot be encoded for SMTP: {type(error).__name__}: {error}'
+                        ),
+                    )
                     continue
                 except Exception as error:
                     self.mark_error(dispatch, error, message_cls)
@@ -579,9 +656,11 @@ class SMTPMessenger(MessengerBase):
 
     def _header_problem(self, subject: Any, unsubscribe_url: Optional[str]) -> str:
         """Why a header of this e-mail would carry CR, LF or NUL onto the wire, or ''."""
-        return (smtp_wire.header_problem('Subject', subject)
-                or _sender_problem(self._sender())
-                or smtp_wire.header_problem('List-Unsubscribe URL', unsubscribe_url))
+        return (
+            smtp_wire.header_problem('Subject', subject)
+            or _sender_problem(self._sender())
+            or smtp_wire.header_problem('List-Unsubscribe URL', unsubscribe_url)
+        )
 
     def _settle(self, in_flight, error: Optional[BaseException] = None, *, next_envelope_sent: bool = False) -> None:
         """Read the server's verdict on the e-mail in flight (if any) and mark its dispatch.
@@ -621,9 +700,12 @@ class SMTPMessenger(MessengerBase):
         """Send one e-mail waiting for each reply (``sendmail``): servers without PIPELINING."""
         sender = _sender_parts(self._sender())[1]
         if smtp_wire.needs_smtputf8(sender, recipient) and not self.smtp.has_extn('smtputf8'):
-            self.mark_failed(dispatch, PermanentDeliveryError(
-                f'`{dispatch.address}`: a non-ASCII address needs SMTPUTF8, which {self._server()} '
-                'does not offer'))
+            self.mark_failed(
+                dispatch,
+                PermanentDeliveryError(
+                    f'`{dispatch.address}`: a non-ASCII address needs SMTPUTF8, which {self._server()} does not offer'
+                ),
+            )
             return
         try:
             refused = self._sendmail(sender, recipient, data)
@@ -660,23 +742,40 @@ def envelope_address(to: str) -> str:
     return smtp_wire.envelope_address(to)
 
 
-def plain_message_bytes(sender_header: str, to: str, subject: str, date: str, message_id: str, text: str,
-                        unsubscribe_url: Optional[str], *, headers: Sequence[Tuple[str, str]] = ()) -> Optional[bytes]:
+def plain_message_bytes(
+    sender_header: str,
+    to: str,
+    subject: str,
+    date: str,
+    message_id: str,
+    text: str,
+    unsubscribe_url: Optional[str],
+    *,
+    headers: Sequence[Tuple[str, str]] = (),
+) -> Optional[bytes]:
     """Format a 7bit text/plain e-mail as ``compat32`` would, or return None when that needs encoding or folding.
 
     Every header value must be ASCII with no line break and fit on one line, and the text must
     be ASCII with lines of at most 998 characters (RFC 5322); otherwise the MIME classes do it.
     """
-    headers = [('From', sender_header), ('To', to), ('Subject', subject), ('Date', date), ('Message-ID', message_id),
-               *_extra_headers(unsubscribe_url, headers)]
+    headers = [
+        ('From', sender_header),
+        ('To', to),
+        ('Subject', subject),
+        ('Date', date),
+        ('Message-ID', message_id),
+        *_extra_headers(unsubscribe_url, headers),
+    ]
     for name, value in headers:
         if not value.isascii() or '\n' in value or '\r' in value or len(name) + len(value) + 2 > 998:
             return None
     if not is_7bit_text(text):
         return None
     head = ''.join(f'{name}: {value}\r\n' for name, value in headers)
-    return (f'Content-Type: text/plain; charset="us-ascii"\r\nMIME-Version: 1.0\r\n'
-            f'Content-Transfer-Encoding: 7bit\r\n{head}\r\n{_LINE_BREAK.sub(chr(13) + chr(10), text)}').encode('ascii')
+    return (
+        f'Content-Type: text/plain; charset="us-ascii"\r\nMIME-Version: 1.0\r\n'
+        f'Content-Transfer-Encoding: 7bit\r\n{head}\r\n{_LINE_BREAK.sub(chr(13) + chr(10), text)}'
+    ).encode('ascii')
 
 
 def _extra_headers(unsubscribe_url: Optional[str], headers: Sequence[Tuple[str, str]]) -> list:
@@ -742,8 +841,10 @@ def address_problem(address: str) -> str:
 def describe_smtp_error(error: BaseException) -> str:
     code = _smtp_code(error)
     if isinstance(error, smtplib.SMTPRecipientsRefused):
-        details = '; '.join(f'{rcpt}: {code} {msg.decode(errors="replace") if isinstance(msg, bytes) else msg}'
-                            for rcpt, (code, msg) in error.recipients.items())
+        details = '; '.join(
+            f'{rcpt}: {code} {msg.decode(errors="replace") if isinstance(msg, bytes) else msg}'
+            for rcpt, (code, msg) in error.recipients.items()
+        )
         return f'recipient refused ({details})'
     message = getattr(error, 'smtp_error', None)
     if isinstance(message, bytes):

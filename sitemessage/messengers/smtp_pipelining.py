@@ -6,6 +6,7 @@ and send the content of one e-mail followed at once by the envelope of the next.
 e-mails then costs about one round trip each. Refusals raise what ``sendmail`` raises
 (``SMTPSenderRefused``, ``SMTPRecipientsRefused``, ``SMTPDataError``).
 """
+
 from __future__ import annotations
 
 import re
@@ -13,7 +14,8 @@ import smtplib
 from typing import Optional, Tuple
 
 PLAIN_ADDRESS = re.compile(  # a bare address, no display name nor quoting
-    r'[^@\s<>"(),;:\0]+@[^@\s<>"(),;:\0]+\Z')
+    r'[^@\s<>"(),;:\0]+@[^@\s<>"(),;:\0]+\Z'
+)
 _DOT_AT_LINE_START = re.compile(rb'(?m)^\.')
 
 Reply = Tuple[int, bytes]
@@ -24,8 +26,12 @@ def can_pipeline(smtp: smtplib.SMTP, sender: str, recipient: str) -> bool:
 
     Only an ``smtplib.SMTP`` connection: any other object (a test's stand-in) gets ``sendmail()``.
     """
-    return isinstance(smtp, smtplib.SMTP) and bool(smtp.has_extn('pipelining')) \
-        and sender.isascii() and recipient.isascii()
+    return (
+        isinstance(smtp, smtplib.SMTP)
+        and bool(smtp.has_extn('pipelining'))
+        and sender.isascii()
+        and recipient.isascii()
+    )
 
 
 def write_envelope(smtp: smtplib.SMTP, sender: str, recipient: str, size: int) -> None:
@@ -54,8 +60,8 @@ def read_envelope_replies(smtp: smtplib.SMTP, sender: str, recipient: str) -> Op
     else:
         return None
     # The first refusal a 503 (not a 503 to DATA after a refused RCPT, as aiosmtpd and Exim answer)
-    setattr(refusal, 'ours', next(code for code in (mail_reply[0], rcpt_reply[0], data_reply[0])
-                        if code not in (250, 251, 354)) == 503 or data_reply[0] == 354)
+    first_refused = next(code for code in (mail_reply[0], rcpt_reply[0], data_reply[0]) if code not in (250, 251, 354))
+    refusal.ours = first_refused == 503 or data_reply[0] == 354  # type: ignore[attr-defined]  # see is_sequencing_refusal()
     if data_reply[0] == 354:
         smtp.close()  # never end a DATA we did not want: closing discards it
     else:

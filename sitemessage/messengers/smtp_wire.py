@@ -9,6 +9,7 @@ package, as browsers and registries do) where Django uses the stdlib's IDNA 2003
 maps ``faß.de`` to another domain (``fass.de``). A non-ASCII local part needs the server's
 SMTPUTF8 (RFC 6531).
 """
+
 from __future__ import annotations
 
 from email.charset import Charset

@@ -10,6 +10,7 @@ retries once, otherwise the dispatch is retried after ``retry_after`` and the re
 waits for a later run; 5xx, timeouts and connection errors are retried. The bot token sits in
 the URL path: it is scrubbed from every error text and from ``urllib3``'s debug log.
 """
+
 from __future__ import annotations
 
 import logging
@@ -19,8 +20,7 @@ from typing import Any, Dict, List, Optional, Union
 
 from django.utils.translation import gettext_lazy
 
-from ..exceptions import (
-    MessengerException, MessengerWarmupException, PermanentDeliveryError, TemporaryDeliveryError)
+from ..exceptions import MessengerException, MessengerWarmupException, PermanentDeliveryError, TemporaryDeliveryError
 from .base_http import DeferBatch, RequestsMessengerBase, TypeProxy, parse_retry_after
 
 LOGGER = logging.getLogger(__name__)
@@ -63,8 +63,9 @@ class TelegramRateLimited(TelegramTemporaryError, DeferBatch):
     requeue = True
 
 
-def _telegram_error(cls, text: str, description: str, error_code: Optional[int] = None,
-                    retry_after: Optional[float] = None) -> TelegramMessengerException:
+def _telegram_error(
+    cls, text: str, description: str, error_code: Optional[int] = None, retry_after: Optional[float] = None
+) -> TelegramMessengerException:
     error = cls(text)
     error.description = description
     error.error_code = error_code
@@ -139,10 +140,18 @@ class TelegramMessenger(RequestsMessengerBase):
     _rate_limited_until: float = 0.0  # CLOCK() value; bot-wide, so shared by all threads
     _updates_offset: Optional[int] = None
 
-    def __init__(self, auth_token: str, proxy: TypeProxy = None, *, parse_mode: Optional[str] = None,
-                 disable_notification: Optional[bool] = None, message_thread_id: Optional[int] = None,
-                 link_preview: Union[bool, Dict[str, Any], None] = None, api_url: Optional[str] = None,
-                 timeout: Optional[float] = None):
+    def __init__(
+        self,
+        auth_token: str,
+        proxy: TypeProxy = None,
+        *,
+        parse_mode: Optional[str] = None,
+        disable_notification: Optional[bool] = None,
+        message_thread_id: Optional[int] = None,
+        link_preview: Union[bool, Dict[str, Any], None] = None,
+        api_url: Optional[str] = None,
+        timeout: Optional[float] = None,
+    ):
         super().__init__(proxy, api_url=api_url, timeout=timeout)
         self.auth_token = auth_token
         self.parse_mode = parse_mode
@@ -155,14 +164,14 @@ class TelegramMessenger(RequestsMessengerBase):
 
     # Bot API calls ----------------------------------------------------------------------------
 
-    def _send_command(self, method_name: str, data: Optional[dict] = None, *,
-                      http_timeout: Optional[float] = None) -> Any:
+    def _send_command(
+        self, method_name: str, data: Optional[dict] = None, *, http_timeout: Optional[float] = None
+    ) -> Any:
         """Call a Bot API method; return its ``result`` or raise :class:`TelegramMessengerException`.
 
         A 429 with a short ``retry_after`` is waited out and the call made once more.
         """
-        url = self._tpl_url % {'api_url': self.api_url.rstrip('/'), 'token': self.auth_token,
-                               'method': method_name}
+        url = self._tpl_url % {'api_url': self.api_url.rstrip('/'), 'token': self.auth_token, 'method': method_name}
         kwargs = {'json': data}
         if http_timeout is not None:
             kwargs['timeout'] = http_timeout
@@ -172,8 +181,9 @@ class TelegramMessenger(RequestsMessengerBase):
             except TelegramRateLimited as error:
                 wait = error.retry_after if error.retry_after is not None else 1.0
                 if attempt == 1 and wait <= self.retry_after_max_wait:
-                    LOGGER.info('%s: rate-limited by Telegram, retrying %s in %s s', self.get_alias(),
-                                method_name, wait)
+                    LOGGER.info(
+                        '%s: rate-limited by Telegram, retrying %s in %s s', self.get_alias(), method_name, wait
+                    )
                     SLEEP(wait)
                     continue
                 self._rate_limited_until = max(self._rate_limited_until, CLOCK() + wait)
@@ -187,7 +197,7 @@ class TelegramMessenger(RequestsMessengerBase):
         except MessengerException as error:  # network errors and non-Bot-API replies (e.g. a proxy's)
             cls = TelegramPermanentError if isinstance(error, PermanentDeliveryError) else TelegramTemporaryError
             text = str(error)  # redacted by request()
-            description = text[len('Telegram: '):] if text.startswith('Telegram: ') else text
+            description = text[len('Telegram: ') :] if text.startswith('Telegram: ') else text
             raise _telegram_error(cls, text, description, retry_after=getattr(error, 'retry_after', None)) from None
         return payload.get('result')
 
@@ -291,8 +301,10 @@ class TelegramMessenger(RequestsMessengerBase):
         """
         if not isinstance(msg, dict) or not isinstance(msg.get('text'), str):
             return self._send_command('sendMessage', msg)
-        results = [self._send_command('sendMessage', dict(msg, text=part))
-                   for part in split_text(msg['text'], self.max_message_length)]
+        results = [
+            self._send_command('sendMessage', dict(msg, text=part))
+            for part in split_text(msg['text'], self.max_message_length)
+        ]
         return results[0] if len(results) == 1 else results
 
     # Updates --------------------------------------------------------------------------------------
@@ -313,8 +325,11 @@ class TelegramMessenger(RequestsMessengerBase):
             base = self.get_timeout() or 0
             http_timeout = base + timeout
         updates = self._send_command('getUpdates', data, http_timeout=http_timeout) or []
-        update_ids = [update['update_id'] for update in updates
-                      if isinstance(update, dict) and isinstance(update.get('update_id'), int)]
+        update_ids = [
+            update['update_id']
+            for update in updates
+            if isinstance(update, dict) and isinstance(update.get('update_id'), int)
+        ]
         if update_ids:
             self._updates_offset = max(update_ids) + 1
         return updates

@@ -15,6 +15,7 @@ So requests are signed by ``requests-oauthlib`` (``OAuth1``, HMAC-SHA1, header t
 shared ``requests`` session. The JSON body is not part of the OAuth signature (RFC 5849 3.4.1.3.1:
 only form-encoded bodies are).
 """
+
 from __future__ import annotations
 
 import re
@@ -86,7 +87,7 @@ def tweet_length(text: str) -> int:
     length = position = 0
     for match in _URL.finditer(text):
         url = match.group().rstrip(_URL_TRAILING)
-        length += _weighted_length(text[position:match.start()]) + URL_LENGTH
+        length += _weighted_length(text[position : match.start()]) + URL_LENGTH
         position = match.start() + len(url)
     return length + _weighted_length(text[position:])
 
@@ -124,9 +125,19 @@ class TwitterMessenger(RequestsMessengerBase):
     api = None  # 1.4.0's client of the ``twitter`` package; see before_send()
     _session_started = False
 
-    def __init__(self, api_key: str, api_secret: str, access_token: str, access_token_secret: str, *,
-                 api_url: Optional[str] = None, proxy: TypeProxy = None, timeout: Optional[float] = None,
-                 verify_credentials: bool = False, max_length: Optional[int] = MAX_LENGTH):
+    def __init__(
+        self,
+        api_key: str,
+        api_secret: str,
+        access_token: str,
+        access_token_secret: str,
+        *,
+        api_url: Optional[str] = None,
+        proxy: TypeProxy = None,
+        timeout: Optional[float] = None,
+        verify_credentials: bool = False,
+        max_length: Optional[int] = MAX_LENGTH,
+    ):
         stand_in = stand_in_module('twitter')
         if stand_in is None:
             super().__init__(proxy, api_url=api_url, timeout=timeout)
@@ -146,9 +157,16 @@ class TwitterMessenger(RequestsMessengerBase):
         self.verify_credentials = verify_credentials
         self.max_length = max_length
         # HMAC-SHA1 in the Authorization header; a JSON body is left out of the signature.
-        self.auth = None if oauth is None else oauth.OAuth1(
-            api_key, client_secret=api_secret, resource_owner_key=access_token,
-            resource_owner_secret=access_token_secret)
+        self.auth = (
+            None
+            if oauth is None
+            else oauth.OAuth1(
+                api_key,
+                client_secret=api_secret,
+                resource_owner_key=access_token,
+                resource_owner_secret=access_token_secret,
+            )
+        )
 
     def get_secrets(self):
         return self.api_key, self.api_secret, self.access_token, self.access_token_secret
@@ -173,8 +191,9 @@ class TwitterMessenger(RequestsMessengerBase):
             super().after_send()
 
     def warm_up(self) -> None:
-        missing = [name for name in ('api_key', 'api_secret', 'access_token', 'access_token_secret')
-                   if not getattr(self, name)]
+        missing = [
+            name for name in ('api_key', 'api_secret', 'access_token', 'access_token_secret') if not getattr(self, name)
+        ]
         if missing:
             raise MessengerWarmupException(f'{self.title}: credentials missing: {", ".join(missing)}')
         if self.verify_credentials:
@@ -184,8 +203,9 @@ class TwitterMessenger(RequestsMessengerBase):
         """1.4.0's warm-up, on the ``twitter`` stand-in in ``lib``: builds ``api``."""
         lib = self.lib
         try:
-            self.api = lib.Twitter(auth=lib.OAuth(self.access_token, self.access_token_secret,
-                                                  self.api_key, self.api_secret))
+            self.api = lib.Twitter(
+                auth=lib.OAuth(self.access_token, self.access_token_secret, self.api_key, self.api_secret)
+            )
         except lib.api.TwitterError as error:
             raise MessengerWarmupException(f'Twitter Error: {error}') from error
         self._session_started = True
@@ -201,8 +221,9 @@ class TwitterMessenger(RequestsMessengerBase):
             return
         if status in (401, 429):
             wait = rate_limit_wait(response.headers) if status == 429 else None
-            raise AccountWideError(f'{self.title}: HTTP {status}: {self.describe_error(response, payload)}',
-                                   retry_after=wait)
+            raise AccountWideError(
+                f'{self.title}: HTTP {status}: {self.describe_error(response, payload)}', retry_after=wait
+            )
         super().check_response(response, payload)
 
     def describe_error(self, response, payload: Any) -> str:
@@ -238,7 +259,8 @@ class TwitterMessenger(RequestsMessengerBase):
             if length > self.max_length:
                 raise PermanentDeliveryError(
                     f'{self.title}: the post is {length} characters long as X counts them '
-                    f'(URLs count {URL_LENGTH}); the limit is {self.max_length}.')
+                    f'(URLs count {URL_LENGTH}); the limit is {self.max_length}.'
+                )
         payload = self.request('POST', f'{self.api_url}/2/tweets', json={'text': msg})
         return payload.get('data', payload) if isinstance(payload, dict) else payload
 

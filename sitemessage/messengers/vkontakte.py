@@ -4,6 +4,7 @@ API references: https://dev.vk.com/en/method/wall.post (the method),
 https://dev.vk.com/en/api/api-requests (request format, versions) and
 https://dev.vk.com/en/reference/errors (error codes).
 """
+
 from __future__ import annotations
 
 import re
@@ -66,8 +67,16 @@ class VKontakteMessenger(RequestsMessengerBase):
     api_url = 'https://api.vk.com'
     extra_name = 'vkontakte'
 
-    def __init__(self, access_token: str, proxy: TypeProxy = None, *, api_version: Optional[str] = None,
-                 from_group: Optional[bool] = None, api_url: Optional[str] = None, timeout: Optional[float] = None):
+    def __init__(
+        self,
+        access_token: str,
+        proxy: TypeProxy = None,
+        *,
+        api_version: Optional[str] = None,
+        from_group: Optional[bool] = None,
+        api_url: Optional[str] = None,
+        timeout: Optional[float] = None,
+    ):
         super().__init__(proxy, api_url=api_url, timeout=timeout)
         self.access_token = access_token
         self.from_group = from_group
@@ -76,8 +85,14 @@ class VKontakteMessenger(RequestsMessengerBase):
     @property
     def api_version(self) -> str:
         """The VK API version in use, such as ``5.199``: the constructor's, else the setting's."""
-        return str(get_setting('VKONTAKTE_API_VERSION', value=self._api_version_arg, check='text',
-                               argument='VKontakteMessenger(api_version=...)'))
+        return str(
+            get_setting(
+                'VKONTAKTE_API_VERSION',
+                value=self._api_version_arg,
+                check='text',
+                argument='VKontakteMessenger(api_version=...)',
+            )
+        )
 
     def get_secrets(self) -> Iterable[str]:
         return (self.access_token,)
@@ -149,9 +164,12 @@ class VKontakteMessenger(RequestsMessengerBase):
         the class docstring) or VK ID's server-side flows for a site's messenger.
         """
         import webbrowser
-        url = (f'https://oauth.vk.com/authorize?client_id={app_id}&scope=wall,offline&display=page'
-               f'&response_type=token&v={get_setting("VKONTAKTE_API_VERSION", check="text")}'
-               f'&redirect_uri=https://oauth.vk.com/blank.html')
+
+        url = (
+            f'https://oauth.vk.com/authorize?client_id={app_id}&scope=wall,offline&display=page'
+            f'&response_type=token&v={get_setting("VKONTAKTE_API_VERSION", check="text")}'
+            f'&redirect_uri=https://oauth.vk.com/blank.html'
+        )
         webbrowser.open(url)
         return url
 

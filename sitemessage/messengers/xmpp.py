@@ -11,6 +11,7 @@ A stream lives on its own asyncio event loop in a background thread (one per thr
 a batch), so the messenger works from Django's synchronous code and from worker threads; that
 thread never touches the database.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -28,8 +29,8 @@ from ..exceptions import (
     SiteMessageConfigurationError,
     TemporaryDeliveryError,
 )
-from ..settings import get_setting
 from ..optional import import_optional
+from ..settings import get_setting
 from . import xmpp_sleek
 from .base import MessengerBase, PerThread
 
@@ -69,8 +70,12 @@ class _Session:
         self.host, self.port = messenger.host, messenger.port
         self.use_tls, self.use_ssl, self.ca_certs = messenger.use_tls, messenger.use_ssl, messenger.ca_certs
         # The argument, else the setting; with no bound there either, the 20 s of earlier releases.
-        self.timeout = get_setting('CONNECT_TIMEOUT', value=messenger.timeout, check='seconds',
-                                   argument='XMPPSleekMessenger(timeout=...)') or 20
+        self.timeout = (
+            get_setting(
+                'CONNECT_TIMEOUT', value=messenger.timeout, check='seconds', argument='XMPPSleekMessenger(timeout=...)'
+            )
+            or 20
+        )
         self.client = None
         self.alive = False
         self.refusals: Dict[str, Refusal] = {}  # stanza id -> error, filled on the loop
@@ -169,7 +174,7 @@ class _Session:
             self.alive = False
             if not self.lost.done():
                 self.lost.set_result(reason)
-            fail(f"the connection to {self.where} was closed" + (f": {reason}" if reason else ""))
+            fail(f'the connection to {self.where} was closed' + (f': {reason}' if reason else ''))
 
         def on_message_error(message) -> None:
             error = message['error']
@@ -180,8 +185,10 @@ class _Session:
         client.add_event_handler('failed_all_auth', on_failed_all_auth)
         client.add_event_handler('connection_failed', lambda error: fail(f'cannot connect to {self.where}: {error}'))
         client.add_event_handler('ssl_invalid_chain', lambda error: fail(f'TLS with {self.where} failed: {error}'))
-        client.add_event_handler('stream_error', lambda error: fail(
-            f'stream error from {self.where}: {error["condition"]} {error["text"] or ""}'.rstrip()))
+        client.add_event_handler(
+            'stream_error',
+            lambda error: fail(f'stream error from {self.where}: {error["condition"]} {error["text"] or ""}'.rstrip()),
+        )
         client.add_event_handler('disconnected', on_disconnected)
         client.add_event_handler('message_error', on_message_error)
         client.connect(self.host, self.port)
@@ -190,7 +197,8 @@ class _Session:
                 await asyncio.wait_for(started, self.timeout)
             except asyncio.TimeoutError:
                 raise MessengerWarmupException(
-                    f'XMPP Error: no session with {self.where} within {self.timeout} seconds') from None
+                    f'XMPP Error: no session with {self.where} within {self.timeout} seconds'
+                ) from None
             # As 1.4.0 did: be present (priority -1, so messages to the bot's bare JID still go to
             # offline storage instead of this session) and fetch the roster, which also proves
             # the session answers requests.
@@ -200,8 +208,9 @@ class _Session:
             except self.lib.exceptions.IqTimeout:
                 raise MessengerWarmupException(f'XMPP Error: {self.where} did not send the roster in time') from None
             except self.lib.exceptions.IqError as error:
-                raise MessengerWarmupException(f'XMPP Error: roster request refused: {describe_iq_error(error)}') \
-                    from None
+                raise MessengerWarmupException(
+                    f'XMPP Error: roster request refused: {describe_iq_error(error)}'
+                ) from None
         except BaseException:
             self._abort()
             raise
@@ -221,15 +230,17 @@ class _Session:
         await asyncio.wait({ping, self.lost}, return_when=asyncio.FIRST_COMPLETED)
         if not ping.done():
             ping.cancel()
-            raise MessengerException(f'XMPP Error: the connection to {self.where} was lost before '
-                                     'the server confirmed the messages')
+            raise MessengerException(
+                f'XMPP Error: the connection to {self.where} was lost before the server confirmed the messages'
+            )
         try:
             ping.result()
         except self.lib.exceptions.IqTimeout:
             self.alive = False
             self._abort()
             raise MessengerException(
-                f'XMPP Error: {self.where} did not confirm the messages within {self.timeout} seconds') from None
+                f'XMPP Error: {self.where} did not confirm the messages within {self.timeout} seconds'
+            ) from None
         except self.lib.exceptions.IqError:
             pass  # an error reply answers the ping too: the stanzas before it were handled
         return [(stanza_id, self.refusals.pop(stanza_id, None)) for stanza_id in ids]
@@ -278,9 +289,19 @@ class XMPPSleekMessenger(MessengerBase):
 
     _state = PerThread(_ThreadState)  # this connection's stream
 
-    def __init__(self, from_jid: str, password: str, host: str = 'localhost', port: int = 5222,
-                 use_tls: bool = True, use_ssl: bool = False, *, ca_certs: Optional[str] = None,
-                 timeout: Optional[float] = None, connections: Optional[int] = None):
+    def __init__(
+        self,
+        from_jid: str,
+        password: str,
+        host: str = 'localhost',
+        port: int = 5222,
+        use_tls: bool = True,
+        use_ssl: bool = False,
+        *,
+        ca_certs: Optional[str] = None,
+        timeout: Optional[float] = None,
+        connections: Optional[int] = None,
+    ):
         sleekxmpp = xmpp_sleek.sleekxmpp_module()
         self.lib = sleekxmpp if sleekxmpp is not None else import_optional('slixmpp', extra='xmpp')
         self._slixmpp = None if sleekxmpp is not None else self.lib
@@ -436,7 +457,8 @@ class XMPPSleekMessenger(MessengerBase):
             return
         try:
             outcomes = self._live_session().deliver(
-                [(dispatch.address, dispatch.message_cache or '') for dispatch in deliverable])
+                [(dispatch.address, dispatch.message_cache or '') for dispatch in deliverable]
+            )
         except MessengerException as error:
             # Not confirmed: the server may or may not have them, so they are sent again later.
             for dispatch in deliverable:

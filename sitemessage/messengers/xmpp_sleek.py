@@ -8,6 +8,7 @@ exactly those calls, in 1.4.0's order, on whatever client object it is given. Re
 supported Pythons go through slixmpp (:mod:`sitemessage.messengers.xmpp`): sleekxmpp does not
 import on Python 3.10+.
 """
+
 from __future__ import annotations
 
 import sys
@@ -52,8 +53,9 @@ def before_send(messenger: 'XMPPSleekMessenger') -> None:
             raise MessengerWarmupException(f'XMPP Error: {error}') from error
 
     xmpp.add_event_handler('session_start', on_session_start)
-    connected = xmpp.connect(address=(messenger.host, messenger.port), reattempt=False,
-                             use_tls=messenger.use_tls, use_ssl=messenger.use_ssl)
+    connected = xmpp.connect(
+        address=(messenger.host, messenger.port), reattempt=False, use_tls=messenger.use_tls, use_ssl=messenger.use_ssl
+    )
     if connected:
         xmpp.process(block=False)
 

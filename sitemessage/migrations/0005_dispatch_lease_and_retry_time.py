@@ -5,7 +5,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
         ('sitemessage', '0004_message_group_mark'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
@@ -15,17 +14,37 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='dispatch',
             name='claim_token',
-            field=models.CharField(blank=True, db_index=True, editable=False, help_text='Identifies the delivery run that has claimed this dispatch.', max_length=32, null=True, verbose_name='Claim token'),
+            field=models.CharField(
+                blank=True,
+                db_index=True,
+                editable=False,
+                help_text='Identifies the delivery run that has claimed this dispatch.',
+                max_length=32,
+                null=True,
+                verbose_name='Claim token',
+            ),
         ),
         migrations.AddField(
             model_name='dispatch',
             name='lease_until',
-            field=models.DateTimeField(blank=True, editable=False, help_text='A claimed dispatch becomes sendable again after this time (its worker is gone).', null=True, verbose_name='Lease until'),
+            field=models.DateTimeField(
+                blank=True,
+                editable=False,
+                help_text='A claimed dispatch becomes sendable again after this time (its worker is gone).',
+                null=True,
+                verbose_name='Lease until',
+            ),
         ),
         migrations.AddField(
             model_name='dispatch',
             name='next_attempt_at',
-            field=models.DateTimeField(blank=True, editable=False, help_text='A dispatch in error is not retried before this time.', null=True, verbose_name='Next attempt at'),
+            field=models.DateTimeField(
+                blank=True,
+                editable=False,
+                help_text='A dispatch in error is not retried before this time.',
+                null=True,
+                verbose_name='Next attempt at',
+            ),
         ),
         migrations.AddIndex(
             model_name='dispatch',

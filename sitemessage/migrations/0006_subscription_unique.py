@@ -4,6 +4,7 @@
 oldest row (the lowest id) of each group. MySQL/MariaDB cannot create these conditional constraints: there
 the duplicates are still removed, and the application keeps rows unique.
 """
+
 from django.conf import settings
 from django.db import migrations, models
 from django.db.models import Count, Min
@@ -16,8 +17,13 @@ def delete_duplicate_subscriptions(apps, schema_editor):
         (('message_cls', 'messenger_cls', 'address'), {'recipient__isnull': True, 'address__isnull': False}),
     )
     for fields, condition in groups:
-        duplicated = (subscriptions.filter(**condition).values(*fields).order_by()
-                      .annotate(keep_id=Min('id'), rows=Count('id')).filter(rows__gt=1))
+        duplicated = (
+            subscriptions.filter(**condition)
+            .values(*fields)
+            .order_by()
+            .annotate(keep_id=Min('id'), rows=Count('id'))
+            .filter(rows__gt=1)
+        )
         for group in list(duplicated):
             keep_id = group.pop('keep_id')
             group.pop('rows')
@@ -25,7 +31,6 @@ def delete_duplicate_subscriptions(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
         ('sitemessage', '0005_dispatch_lease_and_retry_time'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
@@ -36,13 +41,17 @@ class Migration(migrations.Migration):
         migrations.AddConstraint(
             model_name='subscription',
             constraint=models.UniqueConstraint(
-                condition=models.Q(('recipient__isnull', False)), fields=('message_cls', 'messenger_cls', 'recipient'),
-                name='sitemessage_subscr_user_uniq'),
+                condition=models.Q(('recipient__isnull', False)),
+                fields=('message_cls', 'messenger_cls', 'recipient'),
+                name='sitemessage_subscr_user_uniq',
+            ),
         ),
         migrations.AddConstraint(
             model_name='subscription',
             constraint=models.UniqueConstraint(
-                condition=models.Q(('recipient__isnull', True)), fields=('message_cls', 'messenger_cls', 'address'),
-                name='sitemessage_subscr_addr_uniq'),
+                condition=models.Q(('recipient__isnull', True)),
+                fields=('message_cls', 'messenger_cls', 'address'),
+                name='sitemessage_subscr_addr_uniq',
+            ),
         ),
     ]

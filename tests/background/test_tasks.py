@@ -3,6 +3,7 @@
 The tests of real backends need Django 6.0+ (django.tasks); on older Django they skip with a
 reason starting "Django version:" (allowed in strict runs: CI runs this module on the newest Django as well).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -29,6 +30,7 @@ NO_DEFAULT = {'other': {'BACKEND': 'django.tasks.backends.immediate.ImmediateBac
 def fresh_tasks():
     """sitemessage.tasks with no task built yet (each test sets its own TASKS)."""
     from sitemessage import tasks
+
     tasks._TASKS.clear()
     yield tasks
     tasks._TASKS.clear()
@@ -42,9 +44,15 @@ def _import_fresh(settings_tasks) -> subprocess.CompletedProcess:
         'settings.configure(INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth", "sitemessage"],\n'
         '    DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}, **extra)\n'
         'django.setup()\nimport sitemessage.tasks as t\n'
-        'print("imported", t.__name__, t.celery_send_scheduled is not None)\n')
-    return subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, 'DJANGO_SETTINGS_MODULE': ''})
+        'print("imported", t.__name__, t.celery_send_scheduled is not None)\n'
+    )
+    return subprocess.run(
+        [sys.executable, '-c', code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, 'DJANGO_SETTINGS_MODULE': ''},
+    )
 
 
 @pytest.mark.parametrize('settings_tasks', [None, {}, NO_DEFAULT, IMMEDIATE])
@@ -97,6 +105,7 @@ def test_task_path_leads_back_to_the_task(fresh_tasks):
         assert task.module_path == 'sitemessage.tasks.django_send_scheduled'
         assert import_string(task.module_path) is task
         from sitemessage.tasks import django_send_scheduled  # as the docs show
+
         assert django_send_scheduled is task
         if '__reduce__' in Task.__dict__:  # Django 6.1+ pickles a Task as its path (6.0 backends store the path)
             assert pickle.loads(pickle.dumps(task)).func is task.func
@@ -119,8 +128,10 @@ def test_dummy_backend_stores_the_enqueued_task(fresh_tasks):
 @needs_django_tasks
 @pytest.mark.django_db(transaction=True)
 def test_enqueue_failure_is_logged_not_raised_into_the_scheduling_code(fake_messenger, fresh_tasks, caplog):
-    with override_settings(TASKS=NO_DEFAULT, SITEMESSAGE_ENQUEUE_ON_SCHEDULE='django_tasks'), \
-            caplog.at_level(logging.ERROR, logger='sitemessage.tasks'):
+    with (
+        override_settings(TASKS=NO_DEFAULT, SITEMESSAGE_ENQUEUE_ON_SCHEDULE='django_tasks'),
+        caplog.at_level(logging.ERROR, logger='sitemessage.tasks'),
+    ):
         message, _dispatches = schedule_one('kept')  # commits; the enqueue fails after it
 
     assert "the TASKS setting has no 'default' backend" in caplog.text
@@ -141,8 +152,12 @@ def test_real_queue_backend_and_its_worker_process_send_the_messages(procs, sink
 
     assert sink.handler.rcpts() == []  # only enqueued so far
     procs.django('db_worker', '--batch', '--no-startup-delay', timeout=120)
-    results = procs.django('shell', '-c', 'from django_tasks_db.models import DBTaskResult as R; '
-                           'print([(r.task_path, r.status, r.return_value) for r in R.objects.all()])')
+    results = procs.django(
+        'shell',
+        '-c',
+        'from django_tasks_db.models import DBTaskResult as R; '
+        'print([(r.task_path, r.status, r.return_value) for r in R.objects.all()])',
+    )
     assert "('sitemessage.tasks.django_send_scheduled', 'SUCCESSFUL', " in results.stdout
     assert sorted(sink.handler.rcpts()) == [f'dbtask{index:04d}@example.com' for index in range(3)]
     assert procs.orm('status')['counts']['sent'] == 3

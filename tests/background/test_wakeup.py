@@ -1,4 +1,5 @@
 """Waking workers after the scheduling transaction commits (sitemessage/background/wakeup.py)."""
+
 from __future__ import annotations
 
 import logging
@@ -15,9 +16,11 @@ from sitemessage.toolbox import recipients, schedule_messages
 pytestmark = pytest.mark.django_db
 
 postgres_only = pytest.mark.skipif(
-    connection.vendor != 'postgresql', reason='SITEMESSAGE_TEST_DB=postgres: LISTEN/NOTIFY is PostgreSQL only')
+    connection.vendor != 'postgresql', reason='SITEMESSAGE_TEST_DB=postgres: LISTEN/NOTIFY is PostgreSQL only'
+)
 not_postgres = pytest.mark.skipif(
-    connection.vendor == 'postgresql', reason='SITEMESSAGE_TEST_DB: workers poll on databases without NOTIFY')
+    connection.vendor == 'postgresql', reason='SITEMESSAGE_TEST_DB: workers poll on databases without NOTIFY'
+)
 
 
 def test_the_announcement_waits_for_the_commit(django_capture_on_commit_callbacks):
@@ -34,8 +37,10 @@ def test_scheduling_announces_once_per_scheduling(django_capture_on_commit_callb
 
 @pytest.mark.parametrize('target', ['rq', 'CELERY', 'tasks'])
 def test_an_unknown_enqueue_target_raises_before_anything_is_registered(target, django_capture_on_commit_callbacks):
-    with override_settings(SITEMESSAGE_ENQUEUE_ON_SCHEDULE=target), \
-            django_capture_on_commit_callbacks(execute=False) as callbacks:
+    with (
+        override_settings(SITEMESSAGE_ENQUEUE_ON_SCHEDULE=target),
+        django_capture_on_commit_callbacks(execute=False) as callbacks,
+    ):
         with pytest.raises(SiteMessageConfigurationError, match=rf"must be .* got '{target}'"):
             wakeup.queue_changed()
         with pytest.raises(SiteMessageConfigurationError):
@@ -62,7 +67,8 @@ def test_an_enqueue_failure_after_the_commit_is_logged_not_raised(django_capture
         callbacks[0]()
     [record] = [r for r in caplog.records if r.name == 'sitemessage.wakeup']
     assert record.getMessage().startswith(
-        'Could not enqueue a send task on rq (SiteMessageConfigurationError: SITEMESSAGE_ENQUEUE_ON_SCHEDULE must be')
+        'Could not enqueue a send task on rq (SiteMessageConfigurationError: SITEMESSAGE_ENQUEUE_ON_SCHEDULE must be'
+    )
     assert 'the message is stored and the next delivery run sends it' in record.getMessage()
 
 

@@ -5,6 +5,7 @@ Workers run as subprocesses (``python -m django ...`` with tests/process_setting
 database: an SQLite file, or PostgreSQL with ``SITEMESSAGE_TEST_DB=postgres``. They deliver to a slow SMTP
 sink in this process (tests/processes.py). Tests named ``test_slow_*`` take seconds each.
 """
+
 from __future__ import annotations
 
 import math
@@ -47,6 +48,7 @@ def expected_addresses(prefix: str, count: int) -> set:
 
 # 1. Many processes on one queue ---------------------------------------------------------------------
 
+
 def test_slow_three_send_processes_deliver_600_emails_each_exactly_once(procs, sink):
     sink.handler.delay = 0.004  # the senders overlap for a couple of seconds
     procs.use_sink(sink)
@@ -67,6 +69,7 @@ def test_slow_three_send_processes_deliver_600_emails_each_exactly_once(procs, s
 
 
 # 2. SIGKILL mid-batch ----------------------------------------------------------------------------------
+
 
 def test_slow_sigkilled_sender_loses_nothing_and_resends_at_most_its_batch_after_the_lease(procs, sink):
     sink.handler.delay = 0.025
@@ -96,6 +99,7 @@ def test_slow_sigkilled_sender_loses_nothing_and_resends_at_most_its_batch_after
 
 
 # 3. SIGTERM --------------------------------------------------------------------------------------------
+
 
 def test_slow_worker_delivers_new_messages_and_stops_cleanly_on_sigterm(procs, sink):
     sink.handler.delay = 0.02
@@ -127,6 +131,7 @@ def test_slow_worker_delivers_new_messages_and_stops_cleanly_on_sigterm(procs, s
 
 # 4. LISTEN/NOTIFY ---------------------------------------------------------------------------------------
 
+
 @pytest.mark.skipif(not ON_POSTGRES, reason='LISTEN/NOTIFY needs PostgreSQL: run with SITEMESSAGE_TEST_DB=postgres')
 def test_slow_idle_worker_wakes_at_once_on_postgresql_notify(procs, sink):
     procs.use_sink(sink)
@@ -143,6 +148,7 @@ def test_slow_idle_worker_wakes_at_once_on_postgresql_notify(procs, sink):
 
 
 # 5. Rate limit shared by two processes ----------------------------------------------------------------
+
 
 def test_slow_rate_limit_is_shared_by_two_sending_processes(procs, sink):
     procs.use_sink(sink)
@@ -167,10 +173,11 @@ def test_slow_rate_limit_is_shared_by_two_sending_processes(procs, sink):
 
 # 6. Parallel connections -------------------------------------------------------------------------------
 
+
 def test_slow_four_smtp_connections_send_faster_with_exact_outcomes(procs, sink):
     sink.handler.delay = 0.05
     refused = {address('one', 7), address('four', 7)}
-    sink.handler.refuse.update({to: '550 5.1.1 No such user' for to in refused})
+    sink.handler.refuse.update(dict.fromkeys(refused, '550 5.1.1 No such user'))
 
     seconds = {}
     for prefix, connections in (('one', 1), ('four', 4)):
@@ -188,11 +195,14 @@ def test_slow_four_smtp_connections_send_faster_with_exact_outcomes(procs, sink)
     state = procs.orm('status')
     assert state['counts'] == only(sent=78, failed=2)
     assert set(state['addresses']['failed']) == refused
-    print(f'\nparallel sending, 40 e-mails at 50 ms: 1 connection {seconds[1]:.2f} s, '
-          f'4 connections {seconds[4]:.2f} s, x{seconds[1] / seconds[4]:.1f}')
+    print(
+        f'\nparallel sending, 40 e-mails at 50 ms: 1 connection {seconds[1]:.2f} s, '
+        f'4 connections {seconds[4]:.2f} s, x{seconds[1] / seconds[4]:.1f}'
+    )
 
 
 # 7. Backoff timing (in-process) --------------------------------------------------------------------------
+
 
 @pytest.mark.django_db
 @override_settings(SITEMESSAGE_RETRY_DELAY_SECONDS=60)
@@ -246,9 +256,20 @@ def celery_worker_process(procs, sink):
     queue = f'sitemessage-test-{uuid.uuid4().hex[:12]}'
     procs.use_sink(sink)
     procs.extra_env.update({'SITEMESSAGE_CELERY_BROKER': REDIS_URL, 'SITEMESSAGE_CELERY_QUEUE': queue})
-    worker = procs.start('-A', 'tests.celery_app', 'worker', '--pool=solo', '--concurrency=1', '-Q', queue,
-                         '--without-heartbeat', '--without-gossip', '--without-mingle', '--loglevel=INFO',
-                         module='celery')
+    worker = procs.start(
+        '-A',
+        'tests.celery_app',
+        'worker',
+        '--pool=solo',
+        '--concurrency=1',
+        '-Q',
+        queue,
+        '--without-heartbeat',
+        '--without-gossip',
+        '--without-mingle',
+        '--loglevel=INFO',
+        module='celery',
+    )
     client = Celery('sitemessage-test-client', broker=REDIS_URL, backend=REDIS_URL)
     try:
         assert worker.wait_for_output(' ready.', timeout=30), worker.output()
@@ -294,6 +315,7 @@ def test_slow_scheduling_enqueues_a_celery_send_after_commit(procs, sink, celery
 
 # 9. Bulk scheduling (in-process) ---------------------------------------------------------------------------
 
+
 def insert_queries(model, rows: int) -> int:
     """INSERT statements Django needs for ``rows`` rows: 1, unless the database caps parameters (SQLite)."""
     fields = [field for field in model._meta.concrete_fields if not field.primary_key]
@@ -334,8 +356,16 @@ class Digest(PlainTextMessage):
 def test_bulk_scheduling_still_merges_grouped_messages(smtp_messenger):
     register_message_types(Digest)
     to = recipients('smtp', ['a@example.com'])
-    schedule_messages([Digest('first'), EmailTextMessage('S1', 'one'), Digest('second'),
-                       EmailTextMessage('S2', 'two'), EmailTextMessage('S3', 'three')], to)
+    schedule_messages(
+        [
+            Digest('first'),
+            EmailTextMessage('S1', 'one'),
+            Digest('second'),
+            EmailTextMessage('S2', 'two'),
+            EmailTextMessage('S3', 'three'),
+        ],
+        to,
+    )
 
     digest = Message.objects.get(cls='test_digest')  # one message: the second was merged into the first
     assert digest.context[Digest.SIMPLE_TEXT_ID] == 'first\nsecond'
@@ -346,8 +376,10 @@ def test_bulk_scheduling_still_merges_grouped_messages(smtp_messenger):
 
 @pytest.mark.django_db
 def test_email_backend_schedules_50_mails_in_a_handful_of_queries(smtp_messenger, django_assert_max_num_queries):
-    emails = [mail.EmailMessage(f'Subject {index}', f'Body {index}', 'robot@example.com',
-                                [address('backend', index)]) for index in range(50)]
+    emails = [
+        mail.EmailMessage(f'Subject {index}', f'Body {index}', 'robot@example.com', [address('backend', index)])
+        for index in range(50)
+    ]
     backend = mail.get_connection('sitemessage.backends.EmailBackend')
 
     with django_assert_max_num_queries(6):

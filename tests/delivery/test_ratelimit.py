@@ -1,4 +1,5 @@
 """Rate limits (sitemessage/ratelimit.py) on a clock the tests move: no real waiting."""
+
 from __future__ import annotations
 
 import pytest
@@ -47,6 +48,7 @@ def clock(monkeypatch):
 
 # limit_for ------------------------------------------------------------------------------------
 
+
 @override_settings(SITEMESSAGE_RATE_LIMITS={'smtp': 14, 'fake': 0.5}, SITEMESSAGE_RATE_LIMITS_PER_RECIPIENT={'smtp': 1})
 def test_limit_for_reads_each_setting():
     assert ratelimit.limit_for('smtp') == 14.0 and isinstance(ratelimit.limit_for('smtp'), float)
@@ -70,6 +72,7 @@ def test_limit_for_refuses_what_is_not_a_positive_number(value, per_recipient, s
 
 
 # acquire --------------------------------------------------------------------------------------
+
 
 def test_slots_of_a_window_are_granted_at_once_then_the_next_one_is_waited_for(clock):
     assert [ratelimit.acquire('smtp', 3) for _ in range(3)] == [0.0, 0.0, 0.0]
@@ -148,6 +151,7 @@ def test_a_slot_taken_as_the_window_ended_is_not_used(clock):
 
 # Through the delivery engine ------------------------------------------------------------------
 
+
 def addresses_delivered(messenger):
     return [address for address, _text in messenger.delivered]
 
@@ -189,7 +193,9 @@ def test_a_quota_full_for_longer_than_a_minute_leaves_the_rest_of_the_message_pe
     # Not attempted: the rest of that message goes back to the queue untouched, for a later run.
     second = Dispatch.objects.exclude(dispatch_status=Dispatch.DISPATCH_STATUS_SENT).order_by('pk')
     assert [(d.address, d.dispatch_status, d.retry_count) for d in second] == [
-        ('ann', Dispatch.DISPATCH_STATUS_PENDING, 0), ('bob', Dispatch.DISPATCH_STATUS_PENDING, 0)]
+        ('ann', Dispatch.DISPATCH_STATUS_PENDING, 0),
+        ('bob', Dispatch.DISPATCH_STATUS_PENDING, 0),
+    ]
     assert (report.sent, report.errors, report.failed) == (1, 0, 0)
 
     clock.now += 100  # ann's next window
@@ -200,12 +206,16 @@ def test_a_quota_full_for_longer_than_a_minute_leaves_the_rest_of_the_message_pe
 
 # Django's database cache: incr() is a read then a write, each slot is confirmed by an add() ---------
 
+
 @pytest.fixture
 def db_cache(clock, transactional_db):
     from django.core.management import call_command
+
     settings = {
-        'CACHES': {'default': {'BACKEND': 'django.core.cache.backends.locmem.LocMemCache'},
-                   'rl': {'BACKEND': 'django.core.cache.backends.db.DatabaseCache', 'LOCATION': 'test_rl_cache'}},
+        'CACHES': {
+            'default': {'BACKEND': 'django.core.cache.backends.locmem.LocMemCache'},
+            'rl': {'BACKEND': 'django.core.cache.backends.db.DatabaseCache', 'LOCATION': 'test_rl_cache'},
+        },
         'SITEMESSAGE_RATE_LIMIT_CACHE': 'rl',
     }
     with override_settings(**settings):

@@ -1,4 +1,5 @@
 """The delivery engine: order, bounded batches, claims and leases, failures, retries."""
+
 from __future__ import annotations
 
 import os
@@ -20,7 +21,6 @@ from sitemessage.models import Dispatch, DispatchError, Message, MessageTuple, r
 from sitemessage.sending import send_scheduled_messages
 from sitemessage.toolbox import recipients, register_message_types, register_messenger_objects, schedule_messages
 from sitemessage.utils import Recipient
-
 from tests.fakes import FakeMessenger
 
 pytestmark = pytest.mark.django_db
@@ -43,8 +43,9 @@ def status_of(address):
 
 
 def errors_of(address):
-    return list(DispatchError.objects.filter(dispatch__address=address).order_by('pk')
-                .values_list('error_log', flat=True))
+    return list(
+        DispatchError.objects.filter(dispatch__address=address).order_by('pk').values_list('error_log', flat=True)
+    )
 
 
 def assert_nothing_processing():
@@ -63,6 +64,7 @@ class BrokenTemplateMessage(MessageBase):
 
 
 # Order and batches ---------------------------------------------------------------------------
+
 
 def test_dispatches_are_sent_oldest_first(fake_messenger):
     for number in range(5):
@@ -130,6 +132,7 @@ def test_queries_grow_per_batch_never_per_dispatch():
 
 # Priority ------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize('priority', [10, '10'])
 def test_priority_filter_sends_only_that_priority(fake_messenger, priority):
     schedule('urgent', 'urgent', priority=10)
@@ -153,6 +156,7 @@ def test_bad_priority_is_rejected_naming_the_value(fake_messenger):
 
 
 # Claims and leases ---------------------------------------------------------------------------
+
 
 def test_two_claims_never_return_the_same_dispatch():
     schedule('text', [f'a{n}' for n in range(5)])
@@ -184,9 +188,11 @@ def test_dispatch_with_an_expired_lease_is_sent_by_the_next_run(fake_messenger):
     [leased] = schedule('leased', 'leased')
     now = timezone.now()
     Dispatch.objects.filter(pk=expired.pk).update(
-        dispatch_status=PROCESSING, claim_token='a' * 32, lease_until=now - timedelta(seconds=1))
+        dispatch_status=PROCESSING, claim_token='a' * 32, lease_until=now - timedelta(seconds=1)
+    )
     Dispatch.objects.filter(pk=leased.pk).update(
-        dispatch_status=PROCESSING, claim_token='b' * 32, lease_until=now + timedelta(minutes=5))
+        dispatch_status=PROCESSING, claim_token='b' * 32, lease_until=now + timedelta(minutes=5)
+    )
 
     report = send_scheduled_messages()
 
@@ -208,6 +214,7 @@ def test_legacy_processing_dispatch_without_a_lease_is_sent(fake_messenger):
 
 
 # Failures leave nothing in processing ----------------------------------------------------------
+
 
 def test_send_raising_keeps_sent_dispatch_sent_and_errors_the_others(fake_messenger):
     fake_messenger.raise_in_send = RuntimeError('connection reset mid-way')
@@ -293,9 +300,11 @@ def test_compile_failure_is_an_error_and_send_is_not_called(fake_messenger):
 
 # Unknown messengers and message types ----------------------------------------------------------
 
+
 def _ghost_dispatch():
-    message, dispatches = Message.create('plain', PlainTextMessage('boo').get_context(),
-                                         recipients=Recipient('ghost', None, 'spirit'))
+    message, dispatches = Message.create(
+        'plain', PlainTextMessage('boo').get_context(), recipients=Recipient('ghost', None, 'spirit')
+    )
     return dispatches[0]
 
 
@@ -337,8 +346,9 @@ def test_unknown_messenger_ignored_leaves_its_dispatches_pending(fake_messenger)
 
 
 def _unknown_type_dispatch():
-    message, dispatches = Message.create('vanished_type', {'stext_': 'lost', 'use_tpl': False},
-                                         recipients=Recipient('fake', None, 'orphan'))
+    message, dispatches = Message.create(
+        'vanished_type', {'stext_': 'lost', 'use_tpl': False}, recipients=Recipient('fake', None, 'orphan')
+    )
     return dispatches[0]
 
 
@@ -378,6 +388,7 @@ def test_unknown_message_type_ignored_stays_sendable(fake_messenger):
 
 # Retries ---------------------------------------------------------------------------------------
 
+
 def test_retry_limit_fails_the_dispatch_and_it_is_never_picked_again(fake_messenger):
     register_message_types(LimitedMessage)
     fake_messenger.fail_addresses = {'flaky': 'try later'}
@@ -402,6 +413,7 @@ def test_retry_limit_fails_the_dispatch_and_it_is_never_picked_again(fake_messen
 
 # Backoff: retry_delay() --------------------------------------------------------------------------
 
+
 def delay_of(retry_count, retry_after=None):
     dispatch = Dispatch(retry_count=retry_count)
     dispatch.attempt = Attempt(retry_count, None, marked=True, retry_after=retry_after)
@@ -417,12 +429,14 @@ def jitter_at(monkeypatch):
         def uniform(low, high):
             draws.append((low, high))
             return high if end == 'high' else low
+
         monkeypatch.setattr(random, 'uniform', uniform)
         return draws
+
     return choose
 
 
-@override_settings(SITEMESSAGE_RETRY_DELAY_SECONDS=30, SITEMESSAGE_RETRY_DELAY_MAX_SECONDS=10 ** 6)
+@override_settings(SITEMESSAGE_RETRY_DELAY_SECONDS=30, SITEMESSAGE_RETRY_DELAY_MAX_SECONDS=10**6)
 def test_retry_delay_doubles_with_each_failed_attempt(jitter_at):
     jitter_at('high')
     # retry_count already counts the attempt that just failed: the first retry waits the base delay.
@@ -440,7 +454,7 @@ def test_retry_delay_is_capped_before_the_jitter(jitter_at):
     assert delay_of(60) == 50
 
 
-@override_settings(SITEMESSAGE_RETRY_DELAY_SECONDS=30, SITEMESSAGE_RETRY_DELAY_MAX_SECONDS=10 ** 6)
+@override_settings(SITEMESSAGE_RETRY_DELAY_SECONDS=30, SITEMESSAGE_RETRY_DELAY_MAX_SECONDS=10**6)
 def test_retry_delay_jitter_stays_between_half_and_all_of_the_delay(monkeypatch):
     monkeypatch.setattr(random, 'uniform', random.Random(2024).uniform)  # seeded: the same draws every run
     for count, full in ((1, 30), (2, 60), (5, 480)):
@@ -470,7 +484,7 @@ def test_no_retry_delay_setting_waits_only_for_the_hint(jitter_at):
     assert draws == []  # nothing to spread
 
 
-@override_settings(SITEMESSAGE_RETRY_DELAY_SECONDS=30, SITEMESSAGE_RETRY_DELAY_MAX_SECONDS=10 ** 6)
+@override_settings(SITEMESSAGE_RETRY_DELAY_SECONDS=30, SITEMESSAGE_RETRY_DELAY_MAX_SECONDS=10**6)
 def test_next_attempt_of_a_stored_error_follows_the_backoff_and_the_hint(fake_messenger, jitter_at):
     jitter_at('high')
     first, second = schedule('text', ['first', 'second'])
@@ -526,14 +540,17 @@ def test_retry_limit_over_smtp_fails_a_temporarily_refused_dispatch_with_the_rep
     assert status_of('busy@example.com') == FAILED
 
 
-@pytest.mark.parametrize('limit, attempts_before, expected', [
-    (3, 0, (ERROR, 1)),
-    (3, 1, (ERROR, 2)),
-    (3, 2, (FAILED, 3)),  # the third failed attempt reaches the limit
-    (3, 7, (FAILED, 8)),  # past it (the limit was lowered since)
-    (1, 0, (FAILED, 1)),  # one attempt only
-    (None, 50, (ERROR, 51)),  # no limit: retried for ever
-])
+@pytest.mark.parametrize(
+    'limit, attempts_before, expected',
+    [
+        (3, 0, (ERROR, 1)),
+        (3, 1, (ERROR, 2)),
+        (3, 2, (FAILED, 3)),  # the third failed attempt reaches the limit
+        (3, 7, (FAILED, 8)),  # past it (the limit was lowered since)
+        (1, 0, (FAILED, 1)),  # one attempt only
+        (None, 50, (ERROR, 51)),  # no limit: retried for ever
+    ],
+)
 def test_mark_error_fails_the_attempt_that_reaches_the_retry_limit(fake_messenger, limit, attempts_before, expected):
     class Limited(PlainTextMessage):
         send_retry_limit = limit
@@ -553,6 +570,7 @@ def test_mark_error_fails_the_attempt_that_reaches_the_retry_limit(fake_messenge
 
 def test_mark_error_counts_from_the_attempt_not_from_earlier_marks(fake_messenger):
     """Marking one attempt twice (error, then error again) is one failed attempt, not two."""
+
     class Limited(PlainTextMessage):
         send_retry_limit = 2
 
@@ -652,6 +670,7 @@ def test_one_error_row_per_failed_attempt(fake_messenger):
 
 # Dispatch helpers (SPEC 2.3) -------------------------------------------------------------------
 
+
 @override_settings(SITEMESSAGE_SEND_BATCH_SIZE=3)
 def test_get_unsent_claims_at_most_a_batch_oldest_first():
     dispatches = schedule('text', [f'a{n}' for n in range(5)])
@@ -660,7 +679,8 @@ def test_get_unsent_claims_at_most_a_batch_oldest_first():
 
     assert [d.pk for d in unsent] == [d.pk for d in dispatches[:3]]
     assert set(Dispatch.objects.filter(dispatch_status=PROCESSING).values_list('pk', flat=True)) == {
-        d.pk for d in unsent}
+        d.pk for d in unsent
+    }
     assert [d.pk for d in Dispatch.get_unsent()] == [d.pk for d in dispatches[3:]]
     assert Dispatch.get_unsent() == []
 
@@ -728,8 +748,11 @@ def test_group_by_messengers_groups_by_alias_then_message_keeping_order():
 
 # Real concurrency ------------------------------------------------------------------------------
 
-@pytest.mark.skipif(os.environ.get('SITEMESSAGE_TEST_DB') not in ('postgres', 'mysql'),
-                    reason='needs row locks of a real server: run with SITEMESSAGE_TEST_DB=postgres or mysql')
+
+@pytest.mark.skipif(
+    os.environ.get('SITEMESSAGE_TEST_DB') not in ('postgres', 'mysql'),
+    reason='needs row locks of a real server: run with SITEMESSAGE_TEST_DB=postgres or mysql',
+)
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_workers_never_claim_the_same_dispatch():
     message = Message.objects.create(cls='plain', context={'stext_': 'x'}, dispatches_ready=True)
@@ -812,7 +835,7 @@ def test_parallel_connections_that_fail_to_warm_up_leave_work_to_the_others():
     errors = statuses.count(Dispatch.DISPATCH_STATUS_ERROR)
     assert statuses.count(Dispatch.DISPATCH_STATUS_SENT) + errors == 24
     assert errors <= 2  # only the chunk the failing connection had pulled
-    assert sorted(messenger.delivered) == sorted({d for d in messenger.delivered})
+    assert sorted(messenger.delivered) == sorted(set(messenger.delivered))  # none twice
 
 
 def test_parallel_connections_all_failing_to_warm_up_record_the_reason_on_every_dispatch():
@@ -829,6 +852,7 @@ def test_parallel_connections_all_failing_to_warm_up_record_the_reason_on_every_
 
 
 # Delivery sessions: connections kept for a run, the next batch handed over early ------------------
+
 
 class _SlowMessenger(FakeMessenger):
     """Takes a while per dispatch and counts the dispatches being sent right now (any thread)."""

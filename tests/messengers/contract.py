@@ -3,6 +3,7 @@
 A test class for a messenger subclasses :class:`MessengerContract` and implements the hooks;
 the tests below then run against that messenger's real or locally imitated peer.
 """
+
 from __future__ import annotations
 
 from typing import List

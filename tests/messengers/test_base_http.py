@@ -1,4 +1,5 @@
 """RequestsMessengerBase owns the loop: a messenger of three hooks, against a local HTTP API (tests/http_api.py)."""
+
 import time
 from datetime import timedelta
 
@@ -6,7 +7,11 @@ import pytest
 from django.utils import timezone
 
 from sitemessage.exceptions import (
-    MessengerException, MessengerWarmupException, PermanentDeliveryError, SiteMessageConfigurationError)
+    MessengerException,
+    MessengerWarmupException,
+    PermanentDeliveryError,
+    SiteMessageConfigurationError,
+)
 from sitemessage.messengers.base_http import DeferBatch, RequestsMessengerBase
 from sitemessage.models import Dispatch
 from sitemessage.toolbox import recipients, schedule_messages, send_scheduled_messages
@@ -205,12 +210,11 @@ def test_secrets_are_scrubbed_where_errors_leave_the_messenger(server, postbox):
 
 def test_a_bad_timeout_is_named(server, settings):
     settings.SITEMESSAGE_HTTP_TIMEOUT = '10'
-    with pytest.raises(SiteMessageConfigurationError,
-                       match=r"SITEMESSAGE_HTTP_TIMEOUT must be a positive number of seconds or None, got '10'"):
+    with pytest.raises(
+        SiteMessageConfigurationError,
+        match=r"SITEMESSAGE_HTTP_TIMEOUT must be a positive number of seconds or None, got '10'",
+    ):
         PostBox(TOKEN, api_url=server.url).send_test_message('ann', 'probe')
 
     with pytest.raises(SiteMessageConfigurationError, match=r'PostBox\(timeout=...\) must be .* got -1'):
         PostBox(TOKEN, api_url=server.url, timeout=-1).send_test_message('ann', 'probe')
-
-
-

@@ -4,6 +4,7 @@ The imitation speaks the documented format: ``POST /<version>/<page>/feed`` with
 ``{"id": "<page>_<post>"}`` on success and ``{"error": {"message", "type", "code",
 "error_subcode", "fbtrace_id"}}`` with HTTP 400/403/500 on failure.
 """
+
 from datetime import timedelta
 from io import StringIO
 
@@ -13,7 +14,10 @@ from django.test import override_settings
 from django.utils import timezone
 
 from sitemessage.exceptions import (
-    MessengerException, MessengerWarmupException, PermanentDeliveryError, SiteMessageConfigurationError,
+    MessengerException,
+    MessengerWarmupException,
+    PermanentDeliveryError,
+    SiteMessageConfigurationError,
     TemporaryDeliveryError,
 )
 from sitemessage.messengers.facebook import FacebookMessenger, FacebookMessengerException
@@ -108,13 +112,14 @@ class TestFacebookContract(MessengerContract):
         self.graph.server.routes[('GET', ME)] = expired_token
 
     def fail_permanently(self, address):
-        self.graph.fail_post(2, graph_error(200, '(#200) The user hasn\'t authorized the application', status=403))
+        self.graph.fail_post(2, graph_error(200, "(#200) The user hasn't authorized the application", status=403))
 
     def fail_temporarily(self, address):
         self.graph.fail_post(2, graph_error(32, 'Page request limit reached'))
 
 
 # The wire format ------------------------------------------------------------------------------
+
 
 @pytest.mark.django_db
 def test_text_is_posted_as_message_to_the_page_feed_with_the_token_as_form_field(fb, api_server):
@@ -161,7 +166,11 @@ def test_graph_version_comes_from_the_constructor_then_the_setting(graph):
     FacebookMessenger(PAGE_TOKEN, api_url=graph.server.url, graph_version='23.0').send_test_message('', 'via arg')
 
     assert [(r.method, r.path) for r in graph.server.requests] == [
-        ('GET', '/v25.0/me'), ('POST', '/v25.0/me/feed'), ('GET', '/v23.0/me'), ('POST', '/v23.0/me/feed')]
+        ('GET', '/v25.0/me'),
+        ('POST', '/v25.0/me/feed'),
+        ('GET', '/v23.0/me'),
+        ('POST', '/v23.0/me/feed'),
+    ]
 
 
 def test_page_id_selects_the_feed(graph):
@@ -179,26 +188,39 @@ def test_probe_returns_the_post_id_and_ignores_the_address(fb, graph):
 
 # Errors -------------------------------------------------------------------------------------------
 
+
 @pytest.mark.django_db
-@pytest.mark.parametrize('reply, status', [
-    (graph_error(4, 'Application request limit reached', status=403), Dispatch.DISPATCH_STATUS_ERROR),
-    (graph_error(17, 'User request limit reached', status=403), Dispatch.DISPATCH_STATUS_ERROR),
-    (graph_error(32, 'Page request limit reached', status=403), Dispatch.DISPATCH_STATUS_ERROR),
-    (graph_error(613, 'Calls to this api have exceeded the rate limit.'), Dispatch.DISPATCH_STATUS_ERROR),
-    (graph_error(1, 'An unknown error occurred', status=500), Dispatch.DISPATCH_STATUS_ERROR),
-    (graph_error(2, 'Service temporarily unavailable', status=503), Dispatch.DISPATCH_STATUS_ERROR),
-    (graph_error(999, 'Something odd, retry', status=500), Dispatch.DISPATCH_STATUS_ERROR),
-    (graph_error(190, 'Error validating access token: Session has expired', subcode=463),
-     Dispatch.DISPATCH_STATUS_ERROR),
-    (graph_error(100, 'Invalid parameter'), Dispatch.DISPATCH_STATUS_FAILED),
-    (graph_error(10, 'Application does not have permission for this action', status=403),
-     Dispatch.DISPATCH_STATUS_FAILED),
-    (graph_error(200, '(#200) The user hasn\'t authorized the application to perform this action', status=403),
-     Dispatch.DISPATCH_STATUS_FAILED),
-    (graph_error(210, '(#210) A page access token is required to request this resource.'),
-     Dispatch.DISPATCH_STATUS_FAILED),
-    (graph_error(506, 'Duplicate status message'), Dispatch.DISPATCH_STATUS_FAILED),
-], ids=lambda value: str(value.body['error']['code']) if isinstance(value, Reply) else str(value))
+@pytest.mark.parametrize(
+    'reply, status',
+    [
+        (graph_error(4, 'Application request limit reached', status=403), Dispatch.DISPATCH_STATUS_ERROR),
+        (graph_error(17, 'User request limit reached', status=403), Dispatch.DISPATCH_STATUS_ERROR),
+        (graph_error(32, 'Page request limit reached', status=403), Dispatch.DISPATCH_STATUS_ERROR),
+        (graph_error(613, 'Calls to this api have exceeded the rate limit.'), Dispatch.DISPATCH_STATUS_ERROR),
+        (graph_error(1, 'An unknown error occurred', status=500), Dispatch.DISPATCH_STATUS_ERROR),
+        (graph_error(2, 'Service temporarily unavailable', status=503), Dispatch.DISPATCH_STATUS_ERROR),
+        (graph_error(999, 'Something odd, retry', status=500), Dispatch.DISPATCH_STATUS_ERROR),
+        (
+            graph_error(190, 'Error validating access token: Session has expired', subcode=463),
+            Dispatch.DISPATCH_STATUS_ERROR,
+        ),
+        (graph_error(100, 'Invalid parameter'), Dispatch.DISPATCH_STATUS_FAILED),
+        (
+            graph_error(10, 'Application does not have permission for this action', status=403),
+            Dispatch.DISPATCH_STATUS_FAILED,
+        ),
+        (
+            graph_error(200, "(#200) The user hasn't authorized the application to perform this action", status=403),
+            Dispatch.DISPATCH_STATUS_FAILED,
+        ),
+        (
+            graph_error(210, '(#210) A page access token is required to request this resource.'),
+            Dispatch.DISPATCH_STATUS_FAILED,
+        ),
+        (graph_error(506, 'Duplicate status message'), Dispatch.DISPATCH_STATUS_FAILED),
+    ],
+    ids=lambda value: str(value.body['error']['code']) if isinstance(value, Reply) else str(value),
+)
 def test_graph_errors_are_retried_or_failed_by_code(fb, graph, reply, status):
     graph.fail_post(1, reply)
 
@@ -238,8 +260,9 @@ def test_an_expired_token_fails_the_warm_up_and_nothing_is_posted(fb, graph):
 @pytest.mark.django_db
 def test_rate_limit_waits_for_the_time_facebook_estimates(fb, graph):
     usage = '{"%s": [{"type": "pages", "call_count": 100, "estimated_time_to_regain_access": 5}]}' % PAGE_ID
-    graph.fail_post(1, graph_error(32, 'Page request limit reached', status=403,
-                                   headers={'X-Business-Use-Case-Usage': usage}))
+    graph.fail_post(
+        1, graph_error(32, 'Page request limit reached', status=403, headers={'X-Business-Use-Case-Usage': usage})
+    )
 
     dispatch = post_once()
 
@@ -254,8 +277,9 @@ def test_rate_limit_honours_retry_after(fb, graph):
     dispatch = post_once()
 
     assert dispatch.dispatch_status == Dispatch.DISPATCH_STATUS_ERROR
-    assert timezone.now() + timedelta(seconds=110) <= dispatch.next_attempt_at <= timezone.now() + timedelta(
-        seconds=125)
+    assert (
+        timezone.now() + timedelta(seconds=110) <= dispatch.next_attempt_at <= timezone.now() + timedelta(seconds=125)
+    )
 
 
 @pytest.mark.django_db
@@ -287,7 +311,8 @@ def test_api_errors_raise_facebook_exceptions_that_say_if_retrying_helps(fb, gra
     assert isinstance(permanent.value, PermanentDeliveryError) and permanent.value.code == 200
     assert isinstance(temporary.value, TemporaryDeliveryError) and temporary.value.code == 613
     assert str(permanent.value) == (
-        'Facebook: HTTP 403: (#200) Permissions error [code 200, type OAuthException, fbtrace_id AbCdEfTrace]')
+        'Facebook: HTTP 403: (#200) Permissions error [code 200, type OAuthException, fbtrace_id AbCdEfTrace]'
+    )
 
 
 def test_tokens_are_redacted_even_when_percent_encoded_in_urls():
@@ -313,19 +338,35 @@ def test_missing_requests_names_the_pip_extra(monkeypatch):
 
 # Page tokens ------------------------------------------------------------------------------------
 
+
 def exchange_routes(server, accounts):
-    server.routes[('GET', '/v24.0/oauth/access_token')] = Reply(200, {
-        'access_token': 'long0lived0user0token', 'token_type': 'bearer', 'expires_in': 5183944})
+    server.routes[('GET', '/v24.0/oauth/access_token')] = Reply(
+        200, {'access_token': 'long0lived0user0token', 'token_type': 'bearer', 'expires_in': 5183944}
+    )
     server.routes[('GET', '/v24.0/me/accounts')] = accounts
 
 
 def test_get_page_access_token_exchanges_the_user_token_then_lists_pages(api_server):
-    exchange_routes(api_server, Reply(200, {'data': [
-        {'name': 'My Page', 'access_token': 'page0token0one', 'id': '1', 'category': 'Blog',
-         'tasks': ['CREATE_CONTENT']},
-        {'name': 'Other Page', 'access_token': 'page0token0two', 'id': '2', 'category': 'Shop'},
-        {'name': 'Not Mine', 'id': '3'},
-    ], 'paging': {'cursors': {'before': 'a', 'after': 'b'}}}))
+    exchange_routes(
+        api_server,
+        Reply(
+            200,
+            {
+                'data': [
+                    {
+                        'name': 'My Page',
+                        'access_token': 'page0token0one',
+                        'id': '1',
+                        'category': 'Blog',
+                        'tasks': ['CREATE_CONTENT'],
+                    },
+                    {'name': 'Other Page', 'access_token': 'page0token0two', 'id': '2', 'category': 'Shop'},
+                    {'name': 'Not Mine', 'id': '3'},
+                ],
+                'paging': {'cursors': {'before': 'a', 'after': 'b'}},
+            },
+        ),
+    )
     messenger = FacebookMessenger('', api_url=api_server.url)
 
     tokens = messenger.get_page_access_token('app-id', 'app0secret', 'short0user0token')
@@ -333,18 +374,25 @@ def test_get_page_access_token_exchanges_the_user_token_then_lists_pages(api_ser
     assert tokens == {'My Page': 'page0token0one', 'Other Page': 'page0token0two'}
     exchange, accounts = api_server.requests
     assert (exchange.method, exchange.path) == ('GET', '/v24.0/oauth/access_token')
-    assert exchange.query == {'grant_type': ['fb_exchange_token'], 'client_id': ['app-id'],
-                              'client_secret': ['app0secret'], 'fb_exchange_token': ['short0user0token']}
+    assert exchange.query == {
+        'grant_type': ['fb_exchange_token'],
+        'client_id': ['app-id'],
+        'client_secret': ['app0secret'],
+        'fb_exchange_token': ['short0user0token'],
+    }
     assert (accounts.method, accounts.path) == ('GET', '/v24.0/me/accounts')
     assert accounts.query == {'access_token': ['long0lived0user0token']}
 
 
 def test_get_page_access_token_follows_paging(api_server):
     next_url = f'{api_server.url}/v24.0/me/accounts?access_token=long0lived0user0token&after=b'
-    exchange_routes(api_server, [
-        Reply(200, {'data': [{'name': 'First', 'access_token': 't1', 'id': '1'}], 'paging': {'next': next_url}}),
-        Reply(200, {'data': [{'name': 'Second', 'access_token': 't2', 'id': '2'}], 'paging': {}}),
-    ])
+    exchange_routes(
+        api_server,
+        [
+            Reply(200, {'data': [{'name': 'First', 'access_token': 't1', 'id': '1'}], 'paging': {'next': next_url}}),
+            Reply(200, {'data': [{'name': 'Second', 'access_token': 't2', 'id': '2'}], 'paging': {}}),
+        ],
+    )
 
     tokens = FacebookMessenger('', api_url=api_server.url).get_page_access_token('1', 'secret', 'user')
 
@@ -354,8 +402,10 @@ def test_get_page_access_token_follows_paging(api_server):
 
 def test_get_page_access_token_errors_hide_every_secret(api_server):
     api_server.routes[('GET', '/v24.0/oauth/access_token')] = lambda request: graph_error(
-        101, f'Error validating client secret {request.query["client_secret"][0]} '
-             f'for {request.query["fb_exchange_token"][0]}')
+        101,
+        f'Error validating client secret {request.query["client_secret"][0]} '
+        f'for {request.query["fb_exchange_token"][0]}',
+    )
 
     with pytest.raises(FacebookMessengerException) as info:
         FacebookMessenger('', api_url=api_server.url).get_page_access_token('1', 'app0secret', 'short0user0token')
@@ -367,6 +417,7 @@ def test_get_page_access_token_errors_hide_every_secret(api_server):
 
 # Probing ------------------------------------------------------------------------------------------
 
+
 def test_probe_command_prints_the_post_id(fb, graph):
     out = StringIO()
     call_command('sitemessage_probe', 'fb', stdout=out)
@@ -376,8 +427,12 @@ def test_probe_command_prints_the_post_id(fb, graph):
 
 
 def test_probe_command_reports_facebooks_own_error_text(fb, graph):
-    graph.fail_post(1, graph_error(
-        200, '(#200) If posting to a page, requires both pages_read_engagement and pages_manage_posts', status=403))
+    graph.fail_post(
+        1,
+        graph_error(
+            200, '(#200) If posting to a page, requires both pages_read_engagement and pages_manage_posts', status=403
+        ),
+    )
     out, err = StringIO(), StringIO()
 
     with pytest.raises(CommandError):

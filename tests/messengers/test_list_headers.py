@@ -1,23 +1,28 @@
 """List-Id, List-Unsubscribe and List-Unsubscribe-Post on the e-mails a real SMTP server receives."""
+
 from __future__ import annotations
 
 import threading
 
 import pytest
 from django.db import connection
-from django.db.models import Q
 from django.db.backends.utils import CursorWrapper
+from django.db.models import Q
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
 from sitemessage.list_id import default_list_id
+from sitemessage.messages.email import EmailHtmlMessage, EmailTextMessage
 from sitemessage.messengers.list_headers import subscribed_dispatches
 from sitemessage.messengers.smtp import SMTPMessenger
-from sitemessage.messages.email import EmailHtmlMessage, EmailTextMessage
 from sitemessage.models import Dispatch, DispatchError, Subscription
 from sitemessage.sending import send_scheduled_messages
 from sitemessage.toolbox import (
-    recipients, register_message_types, register_messenger_objects, schedule_messages, send_test_message,
+    recipients,
+    register_message_types,
+    register_messenger_objects,
+    schedule_messages,
+    send_test_message,
 )
 
 pytestmark = pytest.mark.django_db
@@ -35,30 +40,38 @@ def users(django_user_model):
 
 
 @override_settings(SITEMESSAGE_SITE_URL='https://shop.example.com')
-@pytest.mark.parametrize('message_type, text', [
-    (EmailTextMessage, 'Plain ASCII news'),  # the fast path for plain e-mails
-    (EmailTextMessage, 'Grüße: news that needs encoding'),  # the MIME classes
-    (EmailHtmlMessage, '<p>HTML news</p>'),
-])
+@pytest.mark.parametrize(
+    'message_type, text',
+    [
+        (EmailTextMessage, 'Plain ASCII news'),  # the fast path for plain e-mails
+        (EmailTextMessage, 'Grüße: news that needs encoding'),  # the MIME classes
+        (EmailHtmlMessage, '<p>HTML news</p>'),
+    ],
+)
 def test_one_click_only_for_recipients_holding_a_subscription(smtp_server, smtp_messenger, users, message_type, text):
     ann, bob = users
     alias = message_type.get_alias()
     Subscription.create(ann, alias, 'smtp')
     Subscription.create('sub@example.com', alias, 'smtp')
     Subscription.create(bob, 'greeting', 'smtp')  # another (registered) type: create() refuses unknown ones
-    schedule_messages(message_type('News', text),
-                      recipients('smtp', [ann, bob, 'sub@example.com', 'explicit@example.com']))
+    schedule_messages(
+        message_type('News', text), recipients('smtp', [ann, bob, 'sub@example.com', 'explicit@example.com'])
+    )
 
     send_scheduled_messages()
 
     mails = mails_by_recipient(smtp_server)
     assert {to: mail['List-Unsubscribe-Post'] for to, mail in mails.items()} == {
-        'ann@example.com': ONE_CLICK, 'sub@example.com': ONE_CLICK,
-        'bob@example.com': None, 'explicit@example.com': None}
+        'ann@example.com': ONE_CLICK,
+        'sub@example.com': ONE_CLICK,
+        'bob@example.com': None,
+        'explicit@example.com': None,
+    }
     for to, mail in mails.items():
         dispatch = Dispatch.objects.get(address=to)
         assert mail['List-Unsubscribe'].startswith(
-            f'<https://shop.example.com/messages/unsubscribe/{dispatch.message_id}/{dispatch.pk}/')
+            f'<https://shop.example.com/messages/unsubscribe/{dispatch.message_id}/{dispatch.pk}/'
+        )
         assert mail['List-Id'] == f'Email notification <{alias}.shop.example.com>'
 
 
@@ -69,7 +82,7 @@ def test_no_one_click_with_an_http_uri_rfc_8058_3_1(smtp_server, smtp_messenger,
 
     send_scheduled_messages()
 
-    mail, = smtp_server.handler.messages()
+    (mail,) = smtp_server.handler.messages()
     assert mail['List-Unsubscribe'].startswith('<http://shop.example.com/messages/unsubscribe/')
     assert mail['List-Unsubscribe-Post'] is None
 
@@ -87,14 +100,15 @@ def test_no_one_click_for_a_type_users_cannot_subscribe_to(smtp_server, smtp_mes
 
     send_scheduled_messages()
 
-    mail, = smtp_server.handler.messages()
+    (mail,) = smtp_server.handler.messages()
     assert mail['List-Unsubscribe-Post'] is None
 
 
 @override_settings(SITEMESSAGE_SITE_URL='https://shop.example.com')
 @pytest.mark.parametrize('shape', ['one message', 'a message each'])
 def test_subscriptions_are_looked_up_once_per_batch_not_per_dispatch(
-        smtp_server, smtp_messenger, django_user_model, shape):
+    smtp_server, smtp_messenger, django_user_model, shape
+):
     people = [django_user_model.objects.create_user(f'u{n}', email=f'u{n}@example.com') for n in range(30)]
     for person in people[::2]:
         Subscription.create(person, 'email_plain', 'smtp')
@@ -116,10 +130,12 @@ def test_subscriptions_are_looked_up_once_per_batch_not_per_dispatch(
 
 @override_settings(SITEMESSAGE_SITE_URL='https://shop.example.com')
 def test_with_several_connections_subscriptions_are_found_by_the_claiming_thread(
-        smtp_server, django_user_model, monkeypatch):
+    smtp_server, django_user_model, monkeypatch
+):
     # Connection threads that queried the database would wait for the claiming thread's writes on SQLite.
-    register_messenger_objects(SMTPMessenger('robot@example.com', host='127.0.0.1', port=smtp_server.port,
-                                             timeout=5, connections=4))
+    register_messenger_objects(
+        SMTPMessenger('robot@example.com', host='127.0.0.1', port=smtp_server.port, timeout=5, connections=4)
+    )
     people = [django_user_model.objects.create_user(f'u{n}', email=f'u{n}@example.com') for n in range(40)]
     for person in people[::2]:
         Subscription.create(person, 'email_plain', 'smtp')
@@ -165,10 +181,10 @@ def test_subscribers_found_by_claim_token_and_by_recipient_lists_agree(smtp_mess
     Subscription.create('sub@example.com', 'email_plain', 'smtp')
     Subscription.create('bob@example.com', 'email_plain', 'smtp')  # an address: not bob the user's subscription
     Subscription.create(bob, 'email_html', 'smtp')  # another type
-    message, _ = schedule_messages(EmailTextMessage('News', 'Hello'),
-                                   recipients('smtp', [ann, bob, 'sub@example.com', 'explicit@example.com']))[0]
-    expected = {dispatch.pk for dispatch in Dispatch.objects.filter(
-        Q(recipient=ann) | Q(address='sub@example.com'))}
+    message, _ = schedule_messages(
+        EmailTextMessage('News', 'Hello'), recipients('smtp', [ann, bob, 'sub@example.com', 'explicit@example.com'])
+    )[0]
+    expected = {dispatch.pk for dispatch in Dispatch.objects.filter(Q(recipient=ann) | Q(address='sub@example.com'))}
 
     unclaimed = list(Dispatch.objects.filter(message=message))
     assert {dispatch.claim_token for dispatch in unclaimed} == {None}
@@ -184,21 +200,29 @@ def test_subscribers_found_by_claim_token_and_by_recipient_lists_agree(smtp_mess
 def test_no_list_headers_on_a_test_message(smtp_server, smtp_messenger):
     send_test_message('smtp', to='probe@example.com')
 
-    mail, = smtp_server.handler.messages()
+    (mail,) = smtp_server.handler.messages()
     assert (mail['List-Id'], mail['List-Unsubscribe'], mail['List-Unsubscribe-Post']) == (None, None, None)
 
 
 # List-Id (RFC 2919) --------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize('site, title, alias, expected', [
-    ('https://shop.example.com', 'News', 'news', 'News <news.shop.example.com>'),
-    ('https://shop.example.com:8443/sub/', 'News', 'News Letter!', 'News <news-letter!.shop.example.com>'),
-    ('https://bücher.example', 'Bücher', 'books', '=?utf-8?q?B=C3=BCcher?= <books.xn--bcher-kva.example>'),
-    ('http://127.0.0.1:8000', 'A "quoted" title', 'x', '"A \\"quoted\\" title" <x.localhost>'),
-    ('https://shop.example.com', 'Evil\r\nBcc: x@evil.test', 'evil\r\nx',
-     '"Evil Bcc: x@evil.test" <evil-x.shop.example.com>'),
-    ('https://shop.example.com', '', '<>', '<sitemessage.shop.example.com>'),
-])
+
+@pytest.mark.parametrize(
+    'site, title, alias, expected',
+    [
+        ('https://shop.example.com', 'News', 'news', 'News <news.shop.example.com>'),
+        ('https://shop.example.com:8443/sub/', 'News', 'News Letter!', 'News <news-letter!.shop.example.com>'),
+        ('https://bücher.example', 'Bücher', 'books', '=?utf-8?q?B=C3=BCcher?= <books.xn--bcher-kva.example>'),
+        ('http://127.0.0.1:8000', 'A "quoted" title', 'x', '"A \\"quoted\\" title" <x.localhost>'),
+        (
+            'https://shop.example.com',
+            'Evil\r\nBcc: x@evil.test',
+            'evil\r\nx',
+            '"Evil Bcc: x@evil.test" <evil-x.shop.example.com>',
+        ),
+        ('https://shop.example.com', '', '<>', '<sitemessage.shop.example.com>'),
+    ],
+)
 def test_default_list_id_is_always_one_valid_ascii_line(site, title, alias, expected):
     with override_settings(SITEMESSAGE_SITE_URL=site):
         assert default_list_id(title, alias) == expected
@@ -251,5 +275,5 @@ def test_a_list_id_that_could_inject_headers_fails_its_dispatches_alone(smtp_ser
     assert list(mails_by_recipient(smtp_server)) == ['b@example.com']
     broken = Dispatch.objects.get(address='a@example.com')
     assert broken.dispatch_status == Dispatch.DISPATCH_STATUS_ERROR
-    error, = DispatchError.objects.filter(dispatch=broken).values_list('error_log', flat=True)
+    (error,) = DispatchError.objects.filter(dispatch=broken).values_list('error_log', flat=True)
     assert "broken.get_list_id() returned 'x <a.b>\\r\\nBcc: victim@example.com'" in error

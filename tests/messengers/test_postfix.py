@@ -5,6 +5,7 @@ the transaction open until RSET: the next pipelined MAIL gets ``503 nested MAIL 
 its RCPT joins the old transaction. Every good e-mail must still arrive exactly once, each refusal
 must be recorded against its own dispatch, and nothing empty may be delivered.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -15,7 +16,6 @@ from sitemessage.models import Dispatch, DispatchError
 from sitemessage.sending import send_scheduled_messages
 from sitemessage.shortcuts import schedule_email
 from sitemessage.toolbox import register_messenger_objects
-
 from tests.postfix import DOMAIN, IDN_DOMAIN, UNKNOWN_USER, Postfix, why_postfix_cannot_run
 
 pytestmark = pytest.mark.django_db

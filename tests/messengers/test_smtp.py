@@ -1,4 +1,5 @@
 """SMTPMessenger against a real SMTP server (aiosmtpd on loopback)."""
+
 from __future__ import annotations
 
 import smtplib
@@ -17,7 +18,6 @@ from sitemessage.models import Dispatch, DispatchError, Message
 from sitemessage.sending import send_scheduled_messages
 from sitemessage.shortcuts import schedule_email
 from sitemessage.toolbox import recipients, register_messenger_objects, schedule_messages, send_test_message
-
 from tests.conftest import Mailbox
 from tests.fakes import refused_port
 from tests.smtp_handlers import loopback_controller
@@ -78,6 +78,7 @@ def counting_server():
 
 # Headers -----------------------------------------------------------------------------------------
 
+
 def test_message_carries_date_message_id_from_to_and_non_ascii_subject(smtp_server, smtp_messenger):
     schedule_email('Hello there', 'to@example.com', subject='Привет, мир — naïve')
     before = timezone.now()
@@ -120,7 +121,7 @@ def test_list_unsubscribe_headers_point_at_each_dispatch(smtp_server, smtp_messe
         header = message['List-Unsubscribe']
         prefix = f'<https://example.org/messages/unsubscribe/{dispatch.message_id}/{dispatch.pk}/'
         assert header.startswith(prefix) and header.endswith('/>')
-        token = header[len(prefix):-2]
+        token = header[len(prefix) : -2]
         assert read_unsubscribe_token(dispatch.message_id, dispatch.pk, token).address == address
         # Explicit recipients hold no subscription: one click would unsubscribe nothing (issue 9).
         assert message['List-Unsubscribe-Post'] is None
@@ -147,9 +148,11 @@ def test_no_list_unsubscribe_headers_without_a_dispatch(smtp_server, smtp_messen
 
 # Bodies ------------------------------------------------------------------------------------------
 
+
 def test_plain_email_is_a_single_text_part(smtp_server, smtp_messenger):
-    schedule_messages(EmailTextMessage('Plain', 'Line one\nLine two <b>not a tag</b>'),
-                      recipients('smtp', 'to@example.com'))
+    schedule_messages(
+        EmailTextMessage('Plain', 'Line one\nLine two <b>not a tag</b>'), recipients('smtp', 'to@example.com')
+    )
 
     send_scheduled_messages()
 
@@ -160,9 +163,11 @@ def test_plain_email_is_a_single_text_part(smtp_server, smtp_messenger):
 
 
 def test_html_email_is_multipart_alternative_with_a_readable_text_part(smtp_server, smtp_messenger):
-    html = ('<html><head><style>p {color: red}</style></head><body>'
-            '<p>First paragraph.</p><p>Line one<br>Line two</p>'
-            '<p>See <a href="https://example.com/docs">the docs</a>.</p></body></html>')
+    html = (
+        '<html><head><style>p {color: red}</style></head><body>'
+        '<p>First paragraph.</p><p>Line one<br>Line two</p>'
+        '<p>See <a href="https://example.com/docs">the docs</a>.</p></body></html>'
+    )
     schedule_messages(EmailHtmlMessage('Html', html), recipients('smtp', 'to@example.com'))
 
     send_scheduled_messages()
@@ -193,6 +198,7 @@ def test_templated_html_email_has_text_part_without_markup(smtp_server, smtp_mes
 
 
 # Refusals and outages ----------------------------------------------------------------------------
+
 
 def test_permanently_refused_recipient_fails_at_once_with_the_server_reply(smtp_server, smtp_messenger):
     smtp_server.handler.refuse['bad@example.com'] = '550 No such user'
@@ -241,20 +247,23 @@ def test_server_down_errors_all_with_a_warm_up_reason_and_nothing_is_lost(smtp_s
         [error] = errors_of(address)
         assert 'warm-up' in error and 'SMTP Error' in error
 
-    register_messenger_objects(
-        SMTPMessenger('robot@example.com', host='127.0.0.1', port=smtp_server.port, timeout=5))
+    register_messenger_objects(SMTPMessenger('robot@example.com', host='127.0.0.1', port=smtp_server.port, timeout=5))
     report = send_scheduled_messages()
 
     assert report.sent == 3
     assert sorted(env.rcpt_tos[0] for env in smtp_server.handler.envelopes) == [
-        'a@example.com', 'b@example.com', 'c@example.com']
+        'a@example.com',
+        'b@example.com',
+        'c@example.com',
+    ]
 
 
 @pytest.mark.parametrize('address', ['not-an-address', 'a@example.com\nBcc: evil@example.com'])
 def test_invalid_address_fails_naming_the_address(smtp_server, smtp_messenger, address):
     # Scheduling refuses a line break now (tests/test_header_safety.py): store the row as an older database holds it.
-    message = Message.objects.create(cls='email_plain', context={'subject': 'S', 'type': 'plain', 'stext_': 'Hello'},
-                                     dispatches_ready=True)
+    message = Message.objects.create(
+        cls='email_plain', context={'subject': 'S', 'type': 'plain', 'stext_': 'Hello'}, dispatches_ready=True
+    )
     Dispatch.objects.create(message=message, messenger='smtp', address=address)
 
     report = send_scheduled_messages()
@@ -275,17 +284,21 @@ def test_user_without_email_fails_with_a_reason(smtp_server, smtp_messenger, dja
     dispatch = Dispatch.objects.get(recipient=nobody)
     assert (dispatch.address, dispatch.dispatch_status) == ('', FAILED)
     assert list(dispatch.dispatcherror_set.values_list('error_log', flat=True)) == [
-        'The recipient has no e-mail address']
+        'The recipient has no e-mail address'
+    ]
     assert smtp_server.handler.envelopes == []
 
 
 # Configuration ---------------------------------------------------------------------------------
 
+
 def test_explicit_arguments_beat_email_settings(smtp_server):
-    with override_settings(EMAIL_HOST='192.0.2.1', EMAIL_PORT=2525, EMAIL_USE_TLS=True,
-                           DEFAULT_FROM_EMAIL='settings@example.com'):
-        register_messenger_objects(SMTPMessenger('explicit@example.com', host='127.0.0.1',
-                                                 port=smtp_server.port, use_tls=False, timeout=5))
+    with override_settings(
+        EMAIL_HOST='192.0.2.1', EMAIL_PORT=2525, EMAIL_USE_TLS=True, DEFAULT_FROM_EMAIL='settings@example.com'
+    ):
+        register_messenger_objects(
+            SMTPMessenger('explicit@example.com', host='127.0.0.1', port=smtp_server.port, use_tls=False, timeout=5)
+        )
         schedule_email('Hello', 'to@example.com', subject='S')
         report = send_scheduled_messages()
 
@@ -305,8 +318,12 @@ def test_explicit_use_ssl_false_beats_email_use_ssl(smtp_server):
 def test_email_settings_are_used_when_arguments_are_not_given(smtp_server):
     messenger = SMTPMessenger()
     register_messenger_objects(messenger)
-    with override_settings(EMAIL_HOST='127.0.0.1', EMAIL_PORT=smtp_server.port, EMAIL_USE_TLS=False,
-                           DEFAULT_FROM_EMAIL='settings@example.com'):
+    with override_settings(
+        EMAIL_HOST='127.0.0.1',
+        EMAIL_PORT=smtp_server.port,
+        EMAIL_USE_TLS=False,
+        DEFAULT_FROM_EMAIL='settings@example.com',
+    ):
         schedule_email('Hello', 'to@example.com', subject='S')
         report = send_scheduled_messages()
 
@@ -329,7 +346,8 @@ def test_use_tls_and_use_ssl_together_are_rejected():
 
 def test_use_tls_without_starttls_on_the_server_refuses_plain_text(smtp_server):
     register_messenger_objects(
-        SMTPMessenger('robot@example.com', host='127.0.0.1', port=smtp_server.port, use_tls=True, timeout=5))
+        SMTPMessenger('robot@example.com', host='127.0.0.1', port=smtp_server.port, use_tls=True, timeout=5)
+    )
     schedule_email('Secret', 'to@example.com', subject='S')
 
     report = send_scheduled_messages()
@@ -341,6 +359,7 @@ def test_use_tls_without_starttls_on_the_server_refuses_plain_text(smtp_server):
 
 
 # Test messages -----------------------------------------------------------------------------------
+
 
 def test_send_test_message_reaches_the_server(smtp_server, smtp_messenger):
     result = send_test_message('smtp', to='probe@example.com')
@@ -368,12 +387,14 @@ def test_send_test_message_errors_reach_the_caller(smtp_server, smtp_messenger):
 
 # Connections -------------------------------------------------------------------------------------
 
+
 def test_a_batch_is_sent_over_one_smtp_session(counting_server):
     handler = counting_server.handler
     handler.envelopes.clear()
     handler.greetings = 0
     register_messenger_objects(
-        SMTPMessenger('robot@example.com', host='127.0.0.1', port=counting_server.port, timeout=5))
+        SMTPMessenger('robot@example.com', host='127.0.0.1', port=counting_server.port, timeout=5)
+    )
     for number in range(5):
         schedule_email(f'Message {number}', f'to{number}@example.com', subject=f'S{number}')
     schedule_email('Shared', ['x@example.com', 'y@example.com', 'z@example.com'], subject='Shared')
@@ -394,7 +415,9 @@ def test_a_batch_is_sent_over_one_smtp_session(counting_server):
 def test_date_header_is_formatdate_of_the_current_second(monkeypatch):
     """The Date header is formatted once a second, never stale: a new second gives a new value."""
     from email.utils import formatdate, parsedate_to_datetime
+
     from sitemessage.messengers import smtp as smtp_module
+
     now = [1_800_000_000.25]
     monkeypatch.setattr(smtp_module.time, 'time', lambda: now[0])
     first = smtp_module.date_header()
@@ -408,6 +431,7 @@ def test_date_header_is_formatdate_of_the_current_second(monkeypatch):
 
 # Configuration read in one place; the connection seam ----------------------------------------------
 
+
 def test_connection_class_opens_every_connection_with_one_reading_of_the_settings(smtp_server):
     """Each connection is opened by ``connection_class`` with the settings as read when it opened."""
     opened = []
@@ -417,8 +441,9 @@ def test_connection_class_opens_every_connection_with_one_reading_of_the_setting
             opened.append((host, port, kwargs))
             super().__init__(host, port, **kwargs)
 
-    messenger = SMTPMessenger('first@example.com', host='127.0.0.1', port=smtp_server.port, timeout=4,
-                              connection_class=RecordingSMTP)
+    messenger = SMTPMessenger(
+        'first@example.com', host='127.0.0.1', port=smtp_server.port, timeout=4, connection_class=RecordingSMTP
+    )
     register_messenger_objects(messenger)
     schedule_email('One', 'a@example.com', subject='S')
     send_scheduled_messages()
@@ -433,12 +458,21 @@ def test_connection_class_opens_every_connection_with_one_reading_of_the_setting
 
 def test_settings_names_each_value_by_the_rule_argument_then_setting_then_default(smtp_server):
     messenger = SMTPMessenger(host='mail.example.com', use_tls=False)
-    with override_settings(EMAIL_HOST='settings.example.com', EMAIL_PORT=2525, EMAIL_HOST_USER='robot',
-                           DEFAULT_FROM_EMAIL='site@example.com', EMAIL_TIMEOUT=None,
-                           SITEMESSAGE_CONNECT_TIMEOUT=12):
+    with override_settings(
+        EMAIL_HOST='settings.example.com',
+        EMAIL_PORT=2525,
+        EMAIL_HOST_USER='robot',
+        DEFAULT_FROM_EMAIL='site@example.com',
+        EMAIL_TIMEOUT=None,
+        SITEMESSAGE_CONNECT_TIMEOUT=12,
+    ):
         config = messenger.settings()
     assert (config.host, config.port, config.login, config.from_email) == (
-        'mail.example.com', 2525, 'robot', 'site@example.com')
+        'mail.example.com',
+        2525,
+        'robot',
+        'site@example.com',
+    )
     assert (config.use_tls, config.use_ssl, config.timeout) == (False, False, 12)
     assert config.describe() == 'mail.example.com:2525' and 'robot' not in config.describe()
 
@@ -447,8 +481,7 @@ def test_a_failing_connection_class_is_a_warm_up_error_naming_the_server(smtp_se
     def refuse(host, port, **kwargs):
         raise ConnectionRefusedError(111, 'Connection refused')
 
-    register_messenger_objects(SMTPMessenger('robot@example.com', host='127.0.0.1', port=2600,
-                                             connection_class=refuse))
+    register_messenger_objects(SMTPMessenger('robot@example.com', host='127.0.0.1', port=2600, connection_class=refuse))
     schedule_email('One', 'a@example.com', subject='S')
 
     report = send_scheduled_messages()

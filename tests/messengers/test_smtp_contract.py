@@ -1,4 +1,5 @@
 """SMTPMessenger passes the messenger contract against a real aiosmtpd server that asks for a login."""
+
 import base64
 import logging
 import traceback
@@ -18,8 +19,11 @@ LOGIN = 'robot'
 PASSWORD = 'smtp-password-never-shown'
 
 # The password as it goes over the wire too: AUTH PLAIN sends base64('\0login\0password'), AUTH LOGIN base64(password).
-SECRETS = [PASSWORD, base64.b64encode(f'\0{LOGIN}\0{PASSWORD}'.encode()).decode(),
-           base64.b64encode(PASSWORD.encode()).decode()]
+SECRETS = [
+    PASSWORD,
+    base64.b64encode(f'\0{LOGIN}\0{PASSWORD}'.encode()).decode(),
+    base64.b64encode(PASSWORD.encode()).decode(),
+]
 
 
 class Credentials:
@@ -31,6 +35,7 @@ class Credentials:
 
     def __call__(self, server, session, envelope, mechanism, auth_data):
         from aiosmtpd.smtp import AuthResult
+
         login, password = (value.decode() if isinstance(value, bytes) else value for value in auth_data)
         self.seen.append((mechanism, login, password))
         # handled=False: aiosmtpd answers a refusal with its 535 (by default it expects us to have answered)
@@ -58,12 +63,12 @@ def auth_server(auth_controller):
 
 
 def auth_messenger(server):
-    return SMTPMessenger('robot@example.com', login=LOGIN, password=PASSWORD, host='127.0.0.1', port=server.port,
-                         timeout=5)
+    return SMTPMessenger(
+        'robot@example.com', login=LOGIN, password=PASSWORD, host='127.0.0.1', port=server.port, timeout=5
+    )
 
 
 class TestSMTPContract(MessengerContract):
-
     secrets = SECRETS
 
     @pytest.fixture(autouse=True)
@@ -96,6 +101,7 @@ class TestSMTPContract(MessengerContract):
 
 
 # The password reaches the server, and no error text, exception or log line -----------------------------
+
 
 def _assert_no_secret(text):
     for secret in SECRETS:

@@ -1,4 +1,5 @@
 """SMTP command pipelining (RFC 2920), the plain-message fast path, and connections kept across batches."""
+
 from __future__ import annotations
 
 import socket
@@ -7,12 +8,11 @@ import threading
 import pytest
 from django.test.utils import override_settings
 
-from sitemessage.messengers.smtp import SMTPMessenger, _POLICY, plain_message_bytes
+from sitemessage.messengers.smtp import _POLICY, SMTPMessenger, plain_message_bytes
 from sitemessage.models import Dispatch, DispatchError
 from sitemessage.sending import send_scheduled_messages
 from sitemessage.shortcuts import schedule_email
 from sitemessage.toolbox import register_messenger_objects
-
 from tests.smtp_handlers import loopback_controller
 
 pytestmark = pytest.mark.django_db
@@ -38,32 +38,40 @@ def use_server(smtp_server, **options):
 
 # The fast path writes what the MIME classes write --------------------------------------------------
 
-@pytest.mark.parametrize('to, subject, text, url', [
-    ('a@example.com', 'Hello', 'Line one\nLine two\n', 'https://example.com/u/1/2/abc/'),
-    ('Someone <a@example.com>', 'No trailing newline', 'one line', None),
-    ('a@example.com', 'Mixed breaks', 'a\r\nb\rc\n\n.leading dot\n', ''),
-    ('a@example.com', 'Empty', '', None),
-])
+
+@pytest.mark.parametrize(
+    'to, subject, text, url',
+    [
+        ('a@example.com', 'Hello', 'Line one\nLine two\n', 'https://example.com/u/1/2/abc/'),
+        ('Someone <a@example.com>', 'No trailing newline', 'one line', None),
+        ('a@example.com', 'Mixed breaks', 'a\r\nb\rc\n\n.leading dot\n', ''),
+        ('a@example.com', 'Empty', '', None),
+    ],
+)
 def test_plain_fast_path_is_byte_for_byte_the_mime_output(to, subject, text, url):
     messenger = SMTPMessenger('Robot <robot@example.com>')
     date, message_id = 'Sat, 21 Nov 2026 12:00:00 +0000', '<1.2.3@example.com>'
 
     fast = plain_message_bytes('Robot <robot@example.com>', to, subject, date, message_id, text, url)
     mime = messenger._build_message(to, text, subject, None, url, date=date, message_id=message_id).as_bytes(
-        policy=_POLICY)
+        policy=_POLICY
+    )
 
     assert fast is not None
     assert fast == mime
 
 
-@pytest.mark.parametrize('to, subject, text', [
-    ('a@example.com', 'Привет', 'text'),  # encoded subject
-    ('Éva <eva@example.com>', 'Hi', 'text'),  # encoded display name
-    ('a@example.com', 'Hi', 'Grüße'),  # UTF-8 body
-    ('a@example.com', 'Hi', 'x' * 999),  # a line too long for 7bit
-    ('a@example.com', 'Injected\nBcc: x@example.com', 'text'),  # a line break in a header
-    ('a@example.com', 'S' * 1000, 'text'),  # a header that must be folded
-])
+@pytest.mark.parametrize(
+    'to, subject, text',
+    [
+        ('a@example.com', 'Привет', 'text'),  # encoded subject
+        ('Éva <eva@example.com>', 'Hi', 'text'),  # encoded display name
+        ('a@example.com', 'Hi', 'Grüße'),  # UTF-8 body
+        ('a@example.com', 'Hi', 'x' * 999),  # a line too long for 7bit
+        ('a@example.com', 'Injected\nBcc: x@example.com', 'text'),  # a line break in a header
+        ('a@example.com', 'S' * 1000, 'text'),  # a header that must be folded
+    ],
+)
 def test_plain_fast_path_leaves_anything_needing_encoding_or_folding_to_the_mime_classes(to, subject, text):
     assert plain_message_bytes('robot@example.com', to, subject, 'd', '<m@example.com>', text, None) is None
 
@@ -80,6 +88,7 @@ def test_message_that_takes_the_slow_path_still_arrives_correctly(smtp_server):
 
 
 # Pipelining -----------------------------------------------------------------------------------------
+
 
 class RecordingSMTPServer:
     """A minimal SMTP server on a raw socket that records each chunk it reads (one client at a time)."""
@@ -129,17 +138,20 @@ class RecordingSMTPServer:
         self._thread.join(5)
 
 
-@pytest.mark.parametrize('offered, wanted, expected_commands_in_one_write', [
-    (True, True, True),
-    (False, True, False),  # the server did not offer it
-    (True, False, False),  # SMTPMessenger(pipelining=False)
-])
-def test_envelope_commands_go_out_in_one_write_only_when_offered_and_wanted(offered, wanted,
-                                                                             expected_commands_in_one_write):
+@pytest.mark.parametrize(
+    'offered, wanted, expected_commands_in_one_write',
+    [
+        (True, True, True),
+        (False, True, False),  # the server did not offer it
+        (True, False, False),  # SMTPMessenger(pipelining=False)
+    ],
+)
+def test_envelope_commands_go_out_in_one_write_only_when_offered_and_wanted(
+    offered, wanted, expected_commands_in_one_write
+):
     server = RecordingSMTPServer(pipelining=offered)
     try:
-        messenger = SMTPMessenger('robot@example.com', host='127.0.0.1', port=server.port, timeout=5,
-                                  pipelining=wanted)
+        messenger = SMTPMessenger('robot@example.com', host='127.0.0.1', port=server.port, timeout=5, pipelining=wanted)
         register_messenger_objects(messenger)
         schedule_email('Hello', 'someone@example.com', subject='Hi')
 
@@ -216,8 +228,9 @@ def test_pipelined_content_refusal_fails_that_dispatch_only(refusing_content_ser
 
 
 def test_pipelined_sender_refusal_fails_with_the_reply(refusing_content_server):
-    register_messenger_objects(SMTPMessenger('blocked@example.com', host='127.0.0.1',
-                                             port=refusing_content_server.port, timeout=5))
+    register_messenger_objects(
+        SMTPMessenger('blocked@example.com', host='127.0.0.1', port=refusing_content_server.port, timeout=5)
+    )
     schedule_email('Hello', 'friend@example.com', subject='Hi')
 
     send_scheduled_messages()
@@ -228,6 +241,7 @@ def test_pipelined_sender_refusal_fails_with_the_reply(refusing_content_server):
 
 
 # One connection for a whole run ---------------------------------------------------------------------
+
 
 @pytest.mark.parametrize('connections', [1, 3])
 def test_connections_stay_open_from_batch_to_batch(smtp_server, connections):
@@ -260,6 +274,7 @@ def test_pipelining_option_must_be_a_boolean():
 
 
 # A 503 (bad sequence of commands) answers the session's state, not the e-mail ---------------------------
+
 
 class SequenceRefusingMailbox(ContentRefusingMailbox):
     """Answers MAIL with 503 for the first ``refusals`` transactions after each RSET-less start."""
@@ -347,6 +362,7 @@ def test_a_refused_recipient_is_not_sent_again(smtp_server):
 
 # Servers without PIPELINING: sendmail, one command at a time ---------------------------------------------
 
+
 def schedule_numbered(count):
     """``count`` e-mails, each its own recipient and text; return ``{address: text}``."""
     expected = {}
@@ -401,8 +417,11 @@ def test_without_pipelining_every_email_arrives_once_with_its_content(smtp_serve
 
 
 @pytest.mark.parametrize('connections', [1, 4])
-@pytest.mark.parametrize('reply, status', [('550 5.1.1 No such user', FAILED), ('450 4.2.1 Mailbox busy', ERROR)],
-                         ids=['permanent', 'temporary'])
+@pytest.mark.parametrize(
+    'reply, status',
+    [('550 5.1.1 No such user', FAILED), ('450 4.2.1 Mailbox busy', ERROR)],
+    ids=['permanent', 'temporary'],
+)
 def test_without_pipelining_a_refused_recipient_fails_only_its_own_dispatch(smtp_server, connections, reply, status):
     smtp_server.handler.pipelining = False
     smtp_server.handler.refuse['plain3@example.com'] = reply

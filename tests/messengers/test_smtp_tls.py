@@ -4,6 +4,7 @@ The server's certificate is self-signed, so only ``ca_file`` (or an ``ssl_contex
 trusted; the server requires a client certificate (``ssl.CERT_REQUIRED``), so delivery shows
 that ``ssl_certfile``/``ssl_keyfile`` (or ``EMAIL_SSL_CERTFILE``/``EMAIL_SSL_KEYFILE``) were presented.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -18,7 +19,6 @@ from sitemessage.models import Dispatch, DispatchError
 from sitemessage.sending import send_scheduled_messages
 from sitemessage.shortcuts import schedule_email
 from sitemessage.toolbox import register_messenger_objects
-
 from tests.conftest import Mailbox
 from tests.smtp_handlers import loopback_controller
 
@@ -40,8 +40,24 @@ class CertMailbox(Mailbox):
 
 def make_cert(folder, name, common_name, san=None):
     cert, key = folder / f'{name}.pem', folder / f'{name}.key'
-    command = [shutil.which('openssl'), 'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1',
-               '-nodes', '-keyout', str(key), '-out', str(cert), '-days', '2', '-subj', f'/CN={common_name}']
+    command = [
+        shutil.which('openssl'),
+        'req',
+        '-x509',
+        '-newkey',
+        'ec',
+        '-pkeyopt',
+        'ec_paramgen_curve:prime256v1',
+        '-nodes',
+        '-keyout',
+        str(key),
+        '-out',
+        str(cert),
+        '-days',
+        '2',
+        '-subj',
+        f'/CN={common_name}',
+    ]
     if san:
         command += ['-addext', f'subjectAltName={san}']
     subprocess.run(command, check=True, capture_output=True)

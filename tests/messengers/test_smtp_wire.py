@@ -3,6 +3,7 @@
 Rows are queued as 1.4.0 or a raw insert could leave them (updated through the models, past any
 check at scheduling time); assertions are on the bytes the aiosmtpd server received.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -12,7 +13,6 @@ from sitemessage.models import Dispatch, DispatchError, Message
 from sitemessage.sending import send_scheduled_messages
 from sitemessage.shortcuts import schedule_email
 from sitemessage.toolbox import register_messenger_objects
-
 from tests.conftest import Mailbox
 from tests.smtp_handlers import loopback_controller
 
@@ -75,6 +75,7 @@ def ascii_server():
 
 
 # International addresses ----------------------------------------------------------------------------
+
 
 def test_idn_domain_goes_as_punycode_in_envelope_and_header(smtp_server):
     use_server(smtp_server)
@@ -192,9 +193,10 @@ def test_sender_naming_two_addresses_is_refused(smtp_server):
 def test_test_message_to_a_hostile_address_is_refused_before_the_wire(smtp_server):
     from sitemessage.exceptions import PermanentDeliveryError
     from sitemessage.toolbox import send_test_message
+
     use_server(smtp_server)
 
-    with pytest.raises(PermanentDeliveryError, match="names 2 addresses"):
+    with pytest.raises(PermanentDeliveryError, match='names 2 addresses'):
         send_test_message('smtp', to='probe@example.com, evil@attacker.test')
     with pytest.raises(PermanentDeliveryError, match=r"'probe@example.com\\r\\nBcc: evil@attacker.test'"):
         send_test_message('smtp', to='probe@example.com\r\nBcc: evil@attacker.test')
@@ -213,8 +215,11 @@ class FaultyMessenger(SMTPMessenger):
 
 @pytest.mark.parametrize('connections', [1, 4])
 def test_an_unexpected_exception_is_that_dispatchs_outcome_and_the_batch_goes_on(utf8_server, connections):
-    register_messenger_objects(FaultyMessenger('robot@example.com', host='127.0.0.1', port=utf8_server.port,
-                                               timeout=5, connections=connections))
+    register_messenger_objects(
+        FaultyMessenger(
+            'robot@example.com', host='127.0.0.1', port=utf8_server.port, timeout=5, connections=connections
+        )
+    )
     good = good_batch(25)
     schedule_email('Boom\n', 'bööm@example.com', subject='Boom')
     good += [f'late{number}@example.com' for number in range(25)]

@@ -3,6 +3,7 @@
 The imitation answers as https://core.telegram.org/bots/api documents: ``{"ok": true, "result": ...}``
 or ``{"ok": false, "error_code": N, "description": "...", "parameters": {...}}``.
 """
+
 import logging
 from datetime import timedelta
 from io import StringIO
@@ -11,11 +12,9 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from sitemessage.exceptions import (
-    MessengerException, MessengerWarmupException, SiteMessageConfigurationError)
+from sitemessage.exceptions import MessengerException, MessengerWarmupException, SiteMessageConfigurationError
 from sitemessage.messengers import telegram
-from sitemessage.messengers.telegram import (
-    TelegramMessenger, TelegramMessengerException, split_text, utf16_length)
+from sitemessage.messengers.telegram import TelegramMessenger, TelegramMessengerException, split_text, utf16_length
 from sitemessage.models import Dispatch, DispatchError
 from sitemessage.toolbox import recipients, schedule_messages, send_scheduled_messages
 from sitemessage.utils import register_messenger_objects
@@ -61,8 +60,12 @@ class BotAPI:
         if reply is not None:
             return reply
         self.delivered.append(body)
-        result = {'message_id': len(self.delivered), 'date': 1700000000, 'text': body['text'],
-                  'chat': {'id': body['chat_id'], 'type': 'private'}}
+        result = {
+            'message_id': len(self.delivered),
+            'date': 1700000000,
+            'text': body['text'],
+            'chat': {'id': body['chat_id'], 'type': 'private'},
+        }
         return Reply(200, {'ok': True, 'result': result})
 
     def script(self, chat_id, *replies):
@@ -102,8 +105,8 @@ def error_texts():
 
 # The contract ------------------------------------------------------------------------------------
 
-class TestTelegramContract(MessengerContract):
 
+class TestTelegramContract(MessengerContract):
     secrets = [TOKEN]
 
     @pytest.fixture(autouse=True)
@@ -142,8 +145,9 @@ def test_each_dispatch_is_a_json_send_message_with_only_chat_id_and_text_by_defa
     send_scheduled_messages()
 
     assert statuses() == [Dispatch.DISPATCH_STATUS_SENT] * 3
-    assert [(r.method, r.path) for r in api_server.requests] == [
-        ('POST', f'{BOT}/getMe')] + [('POST', f'{BOT}/sendMessage')] * 3
+    assert [(r.method, r.path) for r in api_server.requests] == [('POST', f'{BOT}/getMe')] + [
+        ('POST', f'{BOT}/sendMessage')
+    ] * 3
     assert bot.sends() == [
         {'chat_id': 12345678, 'text': 'Hi there!'},
         {'chat_id': '@mychannel', 'text': 'Hi there!'},
@@ -154,22 +158,35 @@ def test_each_dispatch_is_a_json_send_message_with_only_chat_id_and_text_by_defa
     assert send.headers['User-Agent'].startswith('django-sitemessage/')
 
 
-@pytest.mark.parametrize('link_preview, options', [
-    (False, {'is_disabled': True}),
-    (True, {'is_disabled': False}),
-    ({'url': 'https://example.com/', 'prefer_small_media': True},
-     {'url': 'https://example.com/', 'prefer_small_media': True}),
-])
+@pytest.mark.parametrize(
+    'link_preview, options',
+    [
+        (False, {'is_disabled': True}),
+        (True, {'is_disabled': False}),
+        (
+            {'url': 'https://example.com/', 'prefer_small_media': True},
+            {'url': 'https://example.com/', 'prefer_small_media': True},
+        ),
+    ],
+)
 def test_configured_defaults_go_with_every_message(api_server, bot, link_preview, options):
-    make_messenger(api_server, parse_mode='HTML', disable_notification=True, message_thread_id=42,
-                   link_preview=link_preview)
+    make_messenger(
+        api_server, parse_mode='HTML', disable_notification=True, message_thread_id=42, link_preview=link_preview
+    )
     schedule_messages('<b>Hi</b>', recipients('telegram', '12345678'))
 
     send_scheduled_messages()
 
-    assert bot.sends() == [{'chat_id': 12345678, 'text': '<b>Hi</b>', 'parse_mode': 'HTML',
-                            'disable_notification': True, 'message_thread_id': 42,
-                            'link_preview_options': options}]
+    assert bot.sends() == [
+        {
+            'chat_id': 12345678,
+            'text': '<b>Hi</b>',
+            'parse_mode': 'HTML',
+            'disable_notification': True,
+            'message_thread_id': 42,
+            'link_preview_options': options,
+        }
+    ]
 
 
 def test_disable_notification_false_is_sent_as_given(api_server, bot):
@@ -220,6 +237,7 @@ def test_a_user_without_a_chat_id_fails_without_a_request(api_server, bot, user)
 
 # Long texts --------------------------------------------------------------------------------------
 
+
 def test_a_text_over_4096_characters_goes_as_several_messages_and_the_dispatch_is_sent_once(api_server, bot):
     paragraph = ('word ' * 99 + 'end.').strip()  # 499 characters
     text = '\n\n'.join([paragraph] * 12)  # 6010 characters
@@ -263,7 +281,7 @@ def test_split_text_prefers_paragraphs_then_lines_then_spaces_then_a_hard_cut():
 
 
 def test_split_text_counts_utf16_units_as_telegram_does():
-    text = '\U0001F600' * 3000  # each emoji is two UTF-16 units: 6000 units
+    text = '\U0001f600' * 3000  # each emoji is two UTF-16 units: 6000 units
     parts = split_text(text)
     assert ''.join(parts) == text
     assert [utf16_length(part) for part in parts] == [4096, 1904]
@@ -277,13 +295,18 @@ def test_a_paragraph_break_early_in_the_window_does_not_make_a_tiny_part():
 
 # Errors ------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize('reply', [
-    BLOCKED,
-    failure(403, 'Forbidden: user is deactivated'),
-    failure(403, 'Forbidden: bot was kicked from the group chat'),
-    CHAT_NOT_FOUND,
-    failure(400, "Bad Request: can't parse entities: Unsupported start tag \"foo\" at byte offset 0"),
-], ids=['blocked', 'deactivated', 'kicked', 'chat-not-found', 'bad-request'])
+
+@pytest.mark.parametrize(
+    'reply',
+    [
+        BLOCKED,
+        failure(403, 'Forbidden: user is deactivated'),
+        failure(403, 'Forbidden: bot was kicked from the group chat'),
+        CHAT_NOT_FOUND,
+        failure(400, 'Bad Request: can\'t parse entities: Unsupported start tag "foo" at byte offset 0'),
+    ],
+    ids=['blocked', 'deactivated', 'kicked', 'chat-not-found', 'bad-request'],
+)
 def test_refusals_for_a_chat_fail_the_dispatch_at_once_with_the_service_description(api_server, bot, reply):
     make_messenger(api_server)
     bot.script('1', reply)
@@ -299,8 +322,10 @@ def test_refusals_for_a_chat_fail_the_dispatch_at_once_with_the_service_descript
 
 def test_a_group_upgraded_to_a_supergroup_fails_naming_the_new_chat_id(api_server, bot):
     make_messenger(api_server)
-    bot.script('-100', failure(400, 'Bad Request: group chat was upgraded to a supergroup chat',
-                               migrate_to_chat_id=-1009876543210))
+    bot.script(
+        '-100',
+        failure(400, 'Bad Request: group chat was upgraded to a supergroup chat', migrate_to_chat_id=-1009876543210),
+    )
     schedule_messages('Hi', recipients('telegram', '-100'))
 
     send_scheduled_messages()
@@ -309,11 +334,15 @@ def test_a_group_upgraded_to_a_supergroup_fails_naming_the_new_chat_id(api_serve
     assert 'the chat moved to -1009876543210' in error_texts()[0]
 
 
-@pytest.mark.parametrize('reply', [
-    SERVER_ERROR,
-    Reply(502, '<html>Bad Gateway</html>'),
-    failure(401, 'Unauthorized'),  # the token was revoked mid-batch: not this chat's fault
-], ids=['500', '502-html', '401'])
+@pytest.mark.parametrize(
+    'reply',
+    [
+        SERVER_ERROR,
+        Reply(502, '<html>Bad Gateway</html>'),
+        failure(401, 'Unauthorized'),  # the token was revoked mid-batch: not this chat's fault
+    ],
+    ids=['500', '502-html', '401'],
+)
 def test_server_side_and_bot_wide_errors_are_retried(api_server, bot, reply):
     make_messenger(api_server)
     bot.script('1', reply)
@@ -414,8 +443,7 @@ def test_the_longest_wait_is_a_class_attribute(api_server, bot, no_sleep):
 
 
 def test_a_429_on_get_me_defers_the_batch_without_counting_an_attempt(api_server, bot, no_sleep):
-    api_server.routes[('POST', f'{BOT}/getMe')] = failure(429, 'Too Many Requests: retry after 60',
-                                                          retry_after=60)
+    api_server.routes[('POST', f'{BOT}/getMe')] = failure(429, 'Too Many Requests: retry after 60', retry_after=60)
     make_messenger(api_server)
     schedule_messages('Hi', recipients('telegram', ['1', '2']))
 
@@ -427,6 +455,7 @@ def test_a_429_on_get_me_defers_the_batch_without_counting_an_attempt(api_server
 
 
 # Secrets -----------------------------------------------------------------------------------------
+
 
 def test_the_token_never_reaches_error_texts_even_when_echoed(api_server, bot):
     make_messenger(api_server)
@@ -472,12 +501,14 @@ def test_the_token_is_scrubbed_from_urllib3_debug_logs(api_server, bot, caplog):
 
 # Proxies -----------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize('callable_proxy', [False, True], ids=['dict', 'callable'])
 def test_requests_go_through_the_configured_proxy(api_server, bot, callable_proxy):
     # The local server acts as the HTTP proxy: requests sends it the absolute URL.
     proxy = {'http': api_server.url}
-    make_messenger(api_server, proxy=(lambda: proxy) if callable_proxy else proxy,
-                   api_url='http://api.telegram.invalid')
+    make_messenger(
+        api_server, proxy=(lambda: proxy) if callable_proxy else proxy, api_url='http://api.telegram.invalid'
+    )
     schedule_messages('Hi', recipients('telegram', '1'))
 
     send_scheduled_messages()
@@ -488,6 +519,7 @@ def test_requests_go_through_the_configured_proxy(api_server, bot, callable_prox
 
 
 # Updates -----------------------------------------------------------------------------------------
+
 
 def update(update_id, kind='message', chat_id=1, **fields):
     message = {'message_id': update_id, 'date': 1700000000, 'chat': {'id': chat_id, 'type': 'private'}, **fields}
@@ -506,14 +538,18 @@ def test_get_updates_returns_updates_and_acknowledges_them_on_the_next_call(api_
     assert messenger.get_updates(offset=5, timeout=1) == []
 
     assert [r.json for r in api_server.find(f'{BOT}/getUpdates')] == [
-        {'timeout': 0}, {'offset': 12, 'timeout': 0}, {'offset': 5, 'timeout': 1}]
+        {'timeout': 0},
+        {'offset': 12, 'timeout': 0},
+        {'offset': 5, 'timeout': 1},
+    ]
     assert api_server.find(f'{BOT}/getMe') == []
 
 
 def test_get_updates_reports_the_service_error(api_server):
     api_server.routes[('POST', f'{BOT}/getUpdates')] = failure(
-        409, "Conflict: can't use getUpdates method while webhook is active; use deleteWebhook to delete "
-             'the webhook first')
+        409,
+        "Conflict: can't use getUpdates method while webhook is active; use deleteWebhook to delete the webhook first",
+    )
     messenger = TelegramMessenger(TOKEN, api_url=api_server.url, timeout=5)
 
     with pytest.raises(TelegramMessengerException, match='use deleteWebhook') as caught:
@@ -553,12 +589,12 @@ def test_get_chat_ids_of_no_updates_is_empty(api_server):
 
 # 1.4.0 helpers and construction -------------------------------------------------------------------
 
+
 def test_send_command_and_verify_bot_return_the_result(api_server, bot):
     messenger = TelegramMessenger(TOKEN, api_url=api_server.url)
 
     assert messenger._verify_bot() == BOT_USER
-    assert messenger._send_command('sendMessage', {'chat_id': 5, 'text': 'x'})['chat'] == {
-        'id': 5, 'type': 'private'}
+    assert messenger._send_command('sendMessage', {'chat_id': 5, 'text': 'x'})['chat'] == {'id': 5, 'type': 'private'}
     api_server.routes[('POST', f'{BOT}/noSuchMethod')] = failure(404, 'Not Found')
     with pytest.raises(TelegramMessengerException, match='Not Found') as caught:
         messenger._send_command('noSuchMethod')
@@ -569,7 +605,10 @@ def test_identity_and_documented_constructor():
     messenger = TelegramMessenger('token', proxy={'https': 'socks5://user:pass@host:port'})
 
     assert (TelegramMessenger.alias, str(TelegramMessenger.title), TelegramMessenger.address_attr) == (
-        'telegram', 'Telegram', 'telegram')
+        'telegram',
+        'Telegram',
+        'telegram',
+    )
     assert messenger.auth_token == 'token' and messenger.proxy == {'https': 'socks5://user:pass@host:port'}
     assert messenger.api_url == 'https://api.telegram.org'
     assert issubclass(TelegramMessengerException, MessengerException)
@@ -583,6 +622,7 @@ def test_a_missing_requests_package_names_the_extra(monkeypatch):
 
 
 # Probing -----------------------------------------------------------------------------------------
+
 
 def test_probe_command_sends_to_the_given_chat_and_prints_the_result(api_server, bot):
     make_messenger(api_server)

@@ -5,6 +5,7 @@ it recomputes the HMAC-SHA1 signature over the signature base string (method, ba
 and query parameters; a JSON body is not part of it) with an independent implementation, and
 answers 401 when it does not match, as X documents.
 """
+
 from __future__ import annotations
 
 import base64
@@ -37,13 +38,17 @@ ACCESS_TOKEN_SECRET = 'access-token-secret-Cd4'
 SECRETS = [API_KEY, API_SECRET, ACCESS_TOKEN, ACCESS_TOKEN_SECRET]
 
 UNAUTHORIZED = {'title': 'Unauthorized', 'type': 'about:blank', 'status': 401, 'detail': 'Unauthorized'}
-DUPLICATE = {'title': 'Forbidden', 'type': 'about:blank', 'status': 403,
-             'detail': 'You are not allowed to create a Tweet with duplicate content.'}
-UNAVAILABLE = {'title': 'Service Unavailable', 'type': 'about:blank', 'status': 503,
-               'detail': 'Service Unavailable'}
+DUPLICATE = {
+    'title': 'Forbidden',
+    'type': 'about:blank',
+    'status': 403,
+    'detail': 'You are not allowed to create a Tweet with duplicate content.',
+}
+UNAVAILABLE = {'title': 'Service Unavailable', 'type': 'about:blank', 'status': 503, 'detail': 'Service Unavailable'}
 
 
 # An independent OAuth 1.0a (RFC 5849) HMAC-SHA1 check, as the service performs it ----------------
+
 
 def _pct(value: str) -> str:
     return quote(value, safe='~')  # RFC 5849 3.6: only unreserved characters stay as they are
@@ -53,7 +58,7 @@ def oauth_params(request: RecordedRequest) -> Dict[str, str]:
     header = request.headers.get('Authorization', '')
     assert header.startswith('OAuth '), f'no OAuth Authorization header: {header!r}'
     params = {}
-    for part in header[len('OAuth '):].split(','):
+    for part in header[len('OAuth ') :].split(','):
         key, _, value = part.strip().partition('=')
         params[unquote(key)] = unquote(value.strip('"'))
     return params
@@ -91,17 +96,23 @@ class FakeX:
 
     def refused_auth(self, request: RecordedRequest) -> Optional[Reply]:
         oauth = oauth_params(request)
-        if (oauth.get('oauth_consumer_key') != API_KEY or oauth.get('oauth_token') != ACCESS_TOKEN
-                or oauth.get('oauth_signature_method') != 'HMAC-SHA1' or oauth.get('oauth_version') != '1.0'
-                or abs(int(oauth['oauth_timestamp']) - time.time()) > 300 or oauth['oauth_nonce'] in self.nonces
-                or not signature_is_valid(request, API_SECRET, self.token_secret)):
+        if (
+            oauth.get('oauth_consumer_key') != API_KEY
+            or oauth.get('oauth_token') != ACCESS_TOKEN
+            or oauth.get('oauth_signature_method') != 'HMAC-SHA1'
+            or oauth.get('oauth_version') != '1.0'
+            or abs(int(oauth['oauth_timestamp']) - time.time()) > 300
+            or oauth['oauth_nonce'] in self.nonces
+            or not signature_is_valid(request, API_SECRET, self.token_secret)
+        ):
             return Reply(401, UNAUTHORIZED)
         self.nonces.add(oauth['oauth_nonce'])
         return None
 
     def users_me(self, request: RecordedRequest) -> Reply:
-        return self.refused_auth(request) or Reply(200, {'data': {'id': '2244994945', 'name': 'Robot',
-                                                                  'username': 'robot'}})
+        return self.refused_auth(request) or Reply(
+            200, {'data': {'id': '2244994945', 'name': 'Robot', 'username': 'robot'}}
+        )
 
     def create_tweet(self, request: RecordedRequest) -> Reply:
         refused = self.refused_auth(request)
@@ -147,8 +158,8 @@ def error_texts() -> str:
 
 # The contract ---------------------------------------------------------------------------------------
 
-class TestTwitterContract(MessengerContract):
 
+class TestTwitterContract(MessengerContract):
     secrets = SECRETS
 
     @pytest.fixture(autouse=True)
@@ -157,8 +168,15 @@ class TestTwitterContract(MessengerContract):
 
     def make_messenger(self):
         # Verifying credentials makes the warm-up ask X, so breaking the token breaks the warm-up.
-        self.messenger = TwitterMessenger(API_KEY, API_SECRET, ACCESS_TOKEN, ACCESS_TOKEN_SECRET,
-                                          api_url=self.x.url, timeout=5, verify_credentials=True)
+        self.messenger = TwitterMessenger(
+            API_KEY,
+            API_SECRET,
+            ACCESS_TOKEN,
+            ACCESS_TOKEN_SECRET,
+            api_url=self.x.url,
+            timeout=5,
+            verify_credentials=True,
+        )
         return self.messenger
 
     def good_address(self, index):
@@ -179,15 +197,26 @@ class TestTwitterContract(MessengerContract):
 
 # What goes on the wire ------------------------------------------------------------------------------
 
+
 def test_signature_check_used_here_reproduces_x_documented_example():
     # "Creating a signature" in X's OAuth 1.0a docs: these inputs give hCtSmYh+iHYCEqBWrE7C7hYmtUk=.
-    params = [('include_entities', 'true'), ('oauth_consumer_key', 'xvz1evFS4wEEPTGEFPHBog'),
-              ('oauth_nonce', 'kYjzVBB8Y0ZFabxSWbWovY3uYSQ2pTgmZeNu2VS4cg'), ('oauth_signature_method', 'HMAC-SHA1'),
-              ('oauth_timestamp', '1318622958'), ('oauth_token', '370773112-GmHxMAgYyLbNEtIKZeRNFsMKPR9EyMZeS9weJAEb'),
-              ('oauth_version', '1.0'), ('status', 'Hello Ladies + Gentlemen, a signed OAuth request!')]
-    signature = hmac_sha1_signature('POST', 'https://api.twitter.com/1.1/statuses/update.json', params,
-                                    'kAcSOqF21Fu85e7zjz7ZN2U4ZRhfV3WpwPAoE3Z7kBw',
-                                    'LswwdoUaIvS8ltyTt5jkRh4J50vUPVVHtR2YPi5kE')
+    params = [
+        ('include_entities', 'true'),
+        ('oauth_consumer_key', 'xvz1evFS4wEEPTGEFPHBog'),
+        ('oauth_nonce', 'kYjzVBB8Y0ZFabxSWbWovY3uYSQ2pTgmZeNu2VS4cg'),
+        ('oauth_signature_method', 'HMAC-SHA1'),
+        ('oauth_timestamp', '1318622958'),
+        ('oauth_token', '370773112-GmHxMAgYyLbNEtIKZeRNFsMKPR9EyMZeS9weJAEb'),
+        ('oauth_version', '1.0'),
+        ('status', 'Hello Ladies + Gentlemen, a signed OAuth request!'),
+    ]
+    signature = hmac_sha1_signature(
+        'POST',
+        'https://api.twitter.com/1.1/statuses/update.json',
+        params,
+        'kAcSOqF21Fu85e7zjz7ZN2U4ZRhfV3WpwPAoE3Z7kBw',
+        'LswwdoUaIvS8ltyTt5jkRh4J50vUPVVHtR2YPi5kE',
+    )
     assert signature == 'hCtSmYh+iHYCEqBWrE7C7hYmtUk='
 
 
@@ -228,8 +257,9 @@ def test_scheduled_tweets_are_posted_each_with_a_fresh_signature(x_api):
     send_scheduled_messages()
 
     assert [d.dispatch_status for d in dispatches()] == [Dispatch.DISPATCH_STATUS_SENT] * 3
-    assert sorted(x_api.posted) == sorted(['@idlesign Hey, that is my tweet for you.',
-                                           '@other Hey, that is my tweet for you.', 'My tweet.'])
+    assert sorted(x_api.posted) == sorted(
+        ['@idlesign Hey, that is my tweet for you.', '@other Hey, that is my tweet for you.', 'My tweet.']
+    )
     nonces = [oauth_params(r)['oauth_nonce'] for r in x_api.tweet_requests()]
     assert len(set(nonces)) == 3
 
@@ -255,6 +285,7 @@ def test_user_without_a_twitter_handle_is_not_posted_publicly(x_api, user):
 
 
 # Warm-up ------------------------------------------------------------------------------------------
+
 
 def test_warm_up_makes_no_request_unless_asked_to_verify(x_api):
     make_twitter(x_api).before_send()
@@ -289,6 +320,7 @@ def test_verified_warm_up_reports_x_refusal_without_secrets(x_api):
 
 
 # Limits -------------------------------------------------------------------------------------------
+
 
 def test_post_over_280_characters_fails_without_a_request(x_api):
     make_twitter(x_api)
@@ -333,6 +365,7 @@ def test_max_length_none_leaves_the_limit_to_x(x_api):
 
 # Error mapping ------------------------------------------------------------------------------------
 
+
 def test_duplicate_content_fails_that_dispatch_with_x_own_words(x_api):
     make_twitter(x_api).send_test_message('', 'same words')
     schedule('same words', '')
@@ -342,13 +375,15 @@ def test_duplicate_content_fails_that_dispatch_with_x_own_words(x_api):
     duplicate, other = dispatches()
     assert duplicate.dispatch_status == Dispatch.DISPATCH_STATUS_FAILED
     assert other.dispatch_status == Dispatch.DISPATCH_STATUS_SENT
-    assert error_texts() == ('Tweet: HTTP 403: Forbidden: '
-                             'You are not allowed to create a Tweet with duplicate content.')
+    assert error_texts() == (
+        'Tweet: HTTP 403: Forbidden: You are not allowed to create a Tweet with duplicate content.'
+    )
 
 
 def test_errors_array_is_reported_with_codes(x_api, api_server):
-    api_server.routes[('POST', '/2/tweets')] = Reply(400, {'errors': [
-        {'message': 'Status is a duplicate.', 'code': 187}]})
+    api_server.routes[('POST', '/2/tweets')] = Reply(
+        400, {'errors': [{'message': 'Status is a duplicate.', 'code': 187}]}
+    )
     make_twitter(x_api)
     schedule('old shape', '')
     send_scheduled_messages()
@@ -359,11 +394,11 @@ def test_errors_array_is_reported_with_codes(x_api, api_server):
 
 def test_rate_limit_defers_the_run_until_x_rate_limit_reset(x_api, api_server):
     reset = int(time.time()) + 3600
-    api_server.routes[('POST', '/2/tweets')] = Reply(429, {'title': 'Too Many Requests', 'detail': 'Too Many Requests',
-                                                           'type': 'about:blank', 'status': 429},
-                                                     headers={'x-rate-limit-limit': '100',
-                                                              'x-rate-limit-remaining': '0',
-                                                              'x-rate-limit-reset': str(reset)})
+    api_server.routes[('POST', '/2/tweets')] = Reply(
+        429,
+        {'title': 'Too Many Requests', 'detail': 'Too Many Requests', 'type': 'about:blank', 'status': 429},
+        headers={'x-rate-limit-limit': '100', 'x-rate-limit-remaining': '0', 'x-rate-limit-reset': str(reset)},
+    )
     make_twitter(x_api)
     schedule('first', 'a', 'b')
     schedule('second', 'c')
@@ -382,8 +417,12 @@ def test_rate_limit_defers_the_run_until_x_rate_limit_reset(x_api, api_server):
 
 def test_exhausted_daily_cap_defers_until_its_own_reset():
     now = time.time()
-    headers = {'x-rate-limit-remaining': '99', 'x-rate-limit-reset': str(int(now) + 900),
-               'x-user-limit-24hour-remaining': '0', 'x-user-limit-24hour-reset': str(int(now) + 20000)}
+    headers = {
+        'x-rate-limit-remaining': '99',
+        'x-rate-limit-reset': str(int(now) + 900),
+        'x-user-limit-24hour-remaining': '0',
+        'x-user-limit-24hour-reset': str(int(now) + 20000),
+    }
     assert 19990 <= rate_limit_wait(headers) <= 20000
     assert 29 <= rate_limit_wait({'Retry-After': '30'}) <= 30
     assert rate_limit_wait({}) is None
@@ -405,8 +444,10 @@ def test_rejected_credentials_stop_the_run_and_are_retried_later(x_api):
 
 
 def test_server_error_and_timeout_are_retried(x_api, api_server):
-    api_server.routes[('POST', '/2/tweets')] = [Reply(503, UNAVAILABLE, headers={'Retry-After': '120'}),
-                                                Reply(201, {'data': {'id': '1', 'text': 'late'}}, delay=2)]
+    api_server.routes[('POST', '/2/tweets')] = [
+        Reply(503, UNAVAILABLE, headers={'Retry-After': '120'}),
+        Reply(201, {'data': {'id': '1', 'text': 'late'}}, delay=2),
+    ]
     make_twitter(x_api, timeout=0.5)
     schedule('unlucky', 'a', 'b')
     send_scheduled_messages()
@@ -420,8 +461,14 @@ def test_server_error_and_timeout_are_retried(x_api, api_server):
 
 def test_secrets_echoed_by_the_service_are_redacted(x_api, api_server):
     def echo(request):
-        return Reply(400, {'title': 'Invalid Request', 'detail': f'bad header {request.headers["Authorization"]}'
-                                                                f' and {API_SECRET}/{ACCESS_TOKEN_SECRET}'})
+        return Reply(
+            400,
+            {
+                'title': 'Invalid Request',
+                'detail': f'bad header {request.headers["Authorization"]} and {API_SECRET}/{ACCESS_TOKEN_SECRET}',
+            },
+        )
+
     api_server.routes[('POST', '/2/tweets')] = echo
     make_twitter(x_api)
     schedule('leaky', '')
@@ -435,13 +482,17 @@ def test_secrets_echoed_by_the_service_are_redacted(x_api, api_server):
 
 def test_missing_oauth_library_names_the_pip_extra(monkeypatch):
     from sitemessage import optional
+
     real_find_spec = optional.find_spec
-    monkeypatch.setattr(optional, 'find_spec', lambda name: None if name == 'requests_oauthlib' else real_find_spec(name))
+    monkeypatch.setattr(
+        optional, 'find_spec', lambda name: None if name == 'requests_oauthlib' else real_find_spec(name)
+    )
     with pytest.raises(SiteMessageConfigurationError, match=r'django-sitemessage\[twitter\]'):
         TwitterMessenger(API_KEY, API_SECRET, ACCESS_TOKEN, ACCESS_TOKEN_SECRET)
 
 
 # Probing ------------------------------------------------------------------------------------------
+
 
 def test_probe_command_posts_a_mention(x_api):
     make_twitter(x_api)

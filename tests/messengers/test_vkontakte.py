@@ -4,6 +4,7 @@ The imitation speaks the documented format: ``POST /method/<method>`` form-encod
 ``{"response": ...}`` on success and ``{"error": {"error_code", "error_msg", "request_params"}}``
 on failure, where ``request_params`` echoes the call's parameters, the token among them.
 """
+
 from datetime import timedelta
 from io import StringIO
 
@@ -13,7 +14,9 @@ from django.test import override_settings
 from django.utils import timezone
 
 from sitemessage.exceptions import (
-    MessengerException, PermanentDeliveryError, SiteMessageConfigurationError,
+    MessengerException,
+    PermanentDeliveryError,
+    SiteMessageConfigurationError,
     TemporaryDeliveryError,
 )
 from sitemessage.messengers.vkontakte import VKontakteMessenger, VKontakteMessengerException
@@ -40,8 +43,14 @@ class VKAPI:
         self.server = server
         self.posted = []
         self.refuse = {}  # owner_id -> (error_code, error_msg)
-        server.routes[('POST', USERS_GET)] = Reply(200, {'response': [
-            {'id': 1, 'first_name': 'Pavel', 'last_name': 'D', 'can_access_closed': True, 'is_closed': False}]})
+        server.routes[('POST', USERS_GET)] = Reply(
+            200,
+            {
+                'response': [
+                    {'id': 1, 'first_name': 'Pavel', 'last_name': 'D', 'can_access_closed': True, 'is_closed': False}
+                ]
+            },
+        )
         server.routes[('POST', WALL_POST)] = self.wall_post
 
     def wall_post(self, request):
@@ -74,7 +83,6 @@ def post_once(text='Hello wall', address='12345'):
 
 
 class TestVKontakteContract(MessengerContract):
-
     secrets = [TOKEN]
 
     @pytest.fixture(autouse=True)
@@ -102,6 +110,7 @@ class TestVKontakteContract(MessengerContract):
 
 # The wire format ------------------------------------------------------------------------------
 
+
 @pytest.mark.django_db
 def test_wall_post_is_form_encoded_with_owner_version_and_token(vk, api_server):
     assert post_once('Hello wall', '12345').dispatch_status == Dispatch.DISPATCH_STATUS_SENT
@@ -119,7 +128,8 @@ def test_a_community_wall_gets_from_group(vk, vkapi):
     assert post_once('To the community', '-777').dispatch_status == Dispatch.DISPATCH_STATUS_SENT
 
     assert vkapi.posted == [
-        {'owner_id': '-777', 'message': 'To the community', 'from_group': '1', 'access_token': TOKEN, 'v': '5.199'}]
+        {'owner_id': '-777', 'message': 'To the community', 'from_group': '1', 'access_token': TOKEN, 'v': '5.199'}
+    ]
 
 
 def test_from_group_can_be_forced_either_way(vkapi):
@@ -137,7 +147,9 @@ def test_a_text_that_is_one_url_is_posted_as_attachment(vk, vkapi):
     send_scheduled_messages()
 
     assert [(form.get('attachments'), form.get('message')) for form in vkapi.posted] == [
-        ('https://example.com/news/1', None), (None, 'https://example.com/news/2 is out')]
+        ('https://example.com/news/1', None),
+        (None, 'https://example.com/news/2 is out'),
+    ]
 
 
 def test_defaults_speak_to_the_real_api_with_version_5_199():
@@ -178,19 +190,26 @@ def test_an_address_that_is_not_an_owner_id_fails_without_a_request(vk, vkapi):
 
 # Errors -------------------------------------------------------------------------------------------
 
+
 @pytest.mark.django_db
-@pytest.mark.parametrize('code, message, status', [
-    (6, 'Too many requests per second', Dispatch.DISPATCH_STATUS_ERROR),
-    (9, 'Flood control: too much messages sent to user', Dispatch.DISPATCH_STATUS_ERROR),
-    (10, 'Internal server error', Dispatch.DISPATCH_STATUS_ERROR),
-    (1, 'Unknown error occurred', Dispatch.DISPATCH_STATUS_ERROR),
-    (15, 'Access denied: user hid his wall from accessing from outside', Dispatch.DISPATCH_STATUS_FAILED),
-    (214, 'Access to adding post denied: you can only add posts to your own wall', Dispatch.DISPATCH_STATUS_FAILED),
-    (100, 'One of the parameters specified was missing or invalid: owner_id not integer',
-     Dispatch.DISPATCH_STATUS_FAILED),
-    (113, 'Invalid user id', Dispatch.DISPATCH_STATUS_FAILED),
-    (222, 'Hyperlinks are forbidden', Dispatch.DISPATCH_STATUS_FAILED),
-])
+@pytest.mark.parametrize(
+    'code, message, status',
+    [
+        (6, 'Too many requests per second', Dispatch.DISPATCH_STATUS_ERROR),
+        (9, 'Flood control: too much messages sent to user', Dispatch.DISPATCH_STATUS_ERROR),
+        (10, 'Internal server error', Dispatch.DISPATCH_STATUS_ERROR),
+        (1, 'Unknown error occurred', Dispatch.DISPATCH_STATUS_ERROR),
+        (15, 'Access denied: user hid his wall from accessing from outside', Dispatch.DISPATCH_STATUS_FAILED),
+        (214, 'Access to adding post denied: you can only add posts to your own wall', Dispatch.DISPATCH_STATUS_FAILED),
+        (
+            100,
+            'One of the parameters specified was missing or invalid: owner_id not integer',
+            Dispatch.DISPATCH_STATUS_FAILED,
+        ),
+        (113, 'Invalid user id', Dispatch.DISPATCH_STATUS_FAILED),
+        (222, 'Hyperlinks are forbidden', Dispatch.DISPATCH_STATUS_FAILED),
+    ],
+)
 def test_vk_errors_are_retried_or_failed_by_code(vk, vkapi, code, message, status):
     vkapi.refuse['12345'] = (code, message)
 
@@ -218,7 +237,8 @@ def test_a_token_rejected_on_a_post_is_reported_clearly_and_retried(vk, vkapi):
 
     assert dispatch.dispatch_status == Dispatch.DISPATCH_STATUS_ERROR
     assert DispatchError.objects.get().error_log == (
-        'VKontakte access token invalid or expired: error 5: User authorization failed: access_token has expired.')
+        'VKontakte access token invalid or expired: error 5: User authorization failed: access_token has expired.'
+    )
 
 
 @pytest.mark.django_db
@@ -231,7 +251,8 @@ def test_a_rejected_token_fails_the_warm_up_and_nothing_is_posted(vk, vkapi):
     assert vkapi.server.find(WALL_POST) == []
     assert DispatchError.objects.get().error_log == (
         'Messenger warm-up failed: VKontakte access token invalid or expired: '
-        'error 5: User authorization failed: invalid access_token (4).')
+        'error 5: User authorization failed: invalid access_token (4).'
+    )
 
 
 @pytest.mark.django_db
@@ -263,7 +284,9 @@ def test_http_server_errors_and_timeouts_are_retried(vkapi):
     send_scheduled_messages()
 
     assert list(Dispatch.objects.order_by('pk').values_list('dispatch_status', flat=True)) == [
-        Dispatch.DISPATCH_STATUS_ERROR, Dispatch.DISPATCH_STATUS_ERROR]
+        Dispatch.DISPATCH_STATUS_ERROR,
+        Dispatch.DISPATCH_STATUS_ERROR,
+    ]
     logs = list(DispatchError.objects.order_by('pk').values_list('error_log', flat=True))
     assert logs[0] == 'VKontakte: HTTP 503: Service Unavailable' and 'Timeout' in logs[1]
 
@@ -290,20 +313,24 @@ def test_missing_requests_names_the_pip_extra(monkeypatch):
 
 # Tokens -----------------------------------------------------------------------------------------
 
+
 def test_get_access_token_opens_and_returns_the_authorize_url(monkeypatch):
     opened = []
     monkeypatch.setattr('webbrowser.open', opened.append)
 
     url = VKontakteMessenger.get_access_token(app_id='5123456')
 
-    assert url == ('https://oauth.vk.com/authorize?client_id=5123456&scope=wall,offline&display=page'
-                   '&response_type=token&v=5.199&redirect_uri=https://oauth.vk.com/blank.html')
+    assert url == (
+        'https://oauth.vk.com/authorize?client_id=5123456&scope=wall,offline&display=page'
+        '&response_type=token&v=5.199&redirect_uri=https://oauth.vk.com/blank.html'
+    )
     assert opened == [url]
     with pytest.raises(TypeError):
         VKontakteMessenger.get_access_token('5123456')
 
 
 # Probing ------------------------------------------------------------------------------------------
+
 
 def test_probe_command_posts_to_the_given_wall(vk, vkapi):
     out = StringIO()
@@ -321,7 +348,8 @@ def test_probe_command_reports_vks_own_error_text(vk, vkapi):
         call_command('sitemessage_probe', 'vk', '--to', '-777', stdout=out, stderr=err)
 
     assert 'Error on probe: VKontakte: error 214: Access to adding post denied: access to the wall is closed' in (
-        err.getvalue())
+        err.getvalue()
+    )
     assert TOKEN not in err.getvalue() + out.getvalue()
 
 

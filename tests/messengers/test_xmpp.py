@@ -3,6 +3,7 @@
 The session fixture writes a throw-away Prosody config, registers the accounts with
 ``prosodyctl`` and runs ``prosody`` for the session; it skips only when Prosody is not installed.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -41,7 +42,7 @@ BOT, BOT_PASSWORD = f'bot@{DOMAIN}', 'secret'
 PEERS = {f'alice@{DOMAIN}': 'alicepw', f'carol@{DOMAIN}': 'carolpw', f'dave@{DOMAIN}': 'davepw'}
 ALICE = f'alice@{DOMAIN}'
 
-CONFIG = '''\
+CONFIG = """\
 -- Throw-away Prosody for the sitemessage tests; nothing outside {root} is touched.
 run_as_root = true  -- prosodyctl and prosody must not switch to the `prosody` user
 pidfile = "{root}/prosody.pid"
@@ -67,7 +68,7 @@ VirtualHost "{domain}"
 
 Component "{gateway}"
     component_secret = "never-connected"
-'''
+"""
 
 
 class ProsodyServer(NamedTuple):
@@ -99,18 +100,49 @@ def prosody(tmp_path_factory):
     root = tmp_path_factory.mktemp('prosody')
     (root / 'data').mkdir()
     subprocess.run(
-        ['openssl', 'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2', '-subj', f'/CN={DOMAIN}',
-         '-addext', f'subjectAltName=DNS:{DOMAIN}', '-keyout', str(root / 'localhost.key'),
-         '-out', str(root / 'localhost.crt')], check=True, capture_output=True, timeout=60)
+        [
+            'openssl',
+            'req',
+            '-x509',
+            '-newkey',
+            'rsa:2048',
+            '-nodes',
+            '-days',
+            '2',
+            '-subj',
+            f'/CN={DOMAIN}',
+            '-addext',
+            f'subjectAltName=DNS:{DOMAIN}',
+            '-keyout',
+            str(root / 'localhost.key'),
+            '-out',
+            str(root / 'localhost.crt'),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     # Prosody's configuration must name its ports before it starts.
     server = ProsodyServer(root, free_port(), free_port(), str(root / 'localhost.crt'))
     config = root / 'prosody.cfg.lua'
-    config.write_text(CONFIG.format(root=root, c2s_port=server.port, tls_port=server.tls_port,
-                                    component_port=free_port(), domain=DOMAIN, gateway=GATEWAY))
+    config.write_text(
+        CONFIG.format(
+            root=root,
+            c2s_port=server.port,
+            tls_port=server.tls_port,
+            component_port=free_port(),
+            domain=DOMAIN,
+            gateway=GATEWAY,
+        )
+    )
     for jid, password in {BOT: BOT_PASSWORD, **PEERS}.items():
         user, _, host = jid.partition('@')
-        subprocess.run([ctl, '--config', str(config), 'register', user, host, password],
-                       check=True, capture_output=True, timeout=60)
+        subprocess.run(
+            [ctl, '--config', str(config), 'register', user, host, password],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
     log = root / 'prosody.log'
     with open(root / 'stdout.log', 'wb') as output:
         process = subprocess.Popen([binary, '--config', str(config), '-F'], stdout=output, stderr=subprocess.STDOUT)
@@ -160,10 +192,12 @@ class Peers:
 
     async def _start(self):
         import slixmpp
+
         started = []
         for jid, password in self.accounts.items():
-            client = slixmpp.ClientXMPP(jid, password,
-                                        plugin_config={'feature_mechanisms': {'unencrypted_scram': True}})
+            client = slixmpp.ClientXMPP(
+                jid, password, plugin_config={'feature_mechanisms': {'unencrypted_scram': True}}
+            )
             client.enable_starttls = client.enable_direct_tls = False
             client.enable_plaintext = True
             client.register_plugin('xep_0199')
@@ -187,6 +221,7 @@ class Peers:
     async def _sync(self):
         # The server answers a ping after writing whatever it routed to this stream before it.
         import slixmpp
+
         for client in self.clients:
             try:
                 await client.plugin['xep_0199'].send_ping(DOMAIN, timeout=10)
@@ -204,6 +239,7 @@ class Peers:
     def stop(self):
         async def disconnect():
             await asyncio.gather(*(client.disconnect(wait=2) for client in self.clients), return_exceptions=True)
+
         try:
             self.call(disconnect())
         finally:
@@ -294,8 +330,13 @@ def relay(prosody):
 def make_messenger(prosody, **kwargs) -> XMPPSleekMessenger:
     kwargs.setdefault('ca_certs', prosody.ca_file)
     kwargs.setdefault('timeout', 5)
-    return XMPPSleekMessenger(kwargs.pop('from_jid', BOT), kwargs.pop('password', BOT_PASSWORD), '127.0.0.1',
-                              kwargs.pop('port', prosody.port), **kwargs)
+    return XMPPSleekMessenger(
+        kwargs.pop('from_jid', BOT),
+        kwargs.pop('password', BOT_PASSWORD),
+        '127.0.0.1',
+        kwargs.pop('port', prosody.port),
+        **kwargs,
+    )
 
 
 @pytest.fixture
@@ -428,8 +469,11 @@ def test_wrong_password_is_a_warm_up_error_with_the_servers_reason(prosody):
 
 def test_refused_connection_is_a_warm_up_error(prosody):
     port = free_port()
-    with pytest.raises(MessengerWarmupException, match=rf'cannot connect to 127\.0\.0\.1:{port}: .*refused|'
-                                                       rf'cannot connect to 127\.0\.0\.1:{port}: .*Connect call failed'):
+    with pytest.raises(
+        MessengerWarmupException,
+        match=rf'cannot connect to 127\.0\.0\.1:{port}: .*refused|'
+        rf'cannot connect to 127\.0\.0\.1:{port}: .*Connect call failed',
+    ):
         make_messenger(prosody, port=port).before_send()
     assert xmpp_threads() == []
 
@@ -442,19 +486,27 @@ def test_use_tls_verifies_the_servers_certificate(prosody):
 
 def test_use_tls_refuses_to_log_in_when_starttls_was_stripped(prosody, relay):
     # A man in the middle removes STARTTLS from the server's stream features (a downgrade).
-    front = relay(rewrite=lambda data: re.sub(rb'<starttls xmlns=.urn:ietf:params:xml:ns:xmpp-tls.(/>|>.*?</starttls>)',
-                                              b'', data))
+    front = relay(
+        rewrite=lambda data: re.sub(
+            rb'<starttls xmlns=.urn:ietf:params:xml:ns:xmpp-tls.(/>|>.*?</starttls>)', b'', data
+        )
+    )
     with pytest.raises(MessengerWarmupException) as caught:
         make_messenger(prosody, port=front.port).before_send()
-    assert str(caught.value) == (f'XMPP Error: 127.0.0.1:{front.port} does not offer STARTTLS, but use_tls is set; '
-                                 'refusing to log in in plain text')
+    assert str(caught.value) == (
+        f'XMPP Error: 127.0.0.1:{front.port} does not offer STARTTLS, but use_tls is set; '
+        'refusing to log in in plain text'
+    )
 
 
-@pytest.mark.parametrize('options, encrypted', [
-    ({}, True),  # STARTTLS (use_tls=True, the default)
-    ({'use_ssl': True}, True),  # direct TLS
-    ({'use_tls': False}, False),  # plain text, asked for explicitly
-])
+@pytest.mark.parametrize(
+    'options, encrypted',
+    [
+        ({}, True),  # STARTTLS (use_tls=True, the default)
+        ({'use_ssl': True}, True),  # direct TLS
+        ({'use_tls': False}, False),  # plain text, asked for explicitly
+    ],
+)
 def test_stream_is_encrypted_as_configured_and_delivers(prosody, peers, options, encrypted):
     if options.get('use_ssl'):
         options['port'] = prosody.tls_port
@@ -473,7 +525,9 @@ def test_jabber_shortcut_schedules_for_this_messenger(messenger, peers):
     send_scheduled_messages()
     assert statuses() == [SENT, SENT]
     assert sorted((item.to, item.text) for item in peers.received()) == [
-        (ALICE, 'Via the shortcut'), (f'dave@{DOMAIN}', 'Via the shortcut')]
+        (ALICE, 'Via the shortcut'),
+        (f'dave@{DOMAIN}', 'Via the shortcut'),
+    ]
 
 
 def test_invalid_jid_fails_naming_it_and_others_are_sent(messenger, peers):
@@ -489,9 +543,12 @@ def test_server_refusals_are_mapped_by_error_type(messenger, peers):
     send_scheduled_messages()
     assert statuses() == [FAILED, ERROR, SENT]
     assert error_of(f'nobody@{DOMAIN}') == (
-        f'XMPP Error: the server refused the message to `nobody@{DOMAIN}`: service-unavailable (cancel)')
-    assert error_of(f'someone@{GATEWAY}') == (f'XMPP Error: the server refused the message to `someone@{GATEWAY}`: '
-                                            'remote-server-timeout (wait): Component unavailable')
+        f'XMPP Error: the server refused the message to `nobody@{DOMAIN}`: service-unavailable (cancel)'
+    )
+    assert error_of(f'someone@{GATEWAY}') == (
+        f'XMPP Error: the server refused the message to `someone@{GATEWAY}`: '
+        'remote-server-timeout (wait): Component unavailable'
+    )
     assert DispatchError.objects.count() == 2
 
 
@@ -565,7 +622,10 @@ def test_constructor_keeps_the_documented_signature_and_identity():
     messenger = XMPPSleekMessenger('bot@example.com', 'pw')
     assert (messenger.host, messenger.port, messenger.use_tls, messenger.use_ssl) == ('localhost', 5222, True, False)
     assert (XMPPSleekMessenger.alias, str(XMPPSleekMessenger.title), XMPPSleekMessenger.address_attr) == (
-        'xmppsleek', 'XMPP', 'jabber')
+        'xmppsleek',
+        'XMPP',
+        'jabber',
+    )
     assert messenger.xmpp is None and messenger._session_started is False
 
 
@@ -576,6 +636,8 @@ def test_invalid_sender_jid_is_a_configuration_error():
 
 def test_missing_slixmpp_names_the_pip_extra():
     # A None entry in sys.modules is how Python marks a module that cannot be imported.
-    with mock.patch.dict(sys.modules, {'slixmpp': None}), \
-            pytest.raises(SiteMessageConfigurationError, match=r'pip install "django-sitemessage\[xmpp\]"'):
+    with (
+        mock.patch.dict(sys.modules, {'slixmpp': None}),
+        pytest.raises(SiteMessageConfigurationError, match=r'pip install "django-sitemessage\[xmpp\]"'),
+    ):
         XMPPSleekMessenger('bot@example.com', 'pw')

@@ -1,4 +1,5 @@
 """The project app of tests/process_settings.py: registers an SMTP messenger for the local sink."""
+
 import os
 
 if os.environ.get('SITEMESSAGE_CELERY_BROKER'):

@@ -1,8 +1,8 @@
 """Discovered at start-up like a project's module: registers the test messengers and types."""
+
 from sitemessage.messages.base import MessageBase
 from sitemessage.messages.plain import PlainTextMessage
 from sitemessage.toolbox import register_message_types, register_messenger_objects
-
 from tests.fakes import FakeMessenger
 
 

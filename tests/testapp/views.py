@@ -1,4 +1,5 @@
 """A preferences page as the documentation writes it (used by the view and browser tests)."""
+
 from django.http import HttpResponseForbidden
 from django.shortcuts import redirect, render
 

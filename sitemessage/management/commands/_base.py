@@ -11,6 +11,7 @@ Exit statuses (see docs/commands.rst):
   refused, timeout, TLS or AUTH refused), or a dispatch names an unknown messenger or message type;
 * 4 -- some dispatches errored (retried later) or failed (given up); ``--ok-on-errors`` makes it 0.
 """
+
 import traceback
 from argparse import RawDescriptionHelpFormatter
 

@@ -5,17 +5,25 @@ from ._base import SitemessageCommand
 
 
 class Command(SitemessageCommand):
-
     help = 'Removes sent dispatches from DB.'
     verb = 'cleanup'
 
     def add_arguments(self, parser: CommandParser):
         parser.add_argument(
-            '--ago', action='store', dest='ago', default=None, type=int,
-            help='Allows to delete dispatches sent at least the given number of days ago.')
+            '--ago',
+            action='store',
+            dest='ago',
+            default=None,
+            type=int,
+            help='Allows to delete dispatches sent at least the given number of days ago.',
+        )
         parser.add_argument(
-            '--dispatches_only', action='store_true', dest='dispatches_only', default=False,
-            help='Remove dispatches only, keeping the messages.')
+            '--dispatches_only',
+            action='store_true',
+            dest='dispatches_only',
+            default=False,
+            help='Remove dispatches only, keeping the messages.',
+        )
 
     def run(self, ago=None, dispatches_only=False, **options):
         suffix = []

@@ -5,14 +5,14 @@ from ._base import SitemessageCommand
 
 
 class Command(SitemessageCommand):
-
     help = 'Sends a test message through a messenger to check its configuration.'
     verb = 'probe'
 
     def add_arguments(self, parser: CommandParser):
         parser.add_argument('messenger', metavar='MESSENGER', help='Messenger alias to probe.')
-        parser.add_argument('--to', action='store', dest='to', default=None,
-                            help='Recipient address (if supported by messenger).')
+        parser.add_argument(
+            '--to', action='store', dest='to', default=None, help='Recipient address (if supported by messenger).'
+        )
 
     def run(self, messenger=None, to=None, **options):
         self.stdout.write(f'Sending test message using {messenger} ...\n')

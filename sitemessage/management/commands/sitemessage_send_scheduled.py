@@ -1,13 +1,14 @@
 from django.core.management.base import CommandParser
 
-from ...progress import Progress
 from ...delivery.run import send_scheduled_messages
+from ...progress import Progress
 from ._base import EXIT_STATUSES_HELP, UNKNOWN_ALIAS_ERRORS, SitemessageCommand
 from ._outcome import add_outcome_arguments, exit_with_outcome, prepare, unreachable_lines, waiting_lines
 
 
 def _priority(value: str) -> int:
     import argparse
+
     try:
         number = int(value)
     except ValueError:
@@ -18,7 +19,6 @@ def _priority(value: str) -> int:
 
 
 class Command(SitemessageCommand):
-
     help = 'Sends scheduled messages (both in pending and error statuses).'
     epilog = EXIT_STATUSES_HELP
     verb = 'send'
@@ -26,10 +26,18 @@ class Command(SitemessageCommand):
 
     def add_arguments(self, parser: CommandParser):
         parser.add_argument(
-            '--priority', action='store', dest='priority', default=None, type=_priority,
-            help='Allows to filter scheduled messages by a priority number. Defaults to None.')
-        add_outcome_arguments(parser, 'Run prepare_dispatches() first: create the dispatches of messages scheduled '
-                                      'without recipients, for their current subscribers.')
+            '--priority',
+            action='store',
+            dest='priority',
+            default=None,
+            type=_priority,
+            help='Allows to filter scheduled messages by a priority number. Defaults to None.',
+        )
+        add_outcome_arguments(
+            parser,
+            'Run prepare_dispatches() first: create the dispatches of messages scheduled '
+            'without recipients, for their current subscribers.',
+        )
 
     def run(self, priority=None, prepare_first=None, ok_on_errors=False, **options):
         priority_str = f'with priority {priority} ' if priority is not None else ''

@@ -13,6 +13,7 @@ THRESHOLD_EXCEEDED = 3
 def _non_negative(kind):
     def parse(value: str):
         import argparse
+
         try:
             number = kind(value)
         except ValueError:
@@ -20,6 +21,7 @@ def _non_negative(kind):
         if number < 0:
             raise argparse.ArgumentTypeError(f'expected a non-negative number, got {value!r}')
         return number
+
     return parse
 
 
@@ -47,30 +49,52 @@ def exceeded_thresholds(status: QueueStatus, limits: dict) -> list:
             problems.append(f'{description.format(value=value)} > --{option.replace("_", "-")} {limit:g}')
     unprepared = limits.get('max_unprepared')
     if unprepared is not None and status.awaiting_preparation > unprepared:
-        problems.append(f'{status.awaiting_preparation} messages waiting for prepare_dispatches() '
-                        f'> --max-unprepared {unprepared}')
+        problems.append(
+            f'{status.awaiting_preparation} messages waiting for prepare_dispatches() > --max-unprepared {unprepared}'
+        )
     return problems
 
 
 class Command(SitemessageCommand):
-
-    help = ('Shows the delivery queue: dispatches by status and messenger, the age of the oldest due one, '
-            'errors and failures in the last hour, messages waiting for prepare_dispatches(). '
-            f'Exits with status {THRESHOLD_EXCEEDED} when a --max-* threshold is exceeded.')
+    help = (
+        'Shows the delivery queue: dispatches by status and messenger, the age of the oldest due one, '
+        'errors and failures in the last hour, messages waiting for prepare_dispatches(). '
+        f'Exits with status {THRESHOLD_EXCEEDED} when a --max-* threshold is exceeded.'
+    )
     verb = 'status'
 
     def add_arguments(self, parser: CommandParser):
         parser.add_argument('--json', action='store_true', dest='as_json', help='Print the status as JSON.')
-        parser.add_argument('--max-oldest-age', type=_non_negative(float), metavar='SECONDS',
-                            help='Exceeded when the oldest due dispatch has waited longer than this.')
-        parser.add_argument('--max-pending', type=_non_negative(int), metavar='N',
-                            help='Exceeded when more dispatches wait (pending, processing, error).')
-        parser.add_argument('--max-errors', type=_non_negative(int), metavar='N',
-                            help='Exceeded when more delivery attempts failed in the last hour.')
-        parser.add_argument('--max-failed', type=_non_negative(int), metavar='N',
-                            help='Exceeded when more dispatches failed (gave up) in the last hour.')
-        parser.add_argument('--max-unprepared', type=_non_negative(int), metavar='N',
-                            help='Exceeded when more messages wait for prepare_dispatches().')
+        parser.add_argument(
+            '--max-oldest-age',
+            type=_non_negative(float),
+            metavar='SECONDS',
+            help='Exceeded when the oldest due dispatch has waited longer than this.',
+        )
+        parser.add_argument(
+            '--max-pending',
+            type=_non_negative(int),
+            metavar='N',
+            help='Exceeded when more dispatches wait (pending, processing, error).',
+        )
+        parser.add_argument(
+            '--max-errors',
+            type=_non_negative(int),
+            metavar='N',
+            help='Exceeded when more delivery attempts failed in the last hour.',
+        )
+        parser.add_argument(
+            '--max-failed',
+            type=_non_negative(int),
+            metavar='N',
+            help='Exceeded when more dispatches failed (gave up) in the last hour.',
+        )
+        parser.add_argument(
+            '--max-unprepared',
+            type=_non_negative(int),
+            metavar='N',
+            help='Exceeded when more messages wait for prepare_dispatches().',
+        )
 
     def handle(self, *args, **options):
         self.problems = []

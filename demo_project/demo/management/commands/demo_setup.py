@@ -17,7 +17,8 @@ class Command(BaseCommand):
         user_model = get_user_model()
         for username, password, email, is_superuser in USERS:
             user, created = user_model.objects.get_or_create(
-                username=username, defaults={'email': email, 'is_staff': is_superuser, 'is_superuser': is_superuser})
+                username=username, defaults={'email': email, 'is_staff': is_superuser, 'is_superuser': is_superuser}
+            )
             if created:
                 user.set_password(password)
                 user.save()
