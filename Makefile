@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-postgres demo docs clean
+.PHONY: venv test test-postgres demo docs lint clean
 
 venv: $(VENV)/.installed
 
@@ -39,6 +39,16 @@ test-postgres: venv
 # The demo: SQLite, a local SMTP sink, a sender (sitemessage_worker --prepare) and runserver on 127.0.0.1:$(PORT).
 demo: $(VENV)/.demo-installed
 	cd demo_project && PORT=$(PORT) ../$(PY) run_demo.py
+
+$(VENV)/.lint-installed: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[test,lint]'
+	touch $@
+
+# ruff (lint and format, ruff.toml) and mypy (setup.cfg) over the package.
+lint: $(VENV)/.lint-installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy sitemessage
 
 docs: $(VENV)/.docs-installed
 	$(VENV)/bin/sphinx-build -W -b html docs docs/_build/html

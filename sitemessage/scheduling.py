@@ -5,7 +5,7 @@ Many messages at once go in two bulk inserts instead of a few queries per messag
 
 from __future__ import annotations
 
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
 
 from django.db import connections, router, transaction
 
@@ -28,9 +28,7 @@ def schedule_messages(
     Recipients are checked and de-duplicated (see :mod:`sitemessage.headers`): an unsafe address or
     e-mail subject raises :class:`~sitemessage.headers.UnsafeHeaderValueError` before anything is stored.
     """
-    items: Iterable[Union[str, MessageBase]] = (
-        messages if is_iterable(messages) and not isinstance(messages, MessageBase) else (messages,)
-    )  # type: ignore[assignment]
+    items: Iterable[Any] = messages if is_iterable(messages) and not isinstance(messages, MessageBase) else (messages,)
     if recipients is not None:
         recipients = Dispatch.normalize_recipients(recipients)  # a generator must serve every message
     prepared = []

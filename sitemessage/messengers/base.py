@@ -147,7 +147,7 @@ class MessengerBase:
         default does nothing; an error here is logged and delivery goes on without what it found.
         """
 
-    def _build_message(self, to: str, text: str) -> Any:
+    def _build_message(self, to: Any, text: str) -> Any:
         """Hook: return what :meth:`_send_message` sends to ``to`` for ``text``; by default ``text`` itself.
 
         One signature for every messenger (1.4.0's order); a messenger may accept more keyword

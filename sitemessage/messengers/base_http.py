@@ -269,7 +269,7 @@ class RequestsMessengerBase(MessengerBase):
 
     # Delivery ---------------------------------------------------------------------------------
 
-    def send_test_message(self, to: str, text: str) -> Any:
+    def send_test_message(self, to: Optional[str], text: str) -> Any:
         with self.scrubbed_errors():
             return super().send_test_message(to, text)
 
@@ -374,7 +374,9 @@ def close_connections(session: Any) -> None:
     for adapter in session.adapters.values():
         managers = [getattr(adapter, 'poolmanager', None), *getattr(adapter, 'proxy_manager', {}).values()]
         for pools in [getattr(manager, 'pools', None) for manager in managers]:
-            for key in list(pools.keys()) if pools is not None else ():
+            if pools is None:
+                continue
+            for key in list(pools.keys()):
                 pool = pools.get(key)
                 if pool is not None:
                     pool.close()

@@ -143,6 +143,7 @@ class FacebookMessenger(RequestsMessengerBase):
         description = f'{error.get("message") or "unknown error"}' + (f' [{details}]' if details else '')
         status = response.status_code
         text = f'{self.title}: HTTP {status}: {description}'
+        exception: FacebookMessengerException
         if code in TOKEN_CODES:
             exception = FacebookTemporaryError(f'Facebook page access token expired or invalid: {description}')
         elif code in THROTTLE_CODES or code in TRANSIENT_CODES:
@@ -195,9 +196,10 @@ class FacebookMessenger(RequestsMessengerBase):
         secrets.append(long_lived)
         protect_secrets_in_logs([long_lived])
         tokens = {}
-        url, params = self._url('me/accounts'), {'access_token': long_lived}
+        url: Optional[str] = self._url('me/accounts')
+        params: Optional[Dict[str, Any]] = {'access_token': long_lived}
         for _page in range(100):  # bounded: 100 pages of 25 accounts each
-            accounts = self.request('GET', url, params=params)
+            accounts = self.request('GET', url, params=params) if url else {}
             accounts = accounts if isinstance(accounts, dict) else {}
             for page in accounts.get('data') or []:
                 if page.get('access_token'):

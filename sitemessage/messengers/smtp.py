@@ -436,7 +436,8 @@ class SMTPMessenger(MessengerBase):
             to, text, subject, mtype, unsubscribe_url, date=date, message_id=message_id, headers=headers
         ).as_bytes(policy=_policy_for(to))
 
-    def _send_message(self, msg: Message) -> dict:
+    def _send_message(self, msg: Message, to: Optional[str] = None) -> dict:
+        """Send a built e-mail to its envelope recipient (``to`` is the hook's; the e-mail knows its own)."""
         recipient = getattr(msg, 'envelope_recipient', None) or parseaddr(str(msg['To']))[1]
         return self._send_bytes(recipient, msg.as_bytes(policy=_policy_for(recipient)))
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Type, TypeVar, Union
 
 from django.utils.translation import gettext_lazy
 
@@ -63,9 +63,16 @@ class TelegramRateLimited(TelegramTemporaryError, DeferBatch):
     requeue = True
 
 
+_Error = TypeVar('_Error', bound=TelegramMessengerException)
+
+
 def _telegram_error(
-    cls, text: str, description: str, error_code: Optional[int] = None, retry_after: Optional[float] = None
-) -> TelegramMessengerException:
+    cls: Type[_Error],
+    text: str,
+    description: str,
+    error_code: Optional[int] = None,
+    retry_after: Optional[float] = None,
+) -> _Error:
     error = cls(text)
     error.description = description
     error.error_code = error_code
@@ -172,7 +179,7 @@ class TelegramMessenger(RequestsMessengerBase):
         A 429 with a short ``retry_after`` is waited out and the call made once more.
         """
         url = self._tpl_url % {'api_url': self.api_url.rstrip('/'), 'token': self.auth_token, 'method': method_name}
-        kwargs = {'json': data}
+        kwargs: Dict[str, Any] = {'json': data}
         if http_timeout is not None:
             kwargs['timeout'] = http_timeout
         for attempt in (1, 2):
@@ -230,6 +237,7 @@ class TelegramMessenger(RequestsMessengerBase):
         if retry_after is not None:
             details += f'; retry after {retry_after:g} s'
         text = f'Telegram: {description} ({details})'
+        cls: Type[TelegramMessengerException]
         if code == 429:
             cls = TelegramRateLimited
         elif code in _TEMPORARY_CLIENT_ERRORS or not 400 <= code < 500:

@@ -114,6 +114,7 @@ class VKontakteMessenger(RequestsMessengerBase):
         # request_params is left out: VK echoes the call's parameters there, the token among them.
         code = _int(error.get('error_code'))
         description = f'error {code}: {error.get("error_msg") or "unknown error"}'
+        exception: VKontakteMessengerException
         if code in TOKEN_CODES:
             exception = VKontakteTemporaryError(f'VKontakte access token invalid or expired: {description}')
         elif code in TEMPORARY_CODES:

@@ -76,10 +76,10 @@ class _Session:
             )
             or 20
         )
-        self.client = None
+        self.client: Any = None  # a slixmpp ClientXMPP while connected
         self.alive = False
         self.refusals: Dict[str, Refusal] = {}  # stanza id -> error, filled on the loop
-        self.lost: Optional[asyncio.Future] = None  # done when the stream has ended
+        self.lost: Any = None  # an asyncio.Future, done when the stream has ended
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name='sitemessage-xmpp', daemon=True)
         self._thread.start()
@@ -180,7 +180,11 @@ class _Session:
             error = message['error']
             self.refusals[message['id']] = Refusal(error['type'] or '', error['condition'] or '', error['text'] or '')
 
-        client.add_event_handler('session_start', lambda _event: started.done() or started.set_result(True))
+        def on_session_start(_event) -> None:
+            if not started.done():
+                started.set_result(True)
+
+        client.add_event_handler('session_start', on_session_start)
         client.add_event_handler('failed_auth', lambda stanza: auth_failures.append(stanza['condition']))
         client.add_event_handler('failed_all_auth', on_failed_all_auth)
         client.add_event_handler('connection_failed', lambda error: fail(f'cannot connect to {self.where}: {error}'))
@@ -432,6 +436,7 @@ class XMPPSleekMessenger(MessengerBase):
         """
         if self._legacy_path():
             return xmpp_sleek.send_message(self, to, msg)
+        to = to or ''
         problem = self.address_problem(to)
         if problem:
             raise PermanentDeliveryError(f'XMPP Error: {problem}')

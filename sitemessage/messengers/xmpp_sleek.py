@@ -68,7 +68,7 @@ def after_send(messenger: 'XMPPSleekMessenger') -> None:
         state.started = False
 
 
-def send_message(messenger: 'XMPPSleekMessenger', to: str, text: str) -> Any:
+def send_message(messenger: 'XMPPSleekMessenger', to: Optional[str], text: str) -> Any:
     """Send one chat message through the client, with 1.4.0's four keyword arguments."""
     return messenger._legacy_state().xmpp.send_message(mfrom=messenger.from_jid, mto=to, mbody=text, mtype='chat')
 
