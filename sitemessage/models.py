@@ -17,7 +17,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connections, models, transaction
-from django.db.models import Case, Q, Value, When
+from django.db.models import Case, Exists, ExpressionWrapper, OuterRef, Q, Value, When
 from django.db.models.query_utils import DeferredAttribute
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
@@ -324,27 +324,49 @@ class DispatchQuerySet(models.QuerySet):
 
         ids = candidates.order_by('pk').values_list('pk', flat=True)
         features = connections[self.db].features
+        marked = 0
         if features.has_select_for_update_skip_locked:
             with transaction.atomic(using=self.db):
                 # MariaDB has SKIP LOCKED but no FOR UPDATE OF (Django raises NotSupportedError).
                 of = ('self',) if features.has_select_for_update_of else ()
                 ids = list(ids.select_for_update(skip_locked=True, of=of)[:limit])
-                self._mark_claimed(ids, token, now, lease_seconds)
+                marked = self._mark_claimed(ids, token, now, lease_seconds)
         else:
             # No row locks to hold: the guarded UPDATE alone decides who gets each row. A worker
             # whose whole pick went to others meanwhile picks again: the queue is not empty.
             for _attempt in range(100):
                 picked = list(ids[:limit])
-                if not picked or self._mark_claimed(picked, token, now, lease_seconds):
+                marked = self._mark_claimed(picked, token, now, lease_seconds) if picked else 0
+                if not picked or marked:
                     break
+        if not marked:
+            return []  # the queue is empty (for this worker): nothing to load
 
         claimed = attach_messages(
-            list(self.filter(claim_token=token).order_by('pk')),
+            list(self.filter(claim_token=token).annotate(recipient_subscribes=recipient_subscribes()).order_by('pk')),
             Message.objects.filter(pk__in=self.filter(claim_token=token).values('message_id')),
         )
         for dispatch in claimed:
             dispatch.start_attempt()
         return claimed
+
+    def note_subscribers(self, dispatches: Sequence['Dispatch']) -> None:
+        """Set ``recipient_subscribes`` on each of ``dispatches`` that lacks it, in one query a few hundred.
+
+        A claim sets it already (in the query that loads the batch); this serves dispatches a
+        project hands to ``process_messages()`` itself.
+        """
+        unknown = {dispatch.pk: dispatch for dispatch in dispatches if dispatch.recipient_subscribes is None}
+        unknown.pop(None, None)
+        ids = list(unknown)
+        for start in range(0, len(ids), _CHUNK):
+            found = dict(
+                self.filter(pk__in=ids[start : start + _CHUNK])
+                .annotate(subscribes=recipient_subscribes())
+                .values_list('pk', 'subscribes')
+            )
+            for pk in ids[start : start + _CHUNK]:
+                unknown[pk].recipient_subscribes = bool(found.get(pk))
 
     def _mark_claimed(self, ids: Sequence[int], token: str, now, lease_seconds: int) -> int:
         if not ids:
@@ -446,6 +468,20 @@ class DispatchQuerySet(models.QuerySet):
 TEXTS_PER_QUERY = 1_000_000
 
 
+_CHUNK = 500  # ids in one IN (...): under every database's parameter limit
+
+
+def recipient_subscribes() -> ExpressionWrapper:
+    """Whether a dispatch's recipient subscribes to its message's type over its messenger (an annotation).
+
+    A user's dispatch matches the user's subscription, an address' dispatch an address subscription.
+    """
+    same_type = Subscription.objects.filter(message_cls=OuterRef('message__cls'), messenger_cls=OuterRef('messenger'))
+    users = Q(Exists(same_type.filter(recipient_id=OuterRef('recipient_id'))), recipient__isnull=False)
+    addresses = Q(Exists(same_type.filter(recipient__isnull=True, address=OuterRef('address'))), recipient__isnull=True)
+    return ExpressionWrapper(users | addresses, output_field=models.BooleanField())
+
+
 def _text_changed(dispatch: 'Dispatch') -> bool:
     held = raw_text(dispatch)
     if isinstance(held, DeferredText):
@@ -529,6 +565,9 @@ class Dispatch(models.Model):
     # Not fields: the text of this attempt's error (as 1.4.0 set it) and the attempt itself, while claimed.
     error_log = None
     attempt: Optional[Attempt] = None
+    # Whether the recipient subscribes to this message type over this messenger (one-click unsubscribe
+    # means something only then): set by a claim, or by DispatchQuerySet.note_subscribers(); None: not known.
+    recipient_subscribes: Optional[bool] = None
 
     time_created = models.DateTimeField(_('Time created'), auto_now_add=True, editable=False)
     time_dispatched = models.DateTimeField(

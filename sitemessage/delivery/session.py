@@ -111,6 +111,7 @@ class DeliverySession:
             if compiled:
                 work.append(MessageWork(message_cls, message, compiled))
         if work:
+            note_subscribers(work)
             try:
                 messenger.prepare_batch(work)
             except Exception:  # the messenger looks up what it needs itself, later
@@ -283,6 +284,26 @@ class DeliverySession:
         except Exception as error:
             # Outcomes are already recorded: a failed QUIT does not unsend mail.
             LOGGER.warning('%s: cool-down failed: %s', self.messenger.get_alias(), error)
+
+
+def note_subscribers(work: List[MessageWork]) -> None:
+    """Make sure each dispatch says whether its recipient subscribes (a claim did it already), on this thread.
+
+    Connection threads then never query the database (on SQLite they would wait for the claiming
+    thread's write lock). A failed lookup is logged: those e-mails go without one-click unsubscribe.
+    """
+    unknown = [
+        dispatch
+        for item in work
+        if item.message_cls.allow_user_subscription
+        for dispatch in item.dispatches
+        if dispatch.recipient_subscribes is None and dispatch.pk is not None
+    ]
+    if unknown:
+        try:
+            Dispatch.objects.using(unknown[0]._state.db or 'default').note_subscribers(unknown)
+        except Exception:
+            LOGGER.exception('Could not find which recipients subscribe')
 
 
 def bundle_work(work: List[MessageWork], connections_count: int) -> List[List[MessageWork]]:

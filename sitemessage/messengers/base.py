@@ -141,7 +141,8 @@ class MessengerBase:
     def prepare_batch(self, items: List[MessageWork]) -> None:
         """Look up, in one go, what delivering a claimed batch needs from the database.
 
-        Called once a batch on the thread that claimed it, before the batch is cut for the
+        The one place where a project's messenger may query the database (the built-in ones never
+        do). Called once a batch on the thread that claimed it, before the batch is cut for the
         connections, so that their threads need not query the database (on SQLite they would wait
         for the claiming thread's write lock). ``items`` are as :meth:`send_many` gets them. The
         default does nothing; an error here is logged and delivery goes on without what it found.

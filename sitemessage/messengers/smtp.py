@@ -35,7 +35,7 @@ from ..plaintext import html_to_text
 from ..settings import get_timeout_setting
 from . import smtp_wire
 from .base import Dispatch, MessengerBase
-from .list_headers import list_headers_for, subscriptions_of_batch
+from .list_headers import list_headers_for
 from .smtp_pipelining import (
     PLAIN_ADDRESS,
     can_pipeline,
@@ -186,8 +186,6 @@ class SMTPMessenger(MessengerBase):
     alias = 'smtp'
     title = gettext_lazy('E-mail')
     address_attr = 'email'
-    # dispatch id -> whether its recipient subscribes, found by prepare_batch() for _outgoing()
-    _subscribers_found: Optional[Dict[int, bool]] = None
     connection_class: Optional[Callable[..., smtplib.SMTP]] = None
 
     def __init__(
@@ -609,26 +607,13 @@ class SMTPMessenger(MessengerBase):
         else:
             self.mark_sent(dispatch)
 
-    def prepare_batch(self, items) -> None:
-        """Find which dispatches of the batch go to subscribers (one-click unsubscribe), in one query.
-
-        Kept by dispatch id until the dispatch's e-mail is built (:meth:`_outgoing` takes it).
-        """
-        found = subscriptions_of_batch(items)
-        if found:
-            if self._subscribers_found is None:
-                self._subscribers_found = {}
-            self._subscribers_found.update(found)
-
     def _outgoing(self, items):
         """Yield ``(dispatch, message type, envelope recipient, e-mail bytes)``; bad addresses fail here."""
-        list_headers = list_headers_for(items)  # one subscription query for these items, if not prepared
-        found = self._subscribers_found if self._subscribers_found is not None else {}
+        list_headers = list_headers_for(items)
         for message_cls, message_model, dispatches in items:
             subject = message_model.context.get('subject')
             mtype = message_model.context.get('type')
             for dispatch in dispatches:
-                subscribed = found.pop(dispatch.pk, None)
                 try:
                     problem = address_problem(dispatch.address)
                     if not problem:
@@ -637,7 +622,7 @@ class SMTPMessenger(MessengerBase):
                     if problem:
                         self.mark_failed(dispatch, PermanentDeliveryError(problem))
                         continue
-                    headers = list_headers(message_cls, message_model, dispatch, unsubscribe_url, subscribed)
+                    headers = list_headers(message_cls, message_model, dispatch, unsubscribe_url)
                     data = self._message_bytes(
                         dispatch.address, dispatch.message_cache, subject=subject, mtype=mtype, headers=headers
                     )

@@ -13,7 +13,6 @@ from django.test.utils import CaptureQueriesContext
 
 from sitemessage.list_id import default_list_id
 from sitemessage.messages.email import EmailHtmlMessage, EmailTextMessage
-from sitemessage.messengers.list_headers import subscribed_dispatches
 from sitemessage.messengers.smtp import SMTPMessenger
 from sitemessage.models import Dispatch, DispatchError, Subscription
 from sitemessage.sending import send_scheduled_messages
@@ -175,7 +174,7 @@ def test_a_failing_prepare_batch_is_logged_and_the_e_mails_still_go_right(smtp_s
     assert set(Dispatch.objects.values_list('dispatch_status', flat=True)) == {Dispatch.DISPATCH_STATUS_SENT}
 
 
-def test_subscribers_found_by_claim_token_and_by_recipient_lists_agree(smtp_messenger, users):
+def test_subscribers_found_by_the_claim_and_by_note_subscribers_agree(smtp_messenger, users):
     ann, bob = users
     Subscription.create(ann, 'email_plain', 'smtp')
     Subscription.create('sub@example.com', 'email_plain', 'smtp')
@@ -187,14 +186,50 @@ def test_subscribers_found_by_claim_token_and_by_recipient_lists_agree(smtp_mess
     expected = {dispatch.pk for dispatch in Dispatch.objects.filter(Q(recipient=ann) | Q(address='sub@example.com'))}
 
     unclaimed = list(Dispatch.objects.filter(message=message))
-    assert {dispatch.claim_token for dispatch in unclaimed} == {None}
-    assert subscribed_dispatches([(EmailTextMessage, message, unclaimed)]) == expected
-
-    claimed = Dispatch.objects.claim(100, 60)
-    assert len({dispatch.claim_token for dispatch in claimed}) == 1
+    assert {dispatch.recipient_subscribes for dispatch in unclaimed} == {None}  # not known yet
     with CaptureQueriesContext(connection) as queries:
-        assert subscribed_dispatches([(EmailTextMessage, message, claimed)]) == expected
+        Dispatch.objects.note_subscribers(unclaimed)
     assert len(queries) == 1
+    assert {dispatch.pk for dispatch in unclaimed if dispatch.recipient_subscribes} == expected
+    assert {dispatch.recipient_subscribes for dispatch in unclaimed} == {True, False}
+
+    with CaptureQueriesContext(connection) as queries:
+        claimed = Dispatch.objects.claim(100, 60)  # found in the query that loads the batch
+    assert sum('sitemessage_subscription' in query['sql'] for query in queries.captured_queries) == 1
+    assert {dispatch.pk for dispatch in claimed if dispatch.recipient_subscribes} == expected
+
+
+@override_settings(SITEMESSAGE_SITE_URL='https://shop.example.com')
+def test_dispatches_a_project_hands_to_process_messages_are_looked_up_too(smtp_server, smtp_messenger, users):
+    ann, bob = users
+    Subscription.create(ann, 'email_plain', 'smtp')
+    message, _ = schedule_messages(EmailTextMessage('News', 'Hello'), recipients('smtp', users))[0]
+    dispatches = list(Dispatch.objects.filter(message=message))  # not claimed: nothing known of subscriptions
+
+    smtp_messenger.process_messages({message.pk: (message, dispatches)})
+
+    posts = {str(mail['To']): mail['List-Unsubscribe-Post'] for mail in smtp_server.handler.messages()}
+    assert posts == {'ann@example.com': ONE_CLICK, 'bob@example.com': None}
+
+
+@override_settings(SITEMESSAGE_SITE_URL='https://shop.example.com')
+def test_a_failed_subscriber_lookup_is_logged_and_offers_no_one_click(
+    smtp_server, smtp_messenger, users, caplog, monkeypatch
+):
+    Subscription.create(users[0], 'email_plain', 'smtp')
+    message, _ = schedule_messages(EmailTextMessage('News', 'Hello'), recipients('smtp', users))[0]
+    dispatches = list(Dispatch.objects.filter(message=message))
+
+    def broken(self, found):
+        raise RuntimeError('the database went away')
+
+    monkeypatch.setattr(type(Dispatch.objects.all()), 'note_subscribers', broken)
+    smtp_messenger.process_messages({message.pk: (message, dispatches)})
+
+    assert 'Could not find which recipients subscribe' in caplog.text and 'the database went away' in caplog.text
+    posts = {str(mail['To']): mail['List-Unsubscribe-Post'] for mail in smtp_server.handler.messages()}
+    assert posts == {'ann@example.com': None, 'bob@example.com': None}  # delivered, without a one-click
+    assert set(Dispatch.objects.values_list('dispatch_status', flat=True)) == {Dispatch.DISPATCH_STATUS_SENT}
 
 
 def test_no_list_headers_on_a_test_message(smtp_server, smtp_messenger):
