@@ -1,6 +1,8 @@
 """Settings of the test suite. ``SITEMESSAGE_TEST_DB=postgres`` (or ``mysql``) selects the database."""
 
+import hashlib
 import os
+from pathlib import Path
 
 SECRET_KEY = 'test-secret'
 DEBUG = False
@@ -58,8 +60,11 @@ def postgres_database(name: str) -> dict:
 
 
 _DB = os.environ.get('SITEMESSAGE_TEST_DB', 'sqlite')
+# One test database per checkout: two clones testing at once (a CI run beside a developer's) would
+# otherwise drop each other's database.
+TEST_DATABASE_NAME = 'test_sitemessage_' + hashlib.sha1(str(Path(__file__).resolve().parent).encode()).hexdigest()[:8]
 if _DB == 'postgres':
-    DATABASES = {'default': {**postgres_database('sitemessage'), 'TEST': {'NAME': 'test_sitemessage'}}}
+    DATABASES = {'default': {**postgres_database('sitemessage'), 'TEST': {'NAME': TEST_DATABASE_NAME}}}
 elif _DB == 'mysql':  # MySQL or MariaDB, through PyMySQL (pure Python: nothing to compile)
     import pymysql
 
@@ -72,7 +77,7 @@ elif _DB == 'mysql':  # MySQL or MariaDB, through PyMySQL (pure Python: nothing 
             'USER': os.environ.get('SITEMESSAGE_MYSQL_USER', 'root'),
             'PASSWORD': os.environ.get('SITEMESSAGE_MYSQL_PASSWORD', ''),
             'NAME': 'sitemessage',
-            'TEST': {'NAME': 'test_sitemessage'},
+            'TEST': {'NAME': TEST_DATABASE_NAME},
         }
     }
 elif _DB == 'sqlite':
