@@ -119,6 +119,32 @@ class MessengerContract:
         for secret in self.secrets:
             assert secret not in errors
 
+    @pytest.mark.django_db
+    def test_several_connections_deliver_each_dispatch_once(self, messenger):
+        """Three connections at once (a thread each): every dispatch sent once, none lost."""
+        messenger.parallel_connections = 3
+        addresses = [self.good_address(i) for i in range(3)]
+        for number in range(6):
+            self.schedule(messenger, f'contract: parallel {number}', addresses)
+        send_scheduled_messages()
+        assert self.statuses() == [Dispatch.DISPATCH_STATUS_SENT] * 18
+        texts = self.received_texts()
+        assert [sum(f'contract: parallel {number}' in t for t in texts) for number in range(6)] == [3] * 6
+
+    @pytest.mark.django_db
+    def test_rate_limits_send_every_dispatch_in_its_slot(self, messenger, settings):
+        """Under a quota each dispatch takes a slot and goes alone; the outcomes are the same."""
+        alias = messenger.get_alias()
+        settings.SITEMESSAGE_RATE_LIMITS = {alias: 1000}
+        settings.SITEMESSAGE_RATE_LIMITS_PER_RECIPIENT = {alias: 1000}
+        bad, good = self.good_address(1), self.good_address(0)
+        self.fail_permanently(bad)
+        self.schedule(messenger, 'contract: limited', [good, bad, self.good_address(2)])
+        send_scheduled_messages()
+        sent, failed = Dispatch.DISPATCH_STATUS_SENT, Dispatch.DISPATCH_STATUS_FAILED
+        assert self.statuses() == [sent, failed, sent]
+        assert sum('contract: limited' in text for text in self.received_texts()) == 2
+
     def test_probe_delivers(self, messenger):
         messenger.send_test_message(self.good_address(0), 'contract: probe')
         assert any('contract: probe' in text for text in self.received_texts())
