@@ -20,8 +20,11 @@ from django.db import connections as db_connections
 
 from ..exceptions import UnknownMessageTypeError
 from ..models import Dispatch, MessageTuple
+from ..settings import get_positive_int_setting
 from .handover import compile_texts, deliver, messenger_lock, store_outcomes
 from .outcomes import MessageWork, warm_up_failure
+
+SENT = Dispatch.DISPATCH_STATUS_SENT
 
 if TYPE_CHECKING:  # pragma: nocover
     from ..messengers.base import MessengerBase
@@ -77,6 +80,10 @@ class DeliverySession:
         self._inline_warm = False  # the calling thread's connection (one connection) is open
         self._warm_up_error: Optional[BaseException] = None
         self._open: List[SubmittedBatch] = []
+        # Sent, not recorded yet (guarded by `guard`): recorded every `flush_size`, so that after a
+        # crash (kill -9) only about that many e-mails, and those on the wire, can be sent again.
+        self.flush_size = get_positive_int_setting('OUTCOME_FLUSH_SIZE')
+        self._sent: List[Dispatch] = []
 
     def __enter__(self) -> 'DeliverySession':
         self._lock.acquire()
@@ -172,17 +179,46 @@ class DeliverySession:
         if not batch.stored:
             batch.stored = True
             self._open.remove(batch)
+            stored = {id(dispatch) for dispatch in batch.dispatches}
+            with self._progress:  # the whole batch is stored now: nothing of it is left to record early
+                self._sent = [dispatch for dispatch in self._sent if id(dispatch) not in stored]
             store_outcomes(batch.dispatches, batch.untouched)
 
     def _wait(self, ready: Callable[[], bool]) -> None:
+        """Wait until ``ready()``; meanwhile record what the connections have sent, every ``flush_size``."""
+        while True:
+            with self._progress:
+                while not ready() and len(self._sent) < self.flush_size:
+                    if self._live == 0:
+                        if not self._queue:
+                            return  # nothing left that could change
+                        self._fail_queued()  # no connection could warm up
+                        continue
+                    self._progress.wait()
+                if ready():
+                    return
+            self._record_sent()
+
+    def _note_delivered(self, dispatches: List[Dispatch]) -> bool:
+        """Keep the sent ones of a delivered unit to record; whether enough wait. Call holding the guard."""
+        self._sent.extend(dispatch for dispatch in dispatches if dispatch.dispatch_status == SENT)
+        return len(self._sent) >= self.flush_size
+
+    def _record_sent(self) -> None:
+        """Record what was sent so far, in one query, on the calling (claiming) thread.
+
+        The batch's store completes these rows later (texts, claim); should that never come (the
+        process was killed), they are sent already and no later run sends them again.
+        """
         with self._progress:
-            while not ready():
-                if self._live == 0:
-                    if not self._queue:
-                        return  # nothing left that could change
-                    self._fail_queued()  # no connection could warm up
-                    continue
-                self._progress.wait()
+            sent, self._sent = self._sent, []
+        if sent:
+            try:
+                Dispatch.objects.using(sent[0]._state.db or 'default').record_sent(sent)
+            except Exception:  # the batch's store records them anyway
+                LOGGER.warning(
+                    'Could not record %s sent dispatches before the end of their batch', len(sent), exc_info=True
+                )
 
     # One connection: the calling thread ---------------------------------------------------------------
 
@@ -195,12 +231,18 @@ class DeliverySession:
                         self.messenger.mark_error(dispatch, warm_up_failure(error), message_cls)
                 return  # the next batch tries to connect again
             self._inline_warm = True
-        deliver(self.messenger, work, self.limits)
+        units = bundle_work(work, 1, unit_size=self.flush_size)
+        for number, unit in enumerate(units, 1):
+            deliver(self.messenger, unit, self.limits)
+            with self._progress:
+                full = self._note_delivered([dispatch for item in unit for dispatch in item.dispatches])
+            if full and number < len(units):  # after the last unit the batch's store records everything
+                self._record_sent()
 
     # Several connections: a thread each ----------------------------------------------------------------
 
     def _enqueue(self, batch: SubmittedBatch, work: list) -> None:
-        units = bundle_work(work, self.parallel)
+        units = bundle_work(work, self.parallel, unit_size=self.flush_size)
         with self._work_added:
             self._queue.extend(_Unit(items, batch) for items in units)
             batch.outstanding += len(units)
@@ -247,7 +289,8 @@ class DeliverySession:
                 finally:
                     with self._progress:
                         unit.batch.outstanding -= 1
-                        if not unit.batch.outstanding:
+                        full = self._note_delivered(unit.dispatches)
+                        if not unit.batch.outstanding or full:
                             self._progress.notify_all()
         finally:
             try:
@@ -306,15 +349,20 @@ def note_subscribers(work: List[MessageWork]) -> None:
             LOGGER.exception('Could not find which recipients subscribe')
 
 
-def bundle_work(work: List[MessageWork], connections_count: int) -> List[List[MessageWork]]:
+def bundle_work(
+    work: List[MessageWork], connections_count: int, unit_size: Optional[int] = None
+) -> List[List[MessageWork]]:
     """Cut a batch into units of about the same number of dispatches, about sixteen per connection.
 
     A message with many dispatches is split; messages with few are packed together (SMTP
     streams the e-mails of a unit, see ``send_many()``). Units stay small so that, when the
-    queue runs dry, no connection is left with much more work than the others.
+    queue runs dry, no connection is left with much more work than the others. ``unit_size``
+    caps their size (what is sent is recorded between units).
     """
     total = sum(len(group) for _cls, _message, group in work)
     size = max(math.ceil(total / (connections_count * UNITS_PER_CONNECTION)), 1)
+    if unit_size is not None:
+        size = min(size, unit_size) if connections_count > 1 else unit_size
     units: List[list] = []
     current: list = []
     room = size

@@ -98,6 +98,45 @@ def test_slow_sigkilled_sender_loses_nothing_and_resends_at_most_its_batch_after
     assert duplicates(counts) <= 10  # at most the killed sender's in-flight batch went twice
 
 
+@pytest.mark.parametrize('connections', [1, 3])
+def test_what_a_sigkilled_sender_sent_is_recorded_as_it_goes_so_little_is_sent_twice(procs, sink, connections):
+    """Sent e-mails are recorded every OUTCOME_FLUSH_SIZE, not when the batch of 100 ends."""
+    sink.handler.delay = 0.005
+    sink.handler.hold_at = 45  # the 45th e-mail waits for its reply when the sender is killed
+    procs.use_sink(sink, connections=connections)
+    procs.settings.update(SEND_BATCH_SIZE=100, SEND_LEASE_SECONDS=2, OUTCOME_FLUSH_SIZE=10)
+    procs.orm('schedule', count=100, prefix='flush')
+
+    sender = procs.start('sitemessage_send_scheduled')
+    assert sink.handler.holding.wait(30), sender.output()
+    if connections > 1:
+        time.sleep(0.5)  # the other connections go on meanwhile; what they send is recorded too
+    sender.signal(signal.SIGKILL)
+    assert sender.wait(5) == -signal.SIGKILL
+    killed_at = time.monotonic()
+    received_before_kill = sum(sink.handler.counts().values())
+
+    recorded = procs.orm('status')['counts']['sent']
+    if connections == 1:  # units of 10, each recorded before the next starts: e-mails 1 to 40
+        assert recorded == 40, procs.orm('status')
+    else:  # at most one flush (10) and the three connections' units in flight not recorded
+        assert received_before_kill - recorded <= 10 + 3 * 3, (received_before_kill, recorded)
+    sink.handler.release()
+
+    time.sleep(max(0.0, killed_at + 2.3 - time.monotonic()))  # past the 2 s lease
+    procs.django('sitemessage_send_scheduled')
+
+    counts = sink.handler.counts()
+    assert set(counts) == expected_addresses('flush', 100)  # none lost
+    assert procs.orm('status')['counts'] == only(sent=100)  # none stuck in processing
+    # Only what was not recorded went twice (with several connections, the sink may still finish an
+    # e-mail whose content was on the wire when the sender died).
+    assert duplicates(counts) >= received_before_kill - recorded
+    assert duplicates(counts) <= (5 if connections == 1 else 19)
+    if connections == 1:
+        assert duplicates(counts) == 5  # e-mails 41 to 45
+
+
 # 3. SIGTERM --------------------------------------------------------------------------------------------
 
 

@@ -104,6 +104,7 @@ def _queries_to_send(count, one_message=False):
 
 
 @override_settings(SITEMESSAGE_SEND_BATCH_SIZE=100)
+@override_settings(SITEMESSAGE_OUTCOME_FLUSH_SIZE=1000)  # nothing recorded before the batch's store
 def test_queries_of_one_batch_do_not_grow_with_its_size(django_assert_max_num_queries):
     for one_message in (False, True):
         one = _queries_to_send(1, one_message)
@@ -116,6 +117,13 @@ def test_queries_of_one_batch_do_not_grow_with_its_size(django_assert_max_num_qu
         report = send_scheduled_messages()
     assert report.sent == 80
     assert Dispatch.objects.filter(dispatch_status=SENT).count() == 80
+
+
+@override_settings(SITEMESSAGE_OUTCOME_FLUSH_SIZE=10)
+def test_what_is_sent_is_recorded_every_flush_size_in_one_query_each():
+    with override_settings(SITEMESSAGE_OUTCOME_FLUSH_SIZE=1000):
+        whole_batch = _queries_to_send(40)
+    assert _queries_to_send(40) == whole_batch + 3  # after 10, 20 and 30; the store records all 40
 
 
 @override_settings(SITEMESSAGE_SEND_BATCH_SIZE=3)
