@@ -205,20 +205,10 @@ class DeliverySession:
         return len(self._sent) >= self.flush_size
 
     def _record_sent(self) -> None:
-        """Record what was sent so far, in one query, on the calling (claiming) thread.
-
-        The batch's store completes these rows later (texts, claim); should that never come (the
-        process was killed), they are sent already and no later run sends them again.
-        """
+        """Record what was sent so far, in one query, on the calling (claiming) thread."""
         with self._progress:
             sent, self._sent = self._sent, []
-        if sent:
-            try:
-                Dispatch.objects.using(sent[0]._state.db or 'default').record_sent(sent)
-            except Exception:  # the batch's store records them anyway
-                LOGGER.warning(
-                    'Could not record %s sent dispatches before the end of their batch', len(sent), exc_info=True
-                )
+        write_sent(sent)
 
     # One connection: the calling thread ---------------------------------------------------------------
 
@@ -287,11 +277,15 @@ class DeliverySession:
                 try:
                     deliver(self.messenger, unit.items, self.limits)
                 finally:
+                    sent: List[Dispatch] = []
                     with self._progress:
                         unit.batch.outstanding -= 1
                         full = self._note_delivered(unit.dispatches)
-                        if not unit.batch.outstanding or full:
+                        if full and records_on_any_thread(self._sent[0]):
+                            sent, self._sent = self._sent, []  # this thread records them: no wait for the caller
+                        if not unit.batch.outstanding or (full and not sent):
                             self._progress.notify_all()
+                    write_sent(sent)
         finally:
             try:
                 if warm:
@@ -327,6 +321,28 @@ class DeliverySession:
         except Exception as error:
             # Outcomes are already recorded: a failed QUIT does not unsend mail.
             LOGGER.warning('%s: cool-down failed: %s', self.messenger.get_alias(), error)
+
+
+def records_on_any_thread(dispatch: Dispatch) -> bool:
+    """Whether a connection's thread may record outcomes itself: not on SQLite (one writer at a time).
+
+    There the claiming thread records them, so connection threads never wait for its write lock.
+    """
+    return db_connections[dispatch._state.db or 'default'].vendor != 'sqlite'
+
+
+def write_sent(sent: List[Dispatch]) -> None:
+    """Record ``sent`` as sent, in one query, before their batch is stored.
+
+    The batch's store completes these rows later (texts, claim); should that never come (the
+    process was killed), they are sent already and no later run sends them again.
+    """
+    if not sent:
+        return
+    try:
+        Dispatch.objects.using(sent[0]._state.db or 'default').record_sent(sent)
+    except Exception:  # the batch's store records them anyway
+        LOGGER.warning('Could not record %s sent dispatches before the end of their batch', len(sent), exc_info=True)
 
 
 def note_subscribers(work: List[MessageWork]) -> None:
