@@ -25,8 +25,8 @@ DEFAULTS: dict[str, Any] = {
     'SEND_BATCH_SIZE': 200,
     'SEND_LEASE_SECONDS': 600,
     # Sent e-mails recorded every this many, before their batch is stored: after kill -9 at most about
-    # this many (and those on the wire) are sent again.
-    'OUTCOME_FLUSH_SIZE': 20,
+    # this many (and those on the wire) are sent again. None: 20, except on SQLite (per batch there).
+    'OUTCOME_FLUSH_SIZE': None,
     'RETRY_DELAY_SECONDS': 30,
     'RETRY_DELAY_MAX_SECONDS': 6 * 3600,
     'CLEANUP_BATCH_SIZE': 1000,

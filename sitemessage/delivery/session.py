@@ -20,11 +20,9 @@ from django.db import connections as db_connections
 
 from ..exceptions import UnknownMessageTypeError
 from ..models import Dispatch, MessageTuple
-from ..settings import get_positive_int_setting
 from .handover import compile_texts, deliver, messenger_lock, store_outcomes
 from .outcomes import MessageWork, warm_up_failure
-
-SENT = Dispatch.DISPATCH_STATUS_SENT
+from .recorder import SentRecorder, flush_size_for, is_sqlite
 
 if TYPE_CHECKING:  # pragma: nocover
     from ..messengers.base import MessengerBase
@@ -80,10 +78,11 @@ class DeliverySession:
         self._inline_warm = False  # the calling thread's connection (one connection) is open
         self._warm_up_error: Optional[BaseException] = None
         self._open: List[SubmittedBatch] = []
-        # Sent, not recorded yet (guarded by `guard`): recorded every `flush_size`, so that after a
-        # crash (kill -9) only about that many e-mails, and those on the wire, can be sent again.
-        self.flush_size = get_positive_int_setting('OUTCOME_FLUSH_SIZE')
-        self._sent: List[Dispatch] = []
+        # Records what is sent as it goes (see delivery.recorder); set up with the first batch, whose
+        # database decides how. None: outcomes are written only when each batch ends.
+        self._recorder: Optional[SentRecorder] = None
+        self._recorder_chosen = False
+        self._write_due = False  # the claiming thread should record now (SQLite); guarded by `guard`
 
     def __enter__(self) -> 'DeliverySession':
         self._lock.acquire()
@@ -104,6 +103,9 @@ class DeliverySession:
         messenger = self.messenger
         batch = SubmittedBatch([dispatch for _message, group in messages.values() for dispatch in group])
         self._open.append(batch)  # from here on, close() stores it whatever happens
+        if not self._recorder_chosen and batch.dispatches:
+            self._recorder_chosen = True
+            self._recorder = self._make_recorder(batch.dispatches[0])
         work = []
         for message, group in messages.values():
             try:
@@ -128,6 +130,18 @@ class DeliverySession:
             else:
                 self._enqueue(batch, work)
         return batch
+
+    def _make_recorder(self, dispatch: Dispatch) -> Optional[SentRecorder]:
+        size = flush_size_for(dispatch)
+        if size is None:
+            return None
+        name = f'sitemessage-{self.messenger.get_alias()}-recorder'
+        return SentRecorder(size, background=not is_sqlite(dispatch), name=name)
+
+    @property
+    def unit_size(self) -> Optional[int]:
+        """The largest unit of work: what is sent is recorded between units."""
+        return self._recorder.flush_size if self._recorder is not None else None
 
     @property
     def threaded(self) -> bool:
@@ -170,6 +184,8 @@ class DeliverySession:
         finally:
             for thread in self._threads:
                 thread.join()
+            if self._recorder is not None:
+                self._recorder.close()
             if self._inline_warm:
                 self._inline_warm = False
                 self._cool_down()
@@ -179,16 +195,15 @@ class DeliverySession:
         if not batch.stored:
             batch.stored = True
             self._open.remove(batch)
-            stored = {id(dispatch) for dispatch in batch.dispatches}
-            with self._progress:  # the whole batch is stored now: nothing of it is left to record early
-                self._sent = [dispatch for dispatch in self._sent if id(dispatch) not in stored]
+            if self._recorder is not None:
+                self._recorder.forget(batch.dispatches)
             store_outcomes(batch.dispatches, batch.untouched)
 
     def _wait(self, ready: Callable[[], bool]) -> None:
-        """Wait until ``ready()``; meanwhile record what the connections have sent, every ``flush_size``."""
+        """Wait until ``ready()``; meanwhile record what was sent when the recorder asks this thread to."""
         while True:
             with self._progress:
-                while not ready() and len(self._sent) < self.flush_size:
+                while not ready() and not self._write_due:
                     if self._live == 0:
                         if not self._queue:
                             return  # nothing left that could change
@@ -197,18 +212,9 @@ class DeliverySession:
                     self._progress.wait()
                 if ready():
                     return
-            self._record_sent()
-
-    def _note_delivered(self, dispatches: List[Dispatch]) -> bool:
-        """Keep the sent ones of a delivered unit to record; whether enough wait. Call holding the guard."""
-        self._sent.extend(dispatch for dispatch in dispatches if dispatch.dispatch_status == SENT)
-        return len(self._sent) >= self.flush_size
-
-    def _record_sent(self) -> None:
-        """Record what was sent so far, in one query, on the calling (claiming) thread."""
-        with self._progress:
-            sent, self._sent = self._sent, []
-        write_sent(sent)
+                self._write_due = False
+            if self._recorder is not None:
+                self._recorder.write()
 
     # One connection: the calling thread ---------------------------------------------------------------
 
@@ -221,18 +227,21 @@ class DeliverySession:
                         self.messenger.mark_error(dispatch, warm_up_failure(error), message_cls)
                 return  # the next batch tries to connect again
             self._inline_warm = True
-        units = bundle_work(work, 1, unit_size=self.flush_size)
+        recorder = self._recorder
+        if recorder is None:
+            deliver(self.messenger, work, self.limits)
+            return
+        units = bundle_work(work, 1, unit_size=recorder.flush_size)
         for number, unit in enumerate(units, 1):
             deliver(self.messenger, unit, self.limits)
-            with self._progress:
-                full = self._note_delivered([dispatch for item in unit for dispatch in item.dispatches])
+            full = recorder.add(dispatch for item in unit for dispatch in item.dispatches)
             if full and number < len(units):  # after the last unit the batch's store records everything
-                self._record_sent()
+                recorder.write()
 
     # Several connections: a thread each ----------------------------------------------------------------
 
     def _enqueue(self, batch: SubmittedBatch, work: list) -> None:
-        units = bundle_work(work, self.parallel, unit_size=self.flush_size)
+        units = bundle_work(work, self.parallel, unit_size=self.unit_size)
         with self._work_added:
             self._queue.extend(_Unit(items, batch) for items in units)
             batch.outstanding += len(units)
@@ -277,15 +286,12 @@ class DeliverySession:
                 try:
                     deliver(self.messenger, unit.items, self.limits)
                 finally:
-                    sent: List[Dispatch] = []
+                    write_due = self._recorder is not None and self._recorder.add(unit.dispatches)
                     with self._progress:
                         unit.batch.outstanding -= 1
-                        full = self._note_delivered(unit.dispatches)
-                        if full and records_on_any_thread(self._sent[0]):
-                            sent, self._sent = self._sent, []  # this thread records them: no wait for the caller
-                        if not unit.batch.outstanding or (full and not sent):
+                        self._write_due = self._write_due or write_due
+                        if not unit.batch.outstanding or write_due:
                             self._progress.notify_all()
-                    write_sent(sent)
         finally:
             try:
                 if warm:
@@ -321,28 +327,6 @@ class DeliverySession:
         except Exception as error:
             # Outcomes are already recorded: a failed QUIT does not unsend mail.
             LOGGER.warning('%s: cool-down failed: %s', self.messenger.get_alias(), error)
-
-
-def records_on_any_thread(dispatch: Dispatch) -> bool:
-    """Whether a connection's thread may record outcomes itself: not on SQLite (one writer at a time).
-
-    There the claiming thread records them, so connection threads never wait for its write lock.
-    """
-    return db_connections[dispatch._state.db or 'default'].vendor != 'sqlite'
-
-
-def write_sent(sent: List[Dispatch]) -> None:
-    """Record ``sent`` as sent, in one query, before their batch is stored.
-
-    The batch's store completes these rows later (texts, claim); should that never come (the
-    process was killed), they are sent already and no later run sends them again.
-    """
-    if not sent:
-        return
-    try:
-        Dispatch.objects.using(sent[0]._state.db or 'default').record_sent(sent)
-    except Exception:  # the batch's store records them anyway
-        LOGGER.warning('Could not record %s sent dispatches before the end of their batch', len(sent), exc_info=True)
 
 
 def note_subscribers(work: List[MessageWork]) -> None:

@@ -1,0 +1,120 @@
+"""Recording sent dispatches as they go, so that a killed worker sends almost nothing twice.
+
+Outcomes are written in bulk when a batch ends. Until then a killed worker (kill -9, the OOM
+killer) leaves what it had sent in Processing, and after the lease another run sends it again.
+A :class:`SentRecorder` marks sent dispatches Sent every ``SITEMESSAGE_OUTCOME_FLUSH_SIZE`` of
+them, in one query each time:
+
+* where the database takes concurrent writes (PostgreSQL, MariaDB, MySQL), on a thread of its
+  own: sending never waits for those commits, and while one is written the next ones gather;
+* on SQLite (one writer at a time, a file sync per commit), only when the setting is given, and
+  then on the claiming thread, between units of work.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Iterable, List, Optional
+
+from django.db import connections as db_connections
+
+from ..models import Dispatch
+from ..settings import check_setting, get_setting
+
+LOGGER = logging.getLogger(__name__)
+
+SENT = Dispatch.DISPATCH_STATUS_SENT
+DEFAULT_FLUSH_SIZE = 20
+
+
+def flush_size_for(dispatch: Dispatch) -> Optional[int]:
+    """How many sent dispatches to record at a time on ``dispatch``'s database; None: only per batch."""
+    configured = get_setting('OUTCOME_FLUSH_SIZE')
+    if configured is not None:
+        return check_setting(configured, 'positive_int', 'SITEMESSAGE_OUTCOME_FLUSH_SIZE')
+    return None if is_sqlite(dispatch) else DEFAULT_FLUSH_SIZE
+
+
+def is_sqlite(dispatch: Dispatch) -> bool:
+    return db_connections[dispatch._state.db or 'default'].vendor == 'sqlite'
+
+
+def write_sent(sent: List[Dispatch]) -> None:
+    """Mark ``sent`` Sent in one query, before their batch is stored.
+
+    The batch's store completes these rows later (texts, claim); should that never come (the
+    process was killed), they are sent already and no later run sends them again.
+    """
+    if not sent:
+        return
+    try:
+        Dispatch.objects.using(sent[0]._state.db or 'default').record_sent(sent)
+    except Exception:  # the batch's store records them anyway
+        LOGGER.warning('Could not record %s sent dispatches before the end of their batch', len(sent), exc_info=True)
+
+
+class SentRecorder:
+    """Gathers sent dispatches and records them every ``flush_size``, in the background or when asked.
+
+    ``background``: a thread of its own writes (started on first need, stopped by :meth:`close`);
+    otherwise :meth:`add` says when enough wait and the caller calls :meth:`write`.
+    """
+
+    def __init__(self, flush_size: int, background: bool, name: str):
+        self.flush_size = flush_size
+        self.background = background
+        self._name = name
+        self._pending: List[Dispatch] = []
+        self._changed = threading.Condition()
+        self._thread: Optional[threading.Thread] = None
+        self._closing = False
+
+    def add(self, dispatches: Iterable[Dispatch]) -> bool:
+        """Note the sent ones among ``dispatches``; whether the caller should :meth:`write` now."""
+        sent = [dispatch for dispatch in dispatches if dispatch.dispatch_status == SENT]
+        if not sent:
+            return False
+        with self._changed:
+            self._pending.extend(sent)
+            full = len(self._pending) >= self.flush_size
+            if full and self.background:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                    self._thread.start()
+                self._changed.notify()
+                return False
+        return full
+
+    def write(self) -> None:
+        """Record what is pending now, on the calling thread."""
+        with self._changed:
+            sent, self._pending = self._pending, []
+        write_sent(sent)
+
+    def forget(self, dispatches: Iterable[Dispatch]) -> None:
+        """Drop ``dispatches`` (their batch is being stored: nothing of it is left to record early)."""
+        stored = {id(dispatch) for dispatch in dispatches}
+        with self._changed:
+            self._pending = [dispatch for dispatch in self._pending if id(dispatch) not in stored]
+
+    def close(self) -> None:
+        """Stop the background thread (what it has not written yet, the batches' stores write)."""
+        with self._changed:
+            self._closing = True
+            self._changed.notify()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._changed:
+                    while len(self._pending) < self.flush_size and not self._closing:
+                        self._changed.wait()
+                    if self._closing:
+                        return
+                    sent, self._pending = self._pending, []
+                write_sent(sent)
+        finally:
+            db_connections.close_all()  # only this thread's
