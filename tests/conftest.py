@@ -71,6 +71,16 @@ def isolated_registry():
         yield
 
 
+@pytest.fixture(autouse=True)
+def no_shared_pauses():
+    """A provider's pause (kept in the shared cache) does not outlive the test that caused it."""
+    from django.core.cache import caches
+
+    caches['default'].clear()
+    yield
+    caches['default'].clear()
+
+
 @pytest.fixture
 def fake_messenger():
     return utils.get_registered_messenger_object('fake')

@@ -6,7 +6,8 @@ Everything comes from the environment the fixture (tests/processes.py) builds:
   ``SITEMESSAGE_PROCESS_PG``: name of a PostgreSQL database at 127.0.0.1 (user postgres);
 - ``SITEMESSAGE_PROCESS_CACHE``: ``db`` (DatabaseCache, table ``sitemessage_cache``), a directory
   (FileBasedCache), or empty (LocMemCache, per process);
-- ``SITEMESSAGE_PROCESS_SMTP_PORT`` / ``SITEMESSAGE_PROCESS_SMTP_CONNECTIONS``: see processapp;
+- ``SITEMESSAGE_PROCESS_SMTP_PORT`` / ``SITEMESSAGE_PROCESS_SMTP_CONNECTIONS`` /
+  ``SITEMESSAGE_PROCESS_TELEGRAM_URL``: see processapp;
 - ``SITEMESSAGE_PROCESS_<NAME>``: the ``SITEMESSAGE_<NAME>`` setting, as JSON (``10``, ``{"smtp": 10}``)
   or a plain string (``celery``).
 """
@@ -50,7 +51,7 @@ else:
     CACHES = {'default': {'BACKEND': 'django.core.cache.backends.locmem.LocMemCache'}}
 
 _PREFIX = 'SITEMESSAGE_PROCESS_'
-_OWN = {'SQLITE', 'SQLITE_TIMEOUT', 'PG', 'CACHE', 'SMTP_PORT', 'SMTP_CONNECTIONS'}
+_OWN = {'SQLITE', 'SQLITE_TIMEOUT', 'PG', 'CACHE', 'SMTP_PORT', 'SMTP_CONNECTIONS', 'TELEGRAM_URL'}
 for _name, _raw in os.environ.items():
     if _name.startswith(_PREFIX) and _name[len(_PREFIX) :] not in _OWN:
         try:

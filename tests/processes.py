@@ -356,6 +356,18 @@ def schedule(count: int, prefix: str, mode: str = 'bulk', subject: str = 'Hello'
     return {'scheduled': count}
 
 
+def schedule_telegram(count: int) -> dict:
+    """Schedule one Telegram message to each of the chats ``1`` .. ``count``."""
+    from sitemessage.messages.plain import PlainTextMessage
+    from sitemessage.scheduling import schedule_pairs_in_bulk
+    from sitemessage.toolbox import recipients
+
+    schedule_pairs_in_bulk(
+        [(PlainTextMessage(f'Message {chat}'), recipients('telegram', str(chat))) for chat in range(1, count + 1)]
+    )
+    return {'scheduled': count}
+
+
 def status() -> dict:
     """Dispatch counts by status, and the addresses in each status."""
     from sitemessage.models import Dispatch

@@ -10,10 +10,14 @@ Configure ``SITEMESSAGE_RATE_LIMITS = {'telegram': 30, 'smtp': 14}`` (messages p
 messenger alias) and ``SITEMESSAGE_RATE_LIMITS_PER_RECIPIENT = {'telegram': 1}``.
 ``LocMemCache`` is per process: use a shared cache (Redis, Memcached, database) when several
 processes send (FileBasedCache is not safe across processes either: its ``add`` is not atomic).
+
+The same cache holds the pauses a service imposes (:func:`pause`, :func:`paused_for`): when it
+says "too many requests, retry after N seconds", every worker waits, not only the one told.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from typing import Callable, Optional
@@ -23,6 +27,8 @@ from django.core.cache.backends.base import BaseCache
 
 from ..exceptions import SiteMessageConfigurationError
 from ..settings import get_setting
+
+LOGGER = logging.getLogger(__name__)
 
 SLEEP: Callable[[float], None] = time.sleep
 CLOCK: Callable[[], float] = time.time
@@ -73,3 +79,50 @@ def acquire(key: str, per_second: float, max_wait: float = 60.0) -> float:
             raise TimeoutError(f'Rate limit {per_second}/s of `{key}` still full after {waited:.1f} s.')
         SLEEP(pause)
         waited += pause
+
+
+# Provider pauses ------------------------------------------------------------------------------
+#
+# A service that answers "too many requests, wait N seconds" (Telegram's retry_after, HTTP 429's
+# Retry-After, Facebook's and VK's rate-limit codes) limits the account, not the process: every
+# worker on every host must stop sending until the wait is over. The end of the wait is kept in
+# the same cache as the quotas, under the key the messenger names (its alias and a fingerprint
+# of its credentials), as seconds since the epoch: hosts share the wall clock, not a monotonic one.
+
+
+def _pause_key(key: str) -> str:
+    return f'sitemessage:pause:{key}'
+
+
+def pause(key: str, seconds: float) -> float:
+    """Make every worker wait ``seconds`` before sending under ``key``; return when the pause ends (epoch).
+
+    An existing longer pause is kept. Read then write: two workers pausing at once may leave the
+    shorter of their two waits, which only means a retry comes a little early. A cache that cannot
+    be reached is logged and skipped: the service's own refusals still slow each worker down.
+    """
+    until = CLOCK() + max(float(seconds), 0.0)
+    try:
+        cache = caches[get_setting('RATE_LIMIT_CACHE')]
+        current = cache.get(_pause_key(key))
+        if isinstance(current, (int, float)) and current >= until:
+            return float(current)
+        cache.set(_pause_key(key), until, timeout=math.ceil(seconds) + 1)
+    except Exception as error:  # a cache outage must not stop delivery
+        LOGGER.warning('Could not share the pause of `%s` (%s: %s)', key, type(error).__name__, error)
+    return until
+
+
+def paused_until(key: str) -> float:
+    """Return when the pause of ``key`` ends (epoch seconds; 0.0 when there is none): one cache read."""
+    try:
+        until = caches[get_setting('RATE_LIMIT_CACHE')].get(_pause_key(key))
+    except Exception as error:  # see pause()
+        LOGGER.warning('Could not read the pause of `%s` (%s: %s)', key, type(error).__name__, error)
+        return 0.0
+    return float(until) if isinstance(until, (int, float)) and not isinstance(until, bool) else 0.0
+
+
+def paused_for(key: str) -> float:
+    """Return how many seconds every worker must still wait before sending under ``key`` (0.0: none)."""
+    return max(paused_until(key) - CLOCK(), 0.0)

@@ -7,23 +7,34 @@ Error mapping: connection errors, timeouts, HTTP 408, 429 and 5xx are temporary 
 honouring ``Retry-After``); any other 4xx is permanent (the dispatch fails at once).
 Subclasses read the service's own error payload through :meth:`payload_error` and
 :meth:`map_payload_error`.
+
+Provider pauses: a :class:`RateLimited` error (HTTP 429, or what a subclass maps from the
+service's rate-limit codes) is written to the shared limiter
+(:func:`sitemessage.delivery.ratelimit.pause`, keyed by alias and a fingerprint of the
+credentials), so every worker on every host stops sending through the same account until the
+wait is over, not only the one that was told.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
+import time
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Set, Union
 from urllib.parse import quote, quote_plus
 
 from .. import VERSION
+from ..delivery import ratelimit
 from ..exceptions import MessengerException, MessengerWarmupException, PermanentDeliveryError, TemporaryDeliveryError
 from ..optional import import_optional
 from ..settings import get_setting
 from .base import MessengerBase, PerThread, describe_error
 
 LOGGER = logging.getLogger(__name__)
+
+SLEEP: Callable[[float], None] = time.sleep  # waiting out a short shared pause; tests replace it
 
 TypeProxy = Union[Dict[str, str], Callable[[], Dict[str, str]], None]
 
@@ -77,12 +88,24 @@ class DeferBatch(TemporaryDeliveryError):
     requeue: bool = False
 
 
+class RateLimited(DeferBatch):
+    """The service limits the account's rate (HTTP 429, a rate-limit code): every worker pauses.
+
+    Raised from :meth:`RequestsMessengerBase.request`, it is first written to the shared limiter
+    for ``retry_after`` seconds (the messenger's ``pause_default`` when the service gives none);
+    then it defers the rest of the run as any :class:`DeferBatch` does.
+    """
+
+
 class _ThreadState:
     """What one connection (thread) keeps between :meth:`~RequestsMessengerBase.before_send` and
     :meth:`~RequestsMessengerBase.after_send`."""
 
     session: Any = None  # the requests.Session of this connection
     deferral: Optional[DeferBatch] = None  # set once the service refused the account in this run
+    pause_until: float = 0.0  # the shared pause as last read or written (epoch seconds)
+    pause_read_at: Optional[float] = None  # when it was read (None: read it before the next dispatch)
+    pause_waited: float = 0.0  # a pause ending at or before this was waited out by this connection
 
 
 class RequestsMessengerBase(MessengerBase):
@@ -99,6 +122,14 @@ class RequestsMessengerBase(MessengerBase):
     timeout: Optional[float] = None  # None: SITEMESSAGE_HTTP_TIMEOUT
     api_url: str = ''
     extra_name: str = 'requests'  # the pip extra naming this messenger's dependencies
+
+    # The shared pause (see RateLimited): a pause this short is waited out by the connection that
+    # finds it (0: never, the rest of the run is deferred); a connection reads the pause before
+    # each unit of work and at most every `pause_check_interval` seconds within one; a rate-limit
+    # error without a retry time pauses for `pause_default` seconds.
+    pause_max_wait: float = 0.0
+    pause_check_interval: float = 1.0
+    pause_default: float = 10.0
 
     _thread = PerThread(_ThreadState)
 
@@ -152,6 +183,7 @@ class RequestsMessengerBase(MessengerBase):
         state = self._thread
         self._close_session()  # left over by a run on this thread that did not cool down
         state.deferral = None
+        state.pause_read_at = None
         state.session = self._new_session()
         try:
             self.warm_up()
@@ -205,13 +237,17 @@ class RequestsMessengerBase(MessengerBase):
         """
         with self.scrubbed_errors():
             session = self._thread.session
-            if session is not None:
-                return self._request(session, method, url, kwargs)
-            session = self._new_session()
             try:
-                return self._request(session, method, url, kwargs)
-            finally:
-                close_connections(session)
+                if session is not None:
+                    return self._request(session, method, url, kwargs)
+                session = self._new_session()
+                try:
+                    return self._request(session, method, url, kwargs)
+                finally:
+                    close_connections(session)
+            except RateLimited as error:
+                self.share_pause(error.retry_after)
+                raise
 
     def _request(self, session, method: str, url: str, kwargs: dict) -> Any:
         try:
@@ -254,7 +290,9 @@ class RequestsMessengerBase(MessengerBase):
     def raise_for_status(self, status: int, description: str, retry_after: Any = None) -> None:
         """Raise a temporary error for 408, 429 and 5xx, a permanent one for other 4xx."""
         text = f'{self.title}: HTTP {status}: {description}'
-        if status in (408, 429) or status >= 500:
+        if status == 429:
+            raise RateLimited(text, retry_after=parse_retry_after(retry_after))
+        if status == 408 or status >= 500:
             raise TemporaryDeliveryError(text, retry_after=parse_retry_after(retry_after))
         raise PermanentDeliveryError(text)
 
@@ -267,7 +305,59 @@ class RequestsMessengerBase(MessengerBase):
         """POST form-encoded ``data`` to ``url``; return decoded JSON."""
         return self.request('POST', url, data=data)
 
+    # The shared pause ---------------------------------------------------------------------------
+
+    def rate_limit_scope(self) -> Iterable[str]:
+        """Hook: the values the service's rate limit applies to (by default the credentials)."""
+        return self.get_secrets()
+
+    def pause_key(self) -> str:
+        """The shared limiter's key of this account: the alias and a fingerprint, never a secret itself."""
+        scope = '\0'.join(str(value) for value in self.rate_limit_scope() if value)
+        return f'{self.get_alias()}:{hashlib.sha256(scope.encode()).hexdigest()[:16]}'
+
+    def share_pause(self, seconds: Optional[float]) -> float:
+        """Make every worker stop sending through this account for ``seconds``; return when it ends (epoch)."""
+        wait = self.pause_default if seconds is None else seconds
+        LOGGER.warning('%s: the service asks to wait %g s; pausing every worker', self.get_alias(), wait)
+        until = ratelimit.pause(self.pause_key(), wait)
+        state = self._thread
+        state.pause_until, state.pause_read_at = max(state.pause_until, until), ratelimit.CLOCK()
+        return until
+
+    def shared_pause_left(self, refresh: bool = False) -> float:
+        """Seconds left of the shared pause, read from the cache once per unit of work (or when asked).
+
+        A pause this connection already waited out counts as over.
+        """
+        state = self._thread
+        now = ratelimit.CLOCK()
+        if refresh or state.pause_read_at is None or now - state.pause_read_at >= self.pause_check_interval:
+            state.pause_until, state.pause_read_at = ratelimit.paused_until(self.pause_key()), now
+        if state.pause_until <= state.pause_waited:
+            return 0.0
+        return max(state.pause_until - now, 0.0)
+
+    def pause_waited(self) -> None:
+        """Note that this connection waited out the pause it knows of (it slept, then retried)."""
+        state = self._thread
+        state.pause_waited = max(state.pause_waited, state.pause_until)
+
+    def pause_error(self, seconds: float) -> DeferBatch:
+        """Hook: the error that defers the rest of the run while the shared pause lasts ``seconds`` more."""
+        text = f'{self.title}: rate-limited for {seconds:.0f} s more (the service paused every worker)'
+        return RateLimited(text, retry_after=seconds)
+
+    def wait_out(self, seconds: float) -> None:
+        """Sleep through a short pause; a subclass whose tests replace its own sleep overrides it."""
+        SLEEP(seconds)
+
     # Delivery ---------------------------------------------------------------------------------
+
+    def send_many(self, items) -> None:
+        """Deliver a unit of work; the shared pause is read afresh before its first dispatch."""
+        self._thread.pause_read_at = None
+        super().send_many(items)
 
     def send_test_message(self, to: Optional[str], text: str) -> Any:
         with self.scrubbed_errors():
@@ -291,8 +381,21 @@ class RequestsMessengerBase(MessengerBase):
         return ''
 
     def deferral(self) -> Optional[DeferBatch]:
-        """Hook: return why the rest of the run must wait, or None; by default the :class:`DeferBatch` of this run."""
-        return self._thread.deferral
+        """Hook: return why the rest of the run must wait, or None.
+
+        By default the :class:`DeferBatch` of this run, else the shared pause of the account
+        (another worker was told to wait): a short one (``pause_max_wait``) is waited out here.
+        """
+        if self._thread.deferral is not None:
+            return self._thread.deferral
+        left = self.shared_pause_left()
+        if not left:
+            return None
+        if left > self.pause_max_wait:
+            return self.pause_error(left)
+        self.wait_out(left)
+        self.pause_waited()
+        return None
 
     def defer(self, dispatches, reason: DeferBatch, message_cls) -> None:
         """Mark ``dispatches`` as not attempted because of ``reason`` (see :class:`DeferBatch`)."""

@@ -15,7 +15,7 @@ from django.utils.translation import gettext_lazy as _
 
 from ..exceptions import MessengerException, PermanentDeliveryError, TemporaryDeliveryError
 from ..settings import get_setting
-from .base_http import RequestsMessengerBase, TypeProxy, parse_retry_after, protect_secrets_in_logs
+from .base_http import RateLimited, RequestsMessengerBase, TypeProxy, parse_retry_after, protect_secrets_in_logs
 
 # Graph API error codes (see the error-handling guide linked above).
 TOKEN_CODES = {102, 190}  # API session / access token expired, revoked or invalid
@@ -35,6 +35,10 @@ class FacebookMessengerException(MessengerException):
 
 class FacebookTemporaryError(FacebookMessengerException, TemporaryDeliveryError):
     """A Graph API error worth retrying later (rate limits, outages, an expired page token)."""
+
+
+class FacebookRateLimited(FacebookTemporaryError, RateLimited):
+    """A Graph API rate limit (a throttling code, HTTP 429): every worker posting to the page waits."""
 
 
 class FacebookPermanentError(FacebookMessengerException, PermanentDeliveryError):
@@ -148,11 +152,13 @@ class FacebookMessenger(RequestsMessengerBase):
             exception = FacebookTemporaryError(f'Facebook page access token expired or invalid: {description}')
         elif code in THROTTLE_CODES or code in TRANSIENT_CODES:
             retry_after = parse_retry_after(response.headers.get('Retry-After')) or usage_retry_after(response.headers)
-            exception = FacebookTemporaryError(text, retry_after=retry_after)
+            cls = FacebookRateLimited if code in THROTTLE_CODES else FacebookTemporaryError
+            exception = cls(text, retry_after=retry_after)
         elif code in PERMISSION_CODES or (code is not None and 200 <= code < 300):
             exception = FacebookPermanentError(text)
         elif status in (408, 429) or status >= 500 or error.get('is_transient'):
-            exception = FacebookTemporaryError(text, retry_after=parse_retry_after(response.headers.get('Retry-After')))
+            cls = FacebookRateLimited if status == 429 else FacebookTemporaryError
+            exception = cls(text, retry_after=parse_retry_after(response.headers.get('Retry-After')))
         else:
             exception = FacebookPermanentError(text)
         exception.code, exception.subcode = code, subcode

@@ -7,7 +7,9 @@ Every call is ``POST <api_url>/bot<token>/<method>`` with a JSON body; the servi
 Error mapping for a dispatch: 403 (bot blocked, user deactivated, bot kicked) and 400 (chat not
 found, and any other bad request) fail it at once; 429 waits ``retry_after`` when it is short and
 retries once, otherwise the dispatch is retried after ``retry_after`` and the rest of the batch
-waits for a later run; 5xx, timeouts and connection errors are retried. The bot token sits in
+waits for a later run; either way the wait is shared with every worker sending as the same bot
+(see ``RateLimited`` in :mod:`~sitemessage.messengers.base_http`); 5xx, timeouts and connection
+errors are retried. The bot token sits in
 the URL path: it is scrubbed from every error text and from ``urllib3``'s debug log.
 """
 
@@ -21,7 +23,7 @@ from typing import Any, Dict, List, Optional, Type, TypeVar, Union
 from django.utils.translation import gettext_lazy
 
 from ..exceptions import MessengerException, MessengerWarmupException, PermanentDeliveryError, TemporaryDeliveryError
-from .base_http import DeferBatch, RequestsMessengerBase, TypeProxy, parse_retry_after
+from .base_http import DeferBatch, RateLimited, RequestsMessengerBase, TypeProxy, parse_retry_after
 
 LOGGER = logging.getLogger(__name__)
 
@@ -53,8 +55,8 @@ class TelegramTemporaryError(TelegramMessengerException, TemporaryDeliveryError)
     """Worth retrying later: a server or network error, or a bot-wide problem (e.g. token revoked)."""
 
 
-class TelegramRateLimited(TelegramTemporaryError, DeferBatch):
-    """HTTP 429: the bot must wait ``retry_after`` seconds before sending again.
+class TelegramRateLimited(TelegramTemporaryError, RateLimited):
+    """HTTP 429: the bot must wait ``retry_after`` seconds before sending again, on every worker.
 
     The rest of the run goes back to the queue untouched; :meth:`TelegramMessenger.deferral`
     keeps it there (no request made) until the wait is over.
@@ -192,6 +194,7 @@ class TelegramMessenger(RequestsMessengerBase):
                         '%s: rate-limited by Telegram, retrying %s in %s s', self.get_alias(), method_name, wait
                     )
                     SLEEP(wait)
+                    self.pause_waited()
                     continue
                 self._rate_limited_until = max(self._rate_limited_until, CLOCK() + wait)
                 raise
@@ -252,9 +255,21 @@ class TelegramMessenger(RequestsMessengerBase):
 
     # Delivery -------------------------------------------------------------------------------------
 
+    @property
+    def pause_max_wait(self) -> float:  # type: ignore[override]
+        """A shared pause this short is waited out, as a short 429 of one's own is."""
+        return self.retry_after_max_wait
+
     def rate_limit_left(self) -> float:
-        """Return how many seconds Telegram asked this bot to wait before sending (0: none)."""
-        return max(self._rate_limited_until - CLOCK(), 0.0)
+        """Return how many seconds Telegram asked this bot to wait before sending (0: none), here or on any worker."""
+        return max(self._rate_limited_until - CLOCK(), self.shared_pause_left(), 0.0)
+
+    def wait_out(self, seconds: float) -> None:
+        SLEEP(seconds)
+
+    def pause_error(self, seconds: float) -> DeferBatch:
+        text = f'bot rate-limited for {seconds:.0f} s more'
+        return _telegram_error(TelegramRateLimited, f'Telegram: {text}', text, 429, seconds)
 
     def warm_up(self) -> None:
         """Verify the bot (``getMe``) once per run; a rate-limited bot skips it (sends are deferred)."""
@@ -275,11 +290,10 @@ class TelegramMessenger(RequestsMessengerBase):
         super().after_send()
 
     def deferral(self) -> Optional[DeferBatch]:
-        """While Telegram rate-limits the bot (in any run, on any thread), dispatches wait in the queue."""
-        left = self.rate_limit_left()
-        if left:
-            text = f'bot rate-limited for {left:.0f} s more'
-            return _telegram_error(TelegramRateLimited, f'Telegram: {text}', text, 429, left)
+        """While Telegram rate-limits the bot (in any run, on any thread, on any worker), dispatches wait."""
+        left = self._rate_limited_until - CLOCK()  # this process knows it without reading the cache
+        if left > 0:
+            return self.pause_error(left)
         return super().deferral()
 
     def dispatch_problem(self, dispatch) -> str:

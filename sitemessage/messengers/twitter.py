@@ -27,7 +27,7 @@ from django.utils.translation import gettext_lazy
 
 from ..exceptions import MessengerWarmupException, PermanentDeliveryError
 from ..optional import import_optional, stand_in_module
-from .base_http import DeferBatch, RequestsMessengerBase, TypeProxy, parse_retry_after
+from .base_http import DeferBatch, RateLimited, RequestsMessengerBase, TypeProxy, parse_retry_after
 
 URL_LENGTH = 23  # every URL counts as a t.co link of this length
 MAX_LENGTH = 280
@@ -96,6 +96,10 @@ class AccountWideError(DeferBatch):
     """X refused the account or app, not the post (HTTP 401, 429): the rest of the run waits too."""
 
 
+class AccountRateLimited(AccountWideError, RateLimited):
+    """HTTP 429: a rate limit or usage cap of the account or app; every worker waits for its reset."""
+
+
 class TwitterMessenger(RequestsMessengerBase):
     """Post tweets as the user owning ``access_token``; an address makes it a mention (``@to text``).
 
@@ -108,8 +112,9 @@ class TwitterMessenger(RequestsMessengerBase):
 
     Errors: 401 (credentials refused) and 429 (rate limit or usage cap; retried when
     ``x-rate-limit-reset`` or the 24-hour limit resets) stop the rest of the run, and the
-    dispatches are retried later; 403 (e.g. duplicate content) and other 4xx fail that dispatch;
-    408, 5xx, timeouts and connection errors are retried.
+    dispatches are retried later (a 429 pauses every worker posting as the same user and app);
+    403 (e.g. duplicate content) and other 4xx fail that dispatch; 408, 5xx, timeouts and
+    connection errors are retried.
 
     For 1.4.0 projects' test suites: built while ``sys.modules['twitter']`` is a stand-in (a
     ``unittest.mock`` object), or with such an object assigned to ``lib`` or ``api``, the
@@ -221,9 +226,8 @@ class TwitterMessenger(RequestsMessengerBase):
             return
         if status in (401, 429):
             wait = rate_limit_wait(response.headers) if status == 429 else None
-            raise AccountWideError(
-                f'{self.title}: HTTP {status}: {self.describe_error(response, payload)}', retry_after=wait
-            )
+            cls = AccountRateLimited if status == 429 else AccountWideError
+            raise cls(f'{self.title}: HTTP {status}: {self.describe_error(response, payload)}', retry_after=wait)
         super().check_response(response, payload)
 
     def describe_error(self, response, payload: Any) -> str:

@@ -14,11 +14,12 @@ from django.utils.translation import gettext_lazy as _
 
 from ..exceptions import MessengerException, PermanentDeliveryError, TemporaryDeliveryError
 from ..settings import get_setting
-from .base_http import RequestsMessengerBase, TypeProxy
+from .base_http import RateLimited, RequestsMessengerBase, TypeProxy
 
 # VK API error codes (see the error reference linked above).
 TOKEN_CODES = {5, 28}  # user / application authorization failed: the token is invalid, expired or revoked
 TEMPORARY_CODES = {1, 6, 9, 10, 14, 29}  # unknown, too many requests/s, flood control, internal, captcha, quota
+RATE_LIMIT_CODES = {6, 9, 29}  # too many requests per second, flood control, method quota: every worker waits
 RETRY_AFTER = {6: 1.0}  # "too many requests per second" clears within a second
 
 _LINK = re.compile(r'https?://\S+$')
@@ -32,6 +33,10 @@ class VKontakteMessengerException(MessengerException):
 
 class VKontakteTemporaryError(VKontakteMessengerException, TemporaryDeliveryError):
     """A VK API error worth retrying later (rate limits, flood control, internal errors, a bad token)."""
+
+
+class VKontakteRateLimited(VKontakteTemporaryError, RateLimited):
+    """A VK API rate limit (codes 6, 9, 29): every worker posting with the token waits."""
 
 
 class VKontaktePermanentError(VKontakteMessengerException, PermanentDeliveryError):
@@ -118,7 +123,8 @@ class VKontakteMessenger(RequestsMessengerBase):
         if code in TOKEN_CODES:
             exception = VKontakteTemporaryError(f'VKontakte access token invalid or expired: {description}')
         elif code in TEMPORARY_CODES:
-            exception = VKontakteTemporaryError(f'{self.title}: {description}', retry_after=RETRY_AFTER.get(code))
+            cls = VKontakteRateLimited if code in RATE_LIMIT_CODES else VKontakteTemporaryError
+            exception = cls(f'{self.title}: {description}', retry_after=RETRY_AFTER.get(code))
         else:
             exception = VKontaktePermanentError(f'{self.title}: {description}')
         exception.code = code

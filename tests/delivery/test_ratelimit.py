@@ -241,3 +241,71 @@ def test_database_cache_skips_a_slot_another_worker_confirmed(db_cache, clock):
     assert ratelimit.acquire('smtp', 2) == 0.0  # slot 2
     assert ratelimit.acquire('smtp', 2) == 0.75  # the window held two slots, both are taken
     assert clock.sleeps == [0.75]
+
+
+# Provider pauses (pause / paused_for) ---------------------------------------------------------
+
+LOCMEM = {'BACKEND': 'django.core.cache.backends.locmem.LocMemCache', 'LOCATION': 'pauses'}
+DBCACHE = {'BACKEND': 'django.core.cache.backends.db.DatabaseCache', 'LOCATION': 'sitemessage_pause_cache'}
+
+
+@pytest.fixture(params=['locmem', 'db'])
+def pause_cache(request, clock):
+    """The shared cache of pauses: LocMemCache, or Django's database cache (a table of the test database)."""
+    config = LOCMEM if request.param == 'locmem' else DBCACHE
+    with override_settings(
+        CACHES={'default': {'BACKEND': LOCMEM['BACKEND']}, 'pauses': config}, SITEMESSAGE_RATE_LIMIT_CACHE='pauses'
+    ):
+        if request.param == 'db':
+            request.getfixturevalue('db')
+            from django.core.management import call_command
+
+            call_command('createcachetable', 'sitemessage_pause_cache', verbosity=0)
+        caches['pauses'].clear()
+        yield caches['pauses']
+        caches['pauses'].clear()
+
+
+def test_a_pause_is_seen_under_its_key_until_it_ends(pause_cache, clock):
+    assert ratelimit.paused_for('telegram:abc') == 0.0
+
+    until = ratelimit.pause('telegram:abc', 30)
+
+    assert until == clock.now + 30
+    assert ratelimit.paused_for('telegram:abc') == 30.0
+    assert ratelimit.paused_for('telegram:other-bot') == 0.0  # per bot, not per messenger
+    clock.now += 29.5
+    assert ratelimit.paused_for('telegram:abc') == 0.5
+    clock.now += 1
+    assert ratelimit.paused_for('telegram:abc') == 0.0
+
+
+def test_a_shorter_pause_does_not_cut_a_longer_one(pause_cache, clock):
+    ratelimit.pause('vk:abc', 60)
+    assert ratelimit.pause('vk:abc', 5) == clock.now + 60
+    assert ratelimit.paused_for('vk:abc') == 60.0
+    ratelimit.pause('vk:abc', 120)
+    assert ratelimit.paused_for('vk:abc') == 120.0
+
+
+def test_a_pause_is_one_cache_write_and_a_check_one_read(pause_cache, clock, monkeypatch):
+    calls = []
+    for name in ('get', 'set', 'add', 'incr'):
+        original = getattr(pause_cache, name)
+        monkeypatch.setattr(pause_cache, name, lambda *a, _n=name, _o=original, **k: calls.append(_n) or _o(*a, **k))
+    ratelimit.pause('fb:abc', 10)
+    assert calls == ['get', 'set']
+    calls.clear()
+    ratelimit.paused_for('fb:abc')
+    assert calls == ['get']
+
+
+@pytest.mark.django_db
+def test_an_unreachable_cache_pauses_nobody_and_stops_nothing(clock, caplog):
+    with override_settings(
+        CACHES={'default': {'BACKEND': LOCMEM['BACKEND']}, 'pauses': {**DBCACHE, 'LOCATION': 'no_such_table'}},
+        SITEMESSAGE_RATE_LIMIT_CACHE='pauses',
+    ):
+        assert ratelimit.pause('x:abc', 10) == clock.now + 10
+        assert ratelimit.paused_for('x:abc') == 0.0
+    assert 'Could not share the pause of `x:abc`' in caplog.text
