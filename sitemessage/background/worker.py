@@ -82,7 +82,9 @@ class Worker:
                     self.report(pass_report)
                 if self.max_passes is not None and passes >= self.max_passes:
                     break
-                if not pass_report.batches:
+                # Idle when nothing was attempted: also when every dispatch claimed went back untouched
+                # (a provider's pause, a rate limit), or the next pass would take them again at once.
+                if not (pass_report.sent or pass_report.errors or pass_report.failed):
                     self._idle(notifications)
             except errors as error:
                 failures += 1

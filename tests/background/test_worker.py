@@ -429,3 +429,34 @@ def test_email_backend_schedules_50_mails_in_a_handful_of_queries(smtp_messenger
 
     assert Message.objects.count() == 50
     assert set(Dispatch.objects.values_list('address', flat=True)) == expected_addresses('backend', 50)
+
+
+# The loop in-process -------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_a_pass_that_only_put_dispatches_back_is_followed_by_idling(fake_messenger):
+    """Dispatches a messenger gives back untouched (a provider's pause) are not claimed again at once."""
+    from sitemessage.background.worker import Worker
+    from tests.fakes import FakeMessenger
+
+    class Pausing(FakeMessenger):
+        def send(self, message_cls, message_model, dispatch_models):
+            self.sends = getattr(self, 'sends', 0) + 1
+            for dispatch in dispatch_models:
+                self.mark_pending(dispatch)  # the service asked us to wait: back to the queue, no attempt
+
+    from sitemessage.toolbox import register_messenger_objects
+
+    pausing = Pausing()
+    register_messenger_objects(pausing)
+    schedule_messages('wait for me', recipients('fake', 'someone'))
+    worker = Worker(max_passes=2, idle_seconds=0)
+    idles = []
+    worker._idle = idles.append  # noqa: SLF001 -- the loop's one seam: count the idle waits, wait none
+
+    totals = worker.run()
+
+    assert (totals.sent, totals.released, pausing.sends) == (0, 2, 2)
+    assert len(idles) == 1  # after the first pass (the second is the last)
+    assert Dispatch.objects.get().dispatch_status == Dispatch.DISPATCH_STATUS_PENDING
