@@ -16,7 +16,6 @@ from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
 from .. import signals
 from ..settings import get_setting
-from .tasks import check_target, enqueue_send
 
 LOGGER = logging.getLogger('sitemessage.wakeup')  # the documented logger name
 CHANNEL = 'sitemessage_queue'
@@ -42,6 +41,8 @@ def queue_changed(using: Optional[str] = None) -> None:
     using = using or DEFAULT_DB_ALIAS
     target = get_setting('ENQUEUE_ON_SCHEDULE')
     if target:
+        from .tasks import check_target  # imports Celery (optional, ~70 ms): only where it is configured
+
         check_target(target)
     transaction.on_commit(lambda: _announce(using), using=using)
 
@@ -60,6 +61,8 @@ def _announce(using: str) -> None:
             )
     target = get_setting('ENQUEUE_ON_SCHEDULE')
     if target:
+        from .tasks import enqueue_send  # see above: Celery only where it is configured
+
         try:
             enqueue_send(target)
         except Exception as error:
