@@ -24,6 +24,8 @@ DEFAULTS: dict[str, Any] = {
     # The delivery engine.
     'SEND_BATCH_SIZE': 200,
     'SEND_LEASE_SECONDS': 600,
+    # Subscriptions prepare_dispatches() turns into dispatches per transaction (one bulk insert).
+    'PREPARE_CHUNK_SIZE': 2000,
     'RETRY_DELAY_SECONDS': 30,
     'RETRY_DELAY_MAX_SECONDS': 6 * 3600,
     'CLEANUP_BATCH_SIZE': 1000,
