@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 from uuid import uuid4
@@ -25,6 +26,8 @@ from ..settings import get_positive_int_setting
 from ..signals import sig_mark_read_failed, sig_mark_read_success, sig_unsubscribe_failed, sig_unsubscribe_success
 from ..site import get_site_url
 from .links import URL_MARK_READ, URL_UNSUBSCRIBE, reverse_signed_link, signed_link_url  # noqa: F401
+
+LOGGER = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # pragma: nocover
     from ..models import DeferredText, Dispatch, Message, MessageTuple, PreparedDispatches
@@ -177,7 +180,7 @@ class MessageBase:
     @classmethod
     def _prepare_for_subscribers(cls, message: 'Message') -> 'PreparedDispatches':
         """Stream the subscribers into dispatches under a claim on the message (see ``MessageQuerySet``)."""
-        from ..models import Dispatch, Message, PreparedDispatches, Subscription
+        from ..models import Dispatch, Message, PreparationLost, PreparedDispatches, Subscription
 
         prepared = PreparedDispatches()
         lease_seconds = get_positive_int_setting('SEND_LEASE_SECONDS')
@@ -200,12 +203,18 @@ class MessageBase:
                     Dispatch(message=message, messenger=r.messenger, recipient=r.user, address=r.address)
                     for r in unique_recipients(_subscribers((row[1:] for row in page), active_only=True))
                 ]
-                created += Message.objects.write_prepared_chunk(
-                    message, chunk, page[-1][0], lease_seconds, check_existing
-                )
+                try:
+                    created += Message.objects.write_prepared_chunk(
+                        message, chunk, page[-1][0], lease_seconds, check_existing
+                    )
+                except PreparationLost as error:  # this run outlived its lease: the other one finishes
+                    LOGGER.warning('%s Stopped preparing it here.', error)
+                    message.preparation_claimed = False
+                    break
             if created:
                 prepared.add_range(message.pk, after_pk, Dispatch.objects.last_pk(), created)
-            Message.objects.finish_preparation(message)
+            if message.preparation_claimed:
+                Message.objects.finish_preparation(message)
         finally:
             if claimed_here:
                 Message.objects.release_preparation(message)  # a no-op once finished
