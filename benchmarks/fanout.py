@@ -16,6 +16,10 @@ then measures, each in a fresh subprocess (so one size's memory does not hide th
 
 Targets (issue 14): at the largest size, peak RSS growth <= 1.3x that at the smallest size, and
 time <= 1.2x the raw insert. Each row says PASS or FAIL; the exit status is 1 if any FAILs.
+
+``--send N`` then prepares one message to N subscribers and has 4 worker processes send it at
+once to a local SMTP sink (``compare.Sink``): duplicates and lost e-mails are counted at the sink,
+as in ``compare.py`` scenario 5 (target: 0 and 0, every dispatch Sent).
 """
 
 from __future__ import annotations
@@ -43,6 +47,12 @@ def address(index: int) -> str:
 # Children: one task each, in a fresh interpreter --------------------------------------------------------
 
 
+class URLConf:
+    """ROOT_URLCONF: sitemessage's URLs (filled in after set-up), so e-mails carry signed links."""
+
+    urlpatterns: list = []
+
+
 def setup_django() -> None:
     import django
     from django.conf import settings
@@ -64,13 +74,16 @@ def setup_django() -> None:
         },
         DEFAULT_AUTO_FIELD='django.db.models.BigAutoField',
         SITEMESSAGE_SITE_URL='https://example.com',
+        ROOT_URLCONF=URLConf,
         LOGGING_CONFIG=None,
     )
     django.setup()
     from sitemessage.messengers.smtp import SMTPMessenger
-    from sitemessage.toolbox import register_messenger_objects
+    from sitemessage.toolbox import get_sitemessage_urls, register_messenger_objects
 
-    register_messenger_objects(SMTPMessenger('robot@example.com', host='127.0.0.1', port=1))
+    URLConf.urlpatterns = get_sitemessage_urls()
+    port = int(os.environ.get('FANOUT_SMTP_PORT', '1'))  # 1: nothing is sent, except with --send
+    register_messenger_objects(SMTPMessenger('robot@example.com', host='127.0.0.1', port=port, timeout=30))
 
 
 def task_migrate() -> dict:
@@ -167,7 +180,31 @@ def task_raw(n: int) -> dict:
     return result
 
 
-TASKS = {'migrate': task_migrate, 'fill': task_fill, 'prepare': task_prepare, 'raw': task_raw}
+def task_send() -> dict:
+    """One worker: send until the queue is empty."""
+    from sitemessage.toolbox import send_scheduled_messages
+
+    report = send_scheduled_messages()
+    return {'sent': report.sent, 'errors': report.errors, 'failed': report.failed}
+
+
+def task_statuses() -> dict:
+    from django.db.models import Count
+
+    from sitemessage.models import Dispatch
+
+    rows = Dispatch.objects.values_list('dispatch_status').annotate(count=Count('pk')).order_by()
+    return {str(status): count for status, count in rows}
+
+
+TASKS = {
+    'migrate': task_migrate,
+    'fill': task_fill,
+    'prepare': task_prepare,
+    'raw': task_raw,
+    'send': task_send,
+    'statuses': task_statuses,
+}
 
 
 def child_main(task: str, options: dict) -> None:
@@ -178,19 +215,54 @@ def child_main(task: str, options: dict) -> None:
 # The parent -------------------------------------------------------------------------------------------------
 
 
-def child(task: str, **options) -> dict:
-    completed = subprocess.run(
+def start_child(task: str, env: dict | None = None, **options) -> subprocess.Popen:
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get('PYTHONPATH')]))
+    return subprocess.Popen(
         [sys.executable, __file__, '--child', task, json.dumps(options)],
         cwd=REPO,
-        env={**os.environ, 'PYTHONPATH': os.pathsep.join(filter(None, [str(REPO), os.environ.get('PYTHONPATH')]))},
-        capture_output=True,
+        env={**os.environ, 'PYTHONPATH': path, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=7200,
     )
-    for line in completed.stdout.splitlines():
+
+
+def result_of(process: subprocess.Popen, what: str) -> dict:
+    stdout, stderr = process.communicate(timeout=7200)
+    for line in stdout.splitlines():
         if line.startswith(RESULT_MARK):
             return json.loads(line[len(RESULT_MARK) :])
-    raise RuntimeError(f'child {task} {options} exited {completed.returncode}:\n{completed.stderr[-3000:]}')
+    raise RuntimeError(f'child {what} exited {process.returncode}:\n{stderr[-3000:]}')
+
+
+def child(task: str, **options) -> dict:
+    return result_of(start_child(task, **options), f'{task} {options}')
+
+
+def send_with_workers(n: int, workers: int = 4) -> dict:
+    """Prepare one message to ``n`` subscribers, send it with ``workers`` processes at once; count at the sink."""
+    from compare import Sink  # benchmarks/ is the script's directory, first on sys.path
+
+    child('fill', n=n)
+    prepared = child('prepare', n=n)
+    sink = Sink(processes=4).start()
+    try:
+        started = time.perf_counter()
+        env = {'FANOUT_SMTP_PORT': str(sink.port)}
+        reports = [result_of(process, 'send') for process in [start_child('send', env) for _ in range(workers)]]
+        seconds = time.perf_counter() - started
+        received = sink.counts()
+    finally:
+        sink.stop()
+    expected = {address(i) for i in range(n)}
+    return {
+        'prepared': prepared['stored'],
+        'sent_by_worker': [report['sent'] for report in reports],
+        'duplicates': sum(count - 1 for to, count in received.items() if to in expected),
+        'lost': len(expected - set(received)),
+        'statuses': child('statuses'),
+        'rate': n / seconds,
+    }
 
 
 def pg_admin(sql: str) -> None:
@@ -223,6 +295,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--sizes', default='10000,200000', help='subscriber counts, comma-separated')
     parser.add_argument('--repeat', type=int, default=1, help='runs of each, interleaved; the best time is shown')
+    parser.add_argument('--send', type=int, default=0, metavar='N', help='then send to N subscribers with 4 workers')
     args = parser.parse_args()
     sizes = sorted(int(size) for size in args.sizes.split(','))
 
@@ -240,6 +313,9 @@ def main() -> int:
                     progress(f'{task} {n} ({attempt + 1}/{args.repeat})')
                     runs[task].append(child(task, n=n))
             results[n] = tuple(best(runs[task]) for task in ('prepare', 'raw'))
+        if args.send:
+            progress(f'4 workers sending to {args.send} subscribers')
+            sent = send_with_workers(args.send)
     finally:
         pg_admin(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
 
@@ -286,6 +362,15 @@ def main() -> int:
                     verdict,
                 ]
             )
+        )
+    if args.send:
+        ok = sent['duplicates'] == 0 and sent['lost'] == 0 and sent['statuses'] == {'2': args.send}
+        failed = failed or not ok
+        print(
+            f'sent by 4 workers: {args.send} prepared ({sent["prepared"]}), {sent["rate"]:.0f} msgs/s, '
+            f'sent by worker {sent["sent_by_worker"]}, duplicates {sent["duplicates"]}, lost {sent["lost"]}, '
+            f'dispatch statuses {sent["statuses"]} | target 0 duplicates, 0 lost, all sent | '
+            + ('PASS' if ok else 'FAIL')
         )
     return 1 if failed else 0
 
