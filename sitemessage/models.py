@@ -7,10 +7,11 @@ migrate forward unchanged. All queries and locking of the delivery queue live he
 
 from __future__ import annotations
 
+import collections.abc
 import json
 import random
 from datetime import timedelta
-from typing import Any, Callable, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 from uuid import uuid4
 
 from django.conf import settings
@@ -169,6 +170,147 @@ def has_text(dispatch: 'Dispatch') -> bool:
     return bool(raw_text(dispatch))
 
 
+class PreparationLost(Exception):
+    """Another ``prepare_dispatches()`` run took the message over (this one outlived its lease)."""
+
+
+class MessageQuerySet(models.QuerySet):
+    """Queries of ``prepare_dispatches()``: claiming a message, writing its dispatches chunk by chunk.
+
+    A message is claimed with a guarded UPDATE (a token and a lease), so two workers never prepare
+    it at once; each chunk of dispatches is written in one transaction with the id of its last
+    subscription, so a preparation cut short (an error, a killed worker) is resumed after it, with
+    nothing created twice.
+    """
+
+    def claim_preparation(self, message: 'Message', lease_seconds: int) -> bool:
+        """Take ``message`` for preparation (its free, or its lease ran out); load the resume point."""
+        now, token = timezone.now(), uuid4().hex
+        free = Q(preparation_token__isnull=True) | Q(preparation_lease_until__lt=now)
+        taken = self.filter(free, pk=message.pk, dispatches_ready=False).update(
+            preparation_token=token, preparation_lease_until=now + timedelta(seconds=lease_seconds)
+        )
+        if not taken:
+            return False
+        message.preparation_token, message.preparation_claimed = token, True
+        message.prepared_through = self.filter(pk=message.pk).values_list('prepared_through', flat=True).get()
+        return True
+
+    def write_prepared_chunk(
+        self,
+        message: 'Message',
+        dispatches: List['Dispatch'],
+        through: int,
+        lease_seconds: int,
+        check_existing: bool = True,
+    ) -> int:
+        """Create a chunk of dispatches and move the resume point past it, atomically; return the count.
+
+        With ``check_existing``, a (messenger, address) that already has a dispatch of the message
+        (from an earlier chunk) is left out, as one list of recipients would have been deduplicated.
+        Raises :class:`PreparationLost` (nothing written) when the claim is no longer ours.
+        """
+        now = timezone.now()
+        with transaction.atomic(using=self.db):
+            # First: the row lock keeps a worker that would take the message over waiting until we commit.
+            moved = self.filter(pk=message.pk, preparation_token=message.preparation_token).update(
+                prepared_through=through, preparation_lease_until=now + timedelta(seconds=lease_seconds)
+            )
+            if not moved:
+                raise PreparationLost(f'Message {message.pk} is prepared by another run now.')
+            if dispatches and check_existing:
+                existing = set(
+                    Dispatch.objects.using(self.db)
+                    .filter(message_id=message.pk, address__in={d.address for d in dispatches})
+                    .values_list('messenger', 'address')
+                )
+                if existing:
+                    dispatches = [d for d in dispatches if (d.messenger, d.address) not in existing]
+            if dispatches:
+                Dispatch.objects.using(self.db).bulk_create(dispatches)
+                queue_changed.send(sender=Dispatch, using=self.db)
+        message.prepared_through = through
+        return len(dispatches)
+
+    def finish_preparation(self, message: 'Message') -> bool:
+        """Mark the message ready if it has dispatches now (else it waits for subscribers); free it."""
+        ready = Dispatch.objects.using(self.db).filter(message_id=message.pk).exists()
+        self.filter(pk=message.pk, preparation_token=message.preparation_token).update(
+            dispatches_ready=ready, preparation_token=None, preparation_lease_until=None, prepared_through=None
+        )
+        message.dispatches_ready, message.preparation_token, message.prepared_through = ready, None, None
+        message.preparation_claimed = False
+        return ready
+
+    def release_preparation(self, message: 'Message') -> None:
+        """Free a claimed message at once, keeping its resume point (the next run continues from it)."""
+        if message.preparation_claimed:
+            self.filter(pk=message.pk, preparation_token=message.preparation_token).update(
+                preparation_token=None, preparation_lease_until=None
+            )
+            message.preparation_token, message.preparation_claimed = None, False
+
+
+class PreparedDispatches(collections.abc.Sequence):
+    """The dispatches one ``prepare_dispatches()`` call created, read back from the database when used.
+
+    Holding a million ``Dispatch`` objects is what made preparing a large mailing cost gigabytes:
+    this keeps only, per message, the range of ids its dispatches were created in. ``len()`` costs
+    no query; iterating (or indexing) reads the dispatches in their current state, in creation order.
+    Compares equal to a list of the same dispatches.
+    """
+
+    def __init__(self) -> None:
+        self._parts: List[Union[List['Dispatch'], Tuple[int, int, int, int]]] = []
+
+    def add(self, part: Union[Sequence['Dispatch'], 'PreparedDispatches']) -> None:
+        """Append what preparing one message created: a list, or another :class:`PreparedDispatches`."""
+        if isinstance(part, PreparedDispatches):
+            self._parts.extend(part._parts)
+        elif part:
+            self._parts.append(list(part))
+
+    def add_range(self, message_id: int, after_pk: int, through_pk: int, count: int) -> None:
+        """Append ``count`` dispatches of a message created with ids in ``(after_pk, through_pk]``."""
+        if count:
+            self._parts.append((message_id, after_pk, through_pk, count))
+
+    def __len__(self) -> int:
+        return sum(len(part) if isinstance(part, list) else part[3] for part in self._parts)
+
+    def __iter__(self) -> Iterator['Dispatch']:
+        for part in self._parts:
+            if isinstance(part, list):
+                yield from part
+            else:
+                yield from Dispatch.objects.created_in_range(*part[:3]).iterator(chunk_size=2000)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return list(self)[index]
+        position = index + len(self) if index < 0 else index
+        if not 0 <= position < len(self):
+            raise IndexError('PreparedDispatches index out of range')
+        for part in self._parts:
+            size = len(part) if isinstance(part, list) else part[3]
+            if position < size:
+                if isinstance(part, list):
+                    return part[position]
+                return Dispatch.objects.created_in_range(*part[:3])[position]
+            position -= size
+        raise IndexError(index)  # pragma: no cover - the length is checked above
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, (list, tuple, PreparedDispatches)):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like a list
+
+    def __repr__(self) -> str:
+        return f'<PreparedDispatches: {len(self)} dispatch(es)>'
+
+
 class Message(models.Model):
     """A message of some type with its context; delivered through one or more dispatches."""
 
@@ -200,6 +342,35 @@ class Message(models.Model):
         default=False,
         help_text=_('Indicates whether dispatches for this message are already formed and ready to delivery.'),
     )
+    # prepare_dispatches() of a message scheduled without recipients: who is preparing it, until when,
+    # and the last subscription whose dispatches are written (a killed preparation resumes after it).
+    preparation_token = models.CharField(
+        _('Preparation token'),
+        max_length=32,
+        null=True,
+        blank=True,
+        editable=False,
+        help_text=_('Identifies the prepare_dispatches() run creating the dispatches of this message.'),
+    )
+    preparation_lease_until = models.DateTimeField(
+        _('Preparation lease until'),
+        null=True,
+        blank=True,
+        editable=False,
+        help_text=_('Another prepare_dispatches() run may take the message over after this time.'),
+    )
+    prepared_through = models.BigIntegerField(
+        _('Prepared through'),
+        null=True,
+        blank=True,
+        editable=False,
+        help_text=_('ID of the last subscription whose dispatches are already created.'),
+    )
+
+    # Not a field: whether this instance holds the claim of its preparation (MessageQuerySet.claim_preparation()).
+    preparation_claimed = False
+
+    objects = MessageQuerySet.as_manager()
 
     class Meta:
         verbose_name = _('Message')
@@ -363,6 +534,14 @@ class DispatchQuerySet(models.QuerySet):
         return rows.update(
             dispatch_status=Dispatch.DISPATCH_STATUS_SENT, time_dispatched=timezone.now(), lease_until=None
         )
+
+    def last_pk(self) -> int:
+        """The highest dispatch id so far (0: none); what ``prepare_dispatches()`` creates comes after it."""
+        return self.aggregate(last=models.Max('pk'))['last'] or 0
+
+    def created_in_range(self, message_id: int, after_pk: int, through_pk: int) -> models.QuerySet:
+        """Dispatches of a message with ids in ``(after_pk, through_pk]``, in creation order."""
+        return self.filter(message_id=message_id, pk__gt=after_pk, pk__lte=through_pk).order_by('pk')
 
     def note_subscribers(self, dispatches: Sequence['Dispatch']) -> None:
         """Set ``recipient_subscribes`` on each of ``dispatches`` that lacks it, in one query a few hundred.
@@ -635,6 +814,8 @@ class Dispatch(models.Model):
         verbose_name_plural = _('Dispatches')
         indexes = [
             models.Index(fields=['dispatch_status', 'next_attempt_at'], name='sitemessage_disp_queue_idx'),
+            # prepare_dispatches() looks up each chunk's addresses among the message's dispatches.
+            models.Index(fields=['message', 'address'], name='sitemessage_disp_msg_addr_idx'),
         ]
 
     def __str__(self):
@@ -900,6 +1081,30 @@ class Subscription(models.Model):
             cls.objects.filter(recipient=user).delete()
             cls.objects.bulk_create([cls(**dict(row)) for row in sorted(rows)])
         return True
+
+    @classmethod
+    def get_page_for_message_cls(
+        cls, message_cls: str, after_pk: Optional[int], limit: int
+    ) -> List[Tuple[int, str, Any, Optional[str]]]:
+        """The next ``limit`` subscriptions to a message type after the id ``after_pk``, by id (keyset paging).
+
+        Rows are ``(id, messenger alias, user or None, address or None)``. Paging by id rather than
+        one long cursor lets ``prepare_dispatches()`` commit between pages and resume after the last
+        page it wrote; plain rows and one query for the page's users cost far less than model
+        instances joined to their users.
+        """
+        page = cls.objects.filter(message_cls=message_cls).order_by('pk')
+        if after_pk is not None:
+            page = page.filter(pk__gt=after_pk)
+        rows = list(page.values_list('pk', 'messenger_cls', 'recipient_id', 'address')[:limit])
+        user_ids = {user_id for _pk, _messenger, user_id, _address in rows if user_id is not None}
+        users = cls._meta.get_field('recipient').related_model._default_manager.in_bulk(user_ids) if user_ids else {}
+        return [(pk, messenger, users.get(user_id), address) for pk, messenger, user_id, address in rows]
+
+    @classmethod
+    def addresses_are_unique(cls) -> bool:
+        """Whether the database keeps address subscriptions unique (MySQL/MariaDB cannot: no partial constraints)."""
+        return connections[cls.objects.db].features.supports_partial_indexes
 
     @classmethod
     def get_for_message_cls(cls, message_cls):

@@ -27,6 +27,8 @@ DEFAULTS: dict[str, Any] = {
     # Sent e-mails recorded every this many, before their batch is stored: after kill -9 at most about
     # this many (and those on the wire) are sent again. None: 20, except on SQLite (per batch there).
     'OUTCOME_FLUSH_SIZE': None,
+    # Subscriptions prepare_dispatches() turns into dispatches per transaction (one bulk insert).
+    'PREPARE_CHUNK_SIZE': 2000,
     'RETRY_DELAY_SECONDS': 30,
     'RETRY_DELAY_MAX_SECONDS': 6 * 3600,
     'CLEANUP_BATCH_SIZE': 1000,

@@ -381,6 +381,42 @@ def status() -> dict:
     return {'counts': counts, 'addresses': addresses}
 
 
+def subscribe_and_schedule(subscribers: int, messages: int) -> dict:
+    """``subscribers`` address subscriptions to ``email_plain``; ``messages`` e-mails scheduled without recipients."""
+    from sitemessage.messages.email import EmailTextMessage
+    from sitemessage.models import Subscription
+    from sitemessage.toolbox import schedule_messages
+
+    Subscription.objects.bulk_create(
+        Subscription(message_cls='email_plain', messenger_cls='smtp', address=address('fan', index))
+        for index in range(subscribers)
+    )
+    for number in range(messages):
+        schedule_messages(EmailTextMessage(f'Newsletter {number}', 'News'))
+    return {'subscribers': subscribers, 'messages': messages}
+
+
+def prepare() -> dict:
+    """Run ``prepare_dispatches()``; the number of dispatches this process created."""
+    from sitemessage.toolbox import prepare_dispatches
+
+    return {'prepared': len(prepare_dispatches())}
+
+
+def fanout() -> dict:
+    """Per message: dispatches, distinct addresses, whether ready."""
+    from django.db.models import Count
+
+    from sitemessage.models import Message
+
+    return {
+        str(row['pk']): [row['dispatches'], row['addresses'], row['dispatches_ready']]
+        for row in Message.objects.annotate(
+            dispatches=Count('dispatch'), addresses=Count('dispatch__address', distinct=True)
+        ).values('pk', 'dispatches', 'addresses', 'dispatches_ready')
+    }
+
+
 def _main(argv: List[str]) -> None:
     import django
 

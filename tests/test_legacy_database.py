@@ -114,7 +114,11 @@ def test_legacy_database_migrates_keeps_every_row_and_is_delivered(tmp_path, smt
     result = run_legacy_project(tmp_path, smtp_server.port)
 
     # Only the new migration is applied.
-    assert result['plan'] == ['sitemessage.0005_dispatch_lease_and_retry_time', 'sitemessage.0006_subscription_unique']
+    assert result['plan'] == [
+        'sitemessage.0005_dispatch_lease_and_retry_time',
+        'sitemessage.0006_subscription_unique',
+        'sitemessage.0007_message_preparation_and_dispatch_address_index',
+    ]
 
     # Every row survived, as 1.4.0 left it.
     assert result['counts'] == {

@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from ..exceptions import UnknownMessageTypeError, UnknownMessengerError
 from ..messengers.base import MessengerBase
-from ..models import Dispatch, Message
+from ..models import Dispatch, Message, PreparedDispatches
 from ..registry import get_registered_message_type, get_registered_messenger_object
 from ..settings import get_positive_int_setting
 from .outcomes import WARM_UP_FAILURE
@@ -282,14 +282,23 @@ def _unknown_types(messages) -> Tuple[Set[str], Optional[UnknownMessageTypeError
     return unknown, first_error
 
 
-def prepare_dispatches(ignore_unknown_message_types: bool = False) -> List[Dispatch]:
+def prepare_dispatches(ignore_unknown_message_types: bool = False) -> PreparedDispatches:
     """Create dispatches for messages scheduled without recipients, from current subscribers.
+
+    Each message is claimed first, so two workers running this at once never prepare one twice;
+    its dispatches are written in chunks, and a preparation cut short is resumed by the next call
+    (see :class:`~sitemessage.models.MessageQuerySet`). Returns the dispatches created, as a
+    :class:`~sitemessage.models.PreparedDispatches` (read back from the database when used).
 
     A message of an unregistered type raises ``UnknownMessageTypeError``, or, with
     ``ignore_unknown_message_types``, is logged and left waiting while the others are prepared.
     """
-    dispatches = []
-    for message in Message.get_without_dispatches().iterator():
+    prepared = PreparedDispatches()
+    lease_seconds = get_positive_int_setting('SEND_LEASE_SECONDS')
+    for message_id in list(Message.get_without_dispatches().order_by('pk').values_list('pk', flat=True)):
+        message = Message.objects.filter(pk=message_id, dispatches_ready=False).first()
+        if message is None:
+            continue  # prepared meanwhile by another worker
         try:
             message_cls = get_registered_message_type(message.cls)
         except UnknownMessageTypeError:
@@ -299,8 +308,13 @@ def prepare_dispatches(ignore_unknown_message_types: bool = False) -> List[Dispa
                 'Message %s of unknown type `%s` left waiting for prepare_dispatches().', message.pk, message.cls
             )
             continue
-        dispatches.extend(message_cls.prepare_dispatches(message))
-    return dispatches
+        if not Message.objects.claim_preparation(message, lease_seconds):
+            continue  # another worker is preparing it
+        try:
+            prepared.add(message_cls.prepare_dispatches(message))
+        finally:
+            Message.objects.release_preparation(message)
+    return prepared
 
 
 def count_waiting_for_preparation() -> int:

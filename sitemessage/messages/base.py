@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 from uuid import uuid4
 
 from django.conf import settings
@@ -15,18 +16,21 @@ from django.utils.translation import gettext_lazy as _
 
 from ..compat import APP_URLS_ATTACHED  # noqa: F401 -- importable from here, as in 1.4.0
 from ..exceptions import UnknownMessengerError
-from ..headers import safe_recipients
+from ..headers import safe_recipients, unique_recipients
 from ..links import ACTION_MARK_READ, ACTION_UNSUBSCRIBE, invalid_link_response, unsubscribed_response
 from ..list_id import default_list_id
 from ..recipients import Recipient
 from ..recipients import recipients as _recipients
 from ..registry import get_registered_messenger_object
+from ..settings import get_positive_int_setting
 from ..signals import sig_mark_read_failed, sig_mark_read_success, sig_unsubscribe_failed, sig_unsubscribe_success
 from ..site import get_site_url
 from .links import URL_MARK_READ, URL_UNSUBSCRIBE, reverse_signed_link, signed_link_url  # noqa: F401
 
+LOGGER = logging.getLogger(__name__)
+
 if TYPE_CHECKING:  # pragma: nocover
-    from ..models import DeferredText, Dispatch, Message, MessageTuple
+    from ..models import DeferredText, Dispatch, Message, MessageTuple, PreparedDispatches
 
 # While one text is compiled for many dispatches, directives render as these placeholders,
 # which are then replaced with each dispatch's own signed links.
@@ -47,6 +51,23 @@ class _DispatchWatch:
     def __str__(self):
         self.touched = True
         return str(self._dispatch)
+
+
+def _subscribers(subscriptions: Iterable[Tuple[str, Any, Optional[str]]], active_only: bool) -> List[Recipient]:
+    """The recipients of ``(messenger, user, address)`` subscriptions: a user's address comes from the
+    messenger; unsafe ones are left out."""
+    subscribers = []
+    for messenger_cls, user, address in subscriptions:
+        if active_only and user is not None and not getattr(user, 'is_active', False):
+            continue
+        if address is None and user is not None:
+            try:
+                address = get_registered_messenger_object(messenger_cls).get_address(user)
+            except UnknownMessengerError:
+                address = None
+        if isinstance(address, str) and address:
+            subscribers.append(Recipient(messenger_cls, user, address))
+    return safe_recipients(subscribers)  # a stored address with a line break is left out, logged
 
 
 class MessageBase:
@@ -138,27 +159,66 @@ class MessageBase:
         """Return recipients subscribed to this type (inactive users are left out by default)."""
         from ..models import Subscription
 
-        subscribers = []
-        for subscription in Subscription.get_for_message_cls(cls.get_alias()):
-            user = subscription.recipient
-            if active_only and user is not None and not getattr(user, 'is_active', False):
-                continue
-            address = subscription.address
-            if address is None and user is not None:
-                try:
-                    address = get_registered_messenger_object(subscription.messenger_cls).get_address(user)
-                except UnknownMessengerError:
-                    address = None
-            if isinstance(address, str) and address:
-                subscribers.append(Recipient(subscription.messenger_cls, user, address))
-        return safe_recipients(subscribers)  # a stored address with a line break is left out, logged
+        subscriptions = Subscription.get_for_message_cls(cls.get_alias())
+        return _subscribers(((s.messenger_cls, s.recipient, s.address) for s in subscriptions), active_only)
 
     @classmethod
-    def prepare_dispatches(cls, message: 'Message', recipients=None) -> List['Dispatch']:
-        """Create dispatches of a message scheduled without recipients (subscribers by default)."""
+    def prepare_dispatches(cls, message: 'Message', recipients=None) -> Union[List['Dispatch'], 'PreparedDispatches']:
+        """Create dispatches of a message scheduled without recipients (subscribers by default).
+
+        For the subscribers, dispatches are written chunk by chunk (``SITEMESSAGE_PREPARE_CHUNK_SIZE``
+        subscriptions at a time), so memory stays flat however many there are, and the result is a
+        :class:`~sitemessage.models.PreparedDispatches` that reads them back when used. A type that
+        overrides :meth:`get_subscribers`, or ``recipients`` given, get a list as before.
+        """
         from ..models import Dispatch
 
-        return Dispatch.create(message, recipients or cls.get_subscribers())
+        if recipients or getattr(cls.get_subscribers, '__func__', None) is not _BASE_GET_SUBSCRIBERS:
+            return Dispatch.create(message, recipients or cls.get_subscribers())
+        return cls._prepare_for_subscribers(message)
+
+    @classmethod
+    def _prepare_for_subscribers(cls, message: 'Message') -> 'PreparedDispatches':
+        """Stream the subscribers into dispatches under a claim on the message (see ``MessageQuerySet``)."""
+        from ..models import Dispatch, Message, PreparationLost, PreparedDispatches, Subscription
+
+        prepared = PreparedDispatches()
+        lease_seconds = get_positive_int_setting('SEND_LEASE_SECONDS')
+        chunk_size = get_positive_int_setting('PREPARE_CHUNK_SIZE')
+        claimed_here = not message.preparation_claimed
+        if claimed_here and not Message.objects.claim_preparation(message, lease_seconds):
+            return prepared  # another run is preparing it
+        try:
+            after_pk, created = Dispatch.objects.last_pk(), 0
+            # A chunk's addresses are looked up among the dispatches already written only when they can
+            # be there: address subscriptions are unique, so only an address taken from a user (in this
+            # chunk or an earlier one) can repeat one of another chunk; after a resume, anything can.
+            check_existing = message.prepared_through is not None or not Subscription.addresses_are_unique()
+            while True:
+                page = Subscription.get_page_for_message_cls(cls.get_alias(), message.prepared_through, chunk_size)
+                if not page:
+                    break
+                check_existing = check_existing or any(user is not None for _pk, _cls, user, _address in page)
+                chunk = [
+                    Dispatch(message=message, messenger=r.messenger, recipient=r.user, address=r.address)
+                    for r in unique_recipients(_subscribers((row[1:] for row in page), active_only=True))
+                ]
+                try:
+                    created += Message.objects.write_prepared_chunk(
+                        message, chunk, page[-1][0], lease_seconds, check_existing
+                    )
+                except PreparationLost as error:  # this run outlived its lease: the other one finishes
+                    LOGGER.warning('%s Stopped preparing it here.', error)
+                    message.preparation_claimed = False
+                    break
+            if created:
+                prepared.add_range(message.pk, after_pk, Dispatch.objects.last_pk(), created)
+            if message.preparation_claimed:
+                Message.objects.finish_preparation(message)
+        finally:
+            if claimed_here:
+                Message.objects.release_preparation(message)  # a no-op once finished
+        return prepared
 
     # Rendering --------------------------------------------------------------------------------
 
@@ -312,3 +372,6 @@ class MessageBase:
             return redirect(redirect_to)
         sig_mark_read_failed.send(cls, request=request, message=message, dispatch=dispatch)
         return invalid_link_response(request, ACTION_MARK_READ)
+
+
+_BASE_GET_SUBSCRIBERS = MessageBase.get_subscribers.__func__  # type: ignore[attr-defined]
