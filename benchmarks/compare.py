@@ -663,8 +663,6 @@ def task_send(spec):
     """Warm up, then send the queue: wall time, SQL statements, ru_maxrss growth or tracemalloc peak."""
     import tracemalloc
 
-    from django.db import connection
-
     lib, trace, profile = spec['lib'], spec.get('trace', False), spec.get('profile', False)
     warm = warm_up(lib, spec.get('warm', 0))
     counter = QueryCounter()
@@ -678,7 +676,7 @@ def task_send(spec):
     if trace:
         tracemalloc.start()
         base = tracemalloc.get_traced_memory()[0]
-    with connection.execute_wrapper(counter):
+    with counter.every_connection():
         started = time.perf_counter()
         if profiler:
             profiler.enable()

@@ -80,6 +80,24 @@ def check_email_address(field: str, value: Any) -> None:
     # Nothing parsed from a non-empty value (Python 3.13's strict parser, 'a <b@x>; c@y'): refused too.
     if not pairs or len(pairs) > 1 or (pairs and value.count('@') > pairs[0][0].count('@') + pairs[0][1].count('@')):
         raise UnsafeHeaderValueError(field, value, 'must hold exactly one address')
+    if not is_addr_spec(pairs[0][1]):
+        raise UnsafeHeaderValueError(field, value, 'is not a valid address')
+
+
+_NOT_IN_ADDRESSES = frozenset('<>,;"')  # outside a quoted local part
+
+
+def is_addr_spec(address: str) -> bool:
+    """Whether a parsed address can go to an envelope and a header as it is.
+
+    An unbalanced quote in a display name leaves all of it to the address (``"0 <,@x>`` parses
+    as ``0 <,@x>``): spaces and brackets in the envelope, and a header readers split in two. A
+    quoted local part (``"odd local"@example.com``) may hold them.
+    """
+    local, _at, domain = address.rpartition('@')
+    if len(local) >= 2 and local[0] == local[-1] == '"':
+        local = 'x'  # quoted: anything goes inside (the parser has matched its quotes)
+    return bool(address) and not any(char.isspace() or char in _NOT_IN_ADDRESSES for char in f'{local}@{domain}')
 
 
 def is_plain_address(value: str) -> bool:

@@ -277,6 +277,7 @@ def test_property_schedule_email_subject(smtp_server, smtp_messenger, subject):
 @SETTINGS
 @given(name=HOSTILE, local=LOCAL)
 @example(name='.', local='x')  # an unquoted special as the whole display name: quoted on the wire
+@example(name='"0', local=',')  # an unbalanced quote: all of it parsed as the address, split in two by readers
 def test_property_schedule_email_address(smtp_server, smtp_messenger, name, local):
     fresh(smtp_server)
     address = f'{local}@example.com'

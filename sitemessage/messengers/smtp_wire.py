@@ -18,6 +18,8 @@ from typing import Optional
 
 import idna
 
+from ..headers import is_addr_spec
+
 _UTF8 = Charset('utf-8')
 
 
@@ -43,7 +45,10 @@ def one_address_problem(field: str, value: str, *, require_domain: bool = True) 
     found = getaddresses([value])
     if len(found) != 1:
         return f'{field} {value!r} names {len(found)} addresses; one is allowed'
-    if require_domain and '@' not in found[0][1]:
+    address = found[0][1]
+    if not is_addr_spec(address):
+        return f'{field} {value!r} is not a valid address (parsed as {address!r})'
+    if require_domain and '@' not in address:
         return f'{field} {value!r} has no @domain'
     return ''
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import pytest
 
+from sitemessage.headers import UnsafeHeaderValueError
 from sitemessage.messengers.smtp import SMTPMessenger
+from sitemessage.messengers.smtp_wire import one_address_problem
 from sitemessage.models import Dispatch, DispatchError, Message
 from sitemessage.sending import send_scheduled_messages
 from sitemessage.shortcuts import schedule_email
@@ -188,6 +190,17 @@ def test_sender_naming_two_addresses_is_refused(smtp_server):
     assert report.failed == 1
     assert smtp_server.handler.envelopes == []
     assert 'names 2 addresses' in errors_of('a@example.com')[0]
+
+
+@pytest.mark.parametrize('value', ['"0 <,@example.com>', '"Ann <a b@example.com>', '"x <y;z@example.com>'])
+def test_what_parses_as_an_address_with_spaces_or_brackets_is_refused(smtp_server, value):
+    """An unbalanced quote leaves the whole value to the address: never an envelope or a header."""
+    use_server(smtp_server)
+    problem = one_address_problem('recipient', value)
+    assert repr(value) in problem and 'is not a valid address' in problem
+    with pytest.raises(UnsafeHeaderValueError, match='Address'):
+        schedule_email('Hello', value, subject='Hi')
+    assert not Dispatch.objects.exists()
 
 
 def test_test_message_to_a_hostile_address_is_refused_before_the_wire(smtp_server):
