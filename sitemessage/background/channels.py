@@ -253,8 +253,14 @@ class LocalChannel(Channel):
 
     def listen(self, using: str) -> Optional[Listener]:
         directory = self.path(using)
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return LocalListener(directory / f'{os.getpid()}-{uuid.uuid4().hex[:8]}.sock')
+        path = directory / f'{os.getpid()}-{uuid.uuid4().hex[:8]}.sock'
+        for _attempt in range(3):
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            try:
+                return LocalListener(path, remove_directory=self.directory is None)
+            except FileNotFoundError:  # the last worker's close() removed the empty directory meanwhile
+                continue
+        return LocalListener(path, remove_directory=self.directory is None)
 
 
 def _poke(sender: socket.socket, path: str) -> None:
@@ -271,10 +277,17 @@ def _poke(sender: socket.socket, path: str) -> None:
 
 
 class LocalListener(Listener):
-    def __init__(self, path: Path):
+    """A bound socket; with ``remove_directory`` the last one out removes the derived directory (never a set one)."""
+
+    def __init__(self, path: Path, remove_directory: bool = False):
         self.path = path
+        self.remove_directory = remove_directory
         self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.socket.bind(str(path))
+        try:
+            self.socket.bind(str(path))
+        except OSError:
+            self.socket.close()
+            raise
         self.socket.setblocking(False)
 
     def wait(self, timeout: float) -> bool:
@@ -291,6 +304,8 @@ class LocalListener(Listener):
         self.socket.close()
         try:
             self.path.unlink()
+            if self.remove_directory:
+                self.path.parent.rmdir()  # fails, as it should, while other workers listen there
         except OSError:
             pass
 

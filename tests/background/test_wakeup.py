@@ -174,6 +174,19 @@ def test_a_killed_workers_socket_is_removed_without_an_error(tmp_path):
     assert list(tmp_path.iterdir()) == []  # a worker that stops removes its socket
 
 
+@pytest.mark.django_db
+def test_the_last_worker_out_removes_the_directory_it_derived(monkeypatch):
+    key = f'test-{uuid.uuid4().hex[:12]}'
+    monkeypatch.setattr(channels, 'database_key', lambda using: key)
+    channel = channels.LocalChannel()
+    directory = channel.path('default')
+    first, second = channel.listen('default'), channel.listen('default')
+    first.close()
+    assert directory.is_dir()  # the second worker still listens there
+    second.close()
+    assert not directory.exists()
+
+
 def test_a_full_socket_does_not_block_the_announcement(tmp_path):
     channel = channels.LocalChannel(str(tmp_path))
     listener = channel.listen('default')
