@@ -28,6 +28,7 @@ EXTRAS = {
     'facebook': ['requests'],
     'vkontakte': ['requests'],
     'celery': ['celery[redis]'],
+    'redis': ['redis'],  # SITEMESSAGE_WAKEUP = 'redis://...'
     'test': [
         'pytest',
         'hypothesis',

@@ -36,6 +36,9 @@ DEFAULTS: dict[str, Any] = {
     'RATE_LIMITS_PER_RECIPIENT': {},
     'RATE_LIMIT_CACHE': 'default',
     'ENQUEUE_ON_SCHEDULE': None,
+    # How idle workers are woken (sitemessage.background.channels); None: NOTIFY on PostgreSQL, else local sockets.
+    'WAKEUP': None,
+    'WAKEUP_DIR': None,
     'WORKER_IDLE_SECONDS': 5,
     'WORKER_PREPARE_DISPATCHES': False,
     # Seconds to wait for an SMTP or XMPP server (connect, reply); EMAIL_TIMEOUT or a messenger's own wins.

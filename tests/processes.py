@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -105,6 +106,21 @@ def sink():
     finally:
         controller.handler.release()
         controller.stop()
+
+
+# Redis (Celery's broker, SITEMESSAGE_WAKEUP = 'redis://...') -------------------------------------------
+
+REDIS_URL = os.environ.get('SITEMESSAGE_TEST_REDIS_URL', 'redis://127.0.0.1:6379/0')
+
+
+def redis_url() -> str:
+    """The test Redis' URL; a skip (a failure under SITEMESSAGE_TEST_STRICT) where it is not running."""
+    pytest.importorskip('redis', reason='The Redis client is not installed: pip install "django-sitemessage[redis]"')
+    try:
+        socket.create_connection(('127.0.0.1', 6379), timeout=1).close()
+    except OSError as error:
+        pytest.skip(f'Redis is not reachable at 127.0.0.1:6379 ({error})')
+    return REDIS_URL
 
 
 # Databases ----------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Delivery outside the request: the worker, waking it (LISTEN/NOTIFY), and send tasks (Celery, ``django.tasks``).
+"""Delivery outside the request: the worker, waking it (NOTIFY, Redis, sockets), send tasks (Celery, ``django.tasks``).
 
 Nothing below this package imports it: models announce new work with the
 :data:`sitemessage.signals.queue_changed` signal, and :func:`sitemessage.background.wakeup.connect`

@@ -1,8 +1,9 @@
 """A long-running delivery worker: sends whatever is due, sleeps while the queue is empty.
 
-It wakes at once on PostgreSQL (LISTEN/NOTIFY) when a message is scheduled, polls elsewhere,
-and stops cleanly on SIGTERM or SIGINT: the batch in hand is finished and stored (a batch is
-bounded by ``SITEMESSAGE_SEND_BATCH_SIZE``); nothing stays claimed.
+It wakes at once when a message is scheduled, through the channel ``SITEMESSAGE_WAKEUP`` names
+(PostgreSQL LISTEN/NOTIFY, Redis pub/sub, a UNIX socket on this host), polls without one, and
+stops cleanly on SIGTERM or SIGINT: the batch in hand is finished and stored (a batch is bounded
+by ``SITEMESSAGE_SEND_BATCH_SIZE``); nothing stays claimed.
 
 A lost database connection (a restart, a fail-over, a killed backend) does not end it: the
 error is logged, the connection closed, and the pass retried after a capped exponential backoff.
@@ -16,10 +17,12 @@ import threading
 import time
 from typing import Callable, Optional
 
+from django.db import DEFAULT_DB_ALIAS
+
 from ..dbretry import backoff_delay, close_connection, connection_errors
 from ..delivery.run import SendReport, prepare_dispatches, send_scheduled_messages
 from ..settings import get_setting
-from .wakeup import listen, wait_for_work
+from .channels import Channel, Listener, get_channel
 
 LOGGER = logging.getLogger('sitemessage.worker')  # the documented logger name
 
@@ -52,6 +55,7 @@ class Worker:
         self.stop_event = threading.Event()
         self.totals = SendReport()
         self.reconnects = 0  # database connections lost and retried so far
+        self._listener: Optional[Listener] = None  # the wake-up channel's end, while running
 
     def stop(self, *_args) -> None:
         """Ask the worker to stop after the batch in hand."""
@@ -63,13 +67,27 @@ class Worker:
 
     def run(self) -> SendReport:
         """Deliver until stopped (or ``max_passes`` passes); return the totals."""
+        channel = get_channel()  # a bad SITEMESSAGE_WAKEUP stops the worker before its first pass
+        try:
+            self._run(channel)
+        finally:
+            if self._listener is not None:
+                self._listener.close()
+                self._listener = None
+        return self.totals
+
+    def _run(self, channel: Channel) -> None:
         errors = connection_errors()
-        notifications: Optional[bool] = None  # listening yet? (again after each reconnect)
+        listening = False  # yet? (again after each reconnect: LISTEN belongs to the connection)
         passes = failures = 0
         while not self.stop_event.is_set():
             try:
-                if notifications is None:
-                    notifications = listen()
+                if not listening:
+                    # Before the pass: what is scheduled after the pass' query wakes the idle wait.
+                    if self._listener is not None:
+                        self._listener.close()
+                    self._listener = channel.listen(DEFAULT_DB_ALIAS)
+                    listening = True
                 if self.prepare:
                     prepare_dispatches(ignore_unknown_message_types=True)
                 pass_report = send_scheduled_messages(priority=self.priority, should_stop=self.stop_event.is_set)
@@ -85,11 +103,11 @@ class Worker:
                 # Idle when nothing was attempted: also when every dispatch claimed went back untouched
                 # (a provider's pause, a rate limit), or the next pass would take them again at once.
                 if not (pass_report.sent or pass_report.errors or pass_report.failed):
-                    self._idle(notifications)
+                    self._idle(self._listener)
             except errors as error:
                 failures += 1
                 self.reconnects += 1
-                notifications = None  # a new connection listens afresh
+                listening = False  # a new connection listens afresh
                 delay = backoff_delay(failures, self.reconnect_base, self.reconnect_max)
                 LOGGER.warning(
                     'Database connection lost (%s: %s); reconnecting in %.1f s (attempt %s).',
@@ -100,17 +118,16 @@ class Worker:
                 )
                 close_connection()
                 self.stop_event.wait(delay)
-        return self.totals
 
-    def _idle(self, notifications: bool) -> None:
+    def _idle(self, listener: Optional[Listener]) -> None:
         deadline = time.monotonic() + self.idle_seconds
         while not self.stop_event.is_set():
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            if notifications:
+            if listener is not None:
                 # Short slices, so that a stop request is noticed within a second.
-                if wait_for_work(min(left, 1.0)):
+                if listener.wait(min(left, 1.0)):
                     return
             else:
                 self.stop_event.wait(min(left, 1.0))

@@ -9,9 +9,7 @@ sink in this process (tests/processes.py). Tests named ``test_slow_*`` take seco
 from __future__ import annotations
 
 import math
-import os
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -30,7 +28,12 @@ from sitemessage.models import Dispatch, DispatchError, Message
 from sitemessage.sending import send_scheduled_messages
 from sitemessage.toolbox import recipients, register_message_types, schedule_messages
 from tests.conftest import wait_for
-from tests.processes import ON_POSTGRES, address  # fixtures procs, sink: tests/processes.py via conftest
+from tests.processes import (
+    ON_POSTGRES,
+    REDIS_URL,
+    address,
+    redis_url,
+)  # fixtures procs, sink: tests/processes.py via conftest
 
 ALL_ZERO = {'pending': 0, 'sent': 0, 'error': 0, 'failed': 0, 'processing': 0}
 
@@ -189,6 +192,28 @@ def test_slow_idle_worker_wakes_at_once_on_postgresql_notify(procs, sink):
     assert set(sink.handler.counts()) == {address('wake0', 0), address('wake1', 0)}
 
 
+@pytest.mark.parametrize('wakeup', ['default', 'local', 'redis'])
+def test_slow_idle_worker_wakes_at_once_on_each_wakeup_channel(procs, sink, wakeup, tmp_path):
+    """SITEMESSAGE_WAKEUP: the default (NOTIFY on PostgreSQL, local sockets on an SQLite file), sockets, Redis."""
+    if wakeup == 'redis':
+        procs.settings['WAKEUP'] = redis_url()
+    elif wakeup == 'local':
+        procs.settings.update(WAKEUP='local', WAKEUP_DIR=str(tmp_path / 'wakeup'))
+    procs.use_sink(sink)
+    worker = procs.start('sitemessage_worker', '--idle', '30')
+    assert worker.wait_for_output('Worker started.'), worker.output()
+    time.sleep(1.0)  # its first pass found nothing: it now sleeps for up to 30 s
+
+    for round_ in range(2):
+        procs.orm('schedule', count=1, prefix=f'wake{round_}', mode='each')  # committed in another process
+        assert sink.handler.wait_for(round_ + 1, timeout=3), f'round {round_}: no wake-up\n{worker.output()}'
+    assert set(sink.handler.counts()) == {address('wake0', 0), address('wake1', 0)}
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(10) == 0, worker.output()
+    if wakeup == 'local':
+        assert list((tmp_path / 'wakeup').iterdir()) == []  # the stopped worker removed its socket
+
+
 # 5. Rate limit shared by two processes ----------------------------------------------------------------
 
 
@@ -280,18 +305,12 @@ def test_temporary_smtp_failure_waits_out_a_jittered_exponential_backoff(smtp_me
 
 # 8. Celery with a real worker ----------------------------------------------------------------------------
 
-REDIS_URL = os.environ.get('SITEMESSAGE_TEST_REDIS_URL', 'redis://127.0.0.1:6379/0')
-
 
 @pytest.fixture
 def celery_worker_process(procs, sink):
     """A real ``celery worker`` (solo pool) consuming a queue of its own on the local Redis."""
     pytest.importorskip('celery', reason='Celery is not installed: pip install "celery[redis]"')
-    pytest.importorskip('redis', reason='The Redis client is not installed: pip install "celery[redis]"')
-    try:
-        socket.create_connection(('127.0.0.1', 6379), timeout=1).close()
-    except OSError as error:
-        pytest.skip(f'Redis is not reachable at 127.0.0.1:6379 ({error})')
+    redis_url()  # skips without the client or the server
     import redis
     from celery import Celery
 

@@ -11,7 +11,7 @@ from .sitemessage_send_scheduled import _priority
 class Command(SitemessageCommand):
     help = (
         'Sends scheduled messages continuously: sleeps while the queue is empty\n'
-        '(wakes at once on PostgreSQL), stops cleanly on SIGTERM.\n'
+        '(wakes at once when a message is scheduled: SITEMESSAGE_WAKEUP), stops cleanly on SIGTERM.\n'
         'Stopped by SIGTERM or SIGINT it exits 0; with --passes it exits as\n'
         'sitemessage_send_scheduled does, judging all its passes.'
     )
