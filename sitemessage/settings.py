@@ -25,7 +25,7 @@ DEFAULTS: dict[str, Any] = {
     'SEND_BATCH_SIZE': 200,
     'SEND_LEASE_SECONDS': 600,
     # Sent e-mails recorded every this many, before their batch is stored: after kill -9 at most about
-    # this many (and those on the wire) are sent again. None: 20, except on SQLite (per batch there).
+    # this many (and those on the wire) are sent again. None: per batch (each record is a commit).
     'OUTCOME_FLUSH_SIZE': None,
     # Subscriptions prepare_dispatches() turns into dispatches per transaction (one bulk insert).
     'PREPARE_CHUNK_SIZE': 2000,

@@ -103,7 +103,7 @@ class Worker:
                 # Idle when nothing was attempted: also when every dispatch claimed went back untouched
                 # (a provider's pause, a rate limit), or the next pass would take them again at once.
                 if not (pass_report.sent or pass_report.errors or pass_report.failed):
-                    self._idle(self._listener)
+                    self.idle(self._listener)
             except errors as error:
                 failures += 1
                 self.reconnects += 1
@@ -119,7 +119,8 @@ class Worker:
                 close_connection()
                 self.stop_event.wait(delay)
 
-    def _idle(self, listener: Optional[Listener]) -> None:
+    def idle(self, listener: Optional[Listener]) -> None:
+        """Wait after a pass that attempted nothing: until a wake-up, the idle time, or a stop request."""
         deadline = time.monotonic() + self.idle_seconds
         while not self.stop_event.is_set():
             left = deadline - time.monotonic()

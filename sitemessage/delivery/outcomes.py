@@ -6,8 +6,8 @@ dispatch carries its :class:`Attempt` until the outcome is stored.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, List, NamedTuple, Optional, Type
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, List, NamedTuple, Optional, Type
 
 from ..exceptions import MessengerException
 
@@ -39,12 +39,15 @@ class Attempt:
     counts once per attempt however often a messenger marks it, and the compiled text is written
     back only when it changed. ``marked`` says whether the messenger reported an outcome;
     ``retry_after`` is the service's hint (seconds) for the next attempt of a dispatch in error.
+    ``on_sent``, set by the engine, is told of the dispatch as soon as it is marked sent (the
+    recorder writes it down before the batch ends).
     """
 
     retry_count: int
     stored_text: Optional[str]
     marked: bool = False
     retry_after: Optional[float] = None
+    on_sent: Optional[Callable[['Dispatch'], None]] = field(default=None, repr=False, compare=False)
 
 
 def describe_error(error: Any) -> str:

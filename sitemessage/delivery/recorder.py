@@ -7,8 +7,10 @@ them, in one query each time:
 
 * where the database takes concurrent writes (PostgreSQL, MariaDB, MySQL), on a thread of its
   own: sending never waits for those commits, and while one is written the next ones gather;
-* on SQLite (one writer at a time, a file sync per commit), only when the setting is given, and
-  then on the claiming thread, between units of work.
+* on SQLite (one writer at a time, a file sync per commit), on the claiming thread, between
+  units of work.
+
+Off unless the setting is given (see :func:`flush_size_for`).
 """
 
 from __future__ import annotations
@@ -25,15 +27,18 @@ from ..settings import check_setting, get_setting
 LOGGER = logging.getLogger(__name__)
 
 SENT = Dispatch.DISPATCH_STATUS_SENT
-DEFAULT_FLUSH_SIZE = 20
 
 
 def flush_size_for(dispatch: Dispatch) -> Optional[int]:
-    """How many sent dispatches to record at a time on ``dispatch``'s database; None: only per batch."""
+    """How many sent dispatches to record at a time (``SITEMESSAGE_OUTCOME_FLUSH_SIZE``); None: only per batch.
+
+    Off by default: each record is a commit, and on a machine the database shares with the
+    senders that cost about 5 % of the throughput (``benchmarks/crash_resend.py``).
+    """
     configured = get_setting('OUTCOME_FLUSH_SIZE')
-    if configured is not None:
-        return check_setting(configured, 'positive_int', 'SITEMESSAGE_OUTCOME_FLUSH_SIZE')
-    return None if is_sqlite(dispatch) else DEFAULT_FLUSH_SIZE
+    if configured is None:
+        return None
+    return check_setting(configured, 'positive_int', 'SITEMESSAGE_OUTCOME_FLUSH_SIZE')
 
 
 def is_sqlite(dispatch: Dispatch) -> bool:
@@ -54,11 +59,33 @@ def write_sent(sent: List[Dispatch]) -> None:
         LOGGER.warning('Could not record %s sent dispatches before the end of their batch', len(sent), exc_info=True)
 
 
+def relax_commits(alias: str, relaxed: set) -> None:
+    """On PostgreSQL, let this thread's connection commit records without waiting for the disk.
+
+    Only this thread writes on that connection, and only these records: should the database server
+    itself crash, the last few would be lost and those e-mails sent again (at least once, as
+    before); a killed worker loses nothing it recorded. The wait for the disk is what each record
+    cost the senders.
+    """
+    if alias in relaxed:
+        return
+    relaxed.add(alias)
+    connection = db_connections[alias]
+    if connection.vendor != 'postgresql':
+        return
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute('SET synchronous_commit TO OFF')
+    except Exception:  # only slower: records still commit
+        LOGGER.warning('Could not relax commits of sent records', exc_info=True)
+
+
 class SentRecorder:
     """Gathers sent dispatches and records them every ``flush_size``, in the background or when asked.
 
-    ``background``: a thread of its own writes (started on first need, stopped by :meth:`close`);
-    otherwise :meth:`add` says when enough wait and the caller calls :meth:`write`.
+    ``background``: dispatches are noted as they are marked sent (:meth:`observe`) and a thread
+    of its own writes (started on first need, stopped by :meth:`close`); otherwise the caller
+    hands over delivered units (:meth:`add`), which says when enough wait, and calls :meth:`write`.
     """
 
     def __init__(self, flush_size: int, background: bool, name: str):
@@ -71,20 +98,21 @@ class SentRecorder:
         self._closing = False
 
     def add(self, dispatches: Iterable[Dispatch]) -> bool:
-        """Note the sent ones among ``dispatches``; whether the caller should :meth:`write` now."""
+        """Note the sent ones among a delivered unit's ``dispatches``; whether to :meth:`write` now."""
         sent = [dispatch for dispatch in dispatches if dispatch.dispatch_status == SENT]
-        if not sent:
-            return False
         with self._changed:
             self._pending.extend(sent)
-            full = len(self._pending) >= self.flush_size
-            if full and self.background:
+            return len(self._pending) >= self.flush_size
+
+    def observe(self, dispatch: Dispatch) -> None:
+        """Note one dispatch as it is marked sent (``Attempt.on_sent``); the background thread writes."""
+        with self._changed:
+            self._pending.append(dispatch)
+            if len(self._pending) >= self.flush_size:
                 if self._thread is None:
                     self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                     self._thread.start()
                 self._changed.notify()
-                return False
-        return full
 
     def write(self) -> None:
         """Record what is pending now, on the calling thread."""
@@ -107,6 +135,7 @@ class SentRecorder:
             self._thread.join()
 
     def _run(self) -> None:
+        relaxed: set = set()  # databases whose connection on this thread commits without waiting for the disk
         try:
             while True:
                 with self._changed:
@@ -115,6 +144,8 @@ class SentRecorder:
                     if self._closing:
                         return
                     sent, self._pending = self._pending, []
+                if sent:
+                    relax_commits(sent[0]._state.db or 'default', relaxed)
                 write_sent(sent)
         finally:
             db_connections.close_all()  # only this thread's

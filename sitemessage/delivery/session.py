@@ -106,6 +106,10 @@ class DeliverySession:
         if not self._recorder_chosen and batch.dispatches:
             self._recorder_chosen = True
             self._recorder = self._make_recorder(batch.dispatches[0])
+        if self._recorder is not None and self._recorder.background:
+            for dispatch in batch.dispatches:  # told as each is marked sent, whatever the unit
+                if dispatch.attempt is not None:
+                    dispatch.attempt.on_sent = self._recorder.observe
         work = []
         for message, group in messages.values():
             try:
@@ -140,8 +144,9 @@ class DeliverySession:
 
     @property
     def unit_size(self) -> Optional[int]:
-        """The largest unit of work: what is sent is recorded between units."""
-        return self._recorder.flush_size if self._recorder is not None else None
+        """The largest unit of work when what is sent is recorded between units (not in the background)."""
+        recorder = self._recorder
+        return recorder.flush_size if recorder is not None and not recorder.background else None
 
     @property
     def threaded(self) -> bool:
@@ -228,7 +233,7 @@ class DeliverySession:
                 return  # the next batch tries to connect again
             self._inline_warm = True
         recorder = self._recorder
-        if recorder is None:
+        if recorder is None or recorder.background:  # nothing to do between units
             deliver(self.messenger, work, self.limits)
             return
         units = bundle_work(work, 1, unit_size=recorder.flush_size)
@@ -286,7 +291,8 @@ class DeliverySession:
                 try:
                     deliver(self.messenger, unit.items, self.limits)
                 finally:
-                    write_due = self._recorder is not None and self._recorder.add(unit.dispatches)
+                    recorder = self._recorder
+                    write_due = recorder is not None and not recorder.background and recorder.add(unit.dispatches)
                     with self._progress:
                         unit.batch.outstanding -= 1
                         self._write_due = self._write_due or write_due

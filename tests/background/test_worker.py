@@ -472,7 +472,7 @@ def test_a_pass_that_only_put_dispatches_back_is_followed_by_idling(fake_messeng
     schedule_messages('wait for me', recipients('fake', 'someone'))
     worker = Worker(max_passes=2, idle_seconds=0)
     idles = []
-    worker._idle = idles.append  # noqa: SLF001 -- the loop's one seam: count the idle waits, wait none
+    worker.idle = idles.append  # count the idle waits, and wait none
 
     totals = worker.run()
 

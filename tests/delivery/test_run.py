@@ -977,3 +977,19 @@ def test_a_run_that_breaks_off_stores_what_was_sent_and_gives_back_the_rest_unto
     assert len(statuses) == 12 and set(statuses) <= {SENT, PENDING}
     assert statuses.count(SENT) == len(messenger.delivered)  # what went out is recorded, the rest waits
     assert not DispatchError.objects.exists()  # nothing counted as a failed attempt
+
+
+def test_record_sent_marks_only_rows_still_held_by_their_claim():
+    schedule('one text', ['a', 'b', 'c'])
+    claimed = Dispatch.objects.claim(10, 60)
+    stolen = claimed[2]
+    Dispatch.objects.filter(pk=stolen.pk).update(claim_token='another-worker')  # our lease expired, it was taken
+
+    assert Dispatch.objects.record_sent(claimed) == 2
+
+    rows = {row.address: row for row in Dispatch.objects.all()}
+    assert (rows['a'].dispatch_status, rows['b'].dispatch_status) == (SENT, SENT)
+    assert rows['a'].time_dispatched is not None and rows['a'].lease_until is None
+    assert rows['a'].claim_token == claimed[0].claim_token  # the batch's store completes it
+    assert rows['c'].dispatch_status == Dispatch.DISPATCH_STATUS_PROCESSING
+    assert Dispatch.objects.record_sent([]) == 0
