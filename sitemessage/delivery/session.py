@@ -127,7 +127,7 @@ class DeliverySession:
             note_subscribers(work)
             try:
                 messenger.prepare_batch(work)
-            except Exception:  # the messenger looks up what it needs itself, later
+            except Exception:  # logged; delivery goes on without what it would have found
                 LOGGER.exception('%s: prepare_batch() raised', messenger.get_alias())
             if self.parallel <= 1:
                 batch.inline_work = work
