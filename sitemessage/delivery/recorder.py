@@ -29,7 +29,7 @@ LOGGER = logging.getLogger(__name__)
 SENT = Dispatch.DISPATCH_STATUS_SENT
 
 
-def flush_size_for(dispatch: Dispatch) -> Optional[int]:
+def configured_flush_size() -> Optional[int]:
     """How many sent dispatches to record at a time (``SITEMESSAGE_OUTCOME_FLUSH_SIZE``); None: only per batch.
 
     Off by default: each record is a commit, and on a machine the database shares with the

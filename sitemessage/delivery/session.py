@@ -22,7 +22,7 @@ from ..exceptions import UnknownMessageTypeError
 from ..models import Dispatch, MessageTuple
 from .handover import compile_texts, deliver, messenger_lock, store_outcomes
 from .outcomes import MessageWork, warm_up_failure
-from .recorder import SentRecorder, flush_size_for, is_sqlite
+from .recorder import SentRecorder, configured_flush_size, is_sqlite
 
 if TYPE_CHECKING:  # pragma: nocover
     from ..messengers.base import MessengerBase
@@ -67,6 +67,7 @@ class DeliverySession:
         self.messenger = messenger
         self.parallel = messenger.get_parallel_connections()
         self.limits = messenger.rate_limits()  # read once a run; a bad value is raised here, not in a thread
+        self.flush_size = configured_flush_size()  # the same: before any batch is in hand
         self._lock = messenger_lock(messenger)
         guard = threading.Lock()
         self._work_added = threading.Condition(guard)  # wakes idle connections
@@ -136,11 +137,11 @@ class DeliverySession:
         return batch
 
     def _make_recorder(self, dispatch: Dispatch) -> Optional[SentRecorder]:
-        size = flush_size_for(dispatch)
-        if size is None:
+        """A recorder for ``dispatch``'s database (how it writes depends on it), or None."""
+        if self.flush_size is None:
             return None
         name = f'sitemessage-{self.messenger.get_alias()}-recorder'
-        return SentRecorder(size, background=not is_sqlite(dispatch), name=name)
+        return SentRecorder(self.flush_size, background=not is_sqlite(dispatch), name=name)
 
     @property
     def unit_size(self) -> Optional[int]:

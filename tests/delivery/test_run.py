@@ -13,7 +13,7 @@ from django.test.utils import CaptureQueriesContext, override_settings
 from django.utils import timezone
 
 from sitemessage.delivery.outcomes import Attempt
-from sitemessage.exceptions import UnknownMessageTypeError, UnknownMessengerError
+from sitemessage.exceptions import SiteMessageConfigurationError, UnknownMessageTypeError, UnknownMessengerError
 from sitemessage.messages.base import MessageBase
 from sitemessage.messages.email import EmailTextMessage
 from sitemessage.messages.plain import PlainTextMessage
@@ -993,3 +993,13 @@ def test_record_sent_marks_only_rows_still_held_by_their_claim():
     assert rows['a'].claim_token == claimed[0].claim_token  # the batch's store completes it
     assert rows['c'].dispatch_status == Dispatch.DISPATCH_STATUS_PROCESSING
     assert Dispatch.objects.record_sent([]) == 0
+
+
+@pytest.mark.parametrize('value', [0, -5, True, '20', 2.5])
+def test_a_bad_outcome_flush_size_is_named_before_any_attempt(value):
+    schedule('text', 'someone')
+    with override_settings(SITEMESSAGE_OUTCOME_FLUSH_SIZE=value):
+        with pytest.raises(SiteMessageConfigurationError, match=rf'SITEMESSAGE_OUTCOME_FLUSH_SIZE must be .*{value!r}'):
+            send_scheduled_messages()
+    dispatch = Dispatch.objects.get()
+    assert dispatch.retry_count == 0 and not DispatchError.objects.exists()  # no attempt was counted
