@@ -98,19 +98,29 @@ def pause(key: str, seconds: float) -> float:
     """Make every worker wait ``seconds`` before sending under ``key``; return when the pause ends (epoch).
 
     An existing longer pause is kept. Read then write: two workers pausing at once may leave the
-    shorter of their two waits, which only means a retry comes a little early. A cache that cannot
-    be reached is logged and skipped: the service's own refusals still slow each worker down.
+    shorter of their two waits, which only means a retry comes a little early. A write that fails
+    is tried again, five times within 0.4 s: Django's database cache on SQLite refuses a write at
+    once ("database is locked") while another process writes. A cache that still cannot be reached
+    is logged and skipped: the service's own refusals still slow each worker down.
     """
     until = CLOCK() + max(float(seconds), 0.0)
-    try:
-        cache = caches[get_setting('RATE_LIMIT_CACHE')]
-        current = cache.get(_pause_key(key))
-        if isinstance(current, (int, float)) and current >= until:
-            return float(current)
-        cache.set(_pause_key(key), until, timeout=math.ceil(seconds) + 1)
-    except Exception as error:  # a cache outage must not stop delivery
-        LOGGER.warning('Could not share the pause of `%s` (%s: %s)', key, type(error).__name__, error)
+    for wait in _PAUSE_WRITE_RETRIES:
+        try:
+            cache = caches[get_setting('RATE_LIMIT_CACHE')]
+            current = cache.get(_pause_key(key))
+            if isinstance(current, (int, float)) and current >= until:
+                return float(current)
+            cache.set(_pause_key(key), until, timeout=math.ceil(seconds) + 1)
+            return until
+        except Exception as error:  # a cache outage must not stop delivery
+            if wait is None:
+                LOGGER.warning('Could not share the pause of `%s` (%s: %s)', key, type(error).__name__, error)
+            else:
+                SLEEP(wait)
     return until
+
+
+_PAUSE_WRITE_RETRIES = (0.01, 0.02, 0.05, 0.1, 0.2, None)  # seconds before the next try; None: the last
 
 
 def paused_until(key: str) -> float:

@@ -306,6 +306,31 @@ def test_an_unreachable_cache_pauses_nobody_and_stops_nothing(clock, caplog):
         CACHES={'default': {'BACKEND': LOCMEM['BACKEND']}, 'pauses': {**DBCACHE, 'LOCATION': 'no_such_table'}},
         SITEMESSAGE_RATE_LIMIT_CACHE='pauses',
     ):
-        assert ratelimit.pause('x:abc', 10) == clock.now + 10
+        asked_at = clock.now
+        assert ratelimit.pause('x:abc', 10) == asked_at + 10
+        assert clock.sleeps == [0.01, 0.02, 0.05, 0.1, 0.2]  # tried six times (SQLite's database cache refuses at once)
         assert ratelimit.paused_for('x:abc') == 0.0
-    assert 'Could not share the pause of `x:abc`' in caplog.text
+    assert caplog.text.count('Could not share the pause of `x:abc`') == 1  # logged once, after the last try
+
+
+@pytest.mark.django_db
+def test_a_pause_write_refused_once_is_written_on_the_next_try(clock, caplog, monkeypatch):
+    """Django's database cache on SQLite refuses a write at once while another process writes."""
+    from django.core.cache import caches
+    from django.db import OperationalError
+
+    cache = caches['default']
+    real_set, refusals = cache.set, []
+
+    def set_once_refused(*args, **kwargs):
+        if not refusals:
+            refusals.append(args[0])
+            raise OperationalError('database is locked')
+        return real_set(*args, **kwargs)
+
+    monkeypatch.setattr(cache, 'set', set_once_refused)
+    asked_at = clock.now
+    assert ratelimit.pause('x:abc', 10) == asked_at + 10
+    assert refusals and clock.sleeps == [0.01]
+    assert ratelimit.paused_for('x:abc') == pytest.approx(10 - 0.01)
+    assert 'Could not share the pause' not in caplog.text
