@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
-import shutil
 import ssl
-import subprocess
 from datetime import timedelta
 from io import StringIO
 from urllib.parse import urlsplit
@@ -27,6 +25,7 @@ from sitemessage.messengers.base import MessengerBase
 from sitemessage.models import Dispatch, Message, Subscription
 from sitemessage.toolbox import get_sitemessage_urls
 from sitemessage.utils import Recipient
+from tests.certificates import self_signed
 from tests.fakes import FakeMessenger
 from tests.smtp_handlers import loopback_controller
 
@@ -93,37 +92,10 @@ class AuthMailbox:
 
 @pytest.fixture(scope='module')
 def tls_smtp_server(tmp_path_factory):
-    openssl = shutil.which('openssl')
-    if openssl is None:
-        pytest.skip('the openssl binary is needed to make a certificate for the STARTTLS server')
     from aiosmtpd.smtp import AuthResult, LoginPassword
 
     folder = tmp_path_factory.mktemp('tls')
-    cert, key = folder / 'cert.pem', folder / 'key.pem'
-    subprocess.run(
-        [
-            openssl,
-            'req',
-            '-x509',
-            '-newkey',
-            'ec',
-            '-pkeyopt',
-            'ec_paramgen_curve:prime256v1',
-            '-nodes',
-            '-keyout',
-            str(key),
-            '-out',
-            str(cert),
-            '-days',
-            '2',
-            '-subj',
-            '/CN=127.0.0.1',
-            '-addext',
-            'subjectAltName=IP:127.0.0.1',
-        ],
-        check=True,
-        capture_output=True,
-    )
+    cert, key = self_signed(folder, 'server', '127.0.0.1', san='IP:127.0.0.1')
     tls_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     tls_context.load_cert_chain(cert, key)
     mailbox = AuthMailbox()

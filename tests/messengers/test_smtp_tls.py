@@ -7,9 +7,7 @@ that ``ssl_certfile``/``ssl_keyfile`` (or ``EMAIL_SSL_CERTFILE``/``EMAIL_SSL_KEY
 
 from __future__ import annotations
 
-import shutil
 import ssl
-import subprocess
 
 import pytest
 from django.test.utils import override_settings
@@ -19,6 +17,7 @@ from sitemessage.models import Dispatch, DispatchError
 from sitemessage.sending import send_scheduled_messages
 from sitemessage.shortcuts import schedule_email
 from sitemessage.toolbox import register_messenger_objects
+from tests.certificates import self_signed
 from tests.conftest import Mailbox
 from tests.smtp_handlers import loopback_controller
 
@@ -38,40 +37,12 @@ class CertMailbox(Mailbox):
         return await super().handle_DATA(server, session, envelope)
 
 
-def make_cert(folder, name, common_name, san=None):
-    cert, key = folder / f'{name}.pem', folder / f'{name}.key'
-    command = [
-        shutil.which('openssl'),
-        'req',
-        '-x509',
-        '-newkey',
-        'ec',
-        '-pkeyopt',
-        'ec_paramgen_curve:prime256v1',
-        '-nodes',
-        '-keyout',
-        str(key),
-        '-out',
-        str(cert),
-        '-days',
-        '2',
-        '-subj',
-        f'/CN={common_name}',
-    ]
-    if san:
-        command += ['-addext', f'subjectAltName={san}']
-    subprocess.run(command, check=True, capture_output=True)
-    return str(cert), str(key)
-
-
 @pytest.fixture(scope='module')
 def certs(tmp_path_factory):
-    if shutil.which('openssl') is None:
-        pytest.skip('the openssl binary is needed to make the test certificates (Debian package `openssl`)')
     folder = tmp_path_factory.mktemp('smtp-tls')
     return {
-        'server': make_cert(folder, 'server', '127.0.0.1', san='IP:127.0.0.1'),
-        'client': make_cert(folder, 'client', 'sitemessage-client'),
+        'server': self_signed(folder, 'server', '127.0.0.1', san='IP:127.0.0.1'),
+        'client': self_signed(folder, 'client', 'sitemessage-client'),
     }
 
 

@@ -33,6 +33,7 @@ from sitemessage.models import Dispatch, DispatchError
 from sitemessage.shortcuts import schedule_jabber_message
 from sitemessage.toolbox import recipients, schedule_messages, send_scheduled_messages
 from sitemessage.utils import register_messenger_objects
+from tests.certificates import RSA_KEY, self_signed
 from tests.fakes import free_port
 from tests.messengers.contract import MessengerContract
 
@@ -62,7 +63,7 @@ modules_disabled = {{ "s2s" }}
 authentication = "internal_plain"
 c2s_require_encryption = false
 allow_unencrypted_plain_auth = true
-ssl = {{ certificate = "{root}/localhost.crt", key = "{root}/localhost.key" }}
+ssl = {{ certificate = "{root}/localhost.pem", key = "{root}/localhost.key" }}
 
 VirtualHost "{domain}"
 
@@ -99,31 +100,9 @@ def prosody(tmp_path_factory):
         pytest.skip('Prosody is not installed (Debian/Ubuntu: apt-get install prosody)')
     root = tmp_path_factory.mktemp('prosody')
     (root / 'data').mkdir()
-    subprocess.run(
-        [
-            'openssl',
-            'req',
-            '-x509',
-            '-newkey',
-            'rsa:2048',
-            '-nodes',
-            '-days',
-            '2',
-            '-subj',
-            f'/CN={DOMAIN}',
-            '-addext',
-            f'subjectAltName=DNS:{DOMAIN}',
-            '-keyout',
-            str(root / 'localhost.key'),
-            '-out',
-            str(root / 'localhost.crt'),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    cert, _key = self_signed(root, 'localhost', DOMAIN, san=f'DNS:{DOMAIN}', key_options=RSA_KEY)
     # Prosody's configuration must name its ports before it starts.
-    server = ProsodyServer(root, free_port(), free_port(), str(root / 'localhost.crt'))
+    server = ProsodyServer(root, free_port(), free_port(), cert)
     config = root / 'prosody.cfg.lua'
     config.write_text(
         CONFIG.format(
