@@ -489,7 +489,10 @@ def configure_django(spec: dict) -> None:
         connections = spec.get('connections', 1)
         if lib == 'ours':  # BENCH_SMTP_PIPELINING=False: as if the server did not offer PIPELINING
             pipelining = spec.get('settings', {}).get('BENCH_SMTP_PIPELINING', True)
-            register_messenger_objects(SMTPMessenger(connections=connections, pipelining=pipelining))
+            messenger = SMTPMessenger(connections=connections, pipelining=pipelining)
+            if not spec.get('settings', {}).get('BENCH_OWN_THREAD', True):  # as before 2.0's issue 14: inline
+                messenger.deliver_on_own_thread = False
+            register_messenger_objects(messenger)
         else:
             register_messenger_objects(SMTPMessenger())
 
@@ -669,10 +672,12 @@ def task_send(spec):
     gc.collect()
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     profiler = None
+    thread_profiles: list = []
     if profile:
         import cProfile
 
         profiler = cProfile.Profile()
+        profile_threads(thread_profiles)
     if trace:
         tracemalloc.start()
         base = tracemalloc.get_traced_memory()[0]
@@ -696,7 +701,54 @@ def task_send(spec):
     result['sent'], result['unsent'] = sent_count(lib)
     if profiler:
         result['profile'] = profile_text(profiler, spec.get('profile_top', 18))
+        result['buckets'] = profile_buckets([profiler, *thread_profiles])
     return result
+
+
+def profile_threads(profiles: list) -> None:
+    """Profile every thread started from now on too (connection threads, recorders): one profiler each."""
+    import cProfile
+    import threading
+
+    run = threading.Thread.run
+
+    def profiled_run(thread):
+        profiler = cProfile.Profile()
+        profiles.append(profiler)
+        profiler.runcall(run, thread)
+
+    threading.Thread.run = profiled_run
+
+
+# Where a send run's time goes, by the module of each function's own time (cProfile's tottime).
+BUCKETS = (
+    ('waiting on the socket (server replies, writes)', ("of '_socket.socket' objects", "of '_ssl._SSLSocket'")),
+    ('waiting for another thread (locks, conditions)', ("of '_thread.lock' objects", "of '_thread.RLock' objects")),
+    ('database (Django ORM, driver)', ('/django/db/', 'sqlite3', 'SQLiteCursorWrapper', '/psycopg')),
+    ('smtplib (commands, replies)', ('/smtplib.py',)),
+    ('building e-mails (email package)', ('/email/',)),
+    ('sitemessage messengers and messages', ('/sitemessage/messengers/', '/sitemessage/messages/')),
+    ('sitemessage engine and models', ('/sitemessage/',)),
+    ('Django templates, i18n, utils', ('/django/',)),
+)
+
+
+def profile_buckets(profilers: list) -> dict:
+    """Own time of every profiled function (all threads), summed per :data:`BUCKETS` entry (the first that matches).
+
+    Threads overlap: the sum is CPU and waiting of all threads together, more than the wall time.
+    """
+    import pstats
+
+    buckets: dict = {}
+    stats = pstats.Stats(profilers[0])
+    for other in profilers[1:]:
+        stats.add(other)
+    for (filename, _line, function), (_cc, _nc, own, _cum, _callers) in stats.stats.items():
+        where = f'{filename} {function}'
+        name = next((label for label, marks in BUCKETS if any(mark in where for mark in marks)), 'other')
+        buckets[name] = buckets.get(name, 0.0) + own
+    return buckets
 
 
 def profile_text(profiler, top: int) -> str:
@@ -819,6 +871,30 @@ def task_schedule(spec):
     return result
 
 
+def task_schedule_one(spec):
+    """``n`` separate ``schedule_email()`` calls in autocommit, as views make them; seconds and statements.
+
+    A warm-up of 50 calls first (imports, first queries); the tables are wiped before it.
+    """
+    from django.db import connection
+
+    from sitemessage.shortcuts import schedule_email
+
+    wipe(spec['lib'])
+    for i in range(50):
+        schedule_email(BODY, address('warm', i), subject=SUBJECT)
+    counter = QueryCounter()
+    n = spec['n']
+    addresses = [address('one', i) for i in range(n)]
+    gc.collect()
+    with connection.execute_wrapper(counter):
+        started, cpu_started = time.perf_counter(), time.process_time()
+        for to in addresses:
+            schedule_email(BODY, to, subject=SUBJECT)
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    return {'seconds': seconds, 'cpu': cpu, 'statements': counter.count, 'rows': scheduled_rows(spec['lib']) - 50}
+
+
 class _nothing:
     def __enter__(self):
         return self
@@ -924,6 +1000,7 @@ TASKS = {
     'raw': task_raw,
     'status': task_status,
     'schedule': task_schedule,
+    'schedule_one': task_schedule_one,
     'command': task_command,
 }
 

@@ -229,7 +229,7 @@ class MessageQuerySet(models.QuerySet):
                     dispatches = [d for d in dispatches if (d.messenger, d.address) not in existing]
             if dispatches:
                 Dispatch.objects.using(self.db).bulk_create(dispatches)
-                queue_changed.send(sender=Dispatch, using=self.db)
+                queue_changed.send(sender=Dispatch, using=self.db, inserted=True)
         message.prepared_through = through
         return len(dispatches)
 
@@ -965,7 +965,7 @@ class Dispatch(models.Model):
             for r in items
         ]
         objects = cls.objects.bulk_create(objects)
-        queue_changed.send(sender=cls, using=None)
+        queue_changed.send(sender=cls, using=None, inserted=True)
         if not message_model.dispatches_ready:
             message_model.dispatches_ready = True
             message_model.save(update_fields=['dispatches_ready'])

@@ -109,7 +109,7 @@ def schedule_pairs_in_bulk(
             ]
         )
         if dispatches:
-            queue_changed.send(sender=Dispatch, using=database)
+            queue_changed.send(sender=Dispatch, using=database, inserted=True)
     result, offset = [], 0
     for model, (message, items) in zip(models, pairs):
         own = dispatches[offset : offset + len(items or ())]

@@ -121,3 +121,21 @@ def test_email_without_a_subject_and_its_footer_are_russian_when_sent_in_russian
     assert mail['Subject'] == 'Без темы'
     html = mail.get_body(('html',)).get_content()
     assert 'Вы можете отписаться от этой рассылки' in html and 'этой ссылкой</a>' in html
+
+
+@pytest.mark.django_db
+def test_connection_threads_write_in_the_language_active_where_the_run_started(smtp_server):
+    """Django keeps the active language per thread: each connection's thread must be told it."""
+    from sitemessage.messages.email import EmailTextMessage
+    from sitemessage.messengers.smtp import SMTPMessenger
+    from sitemessage.toolbox import recipients, register_messenger_objects, schedule_messages, send_scheduled_messages
+
+    register_messenger_objects(
+        SMTPMessenger('robot@example.com', host='127.0.0.1', port=smtp_server.port, connections=3)
+    )
+    addresses = [f'user{n}@example.com' for n in range(6)]
+    with translation.override('ru'):
+        schedule_messages(EmailTextMessage('', 'Привет'), recipients('smtp', addresses))
+        send_scheduled_messages()
+
+    assert [mail['Subject'] for mail in smtp_server.handler.messages()] == ['Без темы'] * 6

@@ -37,6 +37,8 @@ from ..settings import get_setting
 
 LOGGER = logging.getLogger('sitemessage.wakeup')  # the documented logger name
 CHANNEL = 'sitemessage_queue'
+# Installed on PostgreSQL by migration 0014: NOTIFY CHANNEL with every INSERT into the dispatch table.
+INSERT_TRIGGER = 'sitemessage_dispatch_inserted_notify'
 # Redis and local sockets answer within a millisecond on a healthy host; past this, give up on the wake-up.
 ANNOUNCE_TIMEOUT = 0.5
 
@@ -65,6 +67,10 @@ class Channel:
         """Start listening (None: this channel cannot wake anyone, the worker polls)."""
         return None
 
+    def announces_inserts(self, using: str) -> bool:
+        """Whether the database itself announces new dispatch rows, so :meth:`announce` need not."""
+        return False
+
     def announce_safely(self, using: str) -> None:
         """Run :meth:`announce`, logging what fails: the message is committed and a later poll sends it."""
         try:
@@ -81,10 +87,31 @@ class PostgresChannel(Channel):
     """``NOTIFY sitemessage_queue`` on the scheduling connection, ``LISTEN`` on the worker's."""
 
     name = 'postgres'
+    # Per database (alias and name): does the NOTIFY trigger of migration 0014 exist there?
+    _trigger_found: dict[tuple[str, str], bool] = {}
 
     def announce(self, using: str) -> None:
         with connections[using].cursor() as cursor:
             cursor.execute(f'NOTIFY {CHANNEL}')
+
+    def announces_inserts(self, using: str) -> bool:
+        """Whether the trigger is installed: looked up once per process and database.
+
+        A database built without migrations (``--no-migrations`` in a project's tests) has none:
+        there the scheduling process sends ``NOTIFY`` itself after the commit, as before.
+        """
+        connection = connections[using]
+        key = (using, str(connection.settings_dict.get('NAME')))
+        found = self._trigger_found.get(key)
+        if found is None:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    'SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = %s '
+                    "AND tgrelid = to_regclass('sitemessage_dispatch'))",
+                    [INSERT_TRIGGER],
+                )
+                found = self._trigger_found[key] = bool(cursor.fetchone()[0])
+        return found
 
     def listen(self, using: str) -> Optional[Listener]:
         return PostgresListener(using) if listen(using) else None

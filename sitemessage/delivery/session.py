@@ -1,10 +1,11 @@
 """A messenger's connections for one delivery run: opened once, fed batch after batch, closed at the end.
 
 With one connection, each batch is delivered on the calling thread, as a messenger written for
-1.4.0 expects, over a connection kept open for the whole run. With several, each connection
-has a thread of its own and they pull work from one queue; :meth:`DeliverySession.submit`
-returns at once, so the caller can claim the next batch from the database while the
-connections are still busy with this one, and they never wait for each other between batches.
+1.4.0 expects, over a connection kept open for the whole run. With several, or with one where the
+messenger sets ``deliver_on_own_thread`` (the built-in ones), each connection has a thread of its
+own and they pull work from one queue; :meth:`DeliverySession.submit` returns at once, so the
+caller can claim the next batch from the database while the connections are still busy with this
+one, and they never wait for each other (or for the database) between batches.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import threading
 from typing import TYPE_CHECKING, Callable, Deque, Dict, List, NamedTuple, Optional, Set
 
 from django.db import connections as db_connections
+from django.utils import translation
 
 from ..exceptions import UnknownMessageTypeError
 from ..models import Dispatch, MessageTuple
@@ -30,6 +32,9 @@ if TYPE_CHECKING:  # pragma: nocover
 LOGGER = logging.getLogger(__name__)
 
 UNITS_PER_CONNECTION = 16  # how finely a batch is cut for the connections to pull
+# One connection on a thread of its own has nobody to share with: a few units are enough for the
+# next batch to be claimed while the last ones go out (a unit boundary costs SMTP a pipeline drain).
+UNITS_ALONE = 4
 
 
 class SubmittedBatch:
@@ -46,10 +51,16 @@ class SubmittedBatch:
 
 
 class _Unit(NamedTuple):
-    """A few dispatches, of one message or of several, that one connection delivers in one go."""
+    """A few dispatches, of one message or of several, that one connection delivers in one go.
+
+    ``language``: the one active where the batch was submitted. Django keeps it per thread (not in
+    the context a thread copies), so the connection's thread activates it for what the messenger
+    writes itself (a default subject, a footer).
+    """
 
     items: List[MessageWork]
     batch: SubmittedBatch
+    language: Optional[str] = None
 
     @property
     def dispatches(self) -> List[Dispatch]:
@@ -84,6 +95,9 @@ class DeliverySession:
         self._recorder: Optional[SentRecorder] = None
         self._recorder_chosen = False
         self._write_due = False  # the claiming thread should record now (SQLite); guarded by `guard`
+        # One connection on a thread of its own: what it leaves on the messenger, for the caller
+        # (see MessengerBase.connection_state_snapshot).
+        self._handed_back: object = None
 
     def __enter__(self) -> 'DeliverySession':
         self._lock.acquire()
@@ -130,7 +144,7 @@ class DeliverySession:
                 messenger.prepare_batch(work)
             except Exception:  # logged; delivery goes on without what it would have found
                 LOGGER.exception('%s: prepare_batch() raised', messenger.get_alias())
-            if self.parallel <= 1:
+            if not self.threaded:
                 batch.inline_work = work
             else:
                 self._enqueue(batch, work)
@@ -151,8 +165,12 @@ class DeliverySession:
 
     @property
     def threaded(self) -> bool:
-        """Whether connection threads deliver (several connections), so the caller may work meanwhile."""
-        return self.parallel > 1
+        """Whether connection threads deliver, so the caller may work meanwhile.
+
+        They do with several connections, and with one where the messenger says it may
+        (``deliver_on_own_thread``); otherwise the caller's thread delivers, as 1.4.0 did.
+        """
+        return self.parallel > 1 or bool(getattr(self.messenger, 'deliver_on_own_thread', False))
 
     def wait_until_drained(self) -> None:
         """Return once the connections have taken all but about two units each of the queued work.
@@ -190,6 +208,8 @@ class DeliverySession:
         finally:
             for thread in self._threads:
                 thread.join()
+            if self._handed_back is not None:
+                self.messenger.adopt_connection_state(self._handed_back)
             if self._recorder is not None:
                 self._recorder.close()
             if self._inline_warm:
@@ -248,15 +268,17 @@ class DeliverySession:
 
     def _enqueue(self, batch: SubmittedBatch, work: list) -> None:
         units = bundle_work(work, self.parallel, unit_size=self.unit_size)
+        language = translation.get_language()
         with self._work_added:
-            self._queue.extend(_Unit(items, batch) for items in units)
+            self._queue.extend(_Unit(items, batch, language) for items in units)
             batch.outstanding += len(units)
             while self._live < min(self.parallel, len(self._queue)):
                 self._start_connection()
             self._work_added.notify_all()
 
     def _start_connection(self) -> None:
-        # Called holding the guard. The thread runs in a copy of the caller's context (translations).
+        # Called holding the guard. The thread runs in a copy of the caller's context (each unit
+        # brings the caller's language: Django keeps that per thread, outside the context).
         self._live += 1
         thread = threading.Thread(
             target=contextvars.copy_context().run,
@@ -290,7 +312,8 @@ class DeliverySession:
                         return
                     warm = True
                 try:
-                    deliver(self.messenger, unit.items, self.limits)
+                    with translation.override(unit.language):
+                        deliver(self.messenger, unit.items, self.limits)
                 finally:
                     recorder = self._recorder
                     write_due = recorder is not None and not recorder.background and recorder.add(unit.dispatches)
@@ -303,6 +326,8 @@ class DeliverySession:
             try:
                 if warm:
                     self._cool_down()
+                if self.parallel == 1:
+                    self._handed_back = self.messenger.connection_state_snapshot()
             finally:
                 with self._progress:
                     self._live -= 1
@@ -359,7 +384,7 @@ def note_subscribers(work: List[MessageWork]) -> None:
 def bundle_work(
     work: List[MessageWork], connections_count: int, unit_size: Optional[int] = None
 ) -> List[List[MessageWork]]:
-    """Cut a batch into units of about the same number of dispatches, about sixteen per connection.
+    """Cut a batch into units of about the same number of dispatches: sixteen per connection, four for one alone.
 
     A message with many dispatches is split; messages with few are packed together (SMTP
     streams the e-mails of a unit, see ``send_many()``). Units stay small so that, when the
@@ -367,7 +392,8 @@ def bundle_work(
     caps their size (what is sent is recorded between units).
     """
     total = sum(len(group) for _cls, _message, group in work)
-    size = max(math.ceil(total / (connections_count * UNITS_PER_CONNECTION)), 1)
+    per_connection = UNITS_PER_CONNECTION if connections_count > 1 else UNITS_ALONE
+    size = max(math.ceil(total / (connections_count * per_connection)), 1)
     if unit_size is not None:
         size = min(size, unit_size) if connections_count > 1 else unit_size
     units: List[list] = []

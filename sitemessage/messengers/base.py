@@ -80,6 +80,11 @@ class MessengerBase:
     # Connections delivering one batch at once (one thread each). Above 1, a messenger must keep
     # its connection state per thread, as SMTPMessenger does. See get_parallel_connections().
     parallel_connections: int = 1
+    # With one connection, deliver on a thread of the session's own (as with several) rather than
+    # on the thread that runs the loop, so the database work of the next and the previous batch
+    # (claim, store) overlaps the wait for the service's replies. For messengers that keep their
+    # connection state per thread and do not rely on the caller's thread (the built-in ones).
+    deliver_on_own_thread: bool = False
 
     # 1.4.0 kept per-run status buckets here; outcomes now live on the dispatches themselves.
     _st = None
@@ -224,6 +229,18 @@ class MessengerBase:
         """
         with DeliverySession(self) as session:
             session.finish(session.submit(messages, ignore_unknown_message_types))
+
+    def connection_state_snapshot(self) -> object:
+        """What the connection's thread leaves for the caller's, or None (see :meth:`adopt_connection_state`).
+
+        With one connection on a thread of its own (``deliver_on_own_thread``), the caller of
+        ``send_scheduled_messages()`` would otherwise find none of the per-thread state that 1.4.0
+        left on the messenger after a run (a test reading ``messenger.smtp``, say).
+        """
+        return None
+
+    def adopt_connection_state(self, snapshot: object) -> None:
+        """Take over, on the calling thread, what :meth:`connection_state_snapshot` returned at the end of a run."""
 
     def get_parallel_connections(self) -> int:
         """How many connections deliver a batch at once: the constructor's, the setting's, or 1."""

@@ -186,6 +186,7 @@ class SMTPMessenger(MessengerBase):
     alias = 'smtp'
     title = gettext_lazy('E-mail')
     address_attr = 'email'
+    deliver_on_own_thread = True  # connection state is per thread (see MessengerBase)
     connection_class: Optional[Callable[..., smtplib.SMTP]] = None
 
     def __init__(
@@ -301,6 +302,13 @@ class SMTPMessenger(MessengerBase):
         lambda self: self._thread_state().session_started,
         lambda self, value: setattr(self._thread_state(), 'session_started', value),
     )
+
+    def connection_state_snapshot(self) -> object:
+        return dict(vars(self._thread_state()))  # ``smtp`` (closed after the run) and the rest
+
+    def adopt_connection_state(self, snapshot: object) -> None:
+        if isinstance(snapshot, dict):
+            vars(self._thread_state()).update(snapshot)
 
     def _connect(self, config: SMTPSettings) -> smtplib.SMTP:
         """Open a connection with ``connection_class`` (by default ``smtplib.SMTP`` or ``SMTP_SSL``)."""

@@ -35,10 +35,45 @@ def test_the_announcement_waits_for_the_commit(django_capture_on_commit_callback
     assert len(callbacks) == 1
 
 
+@not_postgres
 def test_scheduling_announces_once_per_scheduling(django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         schedule_messages(['one', 'two'], recipients('fake', ['a', 'b']))
     assert len(callbacks) == 1
+
+
+@postgres_only
+def test_on_postgres_the_insert_trigger_announces_and_the_commit_has_nothing_left_to_do(
+    django_capture_on_commit_callbacks,
+):
+    with django_capture_on_commit_callbacks(execute=False) as callbacks, CaptureQueriesContext(connection) as queries:
+        schedule_messages(['one', 'two'], recipients('fake', ['a', 'b']))
+    assert callbacks == []
+    assert not [q for q in queries.captured_queries if q['sql'].upper().startswith('NOTIFY')]
+
+
+@postgres_only
+def test_on_postgres_without_the_trigger_the_commit_sends_notify(django_capture_on_commit_callbacks):
+    """A database made without migrations has no trigger: the scheduling process notifies, as before."""
+    channels.PostgresChannel._trigger_found.clear()
+    try:
+        with connection.cursor() as cursor:  # rolled back with the test's transaction
+            cursor.execute(f'DROP TRIGGER {channels.INSERT_TRIGGER} ON sitemessage_dispatch')
+        with django_capture_on_commit_callbacks(execute=False) as callbacks:
+            schedule_messages('one', recipients('fake', 'a'))
+        with CaptureQueriesContext(connection) as queries:
+            callbacks[0]()
+    finally:
+        channels.PostgresChannel._trigger_found.clear()
+    assert [q['sql'] for q in queries.captured_queries] == [f'NOTIFY {channels.CHANNEL}']
+
+
+@postgres_only
+def test_on_postgres_an_enqueue_target_still_runs_after_the_commit(django_capture_on_commit_callbacks):
+    with override_settings(SITEMESSAGE_ENQUEUE_ON_SCHEDULE='django_tasks'):
+        with django_capture_on_commit_callbacks(execute=False) as callbacks:
+            schedule_messages('one', recipients('fake', 'a'))
+    assert len(callbacks) == 1  # the task is enqueued; the wake-up itself came from the trigger
 
 
 @pytest.mark.parametrize('target', ['rq', 'CELERY', 'tasks'])
@@ -103,6 +138,20 @@ def test_a_committed_scheduling_notifies_a_listening_connection():
             schedule_messages('text', recipients('fake', address))
     assert wakeup.wait_for_work(5) is True  # returns as soon as a notification is there: no real wait
     assert wakeup.wait_for_work(0) is False  # one wake-up for both schedulings: nothing left pending
+
+
+@postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_rows_inserted_by_any_path_notify_once_committed():
+    """The trigger sees every INSERT into the dispatch table: the ORM's bulk_create without our signal too."""
+    from sitemessage.models import Dispatch
+
+    assert wakeup.listen() is True
+    message = Message.objects.create(cls='plain', context={}, dispatches_ready=True)
+    with transaction.atomic():
+        Dispatch.objects.bulk_create([Dispatch(message=message, messenger='fake', address='x')])
+        assert wakeup.wait_for_work(0.2) is False  # not before the commit
+    assert wakeup.wait_for_work(5) is True
 
 
 # Wake-up channels (SITEMESSAGE_WAKEUP): Redis pub/sub, local sockets, NOTIFY --------------------------

@@ -89,7 +89,9 @@ def test_slow_sigkilled_sender_loses_nothing_and_resends_at_most_its_batch_after
     killed_at = time.monotonic()
 
     right_after = procs.orm('status')['counts']
-    assert 1 <= right_after['processing'] <= 10, right_after  # the killed sender's claim is still held
+    # The killed sender's claims are still held: its batch on the wire and the next one, claimed
+    # meanwhile (SMTP's one connection runs on a thread of its own, see deliver_on_own_thread).
+    assert 1 <= right_after['processing'] <= 20, right_after
     assert right_after['sent'] == 10  # its first batch was stored
     sink.handler.release()
 

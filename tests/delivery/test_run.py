@@ -957,6 +957,50 @@ def test_with_one_connection_a_batch_is_stored_before_the_next_is_claimed(monkey
 
 
 @override_settings(SITEMESSAGE_SEND_BATCH_SIZE=4)
+def test_smtp_with_one_connection_sends_on_its_own_thread_while_the_next_batch_is_claimed(monkeypatch, smtp_server):
+    """Built-in messengers (``deliver_on_own_thread``): the database work overlaps the server's replies."""
+    import asyncio
+    import smtplib
+
+    from sitemessage.messengers.smtp import SMTPMessenger
+
+    handler = smtp_server.handler
+    original_data = type(handler).handle_DATA
+
+    async def slow_data(server, session, envelope):
+        await asyncio.sleep(0.02)
+        return await original_data(handler, server, session, envelope)
+
+    monkeypatch.setattr(handler, 'handle_DATA', slow_data)
+    opened_on = []
+
+    def connect(*args, **kwargs):
+        opened_on.append(threading.current_thread())
+        return smtplib.SMTP(*args, **kwargs)
+
+    register_messenger_objects(
+        SMTPMessenger('robot@example.com', host='127.0.0.1', port=smtp_server.port, timeout=5, connection_class=connect)
+    )
+    schedule_messages([EmailTextMessage('Hi', f'text {n}') for n in range(12)], recipients('smtp', 'a@example.com'))
+    arrived_at_claims = []
+    original = type(Dispatch.objects.get_queryset()).claim
+
+    def claim(queryset, *args, **kwargs):
+        arrived_at_claims.append(len(handler.envelopes))
+        return original(queryset, *args, **kwargs)
+
+    monkeypatch.setattr(type(Dispatch.objects.get_queryset()), 'claim', claim)
+
+    report = send_scheduled_messages()
+
+    assert (report.sent, report.batches) == (12, 3)
+    assert len(handler.envelopes) == 12
+    assert any(count % 4 for count in arrived_at_claims), f'each claim waited for its batch: {arrived_at_claims}'
+    assert len(opened_on) == 1 and opened_on[0] is not threading.current_thread()  # one connection, its own thread
+    assert_nothing_processing()
+
+
+@override_settings(SITEMESSAGE_SEND_BATCH_SIZE=4)
 def test_a_run_that_breaks_off_stores_what_was_sent_and_gives_back_the_rest_untouched():
     messenger = _SlowMessenger(connections=2)
     register_messenger_objects(messenger)
