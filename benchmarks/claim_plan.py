@@ -159,9 +159,8 @@ def main() -> None:
 
         started = time.perf_counter()
         fill(connection, args.rows, args.deferred)
-        print(
-            f'Filled {args.rows:,} dispatches ({args.deferred:,} oldest deferred) and analyzed in {time.perf_counter() - started:.1f} s'
-        )
+        took = time.perf_counter() - started
+        print(f'Filled {args.rows:,} dispatches ({args.deferred:,} oldest deferred) and analyzed in {took:.1f} s')
         print(f'Plan of the claim query (first of {args.rows:,}):\n{claim_plan(connection)}\n')
         seconds = time_claims(args.repeat)
         expired = Dispatch.objects.filter(dispatch_status=Dispatch.DISPATCH_STATUS_FAILED).count()

@@ -167,3 +167,35 @@ def test_two_processes_racing_with_one_key_schedule_once(procs):
     # The loser waited for the winner's commit (hold) instead of scheduling on its own.
     finished = sorted(result['finished'] for result in results.values())
     assert finished[0] >= start_at + 1.5
+
+
+def test_docs_idempotency_example_runs_as_written(smtp_messenger, smtp_server):
+    class Order:
+        pk = 42
+        email = 'buyer@example.com'
+
+    order = Order()
+
+    # docs/idempotency.rst
+    def order_paid(order):
+        schedule_email(
+            f'Thank you! Order {order.pk} is paid.',
+            order.email,
+            'Payment received',
+            idempotency_key=f'order-{order.pk}-paid',
+        )
+
+    order_paid(order)
+    order_paid(order)  # a webhook delivered twice
+    first = schedule_messages(
+        'Order 42 shipped', recipients('smtp', 'buyer@example.com'), idempotency_key='order-42-shipped'
+    )
+    again = schedule_messages(
+        'Order 42 shipped', recipients('smtp', 'buyer@example.com'), idempotency_key='order-42-shipped'
+    )
+    assert [message.pk for message, _ in again] == [message.pk for message, _ in first]
+
+    send_scheduled_messages()
+    subjects = sorted(message['Subject'] or '' for message in smtp_server.handler.messages())
+    assert len(smtp_server.handler.envelopes) == 2
+    assert 'Payment received' in subjects

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 
 import pytest
 from django.core.mail import EmailMessage, send_mail
@@ -17,7 +18,8 @@ from sitemessage.messages.plain import PlainTextMessage
 from sitemessage.models import Dispatch, DispatchError, Message, Subscription
 from sitemessage.sending import send_scheduled_messages
 from sitemessage.shortcuts import schedule_email
-from sitemessage.toolbox import prepare_dispatches, recipients, schedule_messages
+from sitemessage.toolbox import prepare_dispatches, recipients, register_messenger_objects, schedule_messages
+from tests.fakes import FakeMessenger
 
 pytestmark = pytest.mark.django_db
 
@@ -250,3 +252,47 @@ def test_claim_query_uses_the_queue_index_not_a_sequential_scan():
     plan = claim_plan(connection)
     assert 'Seq Scan on sitemessage_dispatch' not in plan, plan
     assert 'Index' in plan, plan
+
+
+class TelegramStandIn(FakeMessenger):
+    """Takes the ``telegram`` alias, so the documented example is delivered without Telegram."""
+
+    alias = 'telegram'
+
+
+def test_docs_send_later_examples_run_as_written(smtp_messenger, smtp_server, settings):
+    register_messenger_objects(TelegramStandIn())
+    # docs/send-later.rst, first example
+    tomorrow_morning = timezone.now().replace(hour=8, minute=0, second=0, microsecond=0) + timedelta(days=1)
+    schedule_email('Your trial ends today.', 'user@example.com', 'Trial', send_at=tomorrow_morning)
+    schedule_messages(
+        'Your code: 913 442',
+        recipients('telegram', '12345678'),
+        expires_at=timezone.now() + timedelta(minutes=10),
+    )
+    # docs/send-later.rst, EmailBackend
+    settings.EMAIL_BACKEND = 'sitemessage.backends.EmailBackend'
+    email = EmailMessage('Weekly digest', 'Hello!', 'news@example.com', ['reader@example.com'])
+    email.send_at = timezone.now() + timedelta(hours=1)
+    email.send()
+    EmailMessage(
+        'Flash sale',
+        'Today only.',
+        'shop@example.com',
+        ['buyer@example.com'],
+        headers={'X-Sitemessage-Expires-At': '2026-12-01T23:59:00+00:00'},
+    ).send()
+
+    send_scheduled_messages()
+    code = Dispatch.objects.get(address='12345678')
+    assert code.dispatch_status == SENT and code.expires_at is not None
+    assert Dispatch.objects.get(address='user@example.com').next_attempt_at == tomorrow_morning
+    assert Dispatch.objects.get(address='reader@example.com').dispatch_status == PENDING
+    sale = Dispatch.objects.get(address='buyer@example.com')
+    assert sale.expires_at == datetime(2026, 12, 1, 23, 59, tzinfo=dt_timezone.utc)
+    sent_to = [envelope.rcpt_tos for envelope in smtp_server.handler.envelopes]
+    assert ['user@example.com'] not in sent_to and ['reader@example.com'] not in sent_to
+    if timezone.now() < sale.expires_at:
+        assert sent_to == [['buyer@example.com']]
+    else:
+        assert sale.dispatch_status == FAILED and sent_to == []
