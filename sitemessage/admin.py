@@ -130,9 +130,7 @@ class MessageAdmin(ListStyles, admin.ModelAdmin):
         'count_sent',
         'count_error',
         'count_failed',
-        'send_at',
-        'expires_at',
-    )
+    )  # send_at and expires_at: filters and the change page (the list must fit 1280 px)
     list_filter = ('cls', 'dispatches_ready', 'send_at', 'expires_at')
     search_fields = ('=idempotency_key',)
     readonly_fields = ('send_at', 'expires_at', 'idempotency_key')
@@ -206,9 +204,7 @@ class DispatchAdmin(ListStyles, admin.ModelAdmin):
         'time_dispatched',
         'attempts',
         'last_error',
-        'next_attempt_at',
-        'expires_at',
-    )
+    )  # next_attempt_at and expires_at: filters and the change page (the list must fit 1280 px)
     list_filter = (
         'dispatch_status',
         'messenger',

@@ -199,3 +199,16 @@ def test_docs_idempotency_example_runs_as_written(smtp_messenger, smtp_server):
     subjects = sorted(message['Subject'] or '' for message in smtp_server.handler.messages())
     assert len(smtp_server.handler.envelopes) == 2
     assert 'Payment received' in subjects
+
+
+def test_admin_lists_keys_and_finds_messages_by_key(admin_client):
+    from django.urls import reverse
+
+    schedule_messages('x', recipients('fake', 'a'), idempotency_key='order-42-paid')
+    schedule_messages('y', recipients('fake', 'b'), idempotency_key='order-43-paid')
+    found = admin_client.get(reverse('admin:sitemessage_message_changelist'), {'q': 'order-42-paid'})
+    assert [m.idempotency_key for m in found.context['cl'].result_list] == ['order-42-paid']
+    keys = admin_client.get(reverse('admin:sitemessage_idempotencykey_changelist'), {'q': 'order-43-paid'})
+    assert [k.key for k in keys.context['cl'].result_list] == ['order-43-paid']
+    key = IdempotencyKey.objects.get(key='order-43-paid')
+    assert admin_client.get(reverse('admin:sitemessage_idempotencykey_change', args=[key.pk])).status_code == 200

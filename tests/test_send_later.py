@@ -296,3 +296,35 @@ def test_docs_send_later_examples_run_as_written(smtp_messenger, smtp_server, se
         assert sent_to == [['buyer@example.com']]
     else:
         assert sale.dispatch_status == FAILED and sent_to == []
+
+
+def test_admin_shows_and_filters_the_times_and_its_retry_sends_an_expired_dispatch_now(admin_client, fake_messenger):
+    from django.urls import reverse
+
+    expires_at = later(0.3)
+    schedule_messages('late', recipients('fake', 'late'), expires_at=expires_at)
+    schedule_messages('later', recipients('fake', 'later'), send_at=later(3600))
+    schedule_messages('plain', recipients('fake', 'plain'))
+    messages_url = reverse('admin:sitemessage_message_changelist')
+    dispatches_url = reverse('admin:sitemessage_dispatch_changelist')
+
+    timed = admin_client.get(messages_url, {'send_at__isnull': 'False'})
+    (message,) = timed.context['cl'].result_list
+    assert message.context['stext_'] == 'later'
+    page = admin_client.get(reverse('admin:sitemessage_message_change', args=[message.pk])).content.decode()
+    assert 'field-send_at' in page and 'field-expires_at' in page and 'field-idempotency_key' in page
+    expiring = admin_client.get(dispatches_url, {'expires_at__isnull': 'False'})
+    (dispatch,) = expiring.context['cl'].result_list
+    assert dispatch.address == 'late'
+    page = admin_client.get(reverse('admin:sitemessage_dispatch_change', args=[dispatch.pk])).content.decode()
+    assert 'field-expires_at' in page and 'field-next_attempt_at' in page
+
+    wait_until(expires_at)
+    send_scheduled_messages()
+    expired = Dispatch.objects.get(address='late')
+    assert expired.dispatch_status == FAILED
+    admin_client.post(dispatches_url, {'action': 'schedule_failed', '_selected_action': [expired.pk]})
+    expired.refresh_from_db()
+    assert (expired.dispatch_status, expired.expires_at) == (PENDING, None)
+    send_scheduled_messages()
+    assert ('late', 'late') in fake_messenger.delivered
