@@ -26,7 +26,7 @@ from django.utils.text import Truncator
 from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 
-from .models import Dispatch, DispatchError, Message, Subscription
+from .models import Dispatch, DispatchError, IdempotencyKey, Message, Subscription
 from .preview import render_previews
 from .signals import queue_changed
 
@@ -130,8 +130,10 @@ class MessageAdmin(ListStyles, admin.ModelAdmin):
         'count_sent',
         'count_error',
         'count_failed',
-    )
-    list_filter = ('cls', 'dispatches_ready')
+    )  # send_at and expires_at: filters and the change page (the list must fit 1280 px)
+    list_filter = ('cls', 'dispatches_ready', 'send_at', 'expires_at')
+    search_fields = ('=idempotency_key',)
+    readonly_fields = ('send_at', 'expires_at', 'idempotency_key')
     raw_id_fields = ('sender',)
     ordering = ('-time_created',)
     inlines = (DispatchInlineAdmin,)
@@ -202,13 +204,26 @@ class DispatchAdmin(ListStyles, admin.ModelAdmin):
         'time_dispatched',
         'attempts',
         'last_error',
+    )  # next_attempt_at and expires_at: filters and the change page (the list must fit 1280 px)
+    list_filter = (
+        'dispatch_status',
+        'messenger',
+        ('message__cls', admin.AllValuesFieldListFilter),
+        'next_attempt_at',
+        'expires_at',
     )
-    list_filter = ('dispatch_status', 'messenger', ('message__cls', admin.AllValuesFieldListFilter))
     list_select_related = ('recipient',)
     search_fields = ('=address',)
     ordering = ('-time_created',)
     raw_id_fields = ('recipient', 'message')
-    readonly_fields = ('retry_count', 'time_dispatched', 'next_attempt_at', 'lease_until', 'message_cache')
+    readonly_fields = (
+        'retry_count',
+        'time_dispatched',
+        'next_attempt_at',
+        'expires_at',
+        'lease_until',
+        'message_cache',
+    )
     actions = ['schedule_failed', 'resend_sent']
     inlines = (DispatchErrorInlineAdmin,)
     show_full_result_count = False
@@ -258,6 +273,7 @@ class DispatchAdmin(ListStyles, admin.ModelAdmin):
                 dispatch_status=Dispatch.DISPATCH_STATUS_PENDING,
                 retry_count=0,
                 next_attempt_at=None,
+                expires_at=None,  # sent now, as asked: its send_at and expiry no longer apply
                 lease_until=None,
                 claim_token=None,
             )
@@ -303,6 +319,7 @@ class DispatchAdmin(ListStyles, admin.ModelAdmin):
                 retry_count=0,
                 message_cache='',
                 next_attempt_at=None,
+                expires_at=None,
                 lease_until=None,
                 claim_token=None,
             )
@@ -356,7 +373,19 @@ class SubscriptionAdmin(ListStyles, admin.ModelAdmin):
     search_fields = ('=address',)
 
 
+class IdempotencyKeyAdmin(ListStyles, admin.ModelAdmin):
+    """The idempotency keys still kept (see docs/idempotency.rst); deleting one lets the key be used again."""
+
+    list_display = ('time_created', 'key', 'message_ids')
+    list_filter = ('time_created',)
+    search_fields = ('=key',)
+    ordering = ('-time_created',)
+    readonly_fields = ('time_created', 'key', 'message_ids')
+    show_full_result_count = False
+
+
 admin.site.register(Message, MessageAdmin)
 admin.site.register(Dispatch, DispatchAdmin)
 admin.site.register(DispatchError, DispatchErrorAdmin)
 admin.site.register(Subscription, SubscriptionAdmin)
+admin.site.register(IdempotencyKey, IdempotencyKeyAdmin)

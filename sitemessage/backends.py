@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import email.policy
 import inspect
+from contextlib import contextmanager
+from datetime import datetime
 from email.generator import BytesGenerator
 from email.utils import parseaddr
 from io import BytesIO
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 from django.conf import settings
 from django.core.mail import EmailMessage
@@ -16,6 +18,7 @@ from django.core.mail.message import BadHeaderError  # a ValueError (Django 6.1:
 from django.db import DatabaseError
 from django.utils.html import escape, linebreaks
 
+from .exceptions import SchedulingValueError
 from .headers import (
     UnsafeHeaderValueError,
     check_email_address,
@@ -27,7 +30,8 @@ from .headers import (
 from .messages.email import EmailHtmlMessage, EmailMimeMessage
 from .recipients import Recipient, recipients
 from .registry import get_registered_message_type, get_registered_messenger_object
-from .scheduling import schedule_pairs_in_bulk
+from .schedule_options import ScheduleOptions
+from .scheduling import schedule_messages, schedule_pairs_in_bulk
 from .settings import get_setting
 
 
@@ -127,6 +131,54 @@ def envelope_of(message: EmailMessage) -> Tuple[str, List[str]]:
         raise BadHeaderError(str(error)) from error
 
 
+#: Headers carrying scheduling options (when the e-mail has no attribute of the option's name); removed before sending.
+OPTION_HEADERS = {
+    'send_at': 'X-Sitemessage-Send-At',
+    'expires_at': 'X-Sitemessage-Expires-At',
+    'idempotency_key': 'X-Sitemessage-Idempotency-Key',
+}
+
+
+def scheduling_options(message: EmailMessage) -> ScheduleOptions:
+    """The e-mail's ``send_at``, ``expires_at``, ``idempotency_key``: attributes, else ``X-Sitemessage-*`` headers.
+
+    Header times are ISO 8601 (``2026-12-01T18:00:00+01:00``). A bad value raises
+    :class:`~sitemessage.exceptions.SchedulingValueError` naming it.
+    """
+    headers = {str(name).lower(): value for name, value in (message.extra_headers or {}).items()}
+    values: dict = {}
+    for option, header in OPTION_HEADERS.items():
+        value = getattr(message, option, None)
+        raw = headers.get(header.lower())
+        if value is None and raw is not None:
+            value = str(raw) if option == 'idempotency_key' else parse_header_time(header, raw)
+        values[option] = value
+    return ScheduleOptions.checked(**values)
+
+
+def parse_header_time(header: str, value: Any) -> Any:
+    """An ISO 8601 time of a header (a datetime passes as it is); an error names the header and the value."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise SchedulingValueError(f'{header} must be an ISO 8601 time, got {value!r}.') from None
+
+
+@contextmanager
+def option_headers_removed(message: EmailMessage) -> Iterator[None]:
+    """Leave the ``X-Sitemessage-*`` option headers out of the e-mail while it is built (the caller's is restored)."""
+    original = message.extra_headers
+    names = {header.lower() for header in OPTION_HEADERS.values()}
+    if original and any(str(name).lower() in names for name in original):
+        message.extra_headers = {name: value for name, value in original.items() if str(name).lower() not in names}
+    try:
+        yield
+    finally:
+        message.extra_headers = original
+
+
 class EmailBackend(BaseEmailBackend):
     """``EMAIL_BACKEND = 'sitemessage.backends.EmailBackend'``: ``send_mail()`` queues e-mails.
 
@@ -145,6 +197,10 @@ class EmailBackend(BaseEmailBackend):
 
     Options (keyword arguments, or ``OPTIONS`` of Django 6.1's ``MAILERS``): ``priority`` overrides
     ``SITEMESSAGE_EMAIL_BACKEND_MESSAGES_PRIORITY``.
+
+    An e-mail's attributes ``send_at``, ``expires_at`` and ``idempotency_key`` (or the headers
+    ``X-Sitemessage-Send-At``, ``X-Sitemessage-Expires-At``, ``X-Sitemessage-Idempotency-Key``,
+    never sent) are its scheduling options (docs/send-later.rst); a repeat of a key counts as queued.
     """
 
     def __init__(self, fail_silently: bool = False, *, priority: Optional[int] = None, **kwargs):
@@ -169,22 +225,25 @@ class EmailBackend(BaseEmailBackend):
         if not message.recipients():
             return None
         try:
-            check_email_message(message)
-            sender, recipients = envelope_of(message)
-            mime = mime_bytes(message)
+            options = scheduling_options(message)
+            with option_headers_removed(message):
+                check_email_message(message)
+                sender, recipients = envelope_of(message)
+                mime = mime_bytes(message)
         except ValueError:  # BadHeaderError is a ValueError; so are Python's own header refusals
             if self.fail_silently:
                 return None
             raise
-        return EmailMimeMessage(mime, sender, recipients, subject=str(message.subject))
+        return EmailMimeMessage(mime, sender, recipients, subject=str(message.subject)), options
 
     def _schedule_mime(self, email_messages: Sequence[EmailMessage], messenger: str) -> int:
         pairs = []
         for email_message in email_messages:
-            message = self._build(email_message)
-            if message is not None:
+            built = self._build(email_message)
+            if built is not None:
+                message, options = built
                 first = message.context['envelope_to'][0][:250]
-                pairs.append((message, [Recipient(messenger, None, first)]))
+                pairs.append((message, [Recipient(messenger, None, first)], options))
         return self._store(pairs)
 
     def _schedule_legacy(self, email_messages: Sequence[EmailMessage], forced_type, messenger) -> int:
@@ -194,29 +253,36 @@ class EmailBackend(BaseEmailBackend):
             if not message.recipients():
                 continue
             try:
-                check_email_message(message)
+                options = scheduling_options(message)
+                with option_headers_removed(message):
+                    check_email_message(message)
                 items = recipients(messenger, message.recipients())
             except ValueError:
                 if self.fail_silently:
                     continue
                 raise
-            pairs.append((message_cls(message.subject, {'contents': body_as_html(message)}), items))
+            pairs.append((message_cls(message.subject, {'contents': body_as_html(message)}), items, options))
         return self._store(pairs)
 
     def _store(self, pairs: list) -> int:
-        """Schedule the pairs; return how many were queued (a failure raises unless fail_silently)."""
-        if len(pairs) > 1 and not any(message.group_mark for message, _items in pairs):
+        """Schedule the pairs; return how many were queued (a failure raises unless fail_silently).
+
+        E-mails with scheduling options go one by one (each has its own); the others in bulk.
+        """
+        plain = [(message, items) for message, items, options in pairs if options == ScheduleOptions()]
+        if len(plain) > 1 and not any(message.group_mark for message, _items in plain):
             try:
-                schedule_pairs_in_bulk(pairs, priority=self._priority())  # one transaction: all or none
+                schedule_pairs_in_bulk(plain, priority=self._priority())  # one transaction: all or none
             except (DatabaseError, ValueError):
                 if self.fail_silently:
                     return 0
                 raise
-            return len(pairs)
-        queued = 0
-        for message, items in pairs:
+            queued, pairs = len(plain), [pair for pair in pairs if pair[2] != ScheduleOptions()]
+        else:
+            queued = 0
+        for message, items, options in pairs:
             try:
-                message.schedule(recipients=items, priority=self._priority())
+                schedule_messages(message, items, priority=self._priority(), **options.message_fields())
             except (DatabaseError, ValueError):
                 if self.fail_silently:
                     continue

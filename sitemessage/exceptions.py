@@ -37,3 +37,14 @@ class TemporaryDeliveryError(MessengerException):
     def __init__(self, message: str = '', retry_after: float | None = None):
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class SchedulingValueError(SiteMessageError, ValueError):
+    """A scheduling option is refused (a naive ``send_at``, ``expires_at`` before ``send_at``, a bad idempotency key).
+
+    Raised by ``schedule_messages()`` and the shortcuts before anything is stored.
+    """
+
+
+class SchedulingTypeError(SchedulingValueError, TypeError):
+    """A scheduling option has the wrong type (``send_at`` that is not a datetime, a key that is not a string)."""

@@ -11,7 +11,7 @@ from django.utils.translation import gettext as _
 
 from .delivery.run import SendReport, deliver_batch
 from .messages.email import EmailTextMessage
-from .models import Dispatch, Message
+from .models import Dispatch, IdempotencyKey, Message
 from .recipients import recipients
 from .registry import get_registered_message_types, register_message_types
 from .scheduling import schedule_messages
@@ -43,6 +43,15 @@ def cleanup_sent_messages(ago: Optional[int] = None, dispatches_only: bool = Fal
         if not dispatches_only:
             message_ids = {message_id for _pk, message_id in rows}
             Message.objects.filter(pk__in=message_ids, dispatch__isnull=True).delete()
+    return deleted
+
+
+def cleanup_idempotency_keys() -> int:
+    """Delete the idempotency keys older than ``SITEMESSAGE_IDEMPOTENCY_RETENTION``; return how many.
+
+    A scheduling with an expired key replaces it anyway: this only keeps the table small.
+    """
+    deleted, _per_model = IdempotencyKey.objects.expired(get_setting('IDEMPOTENCY_RETENTION', check='seconds')).delete()
     return deleted
 
 

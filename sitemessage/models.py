@@ -18,7 +18,7 @@ from uuid import uuid4
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import connections, models, transaction
+from django.db import IntegrityError, connections, models, transaction
 from django.db.models import Case, Exists, ExpressionWrapper, OuterRef, Q, Value, When
 from django.db.models.query_utils import DeferredAttribute
 from django.utils import timezone
@@ -32,6 +32,7 @@ from .settings import get_positive_int_setting, get_setting
 from .signals import queue_changed
 
 USER_MODEL = getattr(settings, 'AUTH_USER_MODEL', 'auth.User')
+IDEMPOTENCY_KEY_LENGTH = 200
 
 
 class UnreadableContext(dict):
@@ -368,6 +369,32 @@ class Message(models.Model):
         help_text=_('ID of the last subscription whose dispatches are already created.'),
     )
 
+    # Options of its scheduling: its dispatches are not sent before ``send_at`` nor after ``expires_at``
+    # (dispatches hold them: see Dispatch), and the idempotency key of the call that stored it.
+    send_at = models.DateTimeField(
+        _('Send at'),
+        null=True,
+        blank=True,
+        editable=False,
+        help_text=_('Its dispatches are not sent before this time.'),
+    )
+    expires_at = models.DateTimeField(
+        _('Expires at'),
+        null=True,
+        blank=True,
+        editable=False,
+        help_text=_('Its dispatches not sent by this time are not sent at all.'),
+    )
+    idempotency_key = models.CharField(
+        _('Idempotency key'),
+        max_length=IDEMPOTENCY_KEY_LENGTH,
+        null=True,
+        blank=True,
+        editable=False,
+        db_index=True,
+        help_text=_('The key given when it was scheduled: another scheduling with this key stores nothing.'),
+    )
+
     # Not a field: whether this instance holds the claim of its preparation (MessageQuerySet.claim_preparation()).
     preparation_claimed = False
 
@@ -484,6 +511,56 @@ class DispatchQuerySet(models.QuerySet):
         """
         now = timezone.now()
         token = uuid4().hex
+        rows = self.claim_candidates(
+            now,
+            priority=priority,
+            attempted_before=attempted_before,
+            exclude_messengers=exclude_messengers,
+            exclude_types=exclude_types,
+        )
+        features = connections[self.db].features
+        marked = 0
+        for _attempt in range(100):
+            if features.has_select_for_update_skip_locked:
+                with transaction.atomic(using=self.db):
+                    # MariaDB has SKIP LOCKED but no FOR UPDATE OF (Django raises NotSupportedError).
+                    of = ('self',) if features.has_select_for_update_of else ()
+                    picked = list(rows.select_for_update(skip_locked=True, of=of)[:limit])
+                    live = self._expire(picked, now)
+                    marked = self._mark_claimed(live, token, now, lease_seconds)
+                if marked or len(live) == len(picked):
+                    break  # claimed, or the queue is empty (for this worker)
+            else:
+                # No row locks to hold: the guarded UPDATE alone decides who gets each row. A worker
+                # whose whole pick went to others meanwhile picks again: the queue is not empty.
+                picked = list(rows[:limit])
+                live = self._expire(picked, now)
+                marked = self._mark_claimed(live, token, now, lease_seconds) if live else 0
+                if not picked or marked:
+                    break
+            # Every dispatch picked had expired (or went to others): pick again.
+        if not marked:
+            return []  # the queue is empty (for this worker): nothing to load
+
+        claimed = attach_messages(*self._claimed_rows(token))
+        for dispatch in claimed:
+            dispatch.start_attempt()
+        return claimed
+
+    def claim_candidates(
+        self,
+        now,
+        *,
+        priority=None,
+        attempted_before=None,
+        exclude_messengers: Iterable[str] = (),
+        exclude_types: Iterable[str] = (),
+    ) -> models.QuerySet:
+        """The query a claim picks from: ``(id, expires_at)`` of sendable dispatches, oldest first.
+
+        Sendable means due: ``next_attempt_at`` (a retry time, or the ``send_at`` of its scheduling)
+        passed or unset. benchmarks/claim_plan.py shows its plan on a queue of a million rows.
+        """
         candidates = self.sendable(now)
         if priority is not None:
             candidates = candidates.filter(message__priority=priority)
@@ -493,31 +570,7 @@ class DispatchQuerySet(models.QuerySet):
             candidates = candidates.exclude(messenger__in=list(exclude_messengers))
         if exclude_types:
             candidates = candidates.exclude(message__cls__in=list(exclude_types))
-
-        ids = candidates.order_by('pk').values_list('pk', flat=True)
-        features = connections[self.db].features
-        marked = 0
-        if features.has_select_for_update_skip_locked:
-            with transaction.atomic(using=self.db):
-                # MariaDB has SKIP LOCKED but no FOR UPDATE OF (Django raises NotSupportedError).
-                of = ('self',) if features.has_select_for_update_of else ()
-                ids = list(ids.select_for_update(skip_locked=True, of=of)[:limit])
-                marked = self._mark_claimed(ids, token, now, lease_seconds)
-        else:
-            # No row locks to hold: the guarded UPDATE alone decides who gets each row. A worker
-            # whose whole pick went to others meanwhile picks again: the queue is not empty.
-            for _attempt in range(100):
-                picked = list(ids[:limit])
-                marked = self._mark_claimed(picked, token, now, lease_seconds) if picked else 0
-                if not picked or marked:
-                    break
-        if not marked:
-            return []  # the queue is empty (for this worker): nothing to load
-
-        claimed = attach_messages(*self._claimed_rows(token))
-        for dispatch in claimed:
-            dispatch.start_attempt()
-        return claimed
+        return candidates.order_by('pk').values_list('pk', 'expires_at')
 
     def _claimed_rows(self, token: str) -> Tuple[List['Dispatch'], Any]:
         """The dispatches claimed with ``token`` (noting who subscribes) and a query of their messages.
@@ -597,6 +650,29 @@ class DispatchQuerySet(models.QuerySet):
             )
             for pk in ids[start : start + _CHUNK]:
                 unknown[pk].recipient_subscribes = bool(found.get(pk))
+
+    def _expire(self, picked: Sequence[Tuple[int, Any]], now) -> List[int]:
+        """Fail the picked dispatches past their ``expires_at`` with the reason "expired"; return the others' ids.
+
+        A few queries for all of them, and only when some expired: the update is guarded (still
+        sendable) and marks them with a token, so each expired dispatch gets its reason once even
+        when two workers picked it.
+        """
+        expired = {pk: expires_at for pk, expires_at in picked if expires_at is not None and expires_at <= now}
+        if expired:
+            token = uuid4().hex
+            done = (
+                self.model.objects.sendable(now)
+                .filter(pk__in=list(expired), expires_at__lte=now)
+                .update(dispatch_status=Dispatch.DISPATCH_STATUS_FAILED, claim_token=token, lease_until=None)
+            )
+            if done:
+                ids = list(self.model.objects.filter(claim_token=token).values_list('pk', flat=True))
+                DispatchError.objects.bulk_create(
+                    [DispatchError(dispatch_id=pk, error_log=expired_reason(expired[pk])) for pk in ids]
+                )
+                self.model.objects.filter(claim_token=token).update(claim_token=None)
+        return [pk for pk, _expires_at in picked if pk not in expired]
 
     def _mark_claimed(self, ids: Sequence[int], token: str, now, lease_seconds: int) -> int:
         if not ids:
@@ -764,6 +840,11 @@ def attach_messages(dispatches: List['Dispatch'], messages: Optional[models.Quer
     return kept
 
 
+def expired_reason(expires_at) -> str:
+    """The error log of a dispatch that expired: it starts with the reason, ``expired``."""
+    return f'expired: not sent by its expires_at, {expires_at.isoformat()}'
+
+
 def retry_delay(dispatch: 'Dispatch') -> timedelta:
     """Exponential backoff with jitter before the next attempt of a dispatch in error."""
     hint = dispatch.attempt.retry_after if dispatch.attempt is not None else None
@@ -863,7 +944,14 @@ class Dispatch(models.Model):
         null=True,
         blank=True,
         editable=False,
-        help_text=_('A dispatch in error is not retried before this time.'),
+        help_text=_('The dispatch is not sent before this time (its send_at, or the retry time of one in error).'),
+    )
+    expires_at = models.DateTimeField(
+        _('Expires at'),
+        null=True,
+        blank=True,
+        editable=False,
+        help_text=_('Not sent by this time: it fails with the reason "expired" instead.'),
     )
 
     objects = DispatchQuerySet.as_manager()
@@ -961,6 +1049,8 @@ class Dispatch(models.Model):
                 messenger=r.messenger,
                 recipient=r.user,
                 address='' if r.address is None else r.address,
+                next_attempt_at=message_model.send_at,
+                expires_at=message_model.expires_at,
             )
             for r in items
         ]
@@ -1046,6 +1136,63 @@ class DispatchError(models.Model):
 
     def __str__(self):
         return f'Dispatch ID {self.dispatch_id} error entry'
+
+
+class IdempotencyKeyQuerySet(models.QuerySet):
+    """Queries of idempotent scheduling: taking a key, recording what it stored, reading that back."""
+
+    def take(self, key: str, retention: Optional[float]) -> Optional['IdempotencyKey']:
+        """Take ``key`` for this scheduling (None), or return the earlier scheduling's row holding it.
+
+        Must run inside the scheduling's transaction. The unique key decides between racing
+        processes: the second insert waits for the first transaction and then fails (or succeeds,
+        if the first rolled back). A key older than ``retention`` seconds is deleted first, so it
+        may be used again (``None``: kept until deleted).
+        """
+        if retention is not None:
+            self.filter(key=key, time_created__lt=timezone.now() - timedelta(seconds=retention)).delete()
+        try:
+            with transaction.atomic(using=self.db):
+                self.create(key=key)
+            return None
+        except IntegrityError:
+            return self.get(key=key)
+
+    def record(self, key: str, messages: Sequence[Message]) -> None:
+        """Note the messages the scheduling holding ``key`` stored (a repeat returns them)."""
+        self.filter(key=key).update(message_ids=json.dumps([message.pk for message in messages]))
+
+    def expired(self, retention: Optional[float]) -> models.QuerySet:
+        """Keys older than ``retention`` seconds (none when ``retention`` is None)."""
+        if retention is None:
+            return self.none()
+        return self.filter(time_created__lt=timezone.now() - timedelta(seconds=retention))
+
+
+class IdempotencyKey(models.Model):
+    """An idempotency key given to ``schedule_messages()``, and the messages that call stored (one row a call)."""
+
+    key = models.CharField(_('Key'), max_length=IDEMPOTENCY_KEY_LENGTH, unique=True)
+    time_created = models.DateTimeField(_('Time created'), default=timezone.now, editable=False, db_index=True)
+    message_ids = models.TextField(_('Message IDs'), default='[]', help_text=_('JSON list of the messages stored.'))
+
+    objects = IdempotencyKeyQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _('Idempotency key')
+        verbose_name_plural = _('Idempotency keys')
+
+    def __str__(self):
+        return self.key
+
+    def results(self) -> List[MessageTuple]:
+        """What the scheduling that took this key returned: its messages (still stored) and their dispatches."""
+        ids = json.loads(self.message_ids or '[]')
+        messages = Message.objects.using(self._state.db).in_bulk(ids)
+        dispatches: dict = {}
+        for dispatch in Dispatch.objects.using(self._state.db).filter(message_id__in=ids).order_by('pk'):
+            dispatches.setdefault(dispatch.message_id, []).append(dispatch)
+        return [MessageTuple(messages[pk], dispatches.get(pk, [])) for pk in ids if pk in messages]
 
 
 class Subscription(models.Model):

@@ -5,6 +5,7 @@ Many messages at once go in two bulk inserts instead of a few queries per messag
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
 
 from django.db import connections, router, transaction
@@ -12,22 +13,38 @@ from django.db import connections, router, transaction
 from .headers import check_message_type_context
 from .messages.base import MessageBase
 from .messages.plain import PlainTextMessage
-from .models import Dispatch, Message, MessageTuple
+from .models import Dispatch, IdempotencyKey, Message, MessageTuple
 from .recipients import is_iterable
+from .schedule_options import ScheduleOptions
+from .settings import get_setting
 from .signals import queue_changed
 
 TypeMessages = Union[str, MessageBase, List[Union[str, MessageBase]]]
 
 
 def schedule_messages(
-    messages: TypeMessages, recipients=None, sender=None, priority: Optional[int] = None
+    messages: TypeMessages,
+    recipients=None,
+    sender=None,
+    priority: Optional[int] = None,
+    *,
+    send_at: Optional[datetime] = None,
+    expires_at: Optional[datetime] = None,
+    idempotency_key: Optional[str] = None,
 ) -> List[MessageTuple]:
     """Schedule one or several messages (texts become :class:`PlainTextMessage`) to recipients.
 
     Without ``recipients`` the dispatches are created later by :func:`prepare_dispatches`.
     Recipients are checked and de-duplicated (see :mod:`sitemessage.headers`): an unsafe address or
     e-mail subject raises :class:`~sitemessage.headers.UnsafeHeaderValueError` before anything is stored.
+
+    ``send_at``: not sent before this time; ``expires_at``: not sent after it (the dispatch fails
+    with the reason ``expired``); see docs/send-later.rst. ``idempotency_key``: a repeat of a call
+    with this key (within ``SITEMESSAGE_IDEMPOTENCY_RETENTION``) stores nothing and returns what the
+    first call stored; see docs/idempotency.rst. A bad option raises
+    :class:`~sitemessage.exceptions.SchedulingValueError` naming it. The call is one transaction.
     """
+    options = ScheduleOptions.checked(send_at, expires_at, idempotency_key)
     items: Iterable[Any] = messages if is_iterable(messages) and not isinstance(messages, MessageBase) else (messages,)
     if recipients is not None:
         recipients = Dispatch.normalize_recipients(recipients)  # a generator must serve every message
@@ -40,16 +57,38 @@ def schedule_messages(
         check_message_type_context(type(message), message.get_context(), recipients)  # all before any is stored
         prepared.append(message)
 
+    database = router.db_for_write(Message)
+    with transaction.atomic(using=database):
+        key = options.idempotency_key
+        if key is not None:
+            earlier = IdempotencyKey.objects.using(database).take(
+                key, get_setting('IDEMPOTENCY_RETENTION', check='seconds')
+            )
+            if earlier is not None:
+                return earlier.results()
+        results = _schedule_prepared(prepared, recipients, sender, priority, options)
+        if key is not None:
+            IdempotencyKey.objects.using(database).record(key, [message for message, _dispatches in results])
+    return results
+
+
+def _schedule_prepared(
+    prepared: List[MessageBase], recipients, sender, priority: Optional[int], options: ScheduleOptions
+) -> List[MessageTuple]:
     bulk = [message for message in prepared if can_bulk_schedule(message)]
     scheduled = {}
     if len(bulk) > 1:
-        for message, result in zip(bulk, schedule_in_bulk(bulk, recipients, sender=sender, priority=priority)):
+        results = schedule_in_bulk(bulk, recipients, sender=sender, priority=priority, options=options)
+        for message, result in zip(bulk, results):
             scheduled[id(message)] = result
+    one_by_one = []
     for message in prepared:
         if id(message) not in scheduled:
             scheduled[id(message)] = message.schedule(
                 recipients=recipients, sender=sender, priority=priority if priority is not None else message.priority
             )
+            one_by_one.append(scheduled[id(message)])
+    options.apply(one_by_one)
     return [scheduled[id(message)] for message in prepared]
 
 
@@ -59,28 +98,46 @@ def can_bulk_schedule(message: MessageBase) -> bool:
 
 
 def schedule_in_bulk(
-    messages: Sequence[MessageBase], recipients, sender=None, priority: Optional[int] = None
+    messages: Sequence[MessageBase],
+    recipients,
+    sender=None,
+    priority: Optional[int] = None,
+    *,
+    options: Optional[ScheduleOptions] = None,
 ) -> List[MessageTuple]:
     """Store messages (each with a dispatch per recipient) with one insert per table."""
     items = Dispatch.normalize_recipients(recipients) if recipients is not None else None
-    return schedule_pairs_in_bulk([(message, items) for message in messages], sender=sender, priority=priority)
+    return schedule_pairs_in_bulk(
+        [(message, items) for message in messages], sender=sender, priority=priority, options=options
+    )
 
 
 def schedule_pairs_in_bulk(
-    pairs: Sequence[Tuple[MessageBase, Optional[list]]], sender=None, priority: Optional[int] = None
+    pairs: Sequence[Tuple[MessageBase, Optional[list]]],
+    sender=None,
+    priority: Optional[int] = None,
+    *,
+    options: Optional[ScheduleOptions] = None,
 ) -> List[MessageTuple]:
-    """Store ``(message, recipients)`` pairs with one insert per table (grouping does not apply)."""
+    """Store ``(message, recipients)`` pairs with one insert per table (grouping does not apply).
+
+    ``options`` (``send_at``, ``expires_at``; checked by :meth:`ScheduleOptions.checked`) apply to every pair.
+    """
+    options = options or ScheduleOptions()
     database = router.db_for_write(Message)
     pairs = [(message, Dispatch.normalize_recipients(items) if items is not None else None) for message, items in pairs]
     for message, items in pairs:  # refused before anything is stored
         check_message_type_context(type(message), message.get_context(), items)
     if not connections[database].features.can_return_rows_from_bulk_insert:
-        return [
-            message.schedule(
-                recipients=items, sender=sender, priority=priority if priority is not None else message.priority
-            )
-            for message, items in pairs
-        ]
+        with transaction.atomic(using=database):
+            results = [
+                message.schedule(
+                    recipients=items, sender=sender, priority=priority if priority is not None else message.priority
+                )
+                for message, items in pairs
+            ]
+            options.apply(results)
+        return results
     models = []
     for message, items in pairs:
         effective = priority if priority is not None else message.priority
@@ -90,6 +147,7 @@ def schedule_pairs_in_bulk(
             sender=sender,
             dispatches_ready=items is not None,
             group_mark='',
+            **options.message_fields(),
         )
         if effective is not None:
             model.priority = effective
@@ -103,6 +161,7 @@ def schedule_pairs_in_bulk(
                     messenger=r.messenger,
                     recipient=r.user,
                     address='' if r.address is None else r.address,
+                    **options.dispatch_fields(),
                 )
                 for model, (_message, items) in zip(models, pairs)
                 for r in items or ()

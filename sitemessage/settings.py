@@ -29,6 +29,8 @@ DEFAULTS: dict[str, Any] = {
     'OUTCOME_FLUSH_SIZE': None,
     # Subscriptions prepare_dispatches() turns into dispatches per transaction (one bulk insert).
     'PREPARE_CHUNK_SIZE': 2000,
+    # Seconds an idempotency key of schedule_messages() is kept (a repeat within it stores nothing); None: forever.
+    'IDEMPOTENCY_RETENTION': 24 * 3600,
     'RETRY_DELAY_SECONDS': 30,
     'RETRY_DELAY_MAX_SECONDS': 6 * 3600,
     'CLEANUP_BATCH_SIZE': 1000,

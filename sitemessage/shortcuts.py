@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Optional
 
 from .messages.email import EmailHtmlMessage, EmailTextMessage
@@ -24,8 +25,21 @@ __all__ = [
 ]
 
 
-def schedule_email(message, to, subject: Optional[str] = None, sender=None, priority: Optional[int] = None) -> None:
+def schedule_email(
+    message,
+    to,
+    subject: Optional[str] = None,
+    sender=None,
+    priority: Optional[int] = None,
+    *,
+    send_at: Optional[datetime] = None,
+    expires_at: Optional[datetime] = None,
+    idempotency_key: Optional[str] = None,
+) -> None:
     """Schedule an e-mail: a dict renders the HTML template, anything else is plain text.
+
+    Every shortcut takes the keyword-only ``send_at``, ``expires_at`` and ``idempotency_key`` of
+    :func:`~sitemessage.toolbox.schedule_messages` (docs/send-later.rst, docs/idempotency.rst).
 
     A line break or NUL in ``subject`` or an address, or an address naming several mailboxes,
     raises :class:`~sitemessage.headers.UnsafeHeaderValueError` (nothing is stored); an address
@@ -41,29 +55,108 @@ def schedule_email(message, to, subject: Optional[str] = None, sender=None, prio
         recipients(get_setting('SHORTCUT_EMAIL_MESSENGER_TYPE'), to),
         sender=sender,
         priority=priority,
+        **_options(send_at, expires_at, idempotency_key),
     )
 
 
-def schedule_jabber_message(message: TypeMessages, to, sender=None, priority: Optional[int] = None) -> None:
+def schedule_jabber_message(
+    message: TypeMessages,
+    to,
+    sender=None,
+    priority: Optional[int] = None,
+    *,
+    send_at: Optional[datetime] = None,
+    expires_at: Optional[datetime] = None,
+    idempotency_key: Optional[str] = None,
+) -> None:
     """Schedule an XMPP message."""
-    schedule_messages(message, recipients('xmppsleek', to), sender=sender, priority=priority)
+    schedule_messages(
+        message,
+        recipients('xmppsleek', to),
+        sender=sender,
+        priority=priority,
+        **_options(send_at, expires_at, idempotency_key),
+    )
 
 
-def schedule_tweet(message: TypeMessages, to='', sender=None, priority: Optional[int] = None) -> None:
+def schedule_tweet(
+    message: TypeMessages,
+    to='',
+    sender=None,
+    priority: Optional[int] = None,
+    *,
+    send_at: Optional[datetime] = None,
+    expires_at: Optional[datetime] = None,
+    idempotency_key: Optional[str] = None,
+) -> None:
     """Schedule a post on X/Twitter (``to`` makes it a mention)."""
-    schedule_messages(message, recipients('twitter', to), sender=sender, priority=priority)
+    schedule_messages(
+        message,
+        recipients('twitter', to),
+        sender=sender,
+        priority=priority,
+        **_options(send_at, expires_at, idempotency_key),
+    )
 
 
-def schedule_telegram_message(message: TypeMessages, to, sender=None, priority: Optional[int] = None) -> None:
+def schedule_telegram_message(
+    message: TypeMessages,
+    to,
+    sender=None,
+    priority: Optional[int] = None,
+    *,
+    send_at: Optional[datetime] = None,
+    expires_at: Optional[datetime] = None,
+    idempotency_key: Optional[str] = None,
+) -> None:
     """Schedule a Telegram message to a chat id or ``@channel``."""
-    schedule_messages(message, recipients('telegram', to), sender=sender, priority=priority)
+    schedule_messages(
+        message,
+        recipients('telegram', to),
+        sender=sender,
+        priority=priority,
+        **_options(send_at, expires_at, idempotency_key),
+    )
 
 
-def schedule_facebook_message(message: TypeMessages, sender=None, priority: Optional[int] = None) -> None:
+def schedule_facebook_message(
+    message: TypeMessages,
+    sender=None,
+    priority: Optional[int] = None,
+    *,
+    send_at: Optional[datetime] = None,
+    expires_at: Optional[datetime] = None,
+    idempotency_key: Optional[str] = None,
+) -> None:
     """Schedule a post on the Facebook page."""
-    schedule_messages(message, recipients('fb', ''), sender=sender, priority=priority)
+    schedule_messages(
+        message,
+        recipients('fb', ''),
+        sender=sender,
+        priority=priority,
+        **_options(send_at, expires_at, idempotency_key),
+    )
 
 
-def schedule_vkontakte_message(message: TypeMessages, to, sender=None, priority: Optional[int] = None) -> None:
+def schedule_vkontakte_message(
+    message: TypeMessages,
+    to,
+    sender=None,
+    priority: Optional[int] = None,
+    *,
+    send_at: Optional[datetime] = None,
+    expires_at: Optional[datetime] = None,
+    idempotency_key: Optional[str] = None,
+) -> None:
     """Schedule a VKontakte wall post (``to`` is the wall owner id; negative for communities)."""
-    schedule_messages(message, recipients('vk', to), sender=sender, priority=priority)
+    schedule_messages(
+        message,
+        recipients('vk', to),
+        sender=sender,
+        priority=priority,
+        **_options(send_at, expires_at, idempotency_key),
+    )
+
+
+def _options(send_at: Optional[datetime], expires_at: Optional[datetime], idempotency_key: Optional[str]) -> dict:
+    return {'send_at': send_at, 'expires_at': expires_at, 'idempotency_key': idempotency_key}

@@ -433,6 +433,24 @@ def fanout() -> dict:
     }
 
 
+def schedule_once(key: str, start_at: float, hold: float) -> dict:
+    """At ``start_at`` (time.time()), schedule an e-mail with the idempotency ``key``; the ids of what it returned.
+
+    The transaction is held open ``hold`` seconds after the dispatches are written, so a process
+    racing this one tries its key while this one's is not committed yet.
+    """
+    from sitemessage.messages.email import EmailTextMessage
+    from sitemessage.signals import queue_changed
+    from sitemessage.toolbox import recipients, schedule_messages
+
+    queue_changed.connect(lambda **kwargs: time.sleep(hold), weak=False)
+    time.sleep(max(start_at - time.time(), 0))
+    results = schedule_messages(
+        EmailTextMessage('Paid', 'Order 42 is paid'), recipients('smtp', 'buyer@example.com'), idempotency_key=key
+    )
+    return {'messages': [message.pk for message, _dispatches in results], 'finished': time.time()}
+
+
 def _main(argv: List[str]) -> None:
     import django
 

@@ -200,7 +200,14 @@ class MessageBase:
                     break
                 check_existing = check_existing or any(user is not None for _pk, _cls, user, _address in page)
                 chunk = [
-                    Dispatch(message=message, messenger=r.messenger, recipient=r.user, address=r.address)
+                    Dispatch(
+                        message=message,
+                        messenger=r.messenger,
+                        recipient=r.user,
+                        address=r.address,
+                        next_attempt_at=message.send_at,  # its scheduling's send_at and expires_at
+                        expires_at=message.expires_at,
+                    )
                     for r in unique_recipients(_subscribers((row[1:] for row in page), active_only=True))
                 ]
                 try:

@@ -38,7 +38,7 @@ def _on_postgres(statements):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ('sitemessage', '0007_message_preparation_and_dispatch_address_index'),
+        ('sitemessage', '0008_send_at_expiry_idempotency'),
     ]
 
     operations = [

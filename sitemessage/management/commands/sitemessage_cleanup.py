@@ -1,6 +1,6 @@
 from django.core.management.base import CommandParser
 
-from ...maintenance import cleanup_sent_messages
+from ...maintenance import cleanup_idempotency_keys, cleanup_sent_messages
 from ._base import SitemessageCommand
 
 
@@ -33,4 +33,5 @@ class Command(SitemessageCommand):
             suffix.append(f'sent {ago} days ago')
         self.stdout.write(f'Cleaning up dispatches {" ".join(suffix)} ...\n')
         cleanup_sent_messages(ago=ago, dispatches_only=dispatches_only)
+        cleanup_idempotency_keys()  # those past SITEMESSAGE_IDEMPOTENCY_RETENTION
         self.stdout.write('Cleanup done.\n')
