@@ -10,6 +10,7 @@ from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
 from django.db import connections, router, transaction
 
 from .headers import check_message_type_context
+from .languages import LanguageResolver, given_language
 from .messages.base import MessageBase
 from .messages.plain import PlainTextMessage
 from .models import Dispatch, Message, MessageTuple
@@ -20,14 +21,27 @@ TypeMessages = Union[str, MessageBase, List[Union[str, MessageBase]]]
 
 
 def schedule_messages(
-    messages: TypeMessages, recipients=None, sender=None, priority: Optional[int] = None
+    messages: TypeMessages,
+    recipients=None,
+    sender=None,
+    priority: Optional[int] = None,
+    *,
+    language: Optional[str] = None,
 ) -> List[MessageTuple]:
     """Schedule one or several messages (texts become :class:`PlainTextMessage`) to recipients.
 
     Without ``recipients`` the dispatches are created later by :func:`prepare_dispatches`.
     Recipients are checked and de-duplicated (see :mod:`sitemessage.headers`): an unsafe address or
     e-mail subject raises :class:`~sitemessage.headers.UnsafeHeaderValueError` before anything is stored.
+    Each dispatch is rendered in its recipient's language (:mod:`sitemessage.languages`), or in
+    ``language`` for all of them; an unknown code raises
+    :class:`~sitemessage.languages.UnknownLanguageError` before anything is stored.
     """
+    with given_language(language):
+        return _schedule_messages(messages, recipients, sender, priority)
+
+
+def _schedule_messages(messages: TypeMessages, recipients, sender, priority: Optional[int]) -> List[MessageTuple]:
     items: Iterable[Any] = messages if is_iterable(messages) and not isinstance(messages, MessageBase) else (messages,)
     if recipients is not None:
         recipients = Dispatch.normalize_recipients(recipients)  # a generator must serve every message
@@ -94,6 +108,8 @@ def schedule_pairs_in_bulk(
         if effective is not None:
             model.priority = effective
         models.append(model)
+    language_of = LanguageResolver()
+    languages = [[language_of(r) for r in items or ()] for _message, items in pairs]  # refused before storing
     with transaction.atomic(using=database):
         models = Message.objects.bulk_create(models)
         dispatches = Dispatch.objects.bulk_create(
@@ -103,9 +119,10 @@ def schedule_pairs_in_bulk(
                     messenger=r.messenger,
                     recipient=r.user,
                     address='' if r.address is None else r.address,
+                    language=language,
                 )
-                for model, (_message, items) in zip(models, pairs)
-                for r in items or ()
+                for model, (_message, items), item_languages in zip(models, pairs, languages)
+                for r, language in zip(items or (), item_languages)
             ]
         )
         if dispatches:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
+from .async_api import async_twin
 from .messages.email import EmailHtmlMessage, EmailTextMessage
 from .settings import get_setting
 from .toolbox import TypeMessages, get_registered_message_type, recipients, schedule_messages
@@ -15,6 +16,12 @@ __all__ = [
     'schedule_telegram_message',
     'schedule_facebook_message',
     'schedule_vkontakte_message',
+    'aschedule_email',
+    'aschedule_jabber_message',
+    'aschedule_tweet',
+    'aschedule_telegram_message',
+    'aschedule_facebook_message',
+    'aschedule_vkontakte_message',
     'recipients',
     'schedule_messages',
     'get_registered_message_type',
@@ -24,8 +31,13 @@ __all__ = [
 ]
 
 
-def schedule_email(message, to, subject: Optional[str] = None, sender=None, priority: Optional[int] = None) -> None:
+def schedule_email(
+    message, to, subject: Optional[str] = None, sender=None, priority: Optional[int] = None, **kwargs: Any
+) -> None:
     """Schedule an e-mail: a dict renders the HTML template, anything else is plain text.
+
+    Other keyword arguments (``language``...) go to :func:`~sitemessage.toolbox.schedule_messages`,
+    as in every shortcut here.
 
     A line break or NUL in ``subject`` or an address, or an address naming several mailboxes,
     raises :class:`~sitemessage.headers.UnsafeHeaderValueError` (nothing is stored); an address
@@ -41,29 +53,47 @@ def schedule_email(message, to, subject: Optional[str] = None, sender=None, prio
         recipients(get_setting('SHORTCUT_EMAIL_MESSENGER_TYPE'), to),
         sender=sender,
         priority=priority,
+        **kwargs,
     )
 
 
-def schedule_jabber_message(message: TypeMessages, to, sender=None, priority: Optional[int] = None) -> None:
+def schedule_jabber_message(
+    message: TypeMessages, to, sender=None, priority: Optional[int] = None, **kwargs: Any
+) -> None:
     """Schedule an XMPP message."""
-    schedule_messages(message, recipients('xmppsleek', to), sender=sender, priority=priority)
+    schedule_messages(message, recipients('xmppsleek', to), sender=sender, priority=priority, **kwargs)
 
 
-def schedule_tweet(message: TypeMessages, to='', sender=None, priority: Optional[int] = None) -> None:
+def schedule_tweet(message: TypeMessages, to='', sender=None, priority: Optional[int] = None, **kwargs: Any) -> None:
     """Schedule a post on X/Twitter (``to`` makes it a mention)."""
-    schedule_messages(message, recipients('twitter', to), sender=sender, priority=priority)
+    schedule_messages(message, recipients('twitter', to), sender=sender, priority=priority, **kwargs)
 
 
-def schedule_telegram_message(message: TypeMessages, to, sender=None, priority: Optional[int] = None) -> None:
+def schedule_telegram_message(
+    message: TypeMessages, to, sender=None, priority: Optional[int] = None, **kwargs: Any
+) -> None:
     """Schedule a Telegram message to a chat id or ``@channel``."""
-    schedule_messages(message, recipients('telegram', to), sender=sender, priority=priority)
+    schedule_messages(message, recipients('telegram', to), sender=sender, priority=priority, **kwargs)
 
 
-def schedule_facebook_message(message: TypeMessages, sender=None, priority: Optional[int] = None) -> None:
+def schedule_facebook_message(
+    message: TypeMessages, sender=None, priority: Optional[int] = None, **kwargs: Any
+) -> None:
     """Schedule a post on the Facebook page."""
-    schedule_messages(message, recipients('fb', ''), sender=sender, priority=priority)
+    schedule_messages(message, recipients('fb', ''), sender=sender, priority=priority, **kwargs)
 
 
-def schedule_vkontakte_message(message: TypeMessages, to, sender=None, priority: Optional[int] = None) -> None:
+def schedule_vkontakte_message(
+    message: TypeMessages, to, sender=None, priority: Optional[int] = None, **kwargs: Any
+) -> None:
     """Schedule a VKontakte wall post (``to`` is the wall owner id; negative for communities)."""
-    schedule_messages(message, recipients('vk', to), sender=sender, priority=priority)
+    schedule_messages(message, recipients('vk', to), sender=sender, priority=priority, **kwargs)
+
+
+# Async twins, for async views: each runs its sync shortcut (a transaction) as ``sitemessage.async_api`` explains.
+aschedule_email = async_twin(schedule_email)
+aschedule_jabber_message = async_twin(schedule_jabber_message)
+aschedule_tweet = async_twin(schedule_tweet)
+aschedule_telegram_message = async_twin(schedule_telegram_message)
+aschedule_facebook_message = async_twin(schedule_facebook_message)
+aschedule_vkontakte_message = async_twin(schedule_vkontakte_message)

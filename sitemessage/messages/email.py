@@ -7,6 +7,7 @@ from typing import List, Optional, Tuple, Union
 
 from django.utils.translation import gettext_lazy as _
 
+from ..languages import translations_of
 from .base import MessageBase
 
 
@@ -18,6 +19,9 @@ class _EmailMessageBase(MessageBase):
         self, subject: str, text_or_dict: Union[str, dict], type_name: str, template_path: Optional[str] = None
     ):
         context = {'subject': subject, 'type': type_name}
+        translations = translations_of(subject)  # a gettext_lazy() subject follows each recipient's language
+        if translations is not None:
+            context.update(subject=str(subject), subject_translations=translations)
         self.update_context(context, text_or_dict)
         super().__init__(context, template_path=template_path)
 
