@@ -99,9 +99,9 @@ def _import_hook(path: str) -> Callable:
 class LanguageResolver:
     """Resolves the language of many recipients at once (the hook and the fallbacks looked up once).
 
-    ``strict`` (scheduling) refuses an unknown code from a user or the hook; otherwise
-    (``prepare_dispatches()`` in a worker, where nobody could be told) it is logged and the
-    recipient gets the fallback language: the dispatch is still created.
+    ``strict`` (scheduling) refuses an unknown code from a user or the hook, and lets the hook's
+    errors through; otherwise (``prepare_dispatches()`` in a worker, where nobody could be told)
+    either is logged and the recipient gets the fallback language: the dispatch is still created.
     """
 
     def __init__(self, strict: bool = True) -> None:
@@ -126,10 +126,10 @@ class LanguageResolver:
                 code = self.hook(recipient)
                 if code is not None:
                     return check_language(code, f'SITEMESSAGE_RECIPIENT_LANGUAGE for {recipient.address!r}')
-        except UnknownLanguageError as error:
+        except Exception as error:  # the hook is the project's code: anything may come out of it
             if self.strict:
                 raise
-            LOGGER.warning('%s Using %r.', error, fallback)
+            LOGGER.warning('Language of %r: %s Using %r.', recipient.address, error, fallback)
         return fallback
 
 

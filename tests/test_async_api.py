@@ -43,7 +43,7 @@ def test_each_documented_function_has_an_exported_async_twin_with_its_signature(
 
 def test_an_async_view_schedules_through_the_asgi_handler_and_a_send_run_delivers(smtp_server, smtp_messenger):
     with override_settings(LANGUAGES=[('en', 'English'), ('ru', 'Russian')]):
-        response = async_to_sync(AsyncClient().get)('/welcome/', {'to': 'new@example.com', 'language': 'ru'})
+        response = async_to_sync(AsyncClient().get)('/welcome/', {'to': 'new@example.com'})
 
     assert response.status_code == 200, response.content
     assert response.json() == {'scheduled': 'new@example.com'}
@@ -83,3 +83,13 @@ def test_asend_test_message_sends_right_away(smtp_server, smtp_messenger):
     [mail] = smtp_server.handler.messages()
     assert str(mail['To']) == 'admin@example.com'
     assert 'Test message from sitemessages.' in mail.get_body(preferencelist=('plain',)).get_content()
+
+
+def test_the_documented_aschedule_messages_view_stores_one_message_with_its_dispatches(smtp_server, smtp_messenger):
+    response = async_to_sync(AsyncClient().get)('/notify-team/')
+
+    assert response.json() == {'message': Message.objects.get().pk, 'dispatches': 2}
+
+    send_scheduled_messages()
+
+    assert sorted(str(mail['To']) for mail in smtp_server.handler.messages()) == ['dev@example.com', 'ops@example.com']

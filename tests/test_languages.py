@@ -30,6 +30,8 @@ LANGUAGES = [('en', 'English'), ('ru', 'Russian'), ('de', 'German')]
 
 def language_by_domain(recipient):
     """The project hook of these tests: ``ivan.ru`` reads Russian, ``hans.de`` German, others: no idea."""
+    if recipient.address.endswith('.err'):
+        raise RuntimeError('the profile service is down')
     return {'ru': 'ru', 'de': 'de', 'xx': 'xx-garbage'}.get(recipient.address.rpartition('.')[2])
 
 
@@ -133,7 +135,7 @@ def test_a_user_with_an_unknown_language_is_refused_naming_it(user):
 
 
 def test_subscribers_get_their_language_when_dispatches_are_prepared_and_garbage_is_not_fatal(caplog):
-    for address in ('ivan.ru', 'bad.xx', 'mary.com'):
+    for address in ('ivan.ru', 'bad.xx', 'boom.err', 'mary.com'):
         Subscription.create(address, 'polyglot', 'fake')
     schedule_messages(PolyglotMessage({'name': 'all'}))
 
@@ -141,8 +143,16 @@ def test_subscribers_get_their_language_when_dispatches_are_prepared_and_garbage
         prepare_dispatches()
 
     # A worker cannot be told about the hook's garbage: the dispatch is made in the fallback, and it is logged.
-    assert languages_of(Dispatch.objects.all()) == {'ivan.ru': 'ru', 'bad.xx': 'de', 'mary.com': 'de'}
+    assert languages_of(Dispatch.objects.all()) == {'ivan.ru': 'ru', 'bad.xx': 'de', 'boom.err': 'de', 'mary.com': 'de'}
     assert "Unknown language 'xx-garbage'" in caplog.text
+    assert "Language of 'boom.err': the profile service is down Using 'de'." in caplog.text
+
+
+def test_a_hook_that_raises_at_scheduling_reaches_the_caller_and_nothing_is_stored():
+    with pytest.raises(RuntimeError, match='the profile service is down'):
+        schedule_messages(PolyglotMessage({'name': 'x'}), recipients('fake', ['mary.com', 'boom.err']))
+
+    assert not Message.objects.exists()
 
 
 def test_scheduling_resolves_languages_without_a_query_per_recipient(django_user_model):

@@ -1,9 +1,15 @@
 """A preferences page as the documentation writes it (used by the view and browser tests)."""
 
-from django.http import HttpResponseForbidden
+from django.http import HttpResponseForbidden, JsonResponse
 from django.shortcuts import redirect, render
 
-from sitemessage.toolbox import get_user_preferences_for_ui, set_user_preferences_from_request
+from sitemessage.shortcuts import aschedule_email
+from sitemessage.toolbox import (
+    aschedule_messages,
+    get_user_preferences_for_ui,
+    recipients,
+    set_user_preferences_from_request,
+)
 
 
 def user_preferences(request):
@@ -15,12 +21,17 @@ def user_preferences(request):
     return render(request, 'testapp/preferences.html', {'subscr_prefs': get_user_preferences_for_ui(request.user)})
 
 
-async def schedule_welcome(request):
-    """An async view scheduling an e-mail with the async shortcut (tests/test_async_api.py)."""
-    from django.http import JsonResponse
+# The examples of docs/async.rst, as written there (tests/test_async_api.py).
 
-    from sitemessage.shortcuts import aschedule_email
 
+async def welcome(request):
     to = request.GET['to']
-    await aschedule_email('Welcome aboard!', to, subject='Welcome', language=request.GET.get('language'))
+    await aschedule_email('Welcome aboard!', to, subject='Welcome', language='ru')
     return JsonResponse({'scheduled': to})
+
+
+async def notify_team(request):
+    [(message, dispatches)] = await aschedule_messages(
+        'Deploy finished', recipients('smtp', ['ops@example.com', 'dev@example.com'])
+    )
+    return JsonResponse({'message': message.pk, 'dispatches': len(dispatches)})
