@@ -213,3 +213,16 @@ def test_email_subject_no_subject_and_list_id_follow_the_recipient(smtp_server, 
         ('mary@mail.com', 'No Subject', 'Email notification'),
         ('mary@mail.com', 'Notification', 'Email notification'),
     ]
+
+
+def test_a_send_run_renders_languages_without_a_query_per_dispatch(fake_messenger):
+    def queries(count):
+        addresses = [f'r{count}x{index}.{("ru", "de", "com")[index % 3]}' for index in range(count)]
+        schedule_messages(PolyglotMessage({'name': 'Q'}), recipients('fake', addresses))
+        with CaptureQueriesContext(connection) as captured:
+            send_scheduled_messages()
+        return len(captured)
+
+    assert queries(3) == queries(30)
+    assert len(fake_messenger.delivered) == 33
+    assert Dispatch.objects.filter(dispatch_status=Dispatch.DISPATCH_STATUS_SENT).count() == 33
