@@ -26,6 +26,7 @@ from django.utils.translation import gettext_lazy as _
 
 from .delivery.outcomes import Attempt
 from .headers import check_message_type_context, check_recipients, unique_recipients
+from .languages import LanguageResolver
 from .recipients import Recipient
 from .registry import get_registered_message_type, get_registered_message_types, get_registered_messenger_objects
 from .settings import get_positive_int_setting, get_setting
@@ -953,6 +954,15 @@ class Dispatch(models.Model):
         editable=False,
         help_text=_('Not sent by this time: it fails with the reason "expired" instead.'),
     )
+    # Resolved when the dispatch is created (sitemessage.languages); empty on dispatches from before 2.0.
+    language = models.CharField(
+        _('Language'),
+        max_length=15,
+        null=True,
+        blank=True,
+        editable=False,
+        help_text=_('The language the message is rendered in for this recipient.'),
+    )
 
     objects = DispatchQuerySet.as_manager()
 
@@ -1038,11 +1048,16 @@ class Dispatch(models.Model):
         return unique_recipients(result)
 
     @classmethod
-    def create(cls, message_model: Message, recipients) -> List['Dispatch']:
-        """Create one pending dispatch per recipient of the message."""
+    def create(cls, message_model: Message, recipients, strict_language: bool = True) -> List['Dispatch']:
+        """Create one pending dispatch per recipient of the message, each in its recipient's language.
+
+        An unknown language of a recipient raises :class:`~sitemessage.languages.UnknownLanguageError`
+        (nothing created); with ``strict_language=False`` it is logged and the fallback is used.
+        """
         items = cls.normalize_recipients(recipients)
         if not items:
             return []
+        language_of = LanguageResolver(strict=strict_language)
         objects = [
             cls(
                 message=message_model,
@@ -1051,6 +1066,7 @@ class Dispatch(models.Model):
                 address='' if r.address is None else r.address,
                 next_attempt_at=message_model.send_at,
                 expires_at=message_model.expires_at,
+                language=language_of(r),
             )
             for r in items
         ]

@@ -11,6 +11,7 @@ from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
 from django.db import connections, router, transaction
 
 from .headers import check_message_type_context
+from .languages import LanguageResolver, given_language
 from .messages.base import MessageBase
 from .messages.plain import PlainTextMessage
 from .models import Dispatch, IdempotencyKey, Message, MessageTuple
@@ -31,6 +32,7 @@ def schedule_messages(
     send_at: Optional[datetime] = None,
     expires_at: Optional[datetime] = None,
     idempotency_key: Optional[str] = None,
+    language: Optional[str] = None,
 ) -> List[MessageTuple]:
     """Schedule one or several messages (texts become :class:`PlainTextMessage`) to recipients.
 
@@ -43,8 +45,19 @@ def schedule_messages(
     with this key (within ``SITEMESSAGE_IDEMPOTENCY_RETENTION``) stores nothing and returns what the
     first call stored; see docs/idempotency.rst. A bad option raises
     :class:`~sitemessage.exceptions.SchedulingValueError` naming it. The call is one transaction.
+
+    Each dispatch is rendered in its recipient's language (:mod:`sitemessage.languages`), or in
+    ``language`` for all of them; an unknown code raises
+    :class:`~sitemessage.languages.UnknownLanguageError` before anything is stored.
     """
     options = ScheduleOptions.checked(send_at, expires_at, idempotency_key)
+    with given_language(language):
+        return _schedule_messages(messages, recipients, sender, priority, options)
+
+
+def _schedule_messages(
+    messages: TypeMessages, recipients, sender, priority: Optional[int], options: ScheduleOptions
+) -> List[MessageTuple]:
     items: Iterable[Any] = messages if is_iterable(messages) and not isinstance(messages, MessageBase) else (messages,)
     if recipients is not None:
         recipients = Dispatch.normalize_recipients(recipients)  # a generator must serve every message
@@ -152,6 +165,8 @@ def schedule_pairs_in_bulk(
         if effective is not None:
             model.priority = effective
         models.append(model)
+    language_of = LanguageResolver()
+    languages = [[language_of(r) for r in items or ()] for _message, items in pairs]  # refused before storing
     with transaction.atomic(using=database):
         models = Message.objects.bulk_create(models)
         dispatches = Dispatch.objects.bulk_create(
@@ -161,10 +176,11 @@ def schedule_pairs_in_bulk(
                     messenger=r.messenger,
                     recipient=r.user,
                     address='' if r.address is None else r.address,
+                    language=language,
                     **options.dispatch_fields(),
                 )
-                for model, (_message, items) in zip(models, pairs)
-                for r in items or ()
+                for model, (_message, items), item_languages in zip(models, pairs, languages)
+                for r, language in zip(items or (), item_languages)
             ]
         )
         if dispatches:

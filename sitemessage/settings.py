@@ -21,6 +21,8 @@ DEFAULTS: dict[str, Any] = {
     'SHORTCUT_EMAIL_MESSENGER_TYPE': 'smtp',
     'SHORTCUT_EMAIL_MESSAGE_TYPE': None,
     'SITE_URL': None,
+    # Each recipient's language (sitemessage.languages): a callable or dotted path taking a Recipient.
+    'RECIPIENT_LANGUAGE': None,
     # The delivery engine.
     'SEND_BATCH_SIZE': 200,
     'SEND_LEASE_SECONDS': 600,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Optional
 
+from .async_api import async_twin
 from .messages.email import EmailHtmlMessage, EmailTextMessage
 from .settings import get_setting
 from .toolbox import TypeMessages, get_registered_message_type, recipients, schedule_messages
@@ -16,6 +17,12 @@ __all__ = [
     'schedule_telegram_message',
     'schedule_facebook_message',
     'schedule_vkontakte_message',
+    'aschedule_email',
+    'aschedule_jabber_message',
+    'aschedule_tweet',
+    'aschedule_telegram_message',
+    'aschedule_facebook_message',
+    'aschedule_vkontakte_message',
     'recipients',
     'schedule_messages',
     'get_registered_message_type',
@@ -35,11 +42,13 @@ def schedule_email(
     send_at: Optional[datetime] = None,
     expires_at: Optional[datetime] = None,
     idempotency_key: Optional[str] = None,
+    language: Optional[str] = None,
 ) -> None:
     """Schedule an e-mail: a dict renders the HTML template, anything else is plain text.
 
-    Every shortcut takes the keyword-only ``send_at``, ``expires_at`` and ``idempotency_key`` of
-    :func:`~sitemessage.toolbox.schedule_messages` (docs/send-later.rst, docs/idempotency.rst).
+    Every shortcut takes the keyword-only ``send_at``, ``expires_at``, ``idempotency_key`` and
+    ``language`` of :func:`~sitemessage.toolbox.schedule_messages` (docs/send-later.rst,
+    docs/idempotency.rst, docs/languages.rst); each has an async twin (``aschedule_email``...).
 
     A line break or NUL in ``subject`` or an address, or an address naming several mailboxes,
     raises :class:`~sitemessage.headers.UnsafeHeaderValueError` (nothing is stored); an address
@@ -55,7 +64,7 @@ def schedule_email(
         recipients(get_setting('SHORTCUT_EMAIL_MESSENGER_TYPE'), to),
         sender=sender,
         priority=priority,
-        **_options(send_at, expires_at, idempotency_key),
+        **_options(send_at, expires_at, idempotency_key, language),
     )
 
 
@@ -68,6 +77,7 @@ def schedule_jabber_message(
     send_at: Optional[datetime] = None,
     expires_at: Optional[datetime] = None,
     idempotency_key: Optional[str] = None,
+    language: Optional[str] = None,
 ) -> None:
     """Schedule an XMPP message."""
     schedule_messages(
@@ -75,7 +85,7 @@ def schedule_jabber_message(
         recipients('xmppsleek', to),
         sender=sender,
         priority=priority,
-        **_options(send_at, expires_at, idempotency_key),
+        **_options(send_at, expires_at, idempotency_key, language),
     )
 
 
@@ -88,6 +98,7 @@ def schedule_tweet(
     send_at: Optional[datetime] = None,
     expires_at: Optional[datetime] = None,
     idempotency_key: Optional[str] = None,
+    language: Optional[str] = None,
 ) -> None:
     """Schedule a post on X/Twitter (``to`` makes it a mention)."""
     schedule_messages(
@@ -95,7 +106,7 @@ def schedule_tweet(
         recipients('twitter', to),
         sender=sender,
         priority=priority,
-        **_options(send_at, expires_at, idempotency_key),
+        **_options(send_at, expires_at, idempotency_key, language),
     )
 
 
@@ -108,6 +119,7 @@ def schedule_telegram_message(
     send_at: Optional[datetime] = None,
     expires_at: Optional[datetime] = None,
     idempotency_key: Optional[str] = None,
+    language: Optional[str] = None,
 ) -> None:
     """Schedule a Telegram message to a chat id or ``@channel``."""
     schedule_messages(
@@ -115,7 +127,7 @@ def schedule_telegram_message(
         recipients('telegram', to),
         sender=sender,
         priority=priority,
-        **_options(send_at, expires_at, idempotency_key),
+        **_options(send_at, expires_at, idempotency_key, language),
     )
 
 
@@ -127,6 +139,7 @@ def schedule_facebook_message(
     send_at: Optional[datetime] = None,
     expires_at: Optional[datetime] = None,
     idempotency_key: Optional[str] = None,
+    language: Optional[str] = None,
 ) -> None:
     """Schedule a post on the Facebook page."""
     schedule_messages(
@@ -134,7 +147,7 @@ def schedule_facebook_message(
         recipients('fb', ''),
         sender=sender,
         priority=priority,
-        **_options(send_at, expires_at, idempotency_key),
+        **_options(send_at, expires_at, idempotency_key, language),
     )
 
 
@@ -147,6 +160,7 @@ def schedule_vkontakte_message(
     send_at: Optional[datetime] = None,
     expires_at: Optional[datetime] = None,
     idempotency_key: Optional[str] = None,
+    language: Optional[str] = None,
 ) -> None:
     """Schedule a VKontakte wall post (``to`` is the wall owner id; negative for communities)."""
     schedule_messages(
@@ -154,9 +168,19 @@ def schedule_vkontakte_message(
         recipients('vk', to),
         sender=sender,
         priority=priority,
-        **_options(send_at, expires_at, idempotency_key),
+        **_options(send_at, expires_at, idempotency_key, language),
     )
 
 
-def _options(send_at: Optional[datetime], expires_at: Optional[datetime], idempotency_key: Optional[str]) -> dict:
-    return {'send_at': send_at, 'expires_at': expires_at, 'idempotency_key': idempotency_key}
+def _options(
+    send_at: Optional[datetime], expires_at: Optional[datetime], idempotency_key: Optional[str], language: Optional[str]
+) -> dict:
+    return {'send_at': send_at, 'expires_at': expires_at, 'idempotency_key': idempotency_key, 'language': language}
+
+
+aschedule_email = async_twin(schedule_email)
+aschedule_jabber_message = async_twin(schedule_jabber_message)
+aschedule_tweet = async_twin(schedule_tweet)
+aschedule_telegram_message = async_twin(schedule_telegram_message)
+aschedule_facebook_message = async_twin(schedule_facebook_message)
+aschedule_vkontakte_message = async_twin(schedule_vkontakte_message)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from .async_api import aschedule_messages, async_twin
 from .compat import TypeUser
 from .delivery.run import SendReport, prepare_dispatches, send_scheduled_messages
 from .exceptions import UnknownMessageTypeError, UnknownMessengerError
@@ -37,8 +38,10 @@ from .views import mark_read, unsubscribe
 
 __all__ = [
     'schedule_messages',
+    'aschedule_messages',
     'send_scheduled_messages',
     'send_test_message',
+    'asend_test_message',
     'check_undelivered',
     'cleanup_sent_messages',
     'prepare_dispatches',
@@ -81,3 +84,6 @@ def send_test_message(messenger_id: str, to: Optional[str] = None) -> Any:
     """Send a test message through a registered messenger right away; errors reach the caller."""
     messenger = get_registered_messenger_object(messenger_id)
     return messenger.send_test_message(to=to, text='Test message from sitemessages.')
+
+
+asend_test_message = async_twin(send_test_message)

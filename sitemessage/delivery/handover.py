@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterable, List, Optional, Tuple
 from .. import metrics
 from ..dbretry import retry_on_connection_loss
 from ..exceptions import MessengerException
+from ..languages import rendering_language
 from ..models import Dispatch, Message, context_problem, has_text
 from . import ratelimit
 from .outcomes import MessageWork
@@ -46,7 +47,7 @@ def messenger_lock(messenger: 'MessengerBase') -> threading.RLock:
 def compile_texts(
     messenger: 'MessengerBase', message_cls, message: Message, dispatches: List[Dispatch]
 ) -> List[Dispatch]:
-    """Fill ``message_cache`` where empty; return the dispatches that compiled.
+    """Fill ``message_cache`` where empty, in each dispatch's language; return the dispatches that compiled.
 
     A message whose stored context cannot be read fails all its dispatches here, with the
     reason: retrying cannot make the row readable.
@@ -57,17 +58,27 @@ def compile_texts(
         for dispatch in dispatches:
             messenger.mark_failed(dispatch, problem)
         return []
-    to_compile = [dispatch for dispatch in dispatches if not has_text(dispatch)]
-    if to_compile:
+    failed = set()
+    for language, group in by_language(dispatch for dispatch in dispatches if not has_text(dispatch)).items():
         try:
-            texts = message_cls.compile_for_dispatches(message, messenger, to_compile)
+            with rendering_language(language):  # one rendering per language, not per recipient
+                texts = message_cls.compile_for_dispatches(message, messenger, group)
         except Exception as error:
-            for dispatch in to_compile:
+            for dispatch in group:
                 messenger.mark_error(dispatch, error, message_cls)
-            return [dispatch for dispatch in dispatches if dispatch not in to_compile]
-        for dispatch, text in zip(to_compile, texts):
+                failed.add(id(dispatch))
+            continue
+        for dispatch, text in zip(group, texts):
             dispatch.message_cache = text
-    return dispatches
+    return [dispatch for dispatch in dispatches if id(dispatch) not in failed]
+
+
+def by_language(dispatches: Iterable[Dispatch]) -> 'dict[Optional[str], List[Dispatch]]':
+    """Group dispatches by the language they are rendered in (``None``: from before 2.0), keeping their order."""
+    groups: 'dict[Optional[str], List[Dispatch]]' = {}
+    for dispatch in dispatches:
+        groups.setdefault(dispatch.language, []).append(dispatch)
+    return groups
 
 
 def deliver(messenger: 'MessengerBase', work: List[MessageWork], limits: Limits) -> None:

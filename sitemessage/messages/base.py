@@ -17,6 +17,7 @@ from django.utils.translation import gettext_lazy as _
 from ..compat import APP_URLS_ATTACHED  # noqa: F401 -- importable from here, as in 1.4.0
 from ..exceptions import UnknownMessengerError
 from ..headers import safe_recipients, unique_recipients
+from ..languages import LanguageResolver, localized_templates
 from ..links import ACTION_MARK_READ, ACTION_UNSUBSCRIBE, invalid_link_response, unsubscribed_response
 from ..list_id import default_list_id
 from ..recipients import Recipient
@@ -174,7 +175,7 @@ class MessageBase:
         from ..models import Dispatch
 
         if recipients or getattr(cls.get_subscribers, '__func__', None) is not _BASE_GET_SUBSCRIBERS:
-            return Dispatch.create(message, recipients or cls.get_subscribers())
+            return Dispatch.create(message, recipients or cls.get_subscribers(), strict_language=False)
         return cls._prepare_for_subscribers(message)
 
     @classmethod
@@ -190,6 +191,7 @@ class MessageBase:
             return prepared  # another run is preparing it
         try:
             after_pk, created = Dispatch.objects.last_pk(), 0
+            language_of = LanguageResolver(strict=False)  # users of a page are loaded: no query per recipient
             # A chunk's addresses are looked up among the dispatches already written only when they can
             # be there: address subscriptions are unique, so only an address taken from a user (in this
             # chunk or an earlier one) can repeat one of another chunk; after a resume, anything can.
@@ -207,6 +209,7 @@ class MessageBase:
                         address=r.address,
                         next_attempt_at=message.send_at,  # its scheduling's send_at and expires_at
                         expires_at=message.expires_at,
+                        language=language_of(r),
                     )
                     for r in unique_recipients(_subscribers((row[1:] for row in page), active_only=True))
                 ]
@@ -258,7 +261,10 @@ class MessageBase:
                 'dispatch_model': dispatch,
             }
         )
-        return render_to_string(cls.get_template(message, messenger), cls.get_template_context(context))
+        # ``<name>.<language>.<ext>`` wins over ``<name>.<ext>``: the engine renders under the dispatch's language.
+        return render_to_string(
+            localized_templates(cls.get_template(message, messenger)), cls.get_template_context(context)
+        )
 
     @classmethod
     def compile_for_dispatches(

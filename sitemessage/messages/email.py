@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import base64
-from typing import List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from django.utils.translation import gettext_lazy as _
 
+from ..languages import translations_of
 from .base import MessageBase
 
 
@@ -17,7 +18,10 @@ class _EmailMessageBase(MessageBase):
     def __init__(
         self, subject: str, text_or_dict: Union[str, dict], type_name: str, template_path: Optional[str] = None
     ):
-        context = {'subject': subject, 'type': type_name}
+        context: Dict[str, Any] = {'subject': subject, 'type': type_name}
+        translations = translations_of(subject)  # a gettext_lazy() subject follows each recipient's language
+        if translations is not None:
+            context.update(subject=str(subject), subject_translations=translations)
         self.update_context(context, text_or_dict)
         super().__init__(context, template_path=template_path)
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from django.utils.translation import get_language
+
 from ..list_id import check_list_id
 
 Headers = List[Tuple[str, str]]
@@ -24,13 +26,14 @@ def list_headers_for(items: Sequence[tuple]) -> Callable[..., Headers]:
     computed before the first call, so a faulty ``get_list_id()`` fails each dispatch (with its
     reason) where the messenger builds it, never the batch.
     """
-    list_ids: Dict[type, str] = {}
+    list_ids: Dict[Tuple[type, Optional[str]], str] = {}
 
     def headers(message_cls, message_model, dispatch, unsubscribe_url: Optional[str]) -> Headers:
-        if message_cls not in list_ids:
+        key = (message_cls, get_language())  # the title is in the dispatch's language
+        if key not in list_ids:
             value = message_cls.get_list_id()
-            list_ids[message_cls] = check_list_id(str(value), message_cls.get_alias()) if value else ''
-        found: Headers = [('List-Id', list_ids[message_cls])] if list_ids[message_cls] else []
+            list_ids[key] = check_list_id(str(value), message_cls.get_alias()) if value else ''
+        found: Headers = [('List-Id', list_ids[key])] if list_ids[key] else []
         url = unsubscribe_url  # the caller has it already: get_unsubscribe_directive(message_model, dispatch)
         if not url or any(char in url for char in '\r\n<>'):
             return found

@@ -30,6 +30,7 @@ from django.utils.translation import gettext_lazy
 
 from ..exceptions import MessengerException, MessengerWarmupException, PermanentDeliveryError
 from ..headers import UnsafeHeaderValueError, check_context
+from ..languages import rendering_language, translated
 from ..mail_settings import email_setting
 from ..plaintext import html_to_text
 from ..settings import get_timeout_setting
@@ -619,9 +620,9 @@ class SMTPMessenger(MessengerBase):
         """Yield ``(dispatch, message type, envelope recipient, e-mail bytes)``; bad addresses fail here."""
         list_headers = list_headers_for(items)
         for message_cls, message_model, dispatches in items:
-            subject = message_model.context.get('subject')
             mtype = message_model.context.get('type')
             for dispatch in dispatches:
+                subject = translated(message_model.context, 'subject', dispatch.language)
                 try:
                     problem = address_problem(dispatch.address)
                     if not problem:
@@ -630,10 +631,11 @@ class SMTPMessenger(MessengerBase):
                     if problem:
                         self.mark_failed(dispatch, PermanentDeliveryError(problem))
                         continue
-                    headers = list_headers(message_cls, message_model, dispatch, unsubscribe_url)
-                    data = self._message_bytes(
-                        dispatch.address, dispatch.message_cache, subject=subject, mtype=mtype, headers=headers
-                    )
+                    with rendering_language(dispatch.language):  # "No Subject" and the List-Id title follow it
+                        headers = list_headers(message_cls, message_model, dispatch, unsubscribe_url)
+                        data = self._message_bytes(
+                            dispatch.address, dispatch.message_cache, subject=subject, mtype=mtype, headers=headers
+                        )
                     recipient = envelope_address(dispatch.address)
                 except UnicodeError as error:  # an address IDNA refuses, a text that cannot be encoded
                     self.mark_failed(

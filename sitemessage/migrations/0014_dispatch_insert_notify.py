@@ -38,7 +38,7 @@ def _on_postgres(statements):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ('sitemessage', '0008_send_at_expiry_idempotency'),
+        ('sitemessage', '0009_dispatch_language'),
     ]
 
     operations = [

@@ -1,0 +1,1 @@
+{% load i18n %}[ru-template] {% translate "No Subject" %}, {{ name }}

@@ -1,0 +1,1 @@
+{% load i18n %}{% get_current_language as LANG %}[{{ LANG }}] {% translate "No Subject" %}, {{ name }}
