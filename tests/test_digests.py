@@ -182,7 +182,9 @@ def test_a_key_function_returning_a_non_string_is_refused_naming_it():
             return ['list']
 
     register_message_types(BadKey)
-    with pytest.raises(TypeError, match=r"get_digest_key\(\) of message type `bad_key` must return a str, got \['list'\]"):
+    with pytest.raises(
+        TypeError, match=r"get_digest_key\(\) of message type `bad_key` must return a str, got \['list'\]"
+    ):
         schedule_messages(BadKey('x'), recipients('fake', 'ann'))
     assert Message.objects.count() == 0
 
@@ -396,3 +398,32 @@ def test_joining_while_a_sender_claims_loses_nothing(fake_messenger):
     assert failures == []
     delivered = [line for _address, text in fake_messenger.delivered for line in text.split('\n')]
     assert sorted(delivered) == sorted(['opening', *(f'm{n}' for n in range(30))])
+
+
+# Admin ----------------------------------------------------------------------------------------------
+
+
+def test_admin_lists_filter_digests_and_throttled_dispatches(admin_client):
+    from tests.test_admin import changelist, results
+
+    schedule_messages(Digested('open'), recipients('fake', 'ann'))
+    schedule_messages(Digested('closed'), recipients('fake', 'bob'))
+    Message.objects.filter(digest_key='fake|bob|').update(digest_closes_at=timezone.now() - timedelta(seconds=1))
+    schedule_messages('plain', recipients('fake', 'cid'))
+    for text in ('t1', 't2', 't3'):
+        schedule_messages(Throttled(text), recipients('fake', 'dan'))
+
+    def texts(name, **params):
+        found = results(admin_client.get(changelist(name), params))
+        if name == 'message':
+            return sorted(m.context['stext_'] for m in found)
+        return sorted(d.message.context['stext_'] for d in found)
+
+    assert texts('message', digest='collecting') == ['open']
+    assert texts('message', digest='closed') == ['closed']
+    assert texts('message', digest='none') == ['plain', 't1', 't2', 't3']
+    assert texts('dispatch', throttled='yes') == ['t3']
+    assert texts('dispatch', throttled='no') == ['closed', 'open', 'plain', 't1', 't2']
+    digest = Message.objects.get(digest_key='fake|ann|')
+    page = admin_client.get(f'/admin/sitemessage/message/{digest.pk}/change/').content.decode()
+    assert 'fake|ann|' in page and 'Digest window closes at' in page
