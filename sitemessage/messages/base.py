@@ -16,8 +16,8 @@ from django.utils.crypto import constant_time_compare, salted_hmac
 from django.utils.translation import gettext_lazy as _
 
 from ..compat import APP_URLS_ATTACHED  # noqa: F401 -- importable from here, as in 1.4.0
-from ..exceptions import UnknownMessengerError
 from ..digests import add_to_digest
+from ..exceptions import UnknownMessengerError
 from ..headers import safe_recipients, unique_recipients
 from ..limits import has_limits
 from ..links import ACTION_MARK_READ, ACTION_UNSUBSCRIBE, invalid_link_response, unsubscribed_response
