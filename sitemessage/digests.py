@@ -86,10 +86,14 @@ def schedule_with_limits(
     if priority is None:
         priority = message.priority
 
-    now_items, folded, throttled = list(items), [], []
+    now_items: List[Recipient] = list(items)
+    folded: List[Recipient] = []  # join their digest
+    throttled: List[Recipient] = []  # recorded as not sent
+    reason = ''
     if throttle is not None:
         now_items, over = split_by_throttle(alias, items, *throttle)
         folded, throttled = (over, []) if window is not None else ([], over)
+        reason = throttled_reason(alias, *throttle)
     elif window is not None:
         now_items, folded = [], list(items)
 
@@ -109,15 +113,14 @@ def schedule_with_limits(
             models.append(model)
             dispatches.extend(sent_now)
             if throttled:
-                reason = throttled_reason(alias, *throttle)  # type: ignore[misc]  # set: there are throttled ones
                 dispatches.extend(Dispatch.objects.create_throttled(model, throttled, reason))
-        for recipient in folded:
+        for recipient in folded if window is not None else ():
             digest, dispatch = Message.objects.join_digest(
                 alias,
                 digest_key(message, recipient, context),
                 recipient,
                 context,
-                window,  # type: ignore[arg-type]  # set: there is something to fold
+                window,
                 type(message).merge_digest,
                 sender=sender,
                 priority=priority,

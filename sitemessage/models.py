@@ -289,7 +289,7 @@ class MessageQuerySet(models.QuerySet):
                 message=digest, dispatch_status=Dispatch.DISPATCH_STATUS_PENDING, next_attempt_at__gt=now
             )
             if waiting.update(message_cache=''):  # locks the dispatch: the text is compiled at send time
-                digest.context = merge(digest.context, context)  # type: ignore[assignment]
+                digest.context = merge(digest.context, context)
                 digest.save(update_fields=['context'])
                 return digest, waiting.get()
             self.filter(pk=digest.pk).update(digest_open=None)  # closed (or being sent): seal it

@@ -30,7 +30,8 @@ def split_by_throttle(
     if not recipients:
         return [], []
     counts = Dispatch.objects.count_recent(message_class, recipients, timezone.now() - period)
-    under, over = [], []
+    under: List[Recipient] = []
+    over: List[Recipient] = []
     for recipient in recipients:
         key = (recipient.messenger, '' if recipient.address is None else recipient.address)
         (under if counts.get(key, 0) < limit else over).append(recipient)

@@ -28,11 +28,11 @@ class Digested(PlainTextMessage):
 
 
 class CommentDigest(EmailTextMessage):
-    """An e-mail listing every comment of the window (tests/testapp/templates/.../comment_digest.txt)."""
+    """An e-mail listing every comment of the window (tests/testapp/templates/comments/digest.txt)."""
 
     alias = 'comment_digest'
     digest_window = 600  # seconds
-    template = 'sitemessage/messages/comment_digest.txt'
+    template = 'comments/digest.txt'
 
     def __init__(self, author: str, text: str, thread: str = 'main'):
         super().__init__('New comments', {'author': author, 'text': text, 'thread': thread})
@@ -427,3 +427,64 @@ def test_admin_lists_filter_digests_and_throttled_dispatches(admin_client):
     digest = Message.objects.get(digest_key='fake|ann|')
     page = admin_client.get(f'/admin/sitemessage/message/{digest.pk}/change/').content.decode()
     assert 'fake|ann|' in page and 'Digest window closes at' in page
+
+
+# The examples of docs/digests.rst, as written ---------------------------------------------------------
+
+
+def test_docs_digest_example(smtp_messenger, smtp_server):
+    class CommentsDigest(EmailTextMessage):
+        alias = 'comments_digest'
+        digest_window = timedelta(minutes=10)  # or a number of seconds: 600
+        template = 'comments/digest.txt'
+
+        def __init__(self, author: str, text: str, thread: str):
+            super().__init__('New comments', {'author': author, 'text': text, 'thread': thread})
+
+        # Optional: one window per thread (windows are always per recipient and type).
+        def get_digest_key(self, recipient, context) -> str:
+            return context['thread']
+
+    register_message_types(CommentsDigest)
+
+    reader = recipients('smtp', 'reader@example.com')
+    schedule_messages(CommentsDigest('Ann', 'Nice!', 'post-1'), reader)  # opens the window
+    schedule_messages(CommentsDigest('Bob', 'Agreed.', 'post-1'), reader)  # joins it
+
+    assert send_scheduled_messages().sent == 0
+    Message.objects.update(digest_closes_at=timezone.now())  # ten minutes later
+    Dispatch.objects.update(next_attempt_at=timezone.now())
+    assert send_scheduled_messages().sent == 1
+    (mail,) = smtp_server.handler.messages()
+    assert mail.get_content().replace('\r\n', '\n') == '2 new comment(s):\n- Ann: Nice!\n- Bob: Agreed.\n'
+
+
+def test_docs_throttle_examples(fake_messenger):
+    class LoginAlert(PlainTextMessage):
+        alias = 'login_alert'
+        throttle = (3, timedelta(hours=1))  # at most 3 per recipient per hour; the period may be seconds
+
+    class Mention(PlainTextMessage):
+        alias = 'mention'
+        throttle = (2, 3600)  # two at once per hour...
+        digest_window = 300  # ...then the rest, five minutes at a time, as one
+
+    register_message_types(LoginAlert, Mention)
+
+    for attempt in range(5):
+        schedule_messages(LoginAlert(f'New login #{attempt}'), recipients('fake', 'owner@example.com'))
+        schedule_messages(Mention(f'mention {attempt}'), recipients('fake', 'owner@example.com'))
+
+    errors = DispatchError.objects.filter(dispatch__message__cls='login_alert').values_list('error_log', flat=True)
+    assert list(errors) == ['throttled: at most 3 message(s) of type `login_alert` per recipient every 1:00:00'] * 2
+    send_scheduled_messages()
+    assert [text for _address, text in fake_messenger.delivered] == [
+        'New login #0',
+        'mention 0',
+        'New login #1',
+        'mention 1',
+        'New login #2',
+    ]
+    close_windows()
+    send_scheduled_messages()
+    assert fake_messenger.delivered[-1][1] == 'mention 2\nmention 3\nmention 4'
