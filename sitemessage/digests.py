@@ -86,6 +86,7 @@ def schedule_with_limits(
     if priority is None:
         priority = message.priority
 
+    # Counted before the transaction opens: on SQLite a transaction must write before it reads.
     now_items: List[Recipient] = list(items)
     folded: List[Recipient] = []  # join their digest
     throttled: List[Recipient] = []  # recorded as not sent

@@ -281,9 +281,12 @@ class MessageQuerySet(models.QuerySet):
                 continue  # another scheduler opened this window meanwhile: join it
         raise RuntimeError(f'Could not open or join the digest window `{key}` of `{message_class}`.')
 
-    def _join_or_open_digest(self, message_class, key, recipient, context, window, merge, sender, priority):
+    def _join_or_open_digest(self, message_class, key, recipient, context, duration, merge, sender, priority):
         now = timezone.now()
-        digest = self.select_for_update().filter(cls=message_class, digest_key=key, digest_open=True).first()
+        window = self.filter(cls=message_class, digest_key=key, digest_open=True)
+        # A write first takes the lock before anything is read: the window's row (a row lock), or on
+        # SQLite the database (a transaction that read first could not write once another has).
+        digest = window.first() if window.update(digest_open=True) else None
         if digest is not None:
             waiting = Dispatch.objects.using(self.db).filter(
                 message=digest, dispatch_status=Dispatch.DISPATCH_STATUS_PENDING, next_attempt_at__gt=now
@@ -293,7 +296,7 @@ class MessageQuerySet(models.QuerySet):
                 digest.save(update_fields=['context'])
                 return digest, waiting.get()
             self.filter(pk=digest.pk).update(digest_open=None)  # closed (or being sent): seal it
-        closes_at = now + window
+        closes_at = now + duration
         digest = self.model(
             cls=message_class,
             context=merge(None, context),
