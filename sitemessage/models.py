@@ -316,8 +316,7 @@ class MessageQuerySet(models.QuerySet):
             recipient=recipient.user,
             address='' if recipient.address is None else recipient.address,
             next_attempt_at=closes_at,
-        )
-        queue_changed.send(sender=Dispatch, using=self.db)
+        )  # nothing is due before the window closes: no wake-up for the workers
         return digest, dispatch
 
 

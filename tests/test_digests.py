@@ -488,3 +488,14 @@ def test_docs_throttle_examples(fake_messenger):
     close_windows()
     send_scheduled_messages()
     assert fake_messenger.delivered[-1][1] == 'mention 2\nmention 3\nmention 4'
+
+
+def test_new_admin_labels_are_translated_to_russian():
+    from django.utils import translation
+
+    from sitemessage.admin import DigestFilter, ThrottledFilter
+
+    with translation.override('ru'):
+        assert str(Message._meta.get_field('digest_closes_at').verbose_name) == 'Окно сводки закрывается'
+        assert str(DigestFilter.title) == 'окно сводки'
+        assert str(ThrottledFilter.title) == 'отброшено ограничением частоты'
