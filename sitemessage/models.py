@@ -1027,6 +1027,8 @@ class Dispatch(models.Model):
             models.Index(fields=['dispatch_status', 'next_attempt_at'], name='sitemessage_disp_queue_idx'),
             # prepare_dispatches() looks up each chunk's addresses among the message's dispatches.
             models.Index(fields=['message', 'address'], name='sitemessage_disp_msg_addr_idx'),
+            # Throttles count a recipient's recent dispatches (DispatchQuerySet.count_recent()).
+            models.Index(fields=['address', 'time_created'], name='sitemessage_disp_addr_time_idx'),
         ]
 
     def __str__(self):
