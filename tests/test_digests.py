@@ -322,11 +322,13 @@ def test_a_bad_window_from_a_property_is_refused_at_scheduling():
 
 # Concurrency ----------------------------------------------------------------------------------------
 
-
-@pytest.mark.skipif(
+needs_row_locks = pytest.mark.skipif(
     os.environ.get('SITEMESSAGE_TEST_DB') not in ('postgres', 'mysql'),
     reason='needs row locks of a real server: run with SITEMESSAGE_TEST_DB=postgres or mysql',
 )
+
+
+@needs_row_locks
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_schedulers_join_one_window(fake_messenger):
     register_message_types(Digested)
@@ -360,10 +362,7 @@ def test_concurrent_schedulers_join_one_window(fake_messenger):
     assert sorted(fake_messenger.delivered[0][1].split('\n')) == sorted(items)
 
 
-@pytest.mark.skipif(
-    os.environ.get('SITEMESSAGE_TEST_DB') not in ('postgres', 'mysql'),
-    reason='needs row locks of a real server: run with SITEMESSAGE_TEST_DB=postgres or mysql',
-)
+@needs_row_locks
 @pytest.mark.django_db(transaction=True)
 def test_joining_while_a_sender_claims_loses_nothing(fake_messenger):
     """Joiners and a sender race at the window's close: every message is delivered exactly once."""
