@@ -169,7 +169,6 @@ class MessageAdmin(ListStyles, admin.ModelAdmin):
         'count_sent',
         'count_error',
         'count_failed',
-        'digest_closes_at',
     )
     list_filter = ('cls', 'dispatches_ready', DigestFilter)
     raw_id_fields = ('sender',)

@@ -164,6 +164,24 @@ def test_the_key_function_splits_a_recipients_windows(fake_messenger):
     }
 
 
+def test_merge_digest_decides_what_the_digest_holds(fake_messenger):
+    class Counted(Digested):
+        alias = 'counted'
+
+        @classmethod
+        def merge_digest(cls, digest, context):
+            count = 1 if digest is None else digest['count'] + 1
+            return {**context, 'count': count, 'stext_': f'{count} update(s), the last: {context["stext_"]}'}
+
+    register_message_types(Counted)
+    for text in ('a', 'b', 'c'):
+        schedule_messages(Counted(text), recipients('fake', 'ann'))
+    close_windows()
+    send_scheduled_messages()
+
+    assert fake_messenger.delivered == [('ann', '3 update(s), the last: c')]
+
+
 def test_a_long_key_is_stored_hashed():
     long_address = 'a' * 248
     schedule_messages(Digested('x'), recipients('fake', long_address))
