@@ -14,7 +14,7 @@ from django.contrib import admin
 from django.contrib import messages as admin_messages
 from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, F, IntegerField, OuterRef, Subquery
+from django.db.models import Count, Exists, F, IntegerField, OuterRef, Subquery
 from django.db.models.functions import Coalesce, Substr
 from django.forms.models import BaseInlineFormSet
 from django.http import Http404
@@ -29,6 +29,7 @@ from django.utils.translation import gettext_lazy as _
 from .models import Dispatch, DispatchError, IdempotencyKey, Message, Subscription
 from .preview import render_previews
 from .signals import queue_changed
+from .throttles import THROTTLED
 
 SENT = Dispatch.DISPATCH_STATUS_SENT
 
@@ -117,6 +118,44 @@ class MessageForm(forms.ModelForm):
         return self.cleaned_data.get('context') or {}
 
 
+class DigestFilter(admin.SimpleListFilter):
+    """Digests (sitemessage.digests): those whose window still collects messages, and closed ones."""
+
+    title = _('digest window')
+    parameter_name = 'digest'
+
+    def lookups(self, request, model_admin):
+        return (('collecting', _('Collecting')), ('closed', _('Closed')), ('none', _('Not a digest')))
+
+    def queryset(self, request, queryset):
+        now = timezone.now()
+        if self.value() == 'collecting':
+            return queryset.filter(digest_open=True, digest_closes_at__gt=now)
+        if self.value() == 'closed':
+            return queryset.exclude(digest_key='').exclude(digest_open=True, digest_closes_at__gt=now)
+        if self.value() == 'none':
+            return queryset.filter(digest_key='')
+        return queryset
+
+
+class ThrottledFilter(admin.SimpleListFilter):
+    """Dispatches a throttle kept from being sent (sitemessage.throttles): failed, with that reason."""
+
+    title = _('throttled')
+    parameter_name = 'throttled'
+
+    def lookups(self, request, model_admin):
+        return (('yes', _('Yes')), ('no', _('No')))
+
+    def queryset(self, request, queryset):
+        throttled = Exists(DispatchError.objects.filter(dispatch=OuterRef('pk'), error_log__startswith=THROTTLED))
+        if self.value() == 'yes':
+            return queryset.filter(throttled, dispatch_status=Dispatch.DISPATCH_STATUS_FAILED)
+        if self.value() == 'no':
+            return queryset.exclude(throttled)
+        return queryset
+
+
 class MessageAdmin(ListStyles, admin.ModelAdmin):
     form = MessageForm
     list_display = (
@@ -130,10 +169,10 @@ class MessageAdmin(ListStyles, admin.ModelAdmin):
         'count_sent',
         'count_error',
         'count_failed',
-    )  # send_at and expires_at: filters and the change page (the list must fit 1280 px)
-    list_filter = ('cls', 'dispatches_ready', 'send_at', 'expires_at')
+    )  # send_at, expires_at and digest windows: filters and the change page (the list must fit 1280 px)
+    list_filter = ('cls', 'dispatches_ready', DigestFilter, 'send_at', 'expires_at')
     search_fields = ('=idempotency_key',)
-    readonly_fields = ('send_at', 'expires_at', 'idempotency_key')
+    readonly_fields = ('send_at', 'expires_at', 'idempotency_key', 'digest_key', 'digest_closes_at', 'digest_open')
     raw_id_fields = ('sender',)
     ordering = ('-time_created',)
     inlines = (DispatchInlineAdmin,)
@@ -207,6 +246,7 @@ class DispatchAdmin(ListStyles, admin.ModelAdmin):
     )  # next_attempt_at and expires_at: filters and the change page (the list must fit 1280 px)
     list_filter = (
         'dispatch_status',
+        ThrottledFilter,
         'messenger',
         ('message__cls', admin.AllValuesFieldListFilter),
         'next_attempt_at',

@@ -253,6 +253,74 @@ class MessageQuerySet(models.QuerySet):
             )
             message.preparation_token, message.preparation_claimed = None, False
 
+    def join_digest(
+        self,
+        message_class: str,
+        key: str,
+        recipient: Recipient,
+        context: dict,
+        window: timedelta,
+        merge: Callable[[Optional[dict], dict], dict],
+        *,
+        sender=None,
+        priority: Optional[int] = None,
+    ) -> Tuple['Message', 'Dispatch']:
+        """Add ``context`` to the open digest window of ``key``, or open one; return the digest and its dispatch.
+
+        A window takes messages while its dispatch waits (pending, not yet due): joining locks that
+        row, so a sender cannot claim it half-joined, and one that was claimed already makes the
+        joiner seal the window and open the next. The unique constraint on open windows settles
+        two schedulers opening one at once: the loser joins the winner's. ``merge(digest context or
+        None, context)`` builds the stored context.
+        """
+        for _attempt in range(10):
+            try:
+                with transaction.atomic(using=self.db):
+                    return self._join_or_open_digest(
+                        message_class, key, recipient, context, window, merge, sender, priority
+                    )
+            except IntegrityError:
+                continue  # another scheduler opened this window meanwhile: join it
+        raise RuntimeError(f'Could not open or join the digest window `{key}` of `{message_class}`.')
+
+    def _join_or_open_digest(self, message_class, key, recipient, context, duration, merge, sender, priority):
+        now = timezone.now()
+        window = self.filter(cls=message_class, digest_key=key, digest_open=True)
+        # A write first takes the lock before anything is read: the window's row (a row lock), or on
+        # SQLite the database (a transaction that read first could not write once another has).
+        digest = window.first() if window.update(digest_open=True) else None
+        if digest is not None:
+            waiting = Dispatch.objects.using(self.db).filter(
+                message=digest, dispatch_status=Dispatch.DISPATCH_STATUS_PENDING, next_attempt_at__gt=now
+            )
+            if waiting.update(message_cache=''):  # locks the dispatch: the text is compiled at send time
+                digest.context = merge(digest.context, context)
+                digest.save(update_fields=['context'])
+                return digest, waiting.get()
+            self.filter(pk=digest.pk).update(digest_open=None)  # closed (or being sent): seal it
+        closes_at = now + duration
+        digest = self.model(
+            cls=message_class,
+            context=merge(None, context),
+            sender=sender,
+            dispatches_ready=True,
+            group_mark='',
+            digest_key=key,
+            digest_closes_at=closes_at,
+            digest_open=True,
+        )
+        if priority is not None:
+            digest.priority = priority
+        digest.save(using=self.db)
+        dispatch = Dispatch.objects.using(self.db).create(
+            message=digest,
+            messenger=recipient.messenger,
+            recipient=recipient.user,
+            address='' if recipient.address is None else recipient.address,
+            next_attempt_at=closes_at,
+        )  # nothing is due before the window closes: no wake-up for the workers
+        return digest, dispatch
+
 
 class PreparedDispatches(collections.abc.Sequence):
     """The dispatches one ``prepare_dispatches()`` call created, read back from the database when used.
@@ -395,6 +463,30 @@ class Message(models.Model):
         db_index=True,
         help_text=_('The key given when it was scheduled: another scheduling with this key stores nothing.'),
     )
+    # Digest windows (sitemessage.digests): the recipient's key, when the window closes, and whether it
+    # still takes messages (True; NULL once sealed, so the unique constraint covers open windows only).
+    digest_key = models.CharField(
+        _('Digest key'),
+        max_length=250,
+        blank=True,
+        default='',
+        help_text=_('The recipient and key of the digest window this message collects; empty: not a digest.'),
+    )
+    digest_closes_at = models.DateTimeField(
+        _('Digest window closes at'),
+        null=True,
+        blank=True,
+        editable=False,
+        help_text=_('The digest is sent when its window closes.'),
+    )
+    digest_open = models.BooleanField(
+        _('Digest window open'),
+        null=True,
+        blank=True,
+        default=None,
+        editable=False,
+        help_text=_('Set while later messages may still join the digest (until its window is sealed).'),
+    )
 
     # Not a field: whether this instance holds the claim of its preparation (MessageQuerySet.claim_preparation()).
     preparation_claimed = False
@@ -404,6 +496,11 @@ class Message(models.Model):
     class Meta:
         verbose_name = _('Message')
         verbose_name_plural = _('Messages')
+        constraints = [
+            # One open digest window per type and key: concurrent schedulers join it, never open a second.
+            # NULLs differ from each other, so sealed digests and other messages are not constrained.
+            models.UniqueConstraint(fields=['cls', 'digest_key', 'digest_open'], name='sitemessage_digest_open_uniq'),
+        ]
 
     def __str__(self):
         return self.cls
@@ -625,6 +722,60 @@ class DispatchQuerySet(models.QuerySet):
         with connection.cursor() as cursor:
             cursor.execute(sql, [Dispatch.DISPATCH_STATUS_SENT, now, *params])
             return cursor.rowcount
+
+    def count_recent(self, message_class: str, recipients: Sequence[Recipient], since) -> dict:
+        """Dispatches of a type to each recipient created since ``since``: ``{(messenger, address): count}``.
+
+        Failed ones (throttled ones among them) reached nobody and are not counted. One query
+        for up to 500 recipients.
+        """
+        counts: dict = {}
+        addresses = sorted({'' if r.address is None else r.address for r in recipients})
+        messengers = sorted({r.messenger for r in recipients})
+        for start in range(0, len(addresses), _CHUNK):
+            rows = (
+                self.filter(
+                    message__cls=message_class,
+                    time_created__gte=since,
+                    messenger__in=messengers,
+                    address__in=addresses[start : start + _CHUNK],
+                )
+                .exclude(dispatch_status=Dispatch.DISPATCH_STATUS_FAILED)
+                .order_by()
+                .values_list('messenger', 'address')
+                .annotate(count=models.Count('pk'))
+            )
+            counts.update({(messenger, address): count for messenger, address, count in rows})
+        return counts
+
+    def create_throttled(self, message: Message, recipients: Sequence[Recipient], reason: str) -> List['Dispatch']:
+        """Record dispatches that were not sent because of a throttle: failed, with ``reason`` as their error."""
+        if not recipients:
+            return []
+        now = timezone.now()
+        dispatches = [
+            Dispatch(
+                message=message,
+                messenger=r.messenger,
+                recipient=r.user,
+                address='' if r.address is None else r.address,
+                dispatch_status=Dispatch.DISPATCH_STATUS_FAILED,
+                time_dispatched=now,
+            )
+            for r in recipients
+        ]
+        with transaction.atomic(using=self.db):
+            if connections[self.db].features.can_return_rows_from_bulk_insert:
+                dispatches = self.bulk_create(dispatches)
+            else:
+                for dispatch in dispatches:
+                    dispatch.save(using=self.db)
+            DispatchError.objects.using(self.db).bulk_create(
+                [DispatchError(dispatch=dispatch, error_log=reason) for dispatch in dispatches]
+            )
+        for dispatch in dispatches:
+            dispatch.error_log = reason
+        return dispatches
 
     def last_pk(self) -> int:
         """The highest dispatch id so far (0: none); what ``prepare_dispatches()`` creates comes after it."""
@@ -973,6 +1124,8 @@ class Dispatch(models.Model):
             models.Index(fields=['dispatch_status', 'next_attempt_at'], name='sitemessage_disp_queue_idx'),
             # prepare_dispatches() looks up each chunk's addresses among the message's dispatches.
             models.Index(fields=['message', 'address'], name='sitemessage_disp_msg_addr_idx'),
+            # Throttles count a recipient's recent dispatches (DispatchQuerySet.count_recent()).
+            models.Index(fields=['address', 'time_created'], name='sitemessage_disp_addr_time_idx'),
         ]
 
     def __str__(self):

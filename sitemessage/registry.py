@@ -15,6 +15,7 @@ from django.conf import settings
 from django.utils.module_loading import module_has_submodule
 
 from .exceptions import UnknownMessageTypeError, UnknownMessengerError
+from .limits import check_message_type_limits
 from .settings import get_setting
 
 if TYPE_CHECKING:  # pragma: nocover
@@ -67,7 +68,12 @@ def get_registered_messenger_object(messenger: TypeMessenger) -> 'MessengerBase'
 
 
 def register_message_types(*message_types: Type['MessageBase']) -> None:
-    """Register message type classes; a later one replaces an earlier with the same alias."""
+    """Register message type classes; a later one replaces an earlier with the same alias.
+
+    A bad ``digest_window`` or ``throttle`` is refused (nothing is registered), naming the value.
+    """
+    for message_type in message_types:
+        check_message_type_limits(message_type)
     for message_type in message_types:
         _MESSAGES_REGISTRY[message_type.get_alias()] = message_type
 

@@ -12,6 +12,7 @@ from django.db import connections, router, transaction
 
 from .headers import check_message_type_context
 from .languages import LanguageResolver, given_language
+from .limits import has_limits
 from .messages.base import MessageBase
 from .messages.plain import PlainTextMessage
 from .models import Dispatch, IdempotencyKey, Message, MessageTuple
@@ -106,8 +107,8 @@ def _schedule_prepared(
 
 
 def can_bulk_schedule(message: MessageBase) -> bool:
-    """Grouped messages, and types with their own ``schedule()``, go one by one."""
-    return not message.group_mark and type(message).schedule is MessageBase.schedule
+    """Grouped messages, digests, throttled types and types with their own ``schedule()`` go one by one."""
+    return not message.group_mark and not has_limits(message) and type(message).schedule is MessageBase.schedule
 
 
 def schedule_in_bulk(

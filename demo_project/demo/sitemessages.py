@@ -5,6 +5,7 @@ from datetime import date
 from django.conf import settings
 
 from sitemessage.messages.base import MessageBase
+from sitemessage.messages.email import EmailTextMessage
 from sitemessage.messengers.base import MessengerBase
 from sitemessage.messengers.smtp import SMTPMessenger
 from sitemessage.toolbox import register_message_types, register_messenger_objects
@@ -67,8 +68,34 @@ class WeeklyDigest(MessageBase):
         return cls(items).schedule()
 
 
+class ActivityDigest(EmailTextMessage):
+    """Activity e-mails collected for 15 seconds per recipient, then sent as one (a digest window).
+
+    Template: ``templates/demo/activity_digest.txt``, which lists ``digest`` (every joined context).
+    """
+
+    alias = 'activity_digest'
+    title = 'Activity digest'
+    digest_window = 15  # seconds: short, for the demo (e.g. timedelta(minutes=10) on a real site)
+    template = 'demo/activity_digest.txt'
+
+    def __init__(self, event: str):
+        super().__init__('Your activity digest', {'event': event})
+
+
+class SecurityAlert(EmailTextMessage):
+    """At most two per recipient per minute (a throttle): the rest are recorded as throttled, not sent."""
+
+    alias = 'security_alert'
+    title = 'Security alert'
+    throttle = (2, 60)
+
+    def __init__(self, text: str):
+        super().__init__('Security alert', text)
+
+
 register_messenger_objects(
     SMTPMessenger(),  # everything from settings: EMAIL_HOST/EMAIL_PORT point at mail_sink.py
     ConsoleMessenger(),
 )
-register_message_types(WeeklyDigest)
+register_message_types(WeeklyDigest, ActivityDigest, SecurityAlert)

@@ -19,7 +19,7 @@ from sitemessage.toolbox import (
 
 from . import outbox as outbox_file
 from .forms import ScheduleForm
-from .sitemessages import WeeklyDigest
+from .sitemessages import ActivityDigest, SecurityAlert, WeeklyDigest
 
 DEMO_USERNAME = 'demo'
 
@@ -66,6 +66,21 @@ def schedule_digest(request):
     WeeklyDigest.create(['sitemessage 2.0 released', 'Crash-safe delivery', 'One-click unsubscribe'])
     messages.success(request, 'Digest scheduled for all subscribers.')
     return redirect('preferences')
+
+
+@require_POST
+def flood(request):
+    """Five activity e-mails and five security alerts at once: one digest, two alerts, three throttled."""
+    to = recipients('smtp', 'flood@example.com')
+    for n in range(1, 6):
+        schedule_messages(ActivityDigest(f'Event {n}: somebody liked your post'), to)
+        schedule_messages(SecurityAlert(f'Alert {n}: a new login to your account'), to)
+    messages.success(
+        request,
+        'Scheduled 5 activity e-mails and 5 security alerts. Two alerts go out now, three are throttled (Failed, '
+        '"throttled"); the 5 activity e-mails arrive as one digest when its 15-second window closes.',
+    )
+    return redirect('home')
 
 
 def outbox(request):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from contextvars import ContextVar
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 from uuid import uuid4
 
@@ -15,9 +16,11 @@ from django.utils.crypto import constant_time_compare, salted_hmac
 from django.utils.translation import gettext_lazy as _
 
 from ..compat import APP_URLS_ATTACHED  # noqa: F401 -- importable from here, as in 1.4.0
+from ..digests import add_to_digest
 from ..exceptions import UnknownMessengerError
 from ..headers import safe_recipients, unique_recipients
 from ..languages import LanguageResolver, localized_templates
+from ..limits import has_limits
 from ..links import ACTION_MARK_READ, ACTION_UNSUBSCRIBE, invalid_link_response, unsubscribed_response
 from ..list_id import default_list_id
 from ..recipients import Recipient
@@ -88,6 +91,12 @@ class MessageBase:
     template: Optional[str] = None
     send_retry_limit: Optional[int] = 10
     allow_user_subscription: bool = True
+    #: Collect a recipient's messages for this long (a timedelta or seconds), then send them as one
+    #: (see :mod:`sitemessage.digests`); None: each is sent on its own.
+    digest_window: Union[timedelta, int, float, None] = None
+    #: ``(limit, period)``: at most ``limit`` messages per recipient per period (a timedelta or seconds);
+    #: the rest are recorded as throttled, or join a digest (see :mod:`sitemessage.throttles`).
+    throttle: Optional[Tuple[int, Union[timedelta, int, float]]] = None
 
     SIMPLE_TEXT_ID = 'stext_'
 
@@ -134,6 +143,10 @@ class MessageBase:
         """Store this message (with one dispatch per recipient) for delivery."""
         from ..models import Message, MessageTuple
 
+        if has_limits(self):
+            from ..digests import schedule_with_limits
+
+            return schedule_with_limits(self, recipients=recipients, sender=sender, priority=priority)
         if priority is None:
             priority = self.priority
         self._message_model, self._dispatch_models = Message.create(
@@ -154,6 +167,21 @@ class MessageBase:
         if cls.SIMPLE_TEXT_ID in context:
             merged[cls.SIMPLE_TEXT_ID] = f'{context[cls.SIMPLE_TEXT_ID]}\n{new_context.get(cls.SIMPLE_TEXT_ID, "")}'
         return merged
+
+    def get_digest_key(self, recipient: Recipient, context: dict) -> str:
+        """Hook: split a recipient's digest window further (e.g. per thread); '' (default): one per type.
+
+        Windows are always per recipient and type: a key never mixes two recipients' messages.
+        """
+        return ''
+
+    @classmethod
+    def merge_digest(cls, digest: Optional[dict], context: dict) -> dict:
+        """Hook: the context of a digest with a message's ``context`` added (``digest`` None: the first).
+
+        By default the first message's context plus ``digest``, the list of every joined context.
+        """
+        return add_to_digest(digest, context, cls.SIMPLE_TEXT_ID)
 
     @classmethod
     def get_subscribers(cls, active_only: bool = True) -> List[Recipient]:

@@ -38,7 +38,7 @@ def _on_postgres(statements):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ('sitemessage', '0009_dispatch_language'),
+        ('sitemessage', '0010_digest_windows_and_throttles'),
     ]
 
     operations = [
