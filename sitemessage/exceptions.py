@@ -37,3 +37,12 @@ class TemporaryDeliveryError(MessengerException):
     def __init__(self, message: str = '', retry_after: float | None = None):
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class RecipientRefusedError(PermanentDeliveryError):
+    """The service refused the recipient's address for good (no such mailbox, a blocked bot).
+
+    Fails the dispatch at once, like :class:`PermanentDeliveryError`, and counts toward
+    suppressing the address (``SITEMESSAGE_SUPPRESS_AFTER_FAILURES``, see :doc:`suppression`);
+    a refusal of the message itself (its content, the sender) should not use it.
+    """

@@ -12,7 +12,7 @@ from django.db import connections, router, transaction
 from .headers import check_message_type_context
 from .messages.base import MessageBase
 from .messages.plain import PlainTextMessage
-from .models import Dispatch, Message, MessageTuple
+from .models import Dispatch, Message, MessageTuple, fail_suppressed_new, log_suppressed_new
 from .recipients import is_iterable
 from .signals import queue_changed
 
@@ -96,18 +96,19 @@ def schedule_pairs_in_bulk(
         models.append(model)
     with transaction.atomic(using=database):
         models = Message.objects.bulk_create(models)
-        dispatches = Dispatch.objects.bulk_create(
-            [
-                Dispatch(
-                    message=model,
-                    messenger=r.messenger,
-                    recipient=r.user,
-                    address='' if r.address is None else r.address,
-                )
-                for model, (_message, items) in zip(models, pairs)
-                for r in items or ()
-            ]
-        )
+        dispatches = [
+            Dispatch(
+                message=model,
+                messenger=r.messenger,
+                recipient=r.user,
+                address='' if r.address is None else r.address,
+            )
+            for model, (_message, items) in zip(models, pairs)
+            for r in items or ()
+        ]
+        suppressed = fail_suppressed_new(dispatches, database)  # never attempted: failed with the reason
+        dispatches = Dispatch.objects.bulk_create(dispatches)
+        log_suppressed_new(suppressed, database)
         if dispatches:
             queue_changed.send(sender=Dispatch, using=database)
     result, offset = [], 0

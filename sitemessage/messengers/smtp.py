@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
-from ..exceptions import MessengerException, MessengerWarmupException, PermanentDeliveryError
+from ..exceptions import MessengerException, MessengerWarmupException, PermanentDeliveryError, RecipientRefusedError
 from ..headers import UnsafeHeaderValueError, check_context
 from ..mail_settings import email_setting
 from ..plaintext import html_to_text
@@ -407,6 +407,7 @@ class SMTPMessenger(MessengerBase):
         unsubscribe_url: Optional[str] = None,
         *,
         headers: Sequence[Tuple[str, str]] = (),
+        message_id: Optional[str] = None,
     ) -> bytes:
         """The e-mail as sent: what ``_build_message(...).as_bytes()`` gives, written directly when plain.
 
@@ -416,7 +417,7 @@ class SMTPMessenger(MessengerBase):
         """
         sender_header, _sender_address, sender_domain = _sender_parts(self._sender())
         subject = str(subject or _('No Subject'))
-        date, message_id = date_header(), make_msgid(domain=sender_domain)
+        date, message_id = date_header(), message_id or make_msgid(domain=sender_domain)
         if mtype != 'html':
             data = plain_message_bytes(
                 sender_header,
@@ -623,8 +624,15 @@ class SMTPMessenger(MessengerBase):
                         self.mark_failed(dispatch, PermanentDeliveryError(problem))
                         continue
                     headers = list_headers(message_cls, message_model, dispatch, unsubscribe_url)
+                    # The Message-ID is the provider id: kept on the dispatch once the server accepts the e-mail.
+                    dispatch.provider_message_id = make_msgid(domain=_sender_parts(self._sender())[2])
                     data = self._message_bytes(
-                        dispatch.address, dispatch.message_cache, subject=subject, mtype=mtype, headers=headers
+                        dispatch.address,
+                        dispatch.message_cache,
+                        subject=subject,
+                        mtype=mtype,
+                        headers=headers,
+                        message_id=dispatch.provider_message_id,
                     )
                     recipient = envelope_address(dispatch.address)
                 except UnicodeError as error:  # an address IDNA refuses, a text that cannot be encoded
@@ -699,7 +707,9 @@ class SMTPMessenger(MessengerBase):
             self._record_failure(dispatch, error, message_cls)
             return
         if refused:
-            self.mark_failed(dispatch, f'`{dispatch.address}` address is rejected by server: {refused}')
+            self.mark_failed(
+                dispatch, RecipientRefusedError(f'`{dispatch.address}` address is rejected by server: {refused}')
+            )
         else:
             self.mark_sent(dispatch)
 
@@ -711,7 +721,9 @@ class SMTPMessenger(MessengerBase):
         if not isinstance(error, (smtplib.SMTPException, OSError)):  # not the server's word: name the e-mail
             reason = MessengerException(f'SMTP Error sending to `{dispatch.address}`: {describe_smtp_error(error)}')
         if is_permanent(error):
-            self.mark_failed(dispatch, PermanentDeliveryError(str(reason)))
+            # A 5xx to RCPT refuses the address itself: it counts toward suppressing it (docs/suppression.rst).
+            refused = isinstance(error, smtplib.SMTPRecipientsRefused)
+            self.mark_failed(dispatch, (RecipientRefusedError if refused else PermanentDeliveryError)(str(reason)))
         else:
             self.mark_error(dispatch, reason, message_cls)
         if is_connection_lost(error) or getattr(self.smtp, 'sock', True) is None:
