@@ -32,7 +32,7 @@ def fail_suppressed(messenger: 'MessengerBase', dispatches: List[Dispatch]) -> L
 
 
 def suppress_after_failures() -> int | None:
-    """After how many permanent refusals an address is suppressed (``SITEMESSAGE_SUPPRESS_AFTER_FAILURES``); None: never."""
+    """After how many permanent refusals an address is suppressed; None: never."""
     value = get_setting('SUPPRESS_AFTER_FAILURES')
     if value is None:
         return None
