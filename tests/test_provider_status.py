@@ -386,3 +386,48 @@ def test_the_admin_shows_and_filters_dispatches_by_provider_status_and_id(admin_
     assert listed(q=delivered.provider_message_id) == ['ann@example.com']
     page = admin_client.get(reverse('admin:sitemessage_dispatch_change', args=[delivered.pk])).content.decode()
     assert delivered.provider_message_id.strip('<>') in page
+
+
+def test_probing_anymail_sends_through_the_backend_and_prints_the_esp_message_id(anymail_messenger):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    out = StringIO()
+    call_command('sitemessage_probe', 'anymail', to='ann@example.com', stdout=out)
+
+    (email,) = mail.outbox
+    assert email.to == ['ann@example.com']
+    assert f'Probing function result: {email.anymail_status.message_id}.' in out.getvalue()
+
+
+def test_a_custom_messenger_passes_the_provider_id_to_mark_sent(fake_messenger):
+    # The docs' example (docs/provider-status.rst): self.mark_sent(dispatch, provider_id=reply['id']).
+    def send(message_cls, message_model, dispatch_models):
+        for dispatch in dispatch_models:
+            fake_messenger.mark_sent(dispatch, provider_id={'id': f'post-{dispatch.address}'}['id'])
+
+    fake_messenger.send = send
+    schedule_messages('Hi', recipients('fake', ['ann', 'bob']))
+
+    send_scheduled_messages()
+
+    assert dict(Dispatch.objects.values_list('address', 'provider_message_id')) == {
+        'ann': 'post-ann',
+        'bob': 'post-bob',
+    }
+
+
+def test_record_event_applies_an_anymail_event_from_code(anymail_messenger):
+    from anymail.signals import AnymailTrackingEvent
+
+    from sitemessage.tracking import record_event
+
+    (dispatch,) = sent_through_anymail('ann@example.com')
+    event = AnymailTrackingEvent(event_type='delivered', message_id=dispatch.provider_message_id)
+
+    assert record_event(event, 'Postmark') == dispatch
+    assert record_event(event, 'Postmark') is None  # replayed
+    assert record_event(AnymailTrackingEvent(event_type='queued', message_id=dispatch.provider_message_id)) is None
+    dispatch.refresh_from_db()
+    assert dispatch.provider_status == Dispatch.PROVIDER_STATUS_DELIVERED

@@ -8,7 +8,7 @@ from django.test.utils import CaptureQueriesContext, override_settings
 from django.urls import reverse
 
 from sitemessage.exceptions import SiteMessageConfigurationError
-from sitemessage.models import Dispatch, DispatchError, Suppression
+from sitemessage.models import Dispatch, DispatchError, Subscription, Suppression
 from sitemessage.toolbox import recipients, schedule_messages, send_scheduled_messages
 
 pytestmark = pytest.mark.django_db
@@ -177,3 +177,43 @@ def test_the_admin_lists_suppressions_filtered_by_reason_and_messenger(admin_cli
     assert listed(reason='complaint', messenger='smtp') == ['b@example.com']
     assert listed(q='a@example.com') == ['a@example.com']
     assert '<script>x' not in admin_client.get(url).content.decode()
+
+
+def test_prepare_dispatches_fails_the_dispatch_of_a_suppressed_subscriber(fake_messenger):
+    from sitemessage.toolbox import prepare_dispatches
+
+    Subscription.create('ann', 'plain', 'fake')
+    Subscription.create('gone', 'plain', 'fake')
+    Suppression.objects.suppress([('fake', 'gone')], Suppression.REASON_UNSUBSCRIBE)
+    schedule_messages('News')  # no recipients: the subscribers get it
+
+    prepare_dispatches()
+    send_scheduled_messages()
+
+    assert outcome('gone') == (FAILED, ['suppressed: unsubscribe'])
+    assert fake_messenger.delivered == [('ann', 'News')]
+
+
+def test_a_custom_messenger_reports_a_refused_address_with_recipient_refused_error(fake_messenger):
+    # The docs' example (docs/suppression.rst): mark_failed(dispatch, RecipientRefusedError(...)).
+    from sitemessage.exceptions import RecipientRefusedError
+
+    def send(message_cls, message_model, dispatch_models):
+        for dispatch in dispatch_models:
+            fake_messenger.mark_failed(dispatch, RecipientRefusedError(f'{dispatch.address}: no such user'))
+
+    fake_messenger.send = send
+    schedule_messages('Hi', recipients('fake', ['gone']))
+    with override_settings(SITEMESSAGE_SUPPRESS_AFTER_FAILURES=1):
+        send_scheduled_messages()
+
+    entry = Suppression.objects.get()
+    assert (entry.address, entry.reason, entry.active, entry.note) == ('gone', 'bounce', True, 'gone: no such user')
+
+
+def test_the_suppression_list_speaks_russian():
+    from django.utils import translation
+
+    with translation.override('ru'):
+        assert str(Suppression._meta.verbose_name_plural) == 'Заблокированные адреса'
+        assert str(Suppression(reason='complaint').get_reason_display()) == 'Жалоба'
