@@ -47,6 +47,17 @@ def test_the_message_id_that_reached_the_smtp_server_is_stored_on_its_dispatch(s
     assert len(set(stored.values())) == 3 and all(value.startswith('<') for value in stored.values())
 
 
+@override_settings(EMAIL_BACKEND='sitemessage.backends.EmailBackend')
+def test_the_message_id_of_an_e_mail_queued_by_send_mail_is_stored_as_it_arrived(smtp_messenger, smtp_server):
+    from django.core.mail import send_mail
+
+    send_mail('Hi', 'text', 'from@example.com', ['ann@example.com'])
+    send_scheduled_messages()
+
+    (arrived,) = smtp_server.handler.messages()
+    assert Dispatch.objects.get().provider_message_id == str(arrived['Message-ID'])
+
+
 def test_a_refused_e_mail_keeps_no_message_id(smtp_messenger, smtp_server):
     smtp_server.handler.refuse['gone@example.com'] = '550 No such user'
     schedule_messages('Hi', recipients('smtp', ['gone@example.com']))

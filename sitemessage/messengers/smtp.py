@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from email import policy
 from email.header import Header
 from email.message import Message
+from email.parser import BytesHeaderParser
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from email.utils import formatdate, make_msgid, parseaddr
@@ -592,6 +593,7 @@ class SMTPMessenger(MessengerBase):
         context = message_model.context
         try:
             data = message_cls.get_mime(context)
+            dispatch.provider_message_id = mime_message_id(data)  # Django's EmailMessage wrote one
             refused = self.send_mime(context.get('envelope_from') or '', list(context['envelope_to']), data)
         except (smtplib.SMTPException, OSError) as error:
             self._record_failure(dispatch, error, message_cls)
@@ -791,6 +793,14 @@ def _text_part(text: str, subtype: str) -> MIMEText:
     if is_7bit_text(text):
         return MIMEText(text, subtype, 'us-ascii')
     return MIMEText(text, subtype, 'utf-8')
+
+
+def mime_message_id(data: bytes) -> Optional[str]:
+    """The ``Message-ID`` header of e-mail bytes built elsewhere (only the headers are parsed), or None."""
+    value = BytesHeaderParser(policy=policy.compat32).parsebytes(data).get('Message-ID')
+    if value is None:
+        return None
+    return ' '.join(str(value).split()) or None  # unfolded
 
 
 @lru_cache(maxsize=16)
