@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from email import policy
 from email.header import Header
 from email.message import Message
-from email.parser import BytesHeaderParser
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
+from email.parser import BytesHeaderParser
 from email.utils import formatdate, make_msgid, parseaddr
 from functools import lru_cache
 from importlib import import_module
