@@ -201,7 +201,6 @@ class DispatchAdmin(ListStyles, admin.ModelAdmin):
         'messenger',
         'time_dispatched',
         'attempts',
-        'provider_status',
         'last_error',
     )
     list_filter = (

@@ -412,13 +412,13 @@ def test_probing_anymail_sends_through_the_backend_and_prints_the_esp_message_id
     assert f'Probing function result: {email.anymail_status.message_id}.' in out.getvalue()
 
 
-def test_a_custom_messenger_passes_the_provider_id_to_mark_sent(fake_messenger):
+def test_a_custom_messenger_passes_the_provider_id_to_mark_sent(fake_messenger, monkeypatch):
     # The docs' example (docs/provider-status.rst): self.mark_sent(dispatch, provider_id=reply['id']).
     def send(message_cls, message_model, dispatch_models):
         for dispatch in dispatch_models:
             fake_messenger.mark_sent(dispatch, provider_id={'id': f'post-{dispatch.address}'}['id'])
 
-    fake_messenger.send = send
+    monkeypatch.setattr(fake_messenger, 'send', send)  # the registered instance is shared by every test
     schedule_messages('Hi', recipients('fake', ['ann', 'bob']))
 
     send_scheduled_messages()

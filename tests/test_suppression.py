@@ -194,7 +194,7 @@ def test_prepare_dispatches_fails_the_dispatch_of_a_suppressed_subscriber(fake_m
     assert fake_messenger.delivered == [('ann', 'News')]
 
 
-def test_a_custom_messenger_reports_a_refused_address_with_recipient_refused_error(fake_messenger):
+def test_a_custom_messenger_reports_a_refused_address_with_recipient_refused_error(fake_messenger, monkeypatch):
     # The docs' example (docs/suppression.rst): mark_failed(dispatch, RecipientRefusedError(...)).
     from sitemessage.exceptions import RecipientRefusedError
 
@@ -202,7 +202,7 @@ def test_a_custom_messenger_reports_a_refused_address_with_recipient_refused_err
         for dispatch in dispatch_models:
             fake_messenger.mark_failed(dispatch, RecipientRefusedError(f'{dispatch.address}: no such user'))
 
-    fake_messenger.send = send
+    monkeypatch.setattr(fake_messenger, 'send', send)  # the registered instance is shared by every test
     schedule_messages('Hi', recipients('fake', ['gone']))
     with override_settings(SITEMESSAGE_SUPPRESS_AFTER_FAILURES=1):
         send_scheduled_messages()
