@@ -29,6 +29,8 @@ EXTRAS = {
     'vkontakte': ['requests'],
     'celery': ['celery[redis]'],
     'redis': ['redis'],  # SITEMESSAGE_WAKEUP = 'redis://...'
+    # AnymailMessenger and delivery tracking from ESP webhooks (docs/provider-status.rst).
+    'anymail': ['django-anymail>=13.0'],
     'test': [
         'pytest',
         'hypothesis',
@@ -42,6 +44,7 @@ EXTRAS = {
         'playwright',
         'pymysql',
         'prometheus_client',
+        'django-anymail>=13.0',
         # A real django.tasks queue backend (it needs Django 5.2+; the newest-Django run has it).
         'django-tasks-db; python_version >= "3.12"',
     ],

@@ -26,7 +26,7 @@ from django.utils.text import Truncator
 from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 
-from .models import Dispatch, DispatchError, IdempotencyKey, Message, Subscription
+from .models import Dispatch, DispatchError, IdempotencyKey, Message, Subscription, Suppression
 from .preview import render_previews
 from .signals import queue_changed
 from .throttles import THROTTLED
@@ -251,9 +251,10 @@ class DispatchAdmin(ListStyles, admin.ModelAdmin):
         ('message__cls', admin.AllValuesFieldListFilter),
         'next_attempt_at',
         'expires_at',
+        'provider_status',
     )
     list_select_related = ('recipient',)
-    search_fields = ('=address',)
+    search_fields = ('=address', '=provider_message_id')
     ordering = ('-time_created',)
     raw_id_fields = ('recipient', 'message')
     readonly_fields = (
@@ -262,6 +263,9 @@ class DispatchAdmin(ListStyles, admin.ModelAdmin):
         'next_attempt_at',
         'expires_at',
         'lease_until',
+        'provider_message_id',
+        'provider_status',
+        'provider_status_time',
         'message_cache',
     )
     actions = ['schedule_failed', 'resend_sent']
@@ -358,6 +362,9 @@ class DispatchAdmin(ListStyles, admin.ModelAdmin):
                 dispatch_status=Dispatch.DISPATCH_STATUS_PENDING,
                 retry_count=0,
                 message_cache='',
+                provider_message_id=None,  # the provider's news was of the earlier e-mail
+                provider_status=None,
+                provider_status_time=None,
                 next_attempt_at=None,
                 expires_at=None,
                 lease_until=None,
@@ -424,8 +431,25 @@ class IdempotencyKeyAdmin(ListStyles, admin.ModelAdmin):
     show_full_result_count = False
 
 
+class SuppressionAdmin(ListStyles, admin.ModelAdmin):
+    """The suppression list: add an address by hand, delete an entry to send to the address again."""
+
+    list_display = ('address', 'messenger', 'active', 'reason', 'failures', 'time_suppressed', 'short_note')
+    list_filter = ('active', 'reason', 'messenger')
+    search_fields = ('=address',)
+    ordering = ('-time_created',)
+    readonly_fields = ('time_created', 'failures')
+    fields = ('address', 'messenger', 'reason', 'active', 'time_suppressed', 'failures', 'note', 'time_created')
+    show_full_result_count = False
+
+    @admin.display(description=_('Note'))
+    def short_note(self, suppression):
+        return _cut(suppression.note, 90)
+
+
 admin.site.register(Message, MessageAdmin)
 admin.site.register(Dispatch, DispatchAdmin)
 admin.site.register(DispatchError, DispatchErrorAdmin)
 admin.site.register(Subscription, SubscriptionAdmin)
 admin.site.register(IdempotencyKey, IdempotencyKeyAdmin)
+admin.site.register(Suppression, SuppressionAdmin)

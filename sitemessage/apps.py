@@ -17,10 +17,14 @@ class SitemessageConfig(AppConfig):
     def ready(self):
         # Imported here, as Django advises for checks and signal receivers: the background
         # package imports models, which are not loaded yet when Django imports this module.
-        from . import checks  # noqa: F401 -- importing registers the system checks
+        from . import (
+            checks,  # noqa: F401 -- importing registers the system checks
+            tracking,
+        )
         from .background import wakeup
 
         wakeup.connect()
+        tracking.connect()  # ESP delivery reports, when django-anymail is installed
         # Built-ins first, so that a project's own type registered under the same alias wins.
         if get_setting('INIT_BUILTIN_MESSAGE_TYPES'):
             register_builtin_message_types()

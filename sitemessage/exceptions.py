@@ -48,3 +48,12 @@ class SchedulingValueError(SiteMessageError, ValueError):
 
 class SchedulingTypeError(SchedulingValueError, TypeError):
     """A scheduling option has the wrong type (``send_at`` that is not a datetime, a key that is not a string)."""
+
+
+class RecipientRefusedError(PermanentDeliveryError):
+    """The service refused the recipient's address for good (no such mailbox, a blocked bot).
+
+    Fails the dispatch at once, like :class:`PermanentDeliveryError`, and counts toward
+    suppressing the address (``SITEMESSAGE_SUPPRESS_AFTER_FAILURES``, see :doc:`suppression`);
+    a refusal of the message itself (its content, the sender) should not use it.
+    """

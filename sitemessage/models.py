@@ -230,7 +230,9 @@ class MessageQuerySet(models.QuerySet):
                 if existing:
                     dispatches = [d for d in dispatches if (d.messenger, d.address) not in existing]
             if dispatches:
+                suppressed = fail_suppressed_new(dispatches, self.db)
                 Dispatch.objects.using(self.db).bulk_create(dispatches)
+                log_suppressed_new(suppressed, self.db)
                 queue_changed.send(sender=Dispatch, using=self.db, inserted=True)
         message.prepared_through = through
         return len(dispatches)
@@ -641,8 +643,11 @@ class DispatchQuerySet(models.QuerySet):
             return []  # the queue is empty (for this worker): nothing to load
 
         claimed = attach_messages(*self._claimed_rows(token))
+        # One query for the batch: the engine fails the suppressed ones without an attempt.
+        reasons = Suppression.objects.using(self.db).reasons_for((d.messenger, d.address) for d in claimed)
         for dispatch in claimed:
             dispatch.start_attempt()
+            dispatch.suppressed_reason = reasons.get((dispatch.messenger, dispatch.address))
         return claimed
 
     def claim_candidates(
@@ -881,8 +886,11 @@ class DispatchQuerySet(models.QuerySet):
 
         failed = [d for d in dispatches if d.dispatch_status in Dispatch.ERROR_STATUSES]
         others = [d for d in dispatches if d.dispatch_status not in Dispatch.ERROR_STATUSES]
-        # Texts first: the status updates below release the claim that ``target`` filters on.
+        # Texts and provider ids first: the status updates below release the claim that ``target`` filters on.
         self._store_texts(target, [d for d in dispatches if _text_changed(d)])
+        with_ids = [d for d in others if d.dispatch_status == Dispatch.DISPATCH_STATUS_SENT and d.provider_message_id]
+        if with_ids:  # each sent message has its own id: one bulk UPDATE
+            target.bulk_update(with_ids, ['provider_message_id'])
         by_status: dict = {}
         for dispatch in others:  # sent (or deferred): they share their new values
             by_status.setdefault(dispatch.dispatch_status, []).append(dispatch.pk)
@@ -1047,12 +1055,32 @@ class Dispatch(models.Model):
         'claim_token',
     )
 
+    # Provider statuses, ranked: a later event only replaces an earlier one of a lower rank (a replayed
+    # or late "delivered" never hides a bounce). See sitemessage.tracking.
+    PROVIDER_STATUS_DELIVERED = 1
+    PROVIDER_STATUS_OPENED = 2
+    PROVIDER_STATUS_CLICKED = 3
+    PROVIDER_STATUS_UNSUBSCRIBED = 4
+    PROVIDER_STATUS_BOUNCED = 5
+    PROVIDER_STATUS_COMPLAINED = 6
+
+    PROVIDER_STATUSES = (
+        (PROVIDER_STATUS_DELIVERED, _('Delivered')),
+        (PROVIDER_STATUS_OPENED, _('Opened')),
+        (PROVIDER_STATUS_CLICKED, _('Clicked')),
+        (PROVIDER_STATUS_UNSUBSCRIBED, _('Unsubscribed')),
+        (PROVIDER_STATUS_BOUNCED, _('Bounced')),
+        (PROVIDER_STATUS_COMPLAINED, _('Complained')),
+    )
+
     # Not fields: the text of this attempt's error (as 1.4.0 set it) and the attempt itself, while claimed.
     error_log = None
     attempt: Optional[Attempt] = None
     # Whether the recipient subscribes to this message type over this messenger (one-click unsubscribe
     # means something only then): set by a claim, or by DispatchQuerySet.note_subscribers(); None: not known.
     recipient_subscribes: Optional[bool] = None
+    # Why the (messenger, address) of this dispatch is suppressed (set by a claim), or None.
+    suppressed_reason: Optional[str] = None
 
     time_created = models.DateTimeField(_('Time created'), auto_now_add=True, editable=False)
     time_dispatched = models.DateTimeField(
@@ -1114,6 +1142,27 @@ class Dispatch(models.Model):
         editable=False,
         help_text=_('The language the message is rendered in for this recipient.'),
     )
+    # What became of it at the provider (docs/provider-status.rst): its id there, and the latest news.
+    provider_message_id = models.CharField(
+        _('Provider message ID'),
+        max_length=255,
+        null=True,
+        blank=True,
+        editable=False,
+        db_index=True,
+        help_text=_('The id the service gave the sent message (e-mail Message-ID, Telegram message id, post id).'),
+    )
+    provider_status = models.PositiveSmallIntegerField(
+        _('Provider status'),
+        choices=PROVIDER_STATUSES,
+        null=True,
+        blank=True,
+        editable=False,
+        help_text=_('The latest delivery event the service reported for the sent message.'),
+    )
+    provider_status_time = models.DateTimeField(
+        _('Provider status time'), null=True, blank=True, editable=False, help_text=_('When the service reported it.')
+    )
 
     objects = DispatchQuerySet.as_manager()
 
@@ -1145,10 +1194,20 @@ class Dispatch(models.Model):
         self.attempt = Attempt(self.retry_count, self.message_cache)
         self.error_log = None
 
-    def set_outcome(self, status: int, error_log=None, *, retry_after: Optional[float] = None) -> None:
+    def set_outcome(
+        self,
+        status: int,
+        error_log=None,
+        *,
+        retry_after: Optional[float] = None,
+        provider_id: Any = None,
+        recipient_refused: bool = False,
+    ) -> None:
         """Record this attempt's outcome in memory; a dispatch marked sent stays sent.
 
         ``retry_after`` is the service's hint (seconds) before the next attempt of a dispatch in error.
+        ``provider_id`` is the service's id of the sent message (kept as ``provider_message_id``);
+        ``recipient_refused`` says the service refused the address for good (see :mod:`sitemessage.suppression`).
         """
         attempt = self.attempt
         if attempt is None:  # marked outside a claim (a project's own loop): this is its attempt
@@ -1160,6 +1219,9 @@ class Dispatch(models.Model):
         self.error_log = error_log
         attempt.marked = True
         attempt.retry_after = retry_after
+        attempt.recipient_refused = recipient_refused and status == self.DISPATCH_STATUS_FAILED
+        if provider_id is not None and status == self.DISPATCH_STATUS_SENT:
+            self.provider_message_id = str(provider_id)[:255]
         if status == self.DISPATCH_STATUS_SENT and attempt.on_sent is not None:
             attempt.on_sent(self)
 
@@ -1223,7 +1285,9 @@ class Dispatch(models.Model):
             )
             for r in items
         ]
+        suppressed = fail_suppressed_new(objects)
         objects = cls.objects.bulk_create(objects)
+        log_suppressed_new(suppressed)
         queue_changed.send(sender=cls, using=None, inserted=True)
         if not message_model.dispatches_ready:
             message_model.dispatches_ready = True
@@ -1290,6 +1354,65 @@ class Dispatch(models.Model):
             return
         cls.objects.bulk_update(dispatches, ['message_cache'])
         DispatchError.objects.bulk_create([DispatchError(dispatch=d, error_log=str(d.error_log)) for d in dispatches])
+
+
+def suppressed_error(reason: str) -> str:
+    """The error log of a dispatch not attempted because its address is suppressed."""
+    return f'suppressed: {reason}'
+
+
+class NewSuppressed(NamedTuple):
+    """New dispatches failed before insertion because their address is suppressed, with each one's reason."""
+
+    dispatches: List['Dispatch']
+    reasons: List[str]
+
+
+def fail_suppressed_new(dispatches: Sequence['Dispatch'], using: Optional[str] = None) -> NewSuppressed:
+    """Before ``dispatches`` are inserted, fail those whose (messenger, address) is suppressed (one query a 500).
+
+    Call :func:`log_suppressed_new` once they are inserted: it records each one's reason.
+    """
+    hits = NewSuppressed([], [])
+    if not dispatches:
+        return hits
+    reasons = Suppression.objects.using(using).reasons_for((d.messenger, d.address) for d in dispatches)
+    if not reasons:
+        return hits
+    now = timezone.now()
+    for dispatch in dispatches:
+        reason = reasons.get((dispatch.messenger, dispatch.address))
+        if reason is not None:
+            dispatch.dispatch_status, dispatch.time_dispatched = Dispatch.DISPATCH_STATUS_FAILED, now
+            hits.dispatches.append(dispatch)
+            hits.reasons.append(reason)
+    return hits
+
+
+def log_suppressed_new(hits: NewSuppressed, using: Optional[str] = None) -> None:
+    """Record why the dispatches :func:`fail_suppressed_new` failed were not sent, now that they are inserted."""
+    if not hits.dispatches:
+        return
+    if any(d.pk is None for d in hits.dispatches):  # a database that returns no ids from a bulk insert
+        found = {
+            (message_id, messenger, address): pk
+            for pk, message_id, messenger, address in Dispatch.objects.using(using)
+            .filter(
+                message_id__in={d.message_id for d in hits.dispatches},
+                address__in={d.address for d in hits.dispatches},
+                dispatch_status=Dispatch.DISPATCH_STATUS_FAILED,
+            )
+            .values_list('pk', 'message_id', 'messenger', 'address')
+        }
+        for dispatch in hits.dispatches:
+            dispatch.pk = found.get((dispatch.message_id, dispatch.messenger, dispatch.address))
+    DispatchError.objects.using(using).bulk_create(
+        [
+            DispatchError(dispatch_id=d.pk, error_log=suppressed_error(reason))
+            for d, reason in zip(hits.dispatches, hits.reasons)
+            if d.pk is not None
+        ]
+    )
 
 
 class DispatchError(models.Model):
@@ -1362,6 +1485,120 @@ class IdempotencyKey(models.Model):
         for dispatch in Dispatch.objects.using(self._state.db).filter(message_id__in=ids).order_by('pk'):
             dispatches.setdefault(dispatch.message_id, []).append(dispatch)
         return [MessageTuple(messages[pk], dispatches.get(pk, [])) for pk in ids if pk in messages]
+
+
+class SuppressionQuerySet(models.QuerySet):
+    """Queries of the suppression list: bulk look-ups by (messenger, address), never one per dispatch."""
+
+    def reasons_for(self, pairs: Iterable[Tuple[str, str]]) -> dict:
+        """``{(messenger, address): reason}`` of the suppressed ones among ``pairs``: one query per 500 addresses."""
+        wanted = {(messenger, address) for messenger, address in pairs if address}
+        addresses = sorted({address for _messenger, address in wanted})
+        found: dict = {}
+        for start in range(0, len(addresses), _CHUNK):
+            rows = self.filter(active=True, address__in=addresses[start : start + _CHUNK]).values_list(
+                'messenger', 'address', 'reason'
+            )
+            found.update({(messenger, address): reason for messenger, address, reason in rows})
+        return {pair: reason for pair, reason in found.items() if pair in wanted}
+
+    def suppress(self, pairs: Iterable[Tuple[str, str]], reason: str, note: str = '') -> int:
+        """Suppress each (messenger, address) of ``pairs`` for ``reason`` (already suppressed ones keep theirs)."""
+        return self._count(pairs, reason, note, threshold=1)
+
+    def count_refusals(self, pairs: Iterable[Tuple[str, str]], threshold: int, note: str = '') -> int:
+        """Count one permanent refusal of each pair; suppress those refused ``threshold`` times; return how many."""
+        return self._count(pairs, Suppression.REASON_BOUNCE, note, threshold=threshold)
+
+    def _count(self, pairs: Iterable[Tuple[str, str]], reason: str, note: str, threshold: int) -> int:
+        counts: dict = {}
+        for messenger, address in pairs:
+            if address:
+                counts[(messenger, address)] = counts.get((messenger, address), 0) + 1
+        if not counts:
+            return 0
+        now, note, suppressed = timezone.now(), _truncated(note, 1000), 0
+        with transaction.atomic(using=self.db):
+            existing = {
+                (row.messenger, row.address): row
+                for row in self.select_for_update().filter(address__in=sorted({a for _m, a in counts}))
+                if (row.messenger, row.address) in counts
+            }
+            changed, created = [], []
+            for pair, count in counts.items():
+                row = existing.get(pair)
+                if row is None:
+                    row = Suppression(
+                        messenger=pair[0],
+                        address=pair[1],
+                        reason=reason,
+                        failures=0,
+                        active=False,
+                        time_suppressed=None,
+                    )
+                    created.append(row)
+                elif row.active:
+                    continue  # suppressed already: its reason and time stay
+                else:
+                    changed.append(row)
+                row.failures += count
+                row.note = note
+                if row.failures >= threshold:
+                    row.active, row.reason, row.time_suppressed = True, reason, now
+                    suppressed += 1
+            self.bulk_update(changed, ['failures', 'note', 'active', 'reason', 'time_suppressed'])
+            self.bulk_create(created, ignore_conflicts=True)  # a concurrent first refusal: one count is lost
+        return suppressed
+
+
+class Suppression(models.Model):
+    """An address a messenger must not deliver to any more (a hard bounce, a complaint...), with why.
+
+    Rows that are not ``active`` only count permanent refusals until
+    ``SITEMESSAGE_SUPPRESS_AFTER_FAILURES`` is reached. See docs/suppression.rst.
+    """
+
+    REASON_BOUNCE = 'bounce'
+    REASON_COMPLAINT = 'complaint'
+    REASON_UNSUBSCRIBE = 'unsubscribe'
+    REASON_MANUAL = 'manual'
+
+    REASONS = (
+        (REASON_BOUNCE, _('Hard bounce')),
+        (REASON_COMPLAINT, _('Complaint')),
+        (REASON_UNSUBSCRIBE, _('Unsubscribed from all')),
+        (REASON_MANUAL, _('Manual')),
+    )
+
+    time_created = models.DateTimeField(_('Time created'), auto_now_add=True, editable=False)
+    time_suppressed = models.DateTimeField(
+        _('Time suppressed'), null=True, blank=True, default=timezone.now, help_text=_('When it became suppressed.')
+    )
+    messenger = models.CharField(
+        _('Messenger'), max_length=250, db_index=True, help_text=_('Messenger class identifier.')
+    )
+    address = models.CharField(_('Address'), max_length=250, help_text=_('Recipient address, as on dispatches.'))
+    reason = models.CharField(_('Reason'), max_length=20, choices=REASONS, default=REASON_MANUAL, db_index=True)
+    active = models.BooleanField(
+        _('Suppressed'),
+        default=True,
+        db_index=True,
+        help_text=_('Nothing is sent to a suppressed address; otherwise it only counts its permanent failures.'),
+    )
+    failures = models.PositiveIntegerField(
+        _('Permanent failures'), default=0, help_text=_('How many times the service refused this address for good.')
+    )
+    note = models.TextField(_('Note'), blank=True, default='', help_text=_('The last refusal or event reported.'))
+
+    objects = SuppressionQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _('Suppressed address')
+        verbose_name_plural = _('Suppressed addresses')
+        constraints = [models.UniqueConstraint(fields=['address', 'messenger'], name='sitemessage_suppr_addr_uniq')]
+
+    def __str__(self):
+        return f'{self.address} [{self.messenger}]'
 
 
 class Subscription(models.Model):

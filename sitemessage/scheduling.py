@@ -15,7 +15,7 @@ from .languages import LanguageResolver, given_language
 from .limits import has_limits
 from .messages.base import MessageBase
 from .messages.plain import PlainTextMessage
-from .models import Dispatch, IdempotencyKey, Message, MessageTuple
+from .models import Dispatch, IdempotencyKey, Message, MessageTuple, fail_suppressed_new, log_suppressed_new
 from .recipients import is_iterable
 from .schedule_options import ScheduleOptions
 from .settings import get_setting
@@ -170,20 +170,21 @@ def schedule_pairs_in_bulk(
     languages = [[language_of(r) for r in items or ()] for _message, items in pairs]  # refused before storing
     with transaction.atomic(using=database):
         models = Message.objects.bulk_create(models)
-        dispatches = Dispatch.objects.bulk_create(
-            [
-                Dispatch(
-                    message=model,
-                    messenger=r.messenger,
-                    recipient=r.user,
-                    address='' if r.address is None else r.address,
-                    language=language,
-                    **options.dispatch_fields(),
-                )
-                for model, (_message, items), item_languages in zip(models, pairs, languages)
-                for r, language in zip(items or (), item_languages)
-            ]
-        )
+        dispatches = [
+            Dispatch(
+                message=model,
+                messenger=r.messenger,
+                recipient=r.user,
+                address='' if r.address is None else r.address,
+                language=language,
+                **options.dispatch_fields(),
+            )
+            for model, (_message, items), item_languages in zip(models, pairs, languages)
+            for r, language in zip(items or (), item_languages)
+        ]
+        suppressed = fail_suppressed_new(dispatches, database)  # never attempted: failed with the reason
+        dispatches = Dispatch.objects.bulk_create(dispatches)
+        log_suppressed_new(suppressed, database)
         if dispatches:
             queue_changed.send(sender=Dispatch, using=database, inserted=True)
     result, offset = [], 0

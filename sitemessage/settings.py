@@ -33,6 +33,8 @@ DEFAULTS: dict[str, Any] = {
     'PREPARE_CHUNK_SIZE': 2000,
     # Seconds an idempotency key of schedule_messages() is kept (a repeat within it stores nothing); None: forever.
     'IDEMPOTENCY_RETENTION': 24 * 3600,
+    # After this many permanent refusals of an address (SMTP 5xx to RCPT, a blocked bot) it is suppressed; None: never.
+    'SUPPRESS_AFTER_FAILURES': None,
     'RETRY_DELAY_SECONDS': 30,
     'RETRY_DELAY_MAX_SECONDS': 6 * 3600,
     'CLEANUP_BATCH_SIZE': 1000,
@@ -55,6 +57,8 @@ DEFAULTS: dict[str, Any] = {
     'ACCEPT_LEGACY_LINK_SIGNATURES': True,
     'FACEBOOK_GRAPH_VERSION': 'v24.0',
     'VKONTAKTE_API_VERSION': '5.199',
+    # AnymailMessenger's anymail backend (dotted path) when its constructor names none.
+    'ANYMAIL_BACKEND': None,
     # Which of Django 6.1's MAILERS holds the SMTP options (None: found by backend).
     'SMTP_MAILER': None,
     # Prometheus metrics (sitemessage.metrics).

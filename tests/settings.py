@@ -90,3 +90,5 @@ DEFAULT_FROM_EMAIL = 'robot@example.com'
 PASSWORD_HASHERS = ['django.contrib.auth.hashers.MD5PasswordHasher']  # fast test users
 # Retries are due at once in most tests; backoff tests set their own delay (the default is 30 s).
 SITEMESSAGE_RETRY_DELAY_SECONDS = 0
+# ESP webhooks (tests/test_provider_status.py): basic auth for all, Mailgun's signing key for its signature.
+ANYMAIL = {'WEBHOOK_SECRET': 'hook:s3cret', 'MAILGUN_WEBHOOK_SIGNING_KEY': 'mailgun-signing-key'}

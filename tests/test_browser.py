@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from sitemessage import utils
 from sitemessage.messages.base import MessageBase
-from sitemessage.models import Dispatch, DispatchError, Subscription
+from sitemessage.models import Dispatch, DispatchError, Subscription, Suppression
 from sitemessage.toolbox import recipients, register_message_types, register_messenger_objects, schedule_messages
 from tests.fakes import FakeMessenger
 
@@ -213,9 +213,16 @@ def busy_admin_data(django_user_model):
         )
         Subscription.create(users[i % 3], 'comment_reply', 'sms')
     Subscription.create(long_address, 'weekly_digest', 'smtp')
+    for i, reason in enumerate(('bounce', 'complaint', 'manual')):
+        Suppression.objects.create(
+            messenger='smtp',
+            address=f'{i}{long_address}',
+            reason=reason,
+            note=f'Postmark bounced: smtp;550 5.1.1 <{long_address}>: Recipient address rejected: User unknown',
+        )
 
 
-@pytest.mark.parametrize('model', ['message', 'dispatch', 'dispatcherror', 'subscription'])
+@pytest.mark.parametrize('model', ['message', 'dispatch', 'dispatcherror', 'subscription', 'suppression'])
 def test_every_admin_list_fits_1280_pixels(site_registry, browser, live_server, django_user_model, model):
     """At 1280 px, with the navigation sidebar open, no column of a list is cut off or scrolled away."""
     admin = django_user_model.objects.create_superuser('admin', email='admin@example.com')

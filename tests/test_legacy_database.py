@@ -121,6 +121,7 @@ def test_legacy_database_migrates_keeps_every_row_and_is_delivered(tmp_path, smt
         'sitemessage.0008_send_at_expiry_idempotency',
         'sitemessage.0009_dispatch_language',
         'sitemessage.0010_digest_windows_and_throttles',
+        'sitemessage.0011_suppression_and_provider_status',
         'sitemessage.0014_dispatch_insert_notify',
     ]
 

@@ -19,6 +19,7 @@ from ..languages import rendering_language
 from ..models import Dispatch, Message, context_problem, has_text
 from . import ratelimit
 from .outcomes import MessageWork
+from .suppression import handle_permanent_failures
 
 if TYPE_CHECKING:  # pragma: nocover
     from ..messengers.base import MessengerBase
@@ -167,4 +168,5 @@ def store_outcomes(dispatches: List[Dispatch], untouched: List[Dispatch]) -> Non
         lambda: Dispatch.objects.store_outcomes(attempted), 'storing delivery outcomes', before_retry=restore_claims
     )
     metrics.observe_outcomes(attempted)
+    handle_permanent_failures(attempted)
     retry_on_connection_loss(lambda: Dispatch.objects.release(untouched), 'releasing dispatches')

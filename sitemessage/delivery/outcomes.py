@@ -40,13 +40,15 @@ class Attempt:
     back only when it changed. ``marked`` says whether the messenger reported an outcome;
     ``retry_after`` is the service's hint (seconds) for the next attempt of a dispatch in error.
     ``on_sent``, set by the engine, is told of the dispatch as soon as it is marked sent (the
-    recorder writes it down before the batch ends).
+    recorder writes it down before the batch ends). ``recipient_refused``: the dispatch failed
+    because the service refused its address for good (it counts toward suppressing the address).
     """
 
     retry_count: int
     stored_text: Optional[str]
     marked: bool = False
     retry_after: Optional[float] = None
+    recipient_refused: bool = False
     on_sent: Optional[Callable[['Dispatch'], None]] = field(default=None, repr=False, compare=False)
 
 

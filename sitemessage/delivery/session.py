@@ -25,6 +25,7 @@ from ..models import Dispatch, MessageTuple
 from .handover import compile_texts, deliver, messenger_lock, store_outcomes
 from .outcomes import MessageWork, warm_up_failure
 from .recorder import SentRecorder, configured_flush_size, is_sqlite
+from .suppression import fail_suppressed, suppress_after_failures
 
 if TYPE_CHECKING:  # pragma: nocover
     from ..messengers.base import MessengerBase
@@ -79,6 +80,7 @@ class DeliverySession:
         self.parallel = messenger.get_parallel_connections()
         self.limits = messenger.rate_limits()  # read once a run; a bad value is raised here, not in a thread
         self.flush_size = configured_flush_size()  # the same: before any batch is in hand
+        suppress_after_failures()  # a bad SITEMESSAGE_SUPPRESS_AFTER_FAILURES is named now, not after sending
         self._lock = messenger_lock(messenger)
         guard = threading.Lock()
         self._work_added = threading.Condition(guard)  # wakes idle connections
@@ -135,7 +137,7 @@ class DeliverySession:
                 if not ignore_unknown_message_types:
                     batch.error = batch.error or error
                 continue
-            compiled = compile_texts(messenger, message_cls, message, group)
+            compiled = compile_texts(messenger, message_cls, message, fail_suppressed(messenger, group))
             if compiled:
                 work.append(MessageWork(message_cls, message, compiled))
         if work:

@@ -18,6 +18,7 @@ from django.contrib.auth.base_user import AbstractBaseUser
 from ..delivery import handover, ratelimit
 from ..delivery.outcomes import MessageWork, describe_error
 from ..delivery.session import DeliverySession
+from ..exceptions import RecipientRefusedError
 from ..models import Dispatch, Message, MessageTuple
 from ..recipients import Recipient, is_iterable
 from ..settings import get_setting
@@ -190,9 +191,13 @@ class MessengerBase:
         """Put a dispatch back in the queue without counting an attempt."""
         dispatch.set_outcome(Dispatch.DISPATCH_STATUS_PENDING)
 
-    def mark_sent(self, dispatch: Dispatch) -> None:
-        """Record that a dispatch was delivered."""
-        dispatch.set_outcome(Dispatch.DISPATCH_STATUS_SENT)
+    def mark_sent(self, dispatch: Dispatch, provider_id: Any = None) -> None:
+        """Record that a dispatch was delivered; ``provider_id`` is the service's id of the message, if any.
+
+        The id is stored as ``Dispatch.provider_message_id`` (e-mail ``Message-ID``, Telegram
+        ``message_id``, post id), so that the service's delivery reports can find the dispatch.
+        """
+        dispatch.set_outcome(Dispatch.DISPATCH_STATUS_SENT, provider_id=provider_id)
 
     def mark_error(
         self,
@@ -212,8 +217,16 @@ class MessengerBase:
         dispatch.set_outcome(Dispatch.DISPATCH_STATUS_ERROR, describe_error(error_log), retry_after=retry_after)
 
     def mark_failed(self, dispatch: Dispatch, error_log: Any) -> None:
-        """Record a failure that will not be retried automatically."""
-        dispatch.set_outcome(Dispatch.DISPATCH_STATUS_FAILED, describe_error(error_log))
+        """Record a failure that will not be retried automatically.
+
+        A :class:`~sitemessage.exceptions.RecipientRefusedError` says the service refused the address
+        itself: it counts toward suppressing the address (``SITEMESSAGE_SUPPRESS_AFTER_FAILURES``).
+        """
+        dispatch.set_outcome(
+            Dispatch.DISPATCH_STATUS_FAILED,
+            describe_error(error_log),
+            recipient_refused=isinstance(error_log, RecipientRefusedError),
+        )
 
     # Delivery ---------------------------------------------------------------------------------
 

@@ -27,7 +27,13 @@ from urllib.parse import quote, quote_plus
 
 from .. import VERSION
 from ..delivery import ratelimit
-from ..exceptions import MessengerException, MessengerWarmupException, PermanentDeliveryError, TemporaryDeliveryError
+from ..exceptions import (
+    MessengerException,
+    MessengerWarmupException,
+    PermanentDeliveryError,
+    RecipientRefusedError,
+    TemporaryDeliveryError,
+)
 from ..optional import import_optional
 from ..settings import get_setting
 from .base import MessengerBase, PerThread, describe_error
@@ -428,7 +434,7 @@ class RequestsMessengerBase(MessengerBase):
                 )
 
         try:
-            call()
+            result = call()
         except DeferBatch as error:
             self._thread.deferral = error
             self.mark_error(dispatch, error, message_cls, retry_after=error.retry_after)
@@ -439,7 +445,17 @@ class RequestsMessengerBase(MessengerBase):
         except MessengerException as error:
             self.mark_error(dispatch, error, message_cls)
         else:
-            self.mark_sent(dispatch)
+            self.mark_sent(dispatch, provider_id=self.provider_id(result))
+
+    def provider_id(self, result: Any) -> Any:
+        """Hook: return the service's id of the message from what :meth:`_send_message` returned (None: none).
+
+        Stored on the dispatch (``provider_message_id``); by default a plain id (text or number)
+        is taken as it is, and a JSON object's ``id``.
+        """
+        if isinstance(result, dict):
+            result = result.get('id')
+        return result if isinstance(result, (str, int)) and not isinstance(result, bool) else None
 
     # Where error texts are recorded: the other boundary of redaction.
 
@@ -447,7 +463,11 @@ class RequestsMessengerBase(MessengerBase):
         super().mark_error(dispatch, self.redact(describe_error(error_log)), message_cls, retry_after=retry_after)
 
     def mark_failed(self, dispatch, error_log: Any) -> None:
-        super().mark_failed(dispatch, self.redact(describe_error(error_log)))
+        text = self.redact(describe_error(error_log))
+        # A refused address keeps its kind (it counts toward suppressing the address); only its text is redacted.
+        super().mark_failed(
+            dispatch, RecipientRefusedError(text) if isinstance(error_log, RecipientRefusedError) else text
+        )
 
 
 def parse_retry_after(value: Any) -> Optional[float]:

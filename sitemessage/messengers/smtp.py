@@ -20,6 +20,7 @@ from email.header import Header
 from email.message import Message
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
+from email.parser import BytesHeaderParser
 from email.utils import formatdate, make_msgid, parseaddr
 from functools import lru_cache
 from importlib import import_module
@@ -28,7 +29,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
-from ..exceptions import MessengerException, MessengerWarmupException, PermanentDeliveryError
+from ..exceptions import MessengerException, MessengerWarmupException, PermanentDeliveryError, RecipientRefusedError
 from ..headers import UnsafeHeaderValueError, check_context
 from ..languages import rendering_language, translated
 from ..mail_settings import email_setting
@@ -416,6 +417,7 @@ class SMTPMessenger(MessengerBase):
         unsubscribe_url: Optional[str] = None,
         *,
         headers: Sequence[Tuple[str, str]] = (),
+        message_id: Optional[str] = None,
     ) -> bytes:
         """The e-mail as sent: what ``_build_message(...).as_bytes()`` gives, written directly when plain.
 
@@ -425,7 +427,7 @@ class SMTPMessenger(MessengerBase):
         """
         sender_header, _sender_address, sender_domain = _sender_parts(self._sender())
         subject = str(subject or _('No Subject'))
-        date, message_id = date_header(), make_msgid(domain=sender_domain)
+        date, message_id = date_header(), message_id or make_msgid(domain=sender_domain)
         if mtype != 'html':
             data = plain_message_bytes(
                 sender_header,
@@ -600,6 +602,7 @@ class SMTPMessenger(MessengerBase):
         context = message_model.context
         try:
             data = message_cls.get_mime(context)
+            dispatch.provider_message_id = mime_message_id(data)  # Django's EmailMessage wrote one
             refused = self.send_mime(context.get('envelope_from') or '', list(context['envelope_to']), data)
         except (smtplib.SMTPException, OSError) as error:
             self._record_failure(dispatch, error, message_cls)
@@ -633,8 +636,15 @@ class SMTPMessenger(MessengerBase):
                         continue
                     with rendering_language(dispatch.language):  # "No Subject" and the List-Id title follow it
                         headers = list_headers(message_cls, message_model, dispatch, unsubscribe_url)
+                        # The Message-ID is the provider id: kept on the dispatch once the server accepts the e-mail.
+                        dispatch.provider_message_id = make_msgid(domain=_sender_parts(self._sender())[2])
                         data = self._message_bytes(
-                            dispatch.address, dispatch.message_cache, subject=subject, mtype=mtype, headers=headers
+                            dispatch.address,
+                            dispatch.message_cache,
+                            subject=subject,
+                            mtype=mtype,
+                            headers=headers,
+                            message_id=dispatch.provider_message_id,
                         )
                     recipient = envelope_address(dispatch.address)
                 except UnicodeError as error:  # an address IDNA refuses, a text that cannot be encoded
@@ -709,7 +719,9 @@ class SMTPMessenger(MessengerBase):
             self._record_failure(dispatch, error, message_cls)
             return
         if refused:
-            self.mark_failed(dispatch, f'`{dispatch.address}` address is rejected by server: {refused}')
+            self.mark_failed(
+                dispatch, RecipientRefusedError(f'`{dispatch.address}` address is rejected by server: {refused}')
+            )
         else:
             self.mark_sent(dispatch)
 
@@ -721,7 +733,9 @@ class SMTPMessenger(MessengerBase):
         if not isinstance(error, (smtplib.SMTPException, OSError)):  # not the server's word: name the e-mail
             reason = MessengerException(f'SMTP Error sending to `{dispatch.address}`: {describe_smtp_error(error)}')
         if is_permanent(error):
-            self.mark_failed(dispatch, PermanentDeliveryError(str(reason)))
+            # A 5xx to RCPT refuses the address itself: it counts toward suppressing it (docs/suppression.rst).
+            refused = isinstance(error, smtplib.SMTPRecipientsRefused)
+            self.mark_failed(dispatch, (RecipientRefusedError if refused else PermanentDeliveryError)(str(reason)))
         else:
             self.mark_error(dispatch, reason, message_cls)
         if is_connection_lost(error) or getattr(self.smtp, 'sock', True) is None:
@@ -789,6 +803,14 @@ def _text_part(text: str, subtype: str) -> MIMEText:
     if is_7bit_text(text):
         return MIMEText(text, subtype, 'us-ascii')
     return MIMEText(text, subtype, 'utf-8')
+
+
+def mime_message_id(data: bytes) -> Optional[str]:
+    """The ``Message-ID`` header of e-mail bytes built elsewhere (only the headers are parsed), or None."""
+    value = BytesHeaderParser(policy=policy.compat32).parsebytes(data).get('Message-ID')
+    if value is None:
+        return None
+    return ' '.join(str(value).split()) or None  # unfolded
 
 
 @lru_cache(maxsize=16)

@@ -22,7 +22,13 @@ from typing import Any, Dict, List, Optional, Type, TypeVar, Union
 
 from django.utils.translation import gettext_lazy
 
-from ..exceptions import MessengerException, MessengerWarmupException, PermanentDeliveryError, TemporaryDeliveryError
+from ..exceptions import (
+    MessengerException,
+    MessengerWarmupException,
+    PermanentDeliveryError,
+    RecipientRefusedError,
+    TemporaryDeliveryError,
+)
 from .base_http import DeferBatch, RateLimited, RequestsMessengerBase, TypeProxy, parse_retry_after
 
 LOGGER = logging.getLogger(__name__)
@@ -49,6 +55,10 @@ class TelegramMessengerException(MessengerException):
 
 class TelegramPermanentError(TelegramMessengerException, PermanentDeliveryError):
     """The service refused this chat for good (blocked, deactivated, kicked, not found, bad request)."""
+
+
+class TelegramRecipientRefused(TelegramPermanentError, RecipientRefusedError):
+    """Telegram refused the chat itself (403: the bot was blocked, the user deactivated): counts toward suppression."""
 
 
 class TelegramTemporaryError(TelegramMessengerException, TemporaryDeliveryError):
@@ -245,7 +255,9 @@ class TelegramMessenger(RequestsMessengerBase):
             cls = TelegramRateLimited
         elif code in _TEMPORARY_CLIENT_ERRORS or not 400 <= code < 500:
             cls = TelegramTemporaryError
-        else:  # 403 blocked/deactivated/kicked, 400 chat not found and other bad requests
+        elif code == 403:  # blocked, deactivated, kicked: the chat is refused, not this message
+            cls = TelegramRecipientRefused
+        else:  # 400 chat not found and other bad requests
             cls = TelegramPermanentError
         return _telegram_error(cls, text, description, code, retry_after)
 
@@ -328,6 +340,11 @@ class TelegramMessenger(RequestsMessengerBase):
             for part in split_text(msg['text'], self.max_message_length)
         ]
         return results[0] if len(results) == 1 else results
+
+    def provider_id(self, result: Any) -> Any:
+        """The ``message_id`` of the sent message (of its first part, when a long text went as several)."""
+        first = result[0] if isinstance(result, list) and result else result
+        return super().provider_id(first.get('message_id') if isinstance(first, dict) else None)
 
     # Updates --------------------------------------------------------------------------------------
 
