@@ -29,6 +29,7 @@ EXTRAS = {
     'vkontakte': ['requests'],
     'celery': ['celery[redis]'],
     'redis': ['redis'],  # SITEMESSAGE_WAKEUP = 'redis://...'
+    'apprise': ['apprise'],  # AppriseMessenger: Slack, Discord, Matrix, ntfy, ...
     'test': [
         'pytest',
         'hypothesis',
@@ -42,6 +43,7 @@ EXTRAS = {
         'playwright',
         'pymysql',
         'prometheus_client',
+        'apprise',
         # A real django.tasks queue backend (it needs Django 5.2+; the newest-Django run has it).
         'django-tasks-db; python_version >= "3.12"',
     ],
