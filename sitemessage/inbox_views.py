@@ -56,7 +56,7 @@ def item_as_dict(dispatch: Dispatch) -> Dict[str, Any]:
         'id': dispatch.pk,
         'title': item_title(dispatch),
         'text': str(dispatch.message_cache or ''),
-        'time': dispatch.time_dispatched.isoformat() if dispatch.time_dispatched else None,
+        'time': dispatch.time_dispatched,  # the JSON encoder writes it in ISO 8601
         'read': dispatch.is_read(),
     }
 
