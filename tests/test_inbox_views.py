@@ -6,6 +6,7 @@ import pytest
 from django.template import Context, Template, TemplateSyntaxError
 from django.test import Client, RequestFactory
 from django.urls import reverse
+from django.utils import translation
 
 from sitemessage.messages.plain import PlainTextMessage
 from sitemessage.messengers.inbox import InboxMessenger
@@ -269,3 +270,71 @@ def test_latest_tag_gives_the_newest_items_escaped(ann):
     assert output == '[&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &lt;b&gt;bold&lt;/b&gt;][two]'
     with pytest.raises(TemplateSyntaxError, match="got 'many'"):
         render('{% sitemessage_inbox_latest "many" as items %}', ann)
+
+
+def test_page_is_translated(ann, settings):
+    deliver('one', ann)
+    client = client_for(ann)
+    client.cookies[settings.LANGUAGE_COOKIE_NAME] = 'ru'
+    settings.MIDDLEWARE = [*settings.MIDDLEWARE, 'django.middleware.locale.LocaleMiddleware']
+
+    try:
+        page = client.get(reverse('sitemessage_inbox'), HTTP_ACCEPT_LANGUAGE='ru').content.decode()
+    finally:
+        translation.deactivate()  # LocaleMiddleware leaves the language active on this thread
+
+    assert 'Отметить как прочитанное' in page and 'В архив' in page
+
+
+# docs/inbox.rst, run as written ------------------------------------------------------------------
+
+
+def test_docs_setup_example(ann):
+    from sitemessage.toolbox import recipients, schedule_messages  # as the docs import them
+
+    schedule_messages('Your order #1042 has shipped.', recipients('inbox', [ann]))
+    send_scheduled_messages()
+
+    link = render('<a href="{% url \'sitemessage_inbox\' %}">Inbox ({% sitemessage_inbox_unread %})</a>', ann)
+    assert link == '<a href="/messages/inbox/">Inbox (1)</a>'
+
+
+def test_docs_template_tags_example(ann):
+    deliver('A' * 100, ann)
+    deliver('short', ann)
+    Dispatch.objects.inbox_mark_read(ann, [item_of(ann, 'short').pk])
+
+    output = render(
+        '{% sitemessage_inbox_unread as unread %}{{ unread }}|'
+        '{% sitemessage_inbox_latest 5 as items %}'
+        '<ul>{% for item in items %}'
+        '<li{% if not item.read %} class="unread"{% endif %}>{{ item.title }}: {{ item.text|truncatechars:80 }}</li>'
+        '{% endfor %}</ul>',
+        ann,
+    )
+
+    assert output == (
+        f'1|<ul><li>Text notification: short</li><li class="unread">Text notification: {"A" * 79}…</li></ul>'
+    )
+
+
+def test_docs_mark_all_read_form_example(ann):
+    deliver('one', ann)
+    client = client_for(ann, enforce_csrf_checks=True)
+    request = RequestFactory().get('/prefs/')
+    request.user = ann
+    form = Template(
+        '<form method="post" action="{% url \'sitemessage_inbox_mark_all_read\' %}">'
+        '{% csrf_token %}<input type="hidden" name="next" value="{{ request.path }}">'
+        '<button>Mark all read</button></form>'
+    ).render(Context({'request': request, 'csrf_token': 'x' * 32}))
+    assert 'name="next" value="/prefs/"' in form
+
+    client.get(reverse('sitemessage_inbox'))  # sets the CSRF cookie, as any page with a form does
+    token = client.cookies['csrftoken'].value
+    response = client.post(
+        reverse('sitemessage_inbox_mark_all_read'), {'next': '/prefs/', 'csrfmiddlewaretoken': token}
+    )
+
+    assert response['Location'] == '/prefs/'
+    assert Dispatch.objects.inbox_unread_count(ann) == 0

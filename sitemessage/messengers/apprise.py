@@ -69,11 +69,8 @@ class AppriseMessenger(MessengerBase):
             )
         self.urls = dict(urls or {})
         self.body_format = body_format
-        self.apprise: Any = None
-
-    def before_send(self) -> None:
-        """Import Apprise (the ``apprise`` extra); there is no connection to open."""
-        self.apprise = import_optional('apprise', extra='apprise')
+        # Imported now: a project without the extra learns it when registering the messenger.
+        self.apprise: Any = import_optional('apprise', extra='apprise')
 
     def send(
         self, message_cls: Type['MessageBase'], message_model: 'Message', dispatch_models: List['Dispatch']
@@ -92,7 +89,6 @@ class AppriseMessenger(MessengerBase):
                 self.mark_sent(dispatch)
 
     def _test_message(self, to: Optional[str], text: str) -> Any:
-        self.before_send()
         return self._notify(to or '', text, '')
 
     # Internals ----------------------------------------------------------------------------------
@@ -118,8 +114,6 @@ class AppriseMessenger(MessengerBase):
 
     def _plugin_for(self, address: str) -> Tuple[Any, str, List[str]]:
         """The Apprise plugin for an address (a URL or a configured name), how to name it in errors, its secrets."""
-        if self.apprise is None:
-            self.before_send()
         url = self.urls.get(address, address)
         scheme = urlsplit(url).scheme if '://' in url else ''
         if not scheme:

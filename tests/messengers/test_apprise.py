@@ -154,3 +154,42 @@ def test_probe_reports_the_failure(api_server):
 def test_bad_configuration_is_named(kwargs, named):
     with pytest.raises(SiteMessageConfigurationError, match=named.replace('[', r'\[').replace(']', r'\]')):
         AppriseMessenger(**kwargs)
+
+
+def test_missing_apprise_names_the_extra(monkeypatch):
+    monkeypatch.setitem(__import__('sys').modules, 'apprise', None)
+    with pytest.raises(SiteMessageConfigurationError, match=r'django-sitemessage\[apprise\]'):
+        AppriseMessenger()
+
+
+@pytest.mark.django_db
+def test_probe_command_delivers(api_server):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    api_server.routes[('POST', '/hook0')] = Reply(200, {'ok': True})
+    register_messenger_objects(AppriseMessenger())
+    call_command('sitemessage_probe', 'apprise', to=hook_url(api_server), stdout=StringIO())
+
+    [request] = api_server.find('/hook0', 'POST')
+    assert request.json['message'] == 'Test message from sitemessages.'
+
+
+@pytest.mark.django_db
+def test_docs_example(api_server):
+    """docs/messengers/apprise.rst, with the ntfy and Discord URLs pointed at the local server."""
+    from sitemessage.messengers.apprise import AppriseMessenger
+    from sitemessage.toolbox import recipients, register_messenger_objects, schedule_messages
+
+    api_server.routes[('POST', '/hook0')] = Reply(200, {'ok': True})
+    api_server.routes[('POST', '/hook1')] = Reply(200, {'ok': True})
+    register_messenger_objects(AppriseMessenger(urls={'ops': hook_url(api_server, 'hook0')}))
+
+    schedule_messages('Disk almost full on db1', recipients('apprise', 'ops'))
+    schedule_messages('Deploy done', recipients('apprise', hook_url(api_server, 'hook1')))
+    send_scheduled_messages()
+
+    assert [r.json['message'] for r in api_server.find('/hook0')] == ['Disk almost full on db1']
+    assert [r.json['message'] for r in api_server.find('/hook1')] == ['Deploy done']
+    assert Dispatch.objects.get(address='ops').dispatch_status == Dispatch.DISPATCH_STATUS_SENT
