@@ -7,27 +7,15 @@ from __future__ import annotations
 
 import pytest
 
-from sitemessage.messages.plain import PlainTextMessage
-from sitemessage.messengers.inbox import InboxMessenger
 from sitemessage.models import Dispatch
-from sitemessage.toolbox import recipients, register_messenger_objects, schedule_messages, send_scheduled_messages
+from tests.inbox_helpers import deliver
 from tests.test_browser import SCREENSHOTS, browser, logged_in_page  # noqa: F401  (browser is a fixture)
 
+pytest_plugins = ['tests.inbox_fixtures']  # fixtures: inbox, ann, bob
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture
-def ann(django_user_model):
-    register_messenger_objects(InboxMessenger())
-    return django_user_model.objects.create_user('ann', email='ann@example.com')
-
-
-def deliver(text: str, user) -> None:
-    schedule_messages(PlainTextMessage(text), recipients('inbox', user))
-    send_scheduled_messages()
-
-
-def test_user_reads_an_item_and_the_unread_count_drops(browser, live_server, ann):  # noqa: F811
+def test_user_reads_an_item_and_the_unread_count_drops(browser, live_server, ann):  # noqa: F811  (browser: an imported fixture)
     deliver('Your order #1042 has shipped.\nIt arrives on Friday.', ann)
     deliver('Bob replied to your comment: <b>thanks!</b>', ann)
     deliver('Welcome to the site!', ann)
@@ -61,7 +49,7 @@ def test_user_reads_an_item_and_the_unread_count_drops(browser, live_server, ann
     assert page.locator('.sitemessage-inbox-item').count() == 2
 
 
-def test_polling_updates_the_count_and_offers_new_items(browser, live_server, ann, settings):  # noqa: F811
+def test_polling_updates_the_count_and_offers_new_items(browser, live_server, ann, settings):  # noqa: F811  (browser: an imported fixture)
     settings.SITEMESSAGE_INBOX_POLL_SECONDS = 0.2
     deliver('First', ann)
     page = logged_in_page(browser, live_server, ann, 800, 480)

@@ -9,41 +9,14 @@ from django.urls import reverse
 from django.utils import translation
 
 from sitemessage.messages.plain import PlainTextMessage
-from sitemessage.messengers.inbox import InboxMessenger
 from sitemessage.models import Dispatch
-from sitemessage.toolbox import (
-    get_sitemessage_urls,
-    recipients,
-    register_messenger_objects,
-    schedule_messages,
-    send_scheduled_messages,
-)
+from sitemessage.toolbox import get_sitemessage_urls, recipients, schedule_messages, send_scheduled_messages
+from tests.inbox_helpers import deliver
 
+pytest_plugins = ['tests.inbox_fixtures']  # fixtures: inbox, ann, bob
 pytestmark = pytest.mark.django_db
 
 HOSTILE = '<script>alert("x")</script> & <b>bold</b>'
-
-
-@pytest.fixture(autouse=True)
-def inbox():
-    messenger = InboxMessenger()
-    register_messenger_objects(messenger)
-    return messenger
-
-
-@pytest.fixture
-def ann(django_user_model):
-    return django_user_model.objects.create_user('ann', password='pw')
-
-
-@pytest.fixture
-def bob(django_user_model):
-    return django_user_model.objects.create_user('bob', password='pw')
-
-
-def deliver(text: str, *users) -> None:
-    schedule_messages(PlainTextMessage(text), recipients('inbox', list(users)))
-    send_scheduled_messages()
 
 
 def client_for(user, **kwargs) -> Client:

@@ -9,33 +9,12 @@ from django.test.utils import CaptureQueriesContext
 from sitemessage.exceptions import MessengerException
 from sitemessage.maintenance import cleanup_sent_messages
 from sitemessage.messages.plain import PlainTextMessage
-from sitemessage.messengers.inbox import InboxMessenger
 from sitemessage.models import Dispatch, DispatchError
-from sitemessage.toolbox import recipients, register_messenger_objects, schedule_messages, send_scheduled_messages
+from sitemessage.toolbox import recipients, schedule_messages, send_scheduled_messages
+from tests.inbox_helpers import deliver
 
+pytest_plugins = ['tests.inbox_fixtures']  # fixtures: inbox, ann, bob
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def inbox():
-    messenger = InboxMessenger()
-    register_messenger_objects(messenger)
-    return messenger
-
-
-@pytest.fixture
-def ann(django_user_model):
-    return django_user_model.objects.create_user('ann', email='ann@example.com')
-
-
-@pytest.fixture
-def bob(django_user_model):
-    return django_user_model.objects.create_user('bob', email='bob@example.com')
-
-
-def deliver(text: str, to) -> None:
-    schedule_messages(PlainTextMessage(text), recipients('inbox', to))
-    send_scheduled_messages()
 
 
 def feed_texts(user):
@@ -43,7 +22,7 @@ def feed_texts(user):
 
 
 def test_delivery_keeps_the_text_in_each_users_feed(inbox, ann, bob):
-    deliver('Your order shipped', [ann, bob])
+    deliver('Your order shipped', ann, bob)
     deliver('Only for Ann', ann)
 
     assert feed_texts(ann) == ['Only for Ann', 'Your order shipped']
@@ -80,8 +59,8 @@ def test_delivering_many_takes_a_constant_number_of_queries(inbox, django_user_m
 
 
 def test_mark_read_and_archive_touch_only_the_owners_items(inbox, ann, bob):
-    deliver('one', [ann, bob])
-    deliver('two', [ann, bob])
+    deliver('one', ann, bob)
+    deliver('two', ann, bob)
     ann_first = Dispatch.objects.inbox(ann).last()
     bob_first = Dispatch.objects.inbox(bob).last()
 
