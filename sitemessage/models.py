@@ -926,7 +926,9 @@ class Dispatch(models.Model):
             # prepare_dispatches() looks up each chunk's addresses among the message's dispatches.
             models.Index(fields=['message', 'address'], name='sitemessage_disp_msg_addr_idx'),
             # A user's in-app inbox feed and its unread count.
-            models.Index(fields=['recipient', 'messenger', 'read_status'], name='sitemessage_disp_inbox_idx'),
+            models.Index(
+                fields=['recipient', 'messenger', 'dispatch_status', 'read_status'], name='sitemessage_disp_inbox_idx'
+            ),
         ]
 
     def __str__(self):

@@ -311,3 +311,23 @@ def test_docs_mark_all_read_form_example(ann):
 
     assert response['Location'] == '/prefs/'
     assert Dispatch.objects.inbox_unread_count(ann) == 0
+
+
+def test_feed_queries_do_not_grow_with_the_items(ann, settings):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    settings.SITEMESSAGE_INBOX_PAGE_SIZE = 50
+    client = client_for(ann)
+
+    def queries() -> int:
+        with CaptureQueriesContext(connection) as captured:
+            for url in (reverse('sitemessage_inbox'), reverse('sitemessage_inbox_json')):
+                assert client.get(url).status_code == 200
+        return len(captured)
+
+    deliver('one', ann)
+    few = queries()
+    for number in range(30):
+        deliver(f'item {number}', ann)
+    assert queries() == few

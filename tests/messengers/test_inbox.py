@@ -111,3 +111,16 @@ def test_cleanup_keeps_the_feed_and_deletes_archived_items(inbox, fake_messenger
 def test_probe_explains_that_the_inbox_cannot_be_probed(inbox):
     with pytest.raises(MessengerException, match='cannot be probed'):
         inbox.send_test_message('1', 'hi')
+
+
+def test_users_subscribed_over_the_inbox_get_items(ann, bob):
+    from sitemessage.models import Subscription
+    from sitemessage.toolbox import prepare_dispatches
+
+    Subscription.create(ann, 'plain', 'inbox')
+    schedule_messages(PlainTextMessage('for subscribers'))
+    prepare_dispatches()
+    send_scheduled_messages()
+
+    assert feed_texts(ann) == ['for subscribers']
+    assert feed_texts(bob) == []
