@@ -31,6 +31,7 @@ EXTRAS = {
     'redis': ['redis'],  # SITEMESSAGE_WAKEUP = 'redis://...'
     # AnymailMessenger and delivery tracking from ESP webhooks (docs/provider-status.rst).
     'anymail': ['django-anymail>=13.0'],
+    'apprise': ['apprise'],  # AppriseMessenger: Slack, Discord, Matrix, ntfy, ...
     'test': [
         'pytest',
         'hypothesis',
@@ -45,6 +46,7 @@ EXTRAS = {
         'pymysql',
         'prometheus_client',
         'django-anymail>=13.0',
+        'apprise',
         # A real django.tasks queue backend (it needs Django 5.2+; the newest-Django run has it).
         'django-tasks-db; python_version >= "3.12"',
     ],

@@ -11,7 +11,7 @@ from django.utils.translation import gettext as _
 
 from .delivery.run import SendReport, deliver_batch
 from .messages.email import EmailTextMessage
-from .models import Dispatch, IdempotencyKey, Message
+from .models import INBOX_ALIAS, Dispatch, IdempotencyKey, Message
 from .recipients import recipients
 from .registry import get_registered_message_types, register_message_types
 from .scheduling import schedule_messages
@@ -23,14 +23,19 @@ ALERT_PRIORITY = 999
 
 def cleanup_sent_messages(ago: Optional[int] = None, dispatches_only: bool = False) -> int:
     """Delete sent dispatches (older than ``ago`` days when given) and, unless ``dispatches_only``,
-    messages left without dispatches by that. Works in batches; returns the dispatches deleted."""
+    messages left without dispatches by that. Works in batches; returns the dispatches deleted.
+
+    In-app inbox items (messenger ``inbox``) are the users' feeds: they are kept until archived.
+    """
     if ago is not None and not isinstance(ago, int):
         try:
             ago = int(ago)
         except (TypeError, ValueError):
             raise ValueError(f'`ago` must be a number of days, got {ago!r}.') from None
     batch_size = get_positive_int_setting('CLEANUP_BATCH_SIZE')
-    sent = Dispatch.objects.filter(dispatch_status=Dispatch.DISPATCH_STATUS_SENT)
+    sent = Dispatch.objects.filter(dispatch_status=Dispatch.DISPATCH_STATUS_SENT).exclude(
+        messenger=INBOX_ALIAS, time_archived__isnull=True
+    )
     if ago:
         sent = sent.filter(time_dispatched__lte=timezone.now() - timedelta(days=ago))
     deleted = 0

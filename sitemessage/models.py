@@ -580,7 +580,49 @@ class MessageTuple(NamedTuple):
     dispatches: List['Dispatch']
 
 
-class DispatchQuerySet(models.QuerySet):
+# The alias of the built-in in-app inbox messenger (sitemessage.messengers.inbox): its sent
+# dispatches are the users' feed items (see docs/inbox.rst).
+INBOX_ALIAS = 'inbox'
+
+
+class InboxQueries:
+    """Queries of the in-app inbox: a user's sent ``inbox`` dispatches are the feed.
+
+    Every method takes the user and filters on them, so a view built on these can never show or
+    change another user's items. Changes are bulk UPDATEs, never a query per item.
+    """
+
+    def inbox(self, user) -> models.QuerySet:
+        """The feed of ``user``: their delivered, not archived inbox items, newest first."""
+        if user is None or not getattr(user, 'pk', None):
+            return self.none()  # type: ignore[attr-defined]
+        return self.filter(  # type: ignore[attr-defined]
+            recipient_id=user.pk,
+            messenger=INBOX_ALIAS,
+            dispatch_status=Dispatch.DISPATCH_STATUS_SENT,
+            time_archived__isnull=True,
+        ).order_by('-time_dispatched', '-pk')
+
+    def inbox_unread_count(self, user) -> int:
+        """How many items of the feed of ``user`` are unread."""
+        return self.inbox(user).filter(read_status=Dispatch.READ_STATUS_UNREAD).count()
+
+    def inbox_mark_read(self, user, ids: Optional[Sequence[int]] = None) -> int:
+        """Mark items of ``user`` read (all of them when ``ids`` is None); return how many changed."""
+        items = self.inbox(user).filter(read_status=Dispatch.READ_STATUS_UNREAD)
+        if ids is not None:
+            items = items.filter(pk__in=list(ids))
+        return Dispatch.objects.filter(pk__in=items.values('pk')).update(read_status=Dispatch.READ_STATUS_READ)
+
+    def inbox_archive(self, user, ids: Sequence[int]) -> int:
+        """Take items of ``user`` out of their feed (read, and kept until a cleanup); return how many."""
+        items = self.inbox(user).filter(pk__in=list(ids))
+        return Dispatch.objects.filter(pk__in=items.values('pk')).update(
+            time_archived=timezone.now(), read_status=Dispatch.READ_STATUS_READ
+        )
+
+
+class DispatchQuerySet(InboxQueries, models.QuerySet):
     """Queries of the delivery queue: claiming, releasing and storing outcomes."""
 
     def sendable(self, now=None):
@@ -1163,6 +1205,14 @@ class Dispatch(models.Model):
     provider_status_time = models.DateTimeField(
         _('Provider status time'), null=True, blank=True, editable=False, help_text=_('When the service reported it.')
     )
+    # In-app inbox items (messenger `inbox`) leave the user's feed when archived.
+    time_archived = models.DateTimeField(
+        _('Time archived'),
+        null=True,
+        blank=True,
+        editable=False,
+        help_text=_('An in-app inbox item the user archived leaves their feed.'),
+    )
 
     objects = DispatchQuerySet.as_manager()
 
@@ -1175,6 +1225,10 @@ class Dispatch(models.Model):
             models.Index(fields=['message', 'address'], name='sitemessage_disp_msg_addr_idx'),
             # Throttles count a recipient's recent dispatches (DispatchQuerySet.count_recent()).
             models.Index(fields=['address', 'time_created'], name='sitemessage_disp_addr_time_idx'),
+            # A user's in-app inbox feed and its unread count.
+            models.Index(
+                fields=['recipient', 'messenger', 'dispatch_status', 'read_status'], name='sitemessage_disp_inbox_idx'
+            ),
         ]
 
     def __str__(self):

@@ -65,6 +65,9 @@ DEFAULTS: dict[str, Any] = {
     'METRICS': False,
     'METRICS_PORT': None,
     'METRICS_ADDRESS': '127.0.0.1',
+    # The in-app inbox pages (docs/inbox.rst): items a page, and how often the page polls for new ones (None: never).
+    'INBOX_PAGE_SIZE': 20,
+    'INBOX_POLL_SECONDS': 30,
 }
 
 

@@ -33,7 +33,7 @@ from .registry import (
 )
 from .scheduling import TypeMessages, can_bulk_schedule, schedule_in_bulk, schedule_messages  # noqa: F401
 from .site import get_site_url
-from .urls import get_sitemessage_urls
+from .urls import get_sitemessage_inbox_urls, get_sitemessage_urls
 from .views import mark_read, unsubscribe
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     'get_user_preferences_for_ui',
     'set_user_preferences_from_request',
     'get_sitemessage_urls',
+    'get_sitemessage_inbox_urls',
     'SendReport',
     'TypeMessages',
     '_ALIAS_SEP',

@@ -1,8 +1,11 @@
-"""URL patterns of the bundled views; attach them with ``urlpatterns += get_sitemessage_urls()``."""
+"""URL patterns of the bundled views; attach them with ``urlpatterns += get_sitemessage_urls()``.
 
-from django.urls import re_path
+The in-app inbox pages are attached on their own: ``urlpatterns += get_sitemessage_inbox_urls()``.
+"""
 
-from . import views
+from django.urls import path, re_path
+
+from . import inbox_views, views
 
 
 def get_sitemessage_urls() -> list:
@@ -18,6 +21,17 @@ def get_sitemessage_urls() -> list:
             views.mark_read,
             name='sitemessage_mark_read',
         ),
+    ]
+
+
+def get_sitemessage_inbox_urls(prefix: str = 'messages/inbox/') -> list:
+    """Return the URL patterns of the in-app inbox: the feed page, its JSON, mark read, mark all read, archive."""
+    return [
+        path(prefix, inbox_views.inbox, name='sitemessage_inbox'),
+        path(f'{prefix}feed.json', inbox_views.inbox_json, name='sitemessage_inbox_json'),
+        path(f'{prefix}read-all/', inbox_views.mark_all_read, name='sitemessage_inbox_mark_all_read'),
+        path(f'{prefix}<str:item_id>/read/', inbox_views.mark_read, name='sitemessage_inbox_mark_read'),
+        path(f'{prefix}<str:item_id>/archive/', inbox_views.archive, name='sitemessage_inbox_archive'),
     ]
 
 

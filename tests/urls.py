@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from sitemessage.toolbox import get_sitemessage_urls
+from sitemessage.toolbox import get_sitemessage_inbox_urls, get_sitemessage_urls
 from tests.testapp.views import notify_team, user_preferences, welcome
 
 urlpatterns = [
@@ -11,6 +11,7 @@ urlpatterns = [
     path('notify-team/', notify_team),
 ]
 urlpatterns += get_sitemessage_urls()
+urlpatterns += get_sitemessage_inbox_urls()
 
 try:
     import anymail  # noqa: F401  (the env without extras has no anymail)

@@ -38,7 +38,7 @@ def _on_postgres(statements):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ('sitemessage', '0011_suppression_and_provider_status'),
+        ('sitemessage', '0012_inbox'),
     ]
 
     operations = [

@@ -1,4 +1,8 @@
-"""``{% sitemessage_prefs_table from <prefs> [template "<path>"] %}``: the preferences table."""
+"""``{% sitemessage_prefs_table from <prefs> [template "<path>"] %}``: the preferences table.
+
+And the in-app inbox (docs/inbox.rst): ``{% sitemessage_inbox_unread %}`` (the unread count of the
+logged-in user) and ``{% sitemessage_inbox_latest 5 as items %}`` (their newest feed items).
+"""
 
 from django import template
 from django.conf import settings
@@ -59,3 +63,38 @@ class sitemessage_prefs_tableNode(template.Node):
             return get_template(template_name or _DEFAULT_TEMPLATE).render(context.flatten())
         finally:
             context.pop()
+
+
+def _context_user(context):
+    """The logged-in user of the template context (``request.user``, else ``user``), or None."""
+    request = context.get('request')
+    user = getattr(request, 'user', None) or context.get('user')
+    return user if getattr(user, 'is_authenticated', False) else None
+
+
+@register.simple_tag(takes_context=True)
+def sitemessage_inbox_unread(context) -> int:
+    """The number of unread items in the logged-in user's inbox (0 for anonymous visitors)."""
+    from ..models import Dispatch
+
+    user = _context_user(context)
+    return Dispatch.objects.inbox_unread_count(user) if user is not None else 0
+
+
+@register.simple_tag(takes_context=True)
+def sitemessage_inbox_latest(context, count=5) -> list:
+    """The newest ``count`` items of the logged-in user's inbox, as dicts: id, title, text, time, read."""
+    from ..inbox_views import item_as_dict
+    from ..models import Dispatch
+
+    user = _context_user(context)
+    if user is None:
+        return []
+    try:
+        count = int(count)
+    except (TypeError, ValueError):
+        raise template.TemplateSyntaxError(
+            f'sitemessage_inbox_latest expects a number of items, got {count!r}.'
+        ) from None
+    items = Dispatch.objects.inbox(user).select_related('message')[: max(count, 0)]
+    return [item_as_dict(dispatch) for dispatch in items]
