@@ -19,9 +19,10 @@ from django.db.models.functions import Coalesce, Substr
 from django.forms.models import BaseInlineFormSet
 from django.http import Http404
 from django.template.response import TemplateResponse
-from django.urls import path
+from django.urls import path, reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 from django.utils.text import Truncator
 from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
@@ -202,13 +203,22 @@ class DispatchAdmin(ListStyles, admin.ModelAdmin):
         'time_dispatched',
         'attempts',
         'last_error',
+        'fallback',
     )
     list_filter = ('dispatch_status', 'messenger', ('message__cls', admin.AllValuesFieldListFilter))
     list_select_related = ('recipient',)
     search_fields = ('=address',)
     ordering = ('-time_created',)
     raw_id_fields = ('recipient', 'message')
-    readonly_fields = ('retry_count', 'time_dispatched', 'next_attempt_at', 'lease_until', 'message_cache')
+    readonly_fields = (
+        'retry_count',
+        'time_dispatched',
+        'next_attempt_at',
+        'lease_until',
+        'message_cache',
+        'fallback_of_link',
+        'fallback_dispatch_link',
+    )
     actions = ['schedule_failed', 'resend_sent']
     inlines = (DispatchErrorInlineAdmin,)
     show_full_result_count = False
@@ -221,7 +231,15 @@ class DispatchAdmin(ListStyles, admin.ModelAdmin):
             .annotate(head=Substr('error_log', 1, 300))
             .values('head')[:1]
         )
-        return super().get_queryset(request).annotate(message_type=F('message__cls'), last_error=Subquery(last_error))
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                message_type=F('message__cls'),
+                last_error=Subquery(last_error),
+                fallback_dispatch_pk=F('fallback_dispatch__pk'),
+            )
+        )
 
     @admin.display(description=_('Message type'), ordering='message__cls')
     def message_type(self, dispatch):
@@ -241,6 +259,25 @@ class DispatchAdmin(ListStyles, admin.ModelAdmin):
     @admin.display(description=_('Last error'))
     def last_error(self, dispatch):
         return _cut(dispatch.last_error, 90)
+
+    @admin.display(description=_('Fallback'))
+    def fallback(self, dispatch):
+        """Links to the dispatch this one replaces and to the one replacing it (channel fallback)."""
+        links = []
+        if dispatch.fallback_of_id is not None:
+            links.append(format_html('{} {}', _('of'), dispatch_link(dispatch.fallback_of_id)))
+        if getattr(dispatch, 'fallback_dispatch_pk', None) is not None:
+            links.append(format_html('{} {}', _('then'), dispatch_link(dispatch.fallback_dispatch_pk)))
+        return format_html_join(mark_safe('<br>'), '{}', ((link,) for link in links)) if links else ''
+
+    @admin.display(description=_('Fallback of'))
+    def fallback_of_link(self, dispatch):
+        return dispatch_link(dispatch.fallback_of_id) if dispatch.fallback_of_id is not None else '-'
+
+    @admin.display(description=_('Fallback dispatch'))
+    def fallback_dispatch_link(self, dispatch):
+        pk = getattr(dispatch, 'fallback_dispatch_pk', None)
+        return dispatch_link(pk) if pk is not None else '-'
 
     @admin.action(description=_('Make selected dispatches pending'))
     def schedule_failed(self, request, queryset):
@@ -329,6 +366,12 @@ class DispatchAdmin(ListStyles, admin.ModelAdmin):
             'select_across': request.POST.get('select_across', '0'),
         }
         return TemplateResponse(request, 'admin/sitemessage/dispatch/resend_confirmation.html', context)
+
+
+def dispatch_link(pk: int) -> str:
+    """A link to a dispatch's change page in the admin."""
+    url = reverse('admin:sitemessage_dispatch_change', args=(pk,))
+    return format_html('<a href="{}">#{}</a>', url, pk)
 
 
 class DispatchErrorAdmin(ListStyles, admin.ModelAdmin):

@@ -9,6 +9,7 @@ from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
 
 from django.db import connections, router, transaction
 
+from .fallback import on_all_messengers
 from .headers import check_message_type_context
 from .messages.base import MessageBase
 from .messages.plain import PlainTextMessage
@@ -71,7 +72,10 @@ def schedule_pairs_in_bulk(
 ) -> List[MessageTuple]:
     """Store ``(message, recipients)`` pairs with one insert per table (grouping does not apply)."""
     database = router.db_for_write(Message)
-    pairs = [(message, Dispatch.normalize_recipients(items) if items is not None else None) for message, items in pairs]
+    pairs = [
+        (message, Dispatch.normalize_recipients(on_all_messengers_of(message, items)) if items is not None else None)
+        for message, items in pairs
+    ]
     for message, items in pairs:  # refused before anything is stored
         check_message_type_context(type(message), message.get_context(), items)
     if not connections[database].features.can_return_rows_from_bulk_insert:
@@ -117,3 +121,8 @@ def schedule_pairs_in_bulk(
         message._message_model, message._dispatch_models = model, own
         result.append(MessageTuple(model, own))
     return result
+
+
+def on_all_messengers_of(message: MessageBase, items):
+    """A critical type's recipients (``send_on_all_messengers``): each user on every one of its messengers."""
+    return on_all_messengers(type(message), items) if message.send_on_all_messengers else items

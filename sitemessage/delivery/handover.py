@@ -17,6 +17,7 @@ from ..dbretry import retry_on_connection_loss
 from ..exceptions import MessengerException
 from ..models import Dispatch, Message, context_problem, has_text
 from . import ratelimit
+from .fallback import create_fallback_dispatches
 from .outcomes import MessageWork
 
 if TYPE_CHECKING:  # pragma: nocover
@@ -156,4 +157,8 @@ def store_outcomes(dispatches: List[Dispatch], untouched: List[Dispatch]) -> Non
         lambda: Dispatch.objects.store_outcomes(attempted), 'storing delivery outcomes', before_retry=restore_claims
     )
     metrics.observe_outcomes(attempted)
+    try:
+        retry_on_connection_loss(lambda: create_fallback_dispatches(attempted), 'creating fallback dispatches')
+    except Exception:  # the outcomes are stored: the failures stay recorded, with their reasons
+        LOGGER.exception('Could not create the fallback dispatches of a batch')
     retry_on_connection_loss(lambda: Dispatch.objects.release(untouched), 'releasing dispatches')

@@ -16,6 +16,7 @@ from django.utils.translation import gettext_lazy as _
 
 from ..compat import APP_URLS_ATTACHED  # noqa: F401 -- importable from here, as in 1.4.0
 from ..exceptions import UnknownMessengerError
+from ..fallback import on_all_messengers
 from ..headers import safe_recipients, unique_recipients
 from ..links import ACTION_MARK_READ, ACTION_UNSUBSCRIBE, invalid_link_response, unsubscribed_response
 from ..list_id import default_list_id
@@ -87,6 +88,11 @@ class MessageBase:
     template: Optional[str] = None
     send_retry_limit: Optional[int] = 10
     allow_user_subscription: bool = True
+    #: Messenger aliases tried in order for a user: when a dispatch through one fails for good, one
+    #: through the next where the user has an address is created (see docs/fallback.rst).
+    fallback_messengers: Sequence[str] = ()
+    #: Critical types: a user recipient gets a dispatch through every ``fallback_messengers`` at once.
+    send_on_all_messengers: bool = False
 
     SIMPLE_TEXT_ID = 'stext_'
 
@@ -135,6 +141,8 @@ class MessageBase:
 
         if priority is None:
             priority = self.priority
+        if recipients is not None and self.send_on_all_messengers:
+            recipients = on_all_messengers(type(self), recipients)
         self._message_model, self._dispatch_models = Message.create(
             self.get_alias(),
             self.get_context(),
