@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Iterable, Optional
 
+from .messages.attachments import TypeAttachment
 from .messages.email import EmailHtmlMessage, EmailTextMessage
 from .settings import get_setting
 from .toolbox import TypeMessages, get_registered_message_type, recipients, schedule_messages
@@ -24,21 +25,31 @@ __all__ = [
 ]
 
 
-def schedule_email(message, to, subject: Optional[str] = None, sender=None, priority: Optional[int] = None) -> None:
+def schedule_email(
+    message,
+    to,
+    subject: Optional[str] = None,
+    sender=None,
+    priority: Optional[int] = None,
+    *,
+    attachments: Optional[Iterable[TypeAttachment]] = None,
+) -> None:
     """Schedule an e-mail: a dict renders the HTML template, anything else is plain text.
 
     A line break or NUL in ``subject`` or an address, or an address naming several mailboxes,
     raises :class:`~sitemessage.headers.UnsafeHeaderValueError` (nothing is stored); an address
-    named several times gets one e-mail.
+    named several times gets one e-mail. ``attachments`` are stored once for all recipients (see
+    :mod:`sitemessage.messages.attachments` for the accepted forms); a bad one raises ``ValueError``.
     """
     forced_type = get_setting('SHORTCUT_EMAIL_MESSAGE_TYPE')
     if forced_type:
         message_cls = get_registered_message_type(forced_type)
     else:
         message_cls = EmailHtmlMessage if isinstance(message, dict) else EmailTextMessage
+    to_recipients = recipients(get_setting('SHORTCUT_EMAIL_MESSENGER_TYPE'), to)  # checked before files are stored
     schedule_messages(
-        message_cls(subject, message),
-        recipients(get_setting('SHORTCUT_EMAIL_MESSENGER_TYPE'), to),
+        message_cls(subject, message, **({'attachments': attachments} if attachments else {})),
+        to_recipients,
         sender=sender,
         priority=priority,
     )

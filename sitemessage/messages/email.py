@@ -1,12 +1,14 @@
-"""E-mail message types: plain text and HTML (``subject`` and ``type`` are read by the SMTP messenger)."""
+"""E-mail message types: plain text and HTML (``subject``, ``type`` and attachments are read by the SMTP messenger)."""
 
 from __future__ import annotations
 
 import base64
-from typing import List, Optional, Tuple, Union
+from typing import Iterable, List, Optional, Tuple, Union
 
 from django.utils.translation import gettext_lazy as _
 
+from ..headers import check_header_value
+from .attachments import CONTEXT_KEY, TypeAttachment, store_attachments
 from .base import MessageBase
 
 
@@ -15,11 +17,20 @@ class _EmailMessageBase(MessageBase):
     title = _('Email notification')
 
     def __init__(
-        self, subject: str, text_or_dict: Union[str, dict], type_name: str, template_path: Optional[str] = None
+        self,
+        subject: str,
+        text_or_dict: Union[str, dict],
+        type_name: str,
+        template_path: Optional[str] = None,
+        *,
+        attachments: Optional[Iterable[TypeAttachment]] = None,
     ):
         context = {'subject': subject, 'type': type_name}
         self.update_context(context, text_or_dict)
         super().__init__(context, template_path=template_path)
+        if attachments:  # stored now (refused here if bad); the context keeps references only
+            check_header_value('Subject', subject)  # refused before the files are stored
+            self.context[CONTEXT_KEY] = store_attachments(attachments)
 
 
 class EmailTextMessage(_EmailMessageBase):
@@ -28,8 +39,15 @@ class EmailTextMessage(_EmailMessageBase):
     alias = 'email_plain'
     template_ext = 'txt'
 
-    def __init__(self, subject: str, text_or_dict: Union[str, dict], template_path: Optional[str] = None):
-        super().__init__(subject, text_or_dict, 'plain', template_path=template_path)
+    def __init__(
+        self,
+        subject: str,
+        text_or_dict: Union[str, dict],
+        template_path: Optional[str] = None,
+        *,
+        attachments: Optional[Iterable[TypeAttachment]] = None,
+    ):
+        super().__init__(subject, text_or_dict, 'plain', template_path=template_path, attachments=attachments)
 
 
 class EmailHtmlMessage(_EmailMessageBase):
@@ -38,8 +56,15 @@ class EmailHtmlMessage(_EmailMessageBase):
     alias = 'email_html'
     template_ext = 'html'
 
-    def __init__(self, subject: str, html_or_dict: Union[str, dict], template_path: Optional[str] = None):
-        super().__init__(subject, html_or_dict, 'html', template_path=template_path)
+    def __init__(
+        self,
+        subject: str,
+        html_or_dict: Union[str, dict],
+        template_path: Optional[str] = None,
+        *,
+        attachments: Optional[Iterable[TypeAttachment]] = None,
+    ):
+        super().__init__(subject, html_or_dict, 'html', template_path=template_path, attachments=attachments)
 
 
 class EmailMimeMessage(MessageBase):
