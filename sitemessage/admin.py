@@ -265,9 +265,9 @@ class DispatchAdmin(ListStyles, admin.ModelAdmin):
         """Links to the dispatch this one replaces and to the one replacing it (channel fallback)."""
         links = []
         if dispatch.fallback_of_id is not None:
-            links.append(format_html('{} {}', _('of'), dispatch_link(dispatch.fallback_of_id)))
+            links.append(format_html('{} {}', _('replaces'), dispatch_link(dispatch.fallback_of_id)))
         if getattr(dispatch, 'fallback_dispatch_pk', None) is not None:
-            links.append(format_html('{} {}', _('then'), dispatch_link(dispatch.fallback_dispatch_pk)))
+            links.append(format_html('{} {}', _('replaced by'), dispatch_link(dispatch.fallback_dispatch_pk)))
         return format_html_join(mark_safe('<br>'), '{}', ((link,) for link in links)) if links else ''
 
     @admin.display(description=_('Fallback of'))

@@ -112,13 +112,37 @@ def test_an_attachment_is_stored_once_for_every_recipient(smtp_messenger, smtp_s
     assert path.startswith('sitemessage/attachments/') and path.endswith('/a.bin')
     [message] = Message.objects.all()
     [reference] = message.context['_attachments']
-    assert reference == {'filename': 'a.bin', 'mimetype': 'application/octet-stream', 'path': path, 'size': len(BINARY)}
+    assert reference == {
+        'filename': 'a.bin',
+        'mimetype': 'application/octet-stream',
+        'path': path,
+        'size': len(BINARY),
+        'owned': True,
+    }
 
     send_scheduled_messages()
 
     mails = smtp_server.handler.messages()
     assert sorted(mail['To'] for mail in mails) == ['a@example.com', 'b@example.com', 'c@example.com']
     assert all(attachments_of(mail) == [('a.bin', 'application/octet-stream', BINARY)] for mail in mails)
+
+
+def test_cleanup_deletes_the_files_stored_for_its_messages_not_the_projects(
+    smtp_messenger, smtp_server, storage, tmp_path
+):
+    from sitemessage.toolbox import cleanup_sent_messages
+
+    storage.save('exports/kept.csv', ContentFile(b'a,b'))
+    schedule_email('Hi', 'ann@example.com', 'Hi', attachments=[('stored.bin', b'x'), 'exports/kept.csv'])
+    schedule_email('Unsent', 'bob@example.com', 'Hi', attachments=[('unsent.bin', b'y')])
+    Dispatch.objects.filter(address='bob@example.com').update(dispatch_status=Dispatch.DISPATCH_STATUS_FAILED)
+    send_scheduled_messages()
+
+    cleanup_sent_messages()
+
+    assert Message.objects.count() == 1
+    files = stored_files(tmp_path / 'media')
+    assert 'exports/kept.csv' in files and len(files) == 2 and files[1].endswith('/unsent.bin')
 
 
 def test_a_plain_email_without_attachments_is_unchanged(smtp_messenger, smtp_server):

@@ -126,12 +126,11 @@ def store_attachment(attachment: Attachment, storage: Storage) -> Dict[str, Any]
                 path = storage.save(name, File(local), max_length=None)
         else:
             path = storage.save(name, _as_file(attachment.content), max_length=None)
-    return {
-        'filename': attachment.filename,
-        'mimetype': attachment.mimetype,
-        'path': path,
-        'size': storage.size(path),
-    }
+    reference = {'filename': attachment.filename, 'mimetype': attachment.mimetype, 'path': path}
+    reference['size'] = storage.size(path)
+    if attachment.path is None:
+        reference['owned'] = True  # written here: deleted with its message (a path given is the project's)
+    return reference
 
 
 def _as_file(content: Any) -> File:
@@ -155,3 +154,13 @@ CONTEXT_KEY = '_attachments'
 def attachments_of(context: Dict[str, Any]) -> List[Dict[str, Any]]:
     """The attachment references of a message context (none for messages scheduled without)."""
     return list(context.get(CONTEXT_KEY) or ())
+
+
+def delete_owned_attachments(contexts: Iterable[Dict[str, Any]]) -> None:
+    """Delete the files stored for these (deleted) messages; paths the project gave are left alone."""
+    storage = None
+    for context in contexts:
+        for reference in attachments_of(context):
+            if reference.get('owned'):
+                storage = storage or attachment_storage()
+                storage.delete(reference['path'])

@@ -666,7 +666,7 @@ class SMTPMessenger(MessengerBase):
                     continue
                 yield dispatch, message_cls, recipient, data
 
-    def _attachments(self, message_cls, message_model, dispatches) -> Optional[List[Message]]:
+    def _attachments(self, message_cls, message_model, dispatches) -> Optional[Sequence[Message]]:
         """The message's attachment parts, read once for all its e-mails; None (all marked) when unreadable."""
         if not attachments_of(message_model.context):
             return []
