@@ -203,7 +203,6 @@ class DispatchAdmin(ListStyles, admin.ModelAdmin):
         'time_dispatched',
         'attempts',
         'last_error',
-        'fallback',
     )
     list_filter = ('dispatch_status', 'messenger', ('message__cls', admin.AllValuesFieldListFilter))
     list_select_related = ('recipient',)
@@ -247,10 +246,16 @@ class DispatchAdmin(ListStyles, admin.ModelAdmin):
 
     @admin.display(description=_('Recipient'), ordering='address')
     def to(self, dispatch):
-        """The address, and below it the user it belongs to (if any): one column, so the list fits."""
-        if dispatch.recipient_id is None:
+        """The address; below it the user (if any) and the fallback links: one column, so the list fits."""
+        lines = [dispatch.address]
+        if dispatch.recipient_id is not None:
+            lines.append(format_html('<small class="sitemessage-user">{}</small>', dispatch.recipient))
+        fallback = fallback_links(dispatch)
+        if fallback:
+            lines.append(format_html('<small class="sitemessage-fallback">{}</small>', fallback))
+        if len(lines) == 1:
             return dispatch.address
-        return format_html('{}<br><small class="sitemessage-user">{}</small>', dispatch.address, dispatch.recipient)
+        return format_html_join(mark_safe('<br>'), '{}', ((line,) for line in lines))
 
     @admin.display(description=_('Failed attempts'), ordering='retry_count')
     def attempts(self, dispatch):
@@ -259,16 +264,6 @@ class DispatchAdmin(ListStyles, admin.ModelAdmin):
     @admin.display(description=_('Last error'))
     def last_error(self, dispatch):
         return _cut(dispatch.last_error, 90)
-
-    @admin.display(description=_('Fallback'))
-    def fallback(self, dispatch):
-        """Links to the dispatch this one replaces and to the one replacing it (channel fallback)."""
-        links = []
-        if dispatch.fallback_of_id is not None:
-            links.append(format_html('{} {}', _('replaces'), dispatch_link(dispatch.fallback_of_id)))
-        if getattr(dispatch, 'fallback_dispatch_pk', None) is not None:
-            links.append(format_html('{} {}', _('replaced by'), dispatch_link(dispatch.fallback_dispatch_pk)))
-        return format_html_join(mark_safe('<br>'), '{}', ((link,) for link in links)) if links else ''
 
     @admin.display(description=_('Fallback of'))
     def fallback_of_link(self, dispatch):
@@ -366,6 +361,16 @@ class DispatchAdmin(ListStyles, admin.ModelAdmin):
             'select_across': request.POST.get('select_across', '0'),
         }
         return TemplateResponse(request, 'admin/sitemessage/dispatch/resend_confirmation.html', context)
+
+
+def fallback_links(dispatch: Dispatch) -> str:
+    """Links to the dispatch this one replaces and to the one replacing it (channel fallback), or ''."""
+    links = []
+    if dispatch.fallback_of_id is not None:
+        links.append(format_html('{} {}', _('replaces'), dispatch_link(dispatch.fallback_of_id)))
+    if getattr(dispatch, 'fallback_dispatch_pk', None) is not None:
+        links.append(format_html('{} {}', _('replaced by'), dispatch_link(dispatch.fallback_dispatch_pk)))
+    return format_html_join(mark_safe(', '), '{}', ((link,) for link in links)) if links else ''
 
 
 def dispatch_link(pk: int) -> str:

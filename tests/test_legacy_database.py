@@ -118,6 +118,7 @@ def test_legacy_database_migrates_keeps_every_row_and_is_delivered(tmp_path, smt
         'sitemessage.0005_dispatch_lease_and_retry_time',
         'sitemessage.0006_subscription_unique',
         'sitemessage.0007_message_preparation_and_dispatch_address_index',
+        'sitemessage.0013_channel_fallback',
     ]
 
     # Every row survived, as 1.4.0 left it.
