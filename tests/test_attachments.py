@@ -145,6 +145,25 @@ def test_cleanup_deletes_the_files_stored_for_its_messages_not_the_projects(
     assert 'exports/kept.csv' in files and len(files) == 2 and files[1].endswith('/unsent.bin')
 
 
+def test_a_grouped_email_keeps_the_attachments_of_every_message_merged(smtp_messenger, smtp_server):
+    from sitemessage.toolbox import register_message_types
+
+    class DailyReports(EmailTextMessage):
+        alias = 'daily_reports'
+        group_mark = 'daily'
+
+    register_message_types(DailyReports)
+    schedule_messages(
+        DailyReports('Orders', 'Orders', attachments=[('orders.csv', b'1')]), recipients('smtp', 'a@x.org')
+    )
+    schedule_messages(DailyReports('Stock', 'Stock', attachments=[('stock.csv', b'2')]), recipients('smtp', 'a@x.org'))
+
+    send_scheduled_messages()
+
+    [mail] = smtp_server.handler.messages()
+    assert attachments_of(mail) == [('orders.csv', 'text/csv', b'1'), ('stock.csv', 'text/csv', b'2')]
+
+
 def test_a_plain_email_without_attachments_is_unchanged(smtp_messenger, smtp_server):
     schedule_email('Just text', 'ann@example.com', 'Plain')
 

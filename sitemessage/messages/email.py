@@ -32,6 +32,14 @@ class _EmailMessageBase(MessageBase):
             check_header_value('Subject', subject)  # refused before the files are stored
             self.context[CONTEXT_KEY] = store_attachments(attachments)
 
+    @classmethod
+    def merge_context(cls, context: dict, new_context: dict) -> dict:
+        """Merge as the base does; a grouped e-mail keeps the attachments of every message merged into it."""
+        merged = super().merge_context(context, new_context)
+        if context.get(CONTEXT_KEY) or new_context.get(CONTEXT_KEY):
+            merged[CONTEXT_KEY] = [*(context.get(CONTEXT_KEY) or ()), *(new_context.get(CONTEXT_KEY) or ())]
+        return merged
+
 
 class EmailTextMessage(_EmailMessageBase):
     """A plain text e-mail: a text, or a dict rendered by a ``.txt`` template."""
