@@ -19,9 +19,10 @@ from django.db.models.functions import Coalesce, Substr
 from django.forms.models import BaseInlineFormSet
 from django.http import Http404
 from django.template.response import TemplateResponse
-from django.urls import path
+from django.urls import path, reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 from django.utils.text import Truncator
 from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
@@ -267,6 +268,8 @@ class DispatchAdmin(ListStyles, admin.ModelAdmin):
         'provider_status',
         'provider_status_time',
         'message_cache',
+        'fallback_of_link',
+        'fallback_dispatch_link',
     )
     actions = ['schedule_failed', 'resend_sent']
     inlines = (DispatchErrorInlineAdmin,)
@@ -280,7 +283,15 @@ class DispatchAdmin(ListStyles, admin.ModelAdmin):
             .annotate(head=Substr('error_log', 1, 300))
             .values('head')[:1]
         )
-        return super().get_queryset(request).annotate(message_type=F('message__cls'), last_error=Subquery(last_error))
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                message_type=F('message__cls'),
+                last_error=Subquery(last_error),
+                fallback_dispatch_pk=F('fallback_dispatch__pk'),
+            )
+        )
 
     @admin.display(description=_('Message type'), ordering='message__cls')
     def message_type(self, dispatch):
@@ -288,10 +299,16 @@ class DispatchAdmin(ListStyles, admin.ModelAdmin):
 
     @admin.display(description=_('Recipient'), ordering='address')
     def to(self, dispatch):
-        """The address, and below it the user it belongs to (if any): one column, so the list fits."""
-        if dispatch.recipient_id is None:
+        """The address; below it the user (if any) and the fallback links: one column, so the list fits."""
+        lines = [dispatch.address]
+        if dispatch.recipient_id is not None:
+            lines.append(format_html('<small class="sitemessage-user">{}</small>', dispatch.recipient))
+        fallback = fallback_links(dispatch)
+        if fallback:
+            lines.append(format_html('<small class="sitemessage-fallback">{}</small>', fallback))
+        if len(lines) == 1:
             return dispatch.address
-        return format_html('{}<br><small class="sitemessage-user">{}</small>', dispatch.address, dispatch.recipient)
+        return format_html_join(mark_safe('<br>'), '{}', ((line,) for line in lines))
 
     @admin.display(description=_('Failed attempts'), ordering='retry_count')
     def attempts(self, dispatch):
@@ -300,6 +317,15 @@ class DispatchAdmin(ListStyles, admin.ModelAdmin):
     @admin.display(description=_('Last error'))
     def last_error(self, dispatch):
         return _cut(dispatch.last_error, 90)
+
+    @admin.display(description=_('Fallback of'))
+    def fallback_of_link(self, dispatch):
+        return dispatch_link(dispatch.fallback_of_id) if dispatch.fallback_of_id is not None else '-'
+
+    @admin.display(description=_('Fallback dispatch'))
+    def fallback_dispatch_link(self, dispatch):
+        pk = getattr(dispatch, 'fallback_dispatch_pk', None)
+        return dispatch_link(pk) if pk is not None else '-'
 
     @admin.action(description=_('Make selected dispatches pending'))
     def schedule_failed(self, request, queryset):
@@ -393,6 +419,22 @@ class DispatchAdmin(ListStyles, admin.ModelAdmin):
             'select_across': request.POST.get('select_across', '0'),
         }
         return TemplateResponse(request, 'admin/sitemessage/dispatch/resend_confirmation.html', context)
+
+
+def fallback_links(dispatch: Dispatch) -> str:
+    """Links to the dispatch this one replaces and to the one replacing it (channel fallback), or ''."""
+    links = []
+    if dispatch.fallback_of_id is not None:
+        links.append(format_html('{} {}', _('replaces'), dispatch_link(dispatch.fallback_of_id)))
+    if getattr(dispatch, 'fallback_dispatch_pk', None) is not None:
+        links.append(format_html('{} {}', _('replaced by'), dispatch_link(dispatch.fallback_dispatch_pk)))
+    return format_html_join(mark_safe(', '), '{}', ((link,) for link in links)) if links else ''
+
+
+def dispatch_link(pk: int) -> str:
+    """A link to a dispatch's change page in the admin."""
+    url = reverse('admin:sitemessage_dispatch_change', args=(pk,))
+    return format_html('<a href="{}">#{}</a>', url, pk)
 
 
 class DispatchErrorAdmin(ListStyles, admin.ModelAdmin):

@@ -7,7 +7,8 @@ before migrations apply, so they look for their tables first and say nothing whi
 
 =====================  =========================================================================
 ``sitemessage.W001``   Links in messages would point to ``http://undefined-domain.local``.
-``sitemessage.W002``   A message type names an unregistered messenger in ``supported_messengers``.
+``sitemessage.W002``   A message type names an unregistered messenger in ``supported_messengers`` or
+                       ``fallback_messengers``.
 ``sitemessage.W003``   Stored subscriptions name an unregistered message type.
 ``sitemessage.W004``   Stored subscriptions name an unregistered messenger.
 ``sitemessage.W005``   Links would point to ``example.com``, the Sites framework's default domain.
@@ -75,12 +76,14 @@ def check_supported_messengers(app_configs=None, **kwargs) -> List[Warning]:
     for alias, message_type in sorted(get_registered_message_types().items()):
         if message_type.__module__.startswith('sitemessage.'):
             continue  # built-in types are registered for every project, whichever messengers it uses
-        unknown = [name for name in message_type.supported_messengers or () if name not in messengers]
-        if unknown:
+        for attribute in ('supported_messengers', 'fallback_messengers'):
+            unknown = [name for name in getattr(message_type, attribute, None) or () if name not in messengers]
+            if not unknown:
+                continue
             warnings.append(
                 Warning(
                     f'Message type `{alias}` ({message_type.__module__}.{message_type.__qualname__}) names '
-                    f'unregistered messenger(s) in supported_messengers: {", ".join(unknown)} '
+                    f'unregistered messenger(s) in {attribute}: {", ".join(unknown)} '
                     f'(registered: {", ".join(sorted(messengers)) or "none"}).',
                     hint='Fix the alias, or register the messenger with register_messenger_objects() in a '
                     'sitemessages.py module.',

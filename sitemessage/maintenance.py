@@ -10,6 +10,8 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from .delivery.run import SendReport, deliver_batch
+from .messages.attachments import CONTEXT_KEY as ATTACHMENTS_KEY
+from .messages.attachments import delete_owned_attachments
 from .messages.email import EmailTextMessage
 from .models import INBOX_ALIAS, Dispatch, IdempotencyKey, Message
 from .recipients import recipients
@@ -47,7 +49,10 @@ def cleanup_sent_messages(ago: Optional[int] = None, dispatches_only: bool = Fal
         deleted += len(rows)
         if not dispatches_only:
             message_ids = {message_id for _pk, message_id in rows}
-            Message.objects.filter(pk__in=message_ids, dispatch__isnull=True).delete()
+            gone = Message.objects.filter(pk__in=message_ids, dispatch__isnull=True)
+            with_files = list(gone.filter(context__contains=ATTACHMENTS_KEY).values_list('context', flat=True))
+            gone.delete()
+            delete_owned_attachments(with_files)
     return deleted
 
 

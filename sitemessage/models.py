@@ -824,6 +824,45 @@ class DispatchQuerySet(InboxQueries, models.QuerySet):
             dispatch.error_log = reason
         return dispatches
 
+    def failed_for_fallback(self, ids: Sequence[int]) -> List['Dispatch']:
+        """Those of ``ids`` stored Failed, with their recipient and no fallback yet (one query a chunk).
+
+        Read back rather than trusted from memory: a dispatch whose outcome was not stored (another
+        worker claimed it meanwhile) gets no fallback.
+        """
+        found: List['Dispatch'] = []
+        for start in range(0, len(ids), _CHUNK):
+            found.extend(
+                self.filter(
+                    pk__in=ids[start : start + _CHUNK],
+                    dispatch_status=Dispatch.DISPATCH_STATUS_FAILED,
+                    recipient__isnull=False,
+                    fallback_dispatch__isnull=True,
+                )
+                .select_related('recipient')
+                .only('pk', 'message_id', 'messenger', 'recipient')
+            )
+        return found
+
+    def existing_routes(self, dispatches: Sequence['Dispatch']) -> set:
+        """The ``(message id, messenger, recipient id)`` of ``dispatches`` a dispatch already takes (one query)."""
+        if not dispatches:
+            return set()
+        routes = {(d.message_id, d.messenger, d.recipient_id) for d in dispatches}
+        rows = self.filter(
+            message_id__in={route[0] for route in routes},
+            messenger__in={route[1] for route in routes},
+            recipient_id__in={route[2] for route in routes},
+        ).values_list('message_id', 'messenger', 'recipient_id')
+        return set(rows) & routes
+
+    def create_fallbacks(self, fallbacks: Sequence['Dispatch']) -> None:
+        """Insert fallback dispatches in one query; one already there for a dispatch wins (unique ``fallback_of``)."""
+        if not fallbacks:
+            return
+        self.bulk_create(fallbacks, ignore_conflicts=True)
+        queue_changed.send(sender=Dispatch, using=self.db)
+
     def last_pk(self) -> int:
         """The highest dispatch id so far (0: none); what ``prepare_dispatches()`` creates comes after it."""
         return self.aggregate(last=models.Max('pk'))['last'] or 0
@@ -1212,6 +1251,17 @@ class Dispatch(models.Model):
         blank=True,
         editable=False,
         help_text=_('An in-app inbox item the user archived leaves their feed.'),
+    )
+    # Unique: two workers storing one failure create its fallback once (see delivery.fallback).
+    fallback_of = models.OneToOneField(
+        'self',
+        verbose_name=_('Fallback of'),
+        null=True,
+        blank=True,
+        editable=False,
+        on_delete=models.SET_NULL,
+        related_name='fallback_dispatch',
+        help_text=_('The failed dispatch (through the previous messenger) this one replaces.'),
     )
 
     objects = DispatchQuerySet.as_manager()

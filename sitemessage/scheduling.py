@@ -10,6 +10,7 @@ from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
 
 from django.db import connections, router, transaction
 
+from .fallback import on_all_messengers
 from .headers import check_message_type_context
 from .languages import LanguageResolver, given_language
 from .limits import has_limits
@@ -139,7 +140,10 @@ def schedule_pairs_in_bulk(
     """
     options = options or ScheduleOptions()
     database = router.db_for_write(Message)
-    pairs = [(message, Dispatch.normalize_recipients(items) if items is not None else None) for message, items in pairs]
+    pairs = [
+        (message, Dispatch.normalize_recipients(on_all_messengers_of(message, items)) if items is not None else None)
+        for message, items in pairs
+    ]
     for message, items in pairs:  # refused before anything is stored
         check_message_type_context(type(message), message.get_context(), items)
     if not connections[database].features.can_return_rows_from_bulk_insert:
@@ -194,3 +198,8 @@ def schedule_pairs_in_bulk(
         message._message_model, message._dispatch_models = model, own
         result.append(MessageTuple(model, own))
     return result
+
+
+def on_all_messengers_of(message: MessageBase, items):
+    """A critical type's recipients (``send_on_all_messengers``): each user on every one of its messengers."""
+    return on_all_messengers(type(message), items) if message.send_on_all_messengers else items

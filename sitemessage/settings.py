@@ -61,6 +61,9 @@ DEFAULTS: dict[str, Any] = {
     'ANYMAIL_BACKEND': None,
     # Which of Django 6.1's MAILERS holds the SMTP options (None: found by backend).
     'SMTP_MAILER': None,
+    # E-mail attachments (sitemessage.messages.attachments): a key of Django's STORAGES, and the folder there.
+    'ATTACHMENT_STORAGE': 'default',
+    'ATTACHMENT_DIRECTORY': 'sitemessage/attachments',
     # Prometheus metrics (sitemessage.metrics).
     'METRICS': False,
     'METRICS_PORT': None,

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Optional
+from typing import Iterable, Optional
 
 from .async_api import async_twin
+from .messages.attachments import TypeAttachment
 from .messages.email import EmailHtmlMessage, EmailTextMessage
 from .settings import get_setting
 from .toolbox import TypeMessages, get_registered_message_type, recipients, schedule_messages
@@ -43,6 +44,7 @@ def schedule_email(
     expires_at: Optional[datetime] = None,
     idempotency_key: Optional[str] = None,
     language: Optional[str] = None,
+    attachments: Optional[Iterable[TypeAttachment]] = None,
 ) -> None:
     """Schedule an e-mail: a dict renders the HTML template, anything else is plain text.
 
@@ -52,16 +54,18 @@ def schedule_email(
 
     A line break or NUL in ``subject`` or an address, or an address naming several mailboxes,
     raises :class:`~sitemessage.headers.UnsafeHeaderValueError` (nothing is stored); an address
-    named several times gets one e-mail.
+    named several times gets one e-mail. ``attachments`` are stored once for all recipients (see
+    :mod:`sitemessage.messages.attachments` for the accepted forms); a bad one raises ``ValueError``.
     """
     forced_type = get_setting('SHORTCUT_EMAIL_MESSAGE_TYPE')
     if forced_type:
         message_cls = get_registered_message_type(forced_type)
     else:
         message_cls = EmailHtmlMessage if isinstance(message, dict) else EmailTextMessage
+    to_recipients = recipients(get_setting('SHORTCUT_EMAIL_MESSENGER_TYPE'), to)  # checked before files are stored
     schedule_messages(
-        message_cls(subject, message),
-        recipients(get_setting('SHORTCUT_EMAIL_MESSENGER_TYPE'), to),
+        message_cls(subject, message, **({'attachments': attachments} if attachments else {})),
+        to_recipients,
         sender=sender,
         priority=priority,
         **_options(send_at, expires_at, idempotency_key, language),

@@ -86,6 +86,21 @@ def test_w002_a_message_type_names_an_unregistered_messenger():
     assert 'fake,' not in message.split('(registered')[0]  # only the unknown one is named
 
 
+class FallbackTypo(MessageBase):
+    alias = 'fallback_typo'
+    supported_messengers = ['fake']
+    fallback_messengers = ('fake', 'telegarm')
+
+
+@override_settings(SITEMESSAGE_SITE_URL='https://www.example.org')
+def test_w002_a_message_type_names_an_unregistered_fallback_messenger():
+    register_message_types(FallbackTypo)
+
+    assert ids() == ['sitemessage.W002']
+    (message,) = messages('sitemessage.W002')
+    assert '`fallback_typo`' in message and 'in fallback_messengers: telegarm (registered: fake)' in message
+
+
 @override_settings(SITEMESSAGE_SITE_URL='https://www.example.org')
 def test_w002_ignores_built_in_types_of_messengers_the_project_does_not_use():
     from sitemessage.utils import get_registered_message_types, get_registered_messenger_objects

@@ -123,6 +123,7 @@ def test_legacy_database_migrates_keeps_every_row_and_is_delivered(tmp_path, smt
         'sitemessage.0010_digest_windows_and_throttles',
         'sitemessage.0011_suppression_and_provider_status',
         'sitemessage.0012_inbox',
+        'sitemessage.0013_channel_fallback',
         'sitemessage.0014_dispatch_insert_notify',
     ]
 

@@ -18,6 +18,7 @@ from ..exceptions import MessengerException
 from ..languages import rendering_language
 from ..models import Dispatch, Message, context_problem, has_text
 from . import ratelimit
+from .fallback import create_fallback_dispatches
 from .outcomes import MessageWork
 from .suppression import handle_permanent_failures
 
@@ -169,4 +170,8 @@ def store_outcomes(dispatches: List[Dispatch], untouched: List[Dispatch]) -> Non
     )
     metrics.observe_outcomes(attempted)
     handle_permanent_failures(attempted)
+    try:
+        retry_on_connection_loss(lambda: create_fallback_dispatches(attempted), 'creating fallback dispatches')
+    except Exception:  # the outcomes are stored: the failures stay recorded, with their reasons
+        LOGGER.exception('Could not create the fallback dispatches of a batch')
     retry_on_connection_loss(lambda: Dispatch.objects.release(untouched), 'releasing dispatches')

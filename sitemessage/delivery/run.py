@@ -159,7 +159,9 @@ def send_scheduled_messages(
                     progress(report)
                 if error is not None:
                     raise error
-                if not overlap:  # one connection: this thread sends, so claim only once it is done
+                # One connection on this thread: claim only once it is done. Claimed early and found
+                # nothing: look again, storing this batch may have queued more (fallback dispatches).
+                if not overlap or not next_batch:
                     next_batch = claim()
                     next_delivery = run.start(next_batch) if next_batch else None
                 batch, delivery = next_batch, next_delivery

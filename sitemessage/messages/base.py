@@ -18,6 +18,7 @@ from django.utils.translation import gettext_lazy as _
 from ..compat import APP_URLS_ATTACHED  # noqa: F401 -- importable from here, as in 1.4.0
 from ..digests import add_to_digest
 from ..exceptions import UnknownMessengerError
+from ..fallback import on_all_messengers
 from ..headers import safe_recipients, unique_recipients
 from ..languages import LanguageResolver, localized_templates
 from ..limits import has_limits
@@ -97,6 +98,11 @@ class MessageBase:
     #: ``(limit, period)``: at most ``limit`` messages per recipient per period (a timedelta or seconds);
     #: the rest are recorded as throttled, or join a digest (see :mod:`sitemessage.throttles`).
     throttle: Optional[Tuple[int, Union[timedelta, int, float]]] = None
+    #: Messenger aliases tried in order for a user: when a dispatch through one fails for good, one
+    #: through the next where the user has an address is created (see docs/fallback.rst).
+    fallback_messengers: Sequence[str] = ()
+    #: Critical types: a user recipient gets a dispatch through every ``fallback_messengers`` at once.
+    send_on_all_messengers: bool = False
 
     SIMPLE_TEXT_ID = 'stext_'
 
@@ -149,6 +155,8 @@ class MessageBase:
             return schedule_with_limits(self, recipients=recipients, sender=sender, priority=priority)
         if priority is None:
             priority = self.priority
+        if recipients is not None and self.send_on_all_messengers:
+            recipients = on_all_messengers(type(self), recipients)
         self._message_model, self._dispatch_models = Message.create(
             self.get_alias(),
             self.get_context(),

@@ -1,13 +1,15 @@
-"""E-mail message types: plain text and HTML (``subject`` and ``type`` are read by the SMTP messenger)."""
+"""E-mail message types: plain text and HTML (``subject``, ``type`` and attachments are read by the SMTP messenger)."""
 
 from __future__ import annotations
 
 import base64
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
 from django.utils.translation import gettext_lazy as _
 
+from ..headers import check_header_value
 from ..languages import translations_of
+from .attachments import CONTEXT_KEY, TypeAttachment, store_attachments
 from .base import MessageBase
 
 
@@ -16,7 +18,13 @@ class _EmailMessageBase(MessageBase):
     title = _('Email notification')
 
     def __init__(
-        self, subject: str, text_or_dict: Union[str, dict], type_name: str, template_path: Optional[str] = None
+        self,
+        subject: str,
+        text_or_dict: Union[str, dict],
+        type_name: str,
+        template_path: Optional[str] = None,
+        *,
+        attachments: Optional[Iterable[TypeAttachment]] = None,
     ):
         context: Dict[str, Any] = {'subject': subject, 'type': type_name}
         translations = translations_of(subject)  # a gettext_lazy() subject follows each recipient's language
@@ -24,6 +32,17 @@ class _EmailMessageBase(MessageBase):
             context.update(subject=str(subject), subject_translations=translations)
         self.update_context(context, text_or_dict)
         super().__init__(context, template_path=template_path)
+        if attachments:  # stored now (refused here if bad); the context keeps references only
+            check_header_value('Subject', subject)  # refused before the files are stored
+            self.context[CONTEXT_KEY] = store_attachments(attachments)
+
+    @classmethod
+    def merge_context(cls, context: dict, new_context: dict) -> dict:
+        """Merge as the base does; a grouped e-mail keeps the attachments of every message merged into it."""
+        merged = super().merge_context(context, new_context)
+        if context.get(CONTEXT_KEY) or new_context.get(CONTEXT_KEY):
+            merged[CONTEXT_KEY] = [*(context.get(CONTEXT_KEY) or ()), *(new_context.get(CONTEXT_KEY) or ())]
+        return merged
 
 
 class EmailTextMessage(_EmailMessageBase):
@@ -32,8 +51,15 @@ class EmailTextMessage(_EmailMessageBase):
     alias = 'email_plain'
     template_ext = 'txt'
 
-    def __init__(self, subject: str, text_or_dict: Union[str, dict], template_path: Optional[str] = None):
-        super().__init__(subject, text_or_dict, 'plain', template_path=template_path)
+    def __init__(
+        self,
+        subject: str,
+        text_or_dict: Union[str, dict],
+        template_path: Optional[str] = None,
+        *,
+        attachments: Optional[Iterable[TypeAttachment]] = None,
+    ):
+        super().__init__(subject, text_or_dict, 'plain', template_path=template_path, attachments=attachments)
 
 
 class EmailHtmlMessage(_EmailMessageBase):
@@ -42,8 +68,15 @@ class EmailHtmlMessage(_EmailMessageBase):
     alias = 'email_html'
     template_ext = 'html'
 
-    def __init__(self, subject: str, html_or_dict: Union[str, dict], template_path: Optional[str] = None):
-        super().__init__(subject, html_or_dict, 'html', template_path=template_path)
+    def __init__(
+        self,
+        subject: str,
+        html_or_dict: Union[str, dict],
+        template_path: Optional[str] = None,
+        *,
+        attachments: Optional[Iterable[TypeAttachment]] = None,
+    ):
+        super().__init__(subject, html_or_dict, 'html', template_path=template_path, attachments=attachments)
 
 
 class EmailMimeMessage(MessageBase):

@@ -38,7 +38,7 @@ def _on_postgres(statements):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ('sitemessage', '0012_inbox'),
+        ('sitemessage', '0013_channel_fallback'),
     ]
 
     operations = [
