@@ -38,6 +38,28 @@ _HTTP_STATUS = re.compile(r'error=(\d{3})\b')
 _TEMPORARY_CLIENT_ERRORS = {408, 425, 429}
 
 
+def load_apprise() -> Any:
+    """Import Apprise with its plugins, undoing what they do to the whole process's e-mail.
+
+    Apprise's e-mail plugin, loaded with the others on first use, calls
+    ``email.charset.add_charset('utf-8', QP, QP)``: every UTF-8 header and body the process
+    writes afterwards (Django's ``send_mail()``, ``SMTPMessenger``) would switch from base64 to
+    quoted-printable. The plugins are loaded here, once, and the charset tables restored.
+    """
+    from email import charset
+
+    tables = (charset.CHARSETS, charset.ALIASES, charset.CODEC_MAP)
+    saved = [dict(table) for table in tables]
+    try:
+        apprise = import_optional('apprise', extra='apprise')
+        apprise.Apprise().add('json://localhost/')  # loads every plugin module (nothing is sent)
+    finally:
+        for table, before in zip(tables, saved):
+            table.clear()
+            table.update(before)
+    return apprise
+
+
 class _ThreadLog(logging.Handler):
     """Collects what the ``apprise`` logger says on the current thread (connections may run in parallel)."""
 
@@ -70,7 +92,7 @@ class AppriseMessenger(MessengerBase):
         self.urls = dict(urls or {})
         self.body_format = body_format
         # Imported now: a project without the extra learns it when registering the messenger.
-        self.apprise: Any = import_optional('apprise', extra='apprise')
+        self.apprise: Any = load_apprise()
 
     def send(
         self, message_cls: Type['MessageBase'], message_model: 'Message', dispatch_models: List['Dispatch']

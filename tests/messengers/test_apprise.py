@@ -193,3 +193,13 @@ def test_docs_example(api_server):
     assert [r.json['message'] for r in api_server.find('/hook0')] == ['Disk almost full on db1']
     assert [r.json['message'] for r in api_server.find('/hook1')] == ['Deploy done']
     assert Dispatch.objects.get(address='ops').dispatch_status == Dispatch.DISPATCH_STATUS_SENT
+
+
+def test_loading_apprise_leaves_the_processs_email_charsets_as_they_were():
+    """Apprise's e-mail plugin turns UTF-8 headers into quoted-printable process-wide; the messenger undoes it."""
+    import email.charset
+
+    before = dict(email.charset.CHARSETS)
+    AppriseMessenger()
+    assert email.charset.CHARSETS == before
+    assert email.charset.Charset('utf-8').header_encoding == email.charset.SHORTEST  # not QP
