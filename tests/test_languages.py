@@ -186,6 +186,42 @@ def test_each_language_is_rendered_once_per_message_not_once_per_recipient(rende
     assert set(Dispatch.objects.values_list('dispatch_status', flat=True)) == {Dispatch.DISPATCH_STATUS_SENT}
 
 
+@override_settings(SITEMESSAGE_SEND_BATCH_SIZE=4)
+def test_a_message_claimed_in_several_batches_is_rendered_once_per_language_for_the_whole_run(renders, fake_messenger):
+    addresses = [f'{name}{index}.{domain}' for index in range(6) for name, domain in (('ivan', 'ru'), ('mary', 'com'))]
+    schedule_messages(PolyglotMessage({'name': 'Ann'}), recipients('fake', addresses))
+
+    report = send_scheduled_messages()
+
+    assert (report.sent, report.batches) == (12, 3)
+    texts = dict(fake_messenger.delivered)
+    assert {texts[address] for address in addresses if address.endswith('.ru')} == {'[ru-template] Без темы, Ann\n'}
+    assert {texts[address] for address in addresses if address.endswith('.com')} == {'[en] No Subject, Ann\n'}
+    assert sorted(renders) == ['sitemessage/messages/polyglot__fake.ru.tpl', 'sitemessage/messages/polyglot__fake.tpl']
+
+
+def test_a_rendering_is_not_reused_once_the_context_changed(renders, fake_messenger):
+    """Grouping merges contexts: a later batch of the message must see the new one."""
+    from sitemessage.messages.render_cache import RenderCache, keeping_renderings
+
+    [(message, dispatches)] = schedule_messages(
+        PolyglotMessage({'name': 'Ann'}), recipients('fake', ['a.com', 'b.com'])
+    )
+    cache = RenderCache()
+    with keeping_renderings(cache), translation.override('en'):
+        first = PolyglotMessage.compile_for_dispatches(message, fake_messenger, dispatches[:1])
+        again = PolyglotMessage.compile_for_dispatches(message, fake_messenger, dispatches[1:])
+        message.context = {**message.context, 'name': 'Bob'}
+        changed = PolyglotMessage.compile_for_dispatches(message, fake_messenger, dispatches[1:])
+
+    assert (str(first[0]), str(again[0]), str(changed[0])) == (
+        '[en] No Subject, Ann\n',
+        '[en] No Subject, Ann\n',
+        '[en] No Subject, Bob\n',
+    )
+    assert len(renders) == 2 and cache.hits == 1
+
+
 def test_a_dispatch_from_before_languages_renders_in_the_active_language(fake_messenger):
     _message, dispatches = schedule_messages(PolyglotMessage({'name': 'Old'}), recipients('fake', 'ivan.ru'))[0]
     Dispatch.objects.filter(pk=dispatches[0].pk).update(language=None)  # as a 1.4.0 row migrated forward

@@ -21,6 +21,7 @@ from django.db import connections as db_connections
 from django.utils import translation
 
 from ..exceptions import UnknownMessageTypeError
+from ..messages.render_cache import RenderCache, keeping_renderings
 from ..models import Dispatch, MessageTuple
 from .handover import compile_texts, deliver, messenger_lock, store_outcomes
 from .outcomes import MessageWork, warm_up_failure
@@ -100,6 +101,7 @@ class DeliverySession:
         # One connection on a thread of its own: what it leaves on the messenger, for the caller
         # (see MessengerBase.connection_state_snapshot).
         self._handed_back: object = None
+        self._renderings = RenderCache()
 
     def __enter__(self) -> 'DeliverySession':
         self._lock.acquire()
@@ -137,7 +139,8 @@ class DeliverySession:
                 if not ignore_unknown_message_types:
                     batch.error = batch.error or error
                 continue
-            compiled = compile_texts(messenger, message_cls, message, fail_suppressed(messenger, group))
+            with keeping_renderings(self._renderings):  # the run's later batches of a message reuse its rendering
+                compiled = compile_texts(messenger, message_cls, message, fail_suppressed(messenger, group))
             if compiled:
                 work.append(MessageWork(message_cls, message, compiled))
         if work:

@@ -13,6 +13,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.template.loader import render_to_string
 from django.utils.crypto import constant_time_compare, salted_hmac
+from django.utils.translation import get_language
 from django.utils.translation import gettext_lazy as _
 
 from ..compat import APP_URLS_ATTACHED  # noqa: F401 -- importable from here, as in 1.4.0
@@ -30,6 +31,7 @@ from ..registry import get_registered_messenger_object
 from ..settings import get_positive_int_setting
 from ..signals import sig_mark_read_failed, sig_mark_read_success, sig_unsubscribe_failed, sig_unsubscribe_success
 from ..site import get_site_url
+from . import render_cache
 from .links import URL_MARK_READ, URL_UNSUBSCRIBE, reverse_signed_link, signed_link_url  # noqa: F401
 
 LOGGER = logging.getLogger(__name__)
@@ -316,17 +318,29 @@ class MessageBase:
         """
         from ..models import DeferredText
 
-        if cls.has_dynamic_context or len(dispatches) < 2:
+        if cls.has_dynamic_context or not dispatches:
             return [cls.compile(message, messenger, dispatch=dispatch) for dispatch in dispatches]
-        placeholders = {name: f'sitemessagedirective{uuid4().hex}' for name in (URL_UNSUBSCRIBE, URL_MARK_READ)}
-        watch = _DispatchWatch(dispatches[0])
-        reset_token = _DIRECTIVE_PLACEHOLDERS.set(placeholders)
-        try:
-            text = cls.compile(message, messenger, dispatch=watch)
-        finally:
-            _DIRECTIVE_PLACEHOLDERS.reset(reset_token)
-        if watch.touched:
+        cache, cache_key = render_cache.current(), None
+        if cache is not None and message.pk is not None:  # a run's later batches reuse the rendering
+            alias = messenger.get_alias() if messenger is not None else None
+            cache_key = (cls, message.pk, alias, get_language())
+        kept = cache.get(cache_key, message.context) if cache_key is not None else None
+        if kept is not None:
+            text, placeholders = kept
+        elif len(dispatches) < 2 and cache_key is None:
             return [cls.compile(message, messenger, dispatch=dispatch) for dispatch in dispatches]
+        else:
+            placeholders = {name: f'sitemessagedirective{uuid4().hex}' for name in (URL_UNSUBSCRIBE, URL_MARK_READ)}
+            watch = _DispatchWatch(dispatches[0])
+            reset_token = _DIRECTIVE_PLACEHOLDERS.set(placeholders)
+            try:
+                text = cls.compile(message, messenger, dispatch=watch)
+            finally:
+                _DIRECTIVE_PLACEHOLDERS.reset(reset_token)
+            if watch.touched:
+                return [cls.compile(message, messenger, dispatch=dispatch) for dispatch in dispatches]
+            if cache is not None and cache_key is not None:
+                cache.put(cache_key, message.context, text, placeholders)
         used = {name: token for name, token in placeholders.items() if token in text}
         if not used:
             return [text] * len(dispatches)  # one and the same str object: held once

@@ -138,7 +138,6 @@ class RequestsMessengerBase(MessengerBase):
     pause_default: float = 10.0
 
     _thread = PerThread(_ThreadState)
-    deliver_on_own_thread = True  # connection state is per thread (see MessengerBase)
 
     def __init__(
         self, proxy: TypeProxy = None, *, api_url: Optional[str] = None, timeout: Optional[float] = None, **kwargs
