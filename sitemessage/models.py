@@ -970,8 +970,8 @@ class DispatchQuerySet(InboxQueries, models.QuerySet):
         # Texts and provider ids first: the status updates below release the claim that ``target`` filters on.
         self._store_texts(target, [d for d in dispatches if _text_changed(d)])
         with_ids = [d for d in others if d.dispatch_status == Dispatch.DISPATCH_STATUS_SENT and d.provider_message_id]
-        if with_ids:  # each sent message has its own id: one bulk UPDATE
-            target.bulk_update(with_ids, ['provider_message_id'])
+        if with_ids:  # each sent message has its own id
+            self._store_provider_ids(with_ids, None if None in tokens else list(tokens))
         by_status: dict = {}
         for dispatch in others:  # sent (or deferred): they share their new values
             by_status.setdefault(dispatch.dispatch_status, []).append(dispatch.pk)
@@ -984,6 +984,35 @@ class DispatchQuerySet(InboxQueries, models.QuerySet):
         # A sent dispatch may carry a note too (recipients an SMTP server refused among others).
         errors = [DispatchError(dispatch=d, error_log=str(d.error_log)) for d in dispatches if d.error_log is not None]
         DispatchError.objects.bulk_create(errors)
+
+    def _store_provider_ids(self, dispatches: Sequence['Dispatch'], tokens: Optional[List[str]]) -> None:
+        """Write each dispatch's own ``provider_message_id``: one UPDATE per few hundred, written by hand.
+
+        ``bulk_update()`` builds a ``Case``/``When`` expression per row, which cost more than the
+        rest of storing a batch (60 ms for 200 on the benchmark machine); this SQL costs a fraction.
+        """
+        connection = connections[self.db]
+        quote = connection.ops.quote_name
+        table, pk, column, token = (
+            quote(Dispatch._meta.db_table),
+            quote(Dispatch._meta.pk.column),
+            quote(Dispatch._meta.get_field('provider_message_id').column),
+            quote(Dispatch._meta.get_field('claim_token').column),
+        )
+        size = 300 if tokens is None else max(50, 300 - len(tokens))  # under SQLite's 999 parameters
+        with connection.cursor() as cursor:
+            for start in range(0, len(dispatches), size):
+                chunk = dispatches[start : start + size]
+                cases = ' '.join(['WHEN %s THEN %s'] * len(chunk))
+                params: list = [value for d in chunk for value in (d.pk, d.provider_message_id)]
+                params += [d.pk for d in chunk]
+                where = f'{pk} IN ({", ".join(["%s"] * len(chunk))})'
+                if tokens is not None:
+                    where += f' AND {token} IN ({", ".join(["%s"] * len(tokens))})'
+                    params += tokens
+                cursor.execute(
+                    f'UPDATE {table} SET {column} = CASE {pk} {cases} ELSE {column} END WHERE {where}', params
+                )
 
     @staticmethod
     def _store_texts(target, dispatches: Sequence['Dispatch']) -> None:

@@ -327,7 +327,7 @@ class MessageBase:
         kept = cache.get(cache_key, message.context) if cache_key is not None else None
         if kept is not None:
             text, placeholders = kept
-        elif len(dispatches) < 2 and cache_key is None:
+        elif len(dispatches) < 2:  # one e-mail: rendered with its own links straight away
             return [cls.compile(message, messenger, dispatch=dispatch) for dispatch in dispatches]
         else:
             placeholders = {name: f'sitemessagedirective{uuid4().hex}' for name in (URL_UNSUBSCRIBE, URL_MARK_READ)}
