@@ -446,6 +446,8 @@ class URLConf:
 
 
 def configure_django(spec: dict) -> None:
+    if spec.get('settings', {}).get('BENCH_PSYCOPG2'):  # as a project on psycopg2 (1.4.0's driver): hide psycopg 3
+        sys.modules['psycopg'] = None  # type: ignore[assignment]
     import django
     from django.conf import settings
 

@@ -31,6 +31,11 @@ def main() -> int:
     parser.add_argument('--db', choices=('postgres', 'sqlite'), default='postgres')
     parser.add_argument('--calls', type=int, default=2000)
     parser.add_argument('--reps', type=int, default=5)
+    parser.add_argument(
+        '--psycopg2',
+        action='store_true',
+        help='run ours on psycopg2, the driver of the 1.4.0 baseline (pip install it)',
+    )
     args = parser.parse_args()
     if args.db == 'postgres' and (problem := pg_available()):
         print(f'PostgreSQL is not reachable at 127.0.0.1:5432: {problem}', file=sys.stderr)
@@ -52,7 +57,8 @@ def main() -> int:
             for rep in range(args.reps):
                 for key in libs if rep % 2 == 0 else reversed(libs):
                     progress(f'{key}: {args.calls} calls, repetition {rep + 1} of {args.reps}')
-                    result = run.child(key, 'schedule_one', n=args.calls)
+                    settings = {'BENCH_PSYCOPG2': True} if args.psycopg2 and key == 'ours' else {}
+                    result = run.child(key, 'schedule_one', n=args.calls, settings=settings)
                     if result['rows'] != args.calls:
                         raise SystemExit(f'{key}: {result["rows"]} dispatches written, expected {args.calls}')
                     results[key].append(result)

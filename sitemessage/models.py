@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections.abc
 import json
 import random
+import time
 from datetime import timedelta
 from functools import lru_cache
 from typing import Any, Callable, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
@@ -1509,6 +1510,8 @@ def fail_suppressed_new(dispatches: Sequence['Dispatch'], using: Optional[str] =
     hits = NewSuppressed([], [])
     if not dispatches:
         return hits
+    if not Suppression.objects.using(using).may_have_active():
+        return hits  # nothing is suppressed: scheduling costs no look-up (the claim checks again anyway)
     reasons = Suppression.objects.using(using).reasons_for((d.messenger, d.address) for d in dispatches)
     if not reasons:
         return hits
@@ -1620,8 +1623,34 @@ class IdempotencyKey(models.Model):
         return [MessageTuple(messages[pk], dispatches.get(pk, [])) for pk in ids if pk in messages]
 
 
+# Per database: (whether the suppression list holds an active row, until when that is taken as
+# known, in monotonic seconds). Scheduling skips its look-up while the list is known to be empty;
+# writes through this process forget it at once (Suppression.save, SuppressionQuerySet._count),
+# another process's are seen within LIST_STATE_SECONDS.
+_LIST_STATE: dict = {}
+LIST_STATE_SECONDS = 1.0
+
+
+def forget_empty_suppression_list() -> None:
+    """Make the next scheduling look the suppression list up again (a row was added or changed)."""
+    _LIST_STATE.clear()
+
+
 class SuppressionQuerySet(models.QuerySet):
     """Queries of the suppression list: bulk look-ups by (messenger, address), never one per dispatch."""
+
+    def may_have_active(self) -> bool:
+        """False when the list held no active row a moment ago (one EXISTS query a second at most).
+
+        Scheduling uses it to skip its look-up on a site that suppresses nothing; a dispatch it lets
+        through is still checked when claimed, before any attempt.
+        """
+        now = time.monotonic()
+        known, until = _LIST_STATE.get(self.db, (True, 0.0))
+        if until <= now:
+            known = self.filter(active=True).exists()
+            _LIST_STATE[self.db] = (known, now + LIST_STATE_SECONDS)
+        return known
 
     def reasons_for(self, pairs: Iterable[Tuple[str, str]]) -> dict:
         """``{(messenger, address): reason}`` of the suppressed ones among ``pairs``: one query per 500 addresses."""
@@ -1651,6 +1680,7 @@ class SuppressionQuerySet(models.QuerySet):
         if not counts:
             return 0
         now, note, suppressed = timezone.now(), _truncated(note, 1000), 0
+        forget_empty_suppression_list()
         with transaction.atomic(using=self.db):
             existing = {
                 (row.messenger, row.address): row
@@ -1729,6 +1759,10 @@ class Suppression(models.Model):
         verbose_name = _('Suppressed address')
         verbose_name_plural = _('Suppressed addresses')
         constraints = [models.UniqueConstraint(fields=['address', 'messenger'], name='sitemessage_suppr_addr_uniq')]
+
+    def save(self, *args, **kwargs):
+        super().save(*args, **kwargs)
+        forget_empty_suppression_list()
 
     def __str__(self):
         return f'{self.address} [{self.messenger}]'

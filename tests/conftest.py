@@ -72,6 +72,15 @@ def isolated_registry():
 
 
 @pytest.fixture(autouse=True)
+def suppression_list_unknown():
+    """What a test knew of the suppression list (it may have rolled back rows) does not reach the next."""
+    from sitemessage.models import forget_empty_suppression_list
+
+    forget_empty_suppression_list()
+    yield
+
+
+@pytest.fixture(autouse=True)
 def no_shared_pauses():
     """A provider's pause (kept in the shared cache) does not outlive the test that caused it."""
     from django.core.cache import caches

@@ -288,8 +288,9 @@ def test_queries_of_send_messages_do_not_grow_with_the_number_of_emails(bulk_ins
         many = _queries_to_queue(30)
 
     assert (two[0], many[0]) == (2, 30)
-    # SQLite may split the INSERT of 60 dispatches at its 999 parameters: one statement more, no more.
-    assert two[1] <= many[1] <= two[1] + 1, f'30 e-mails took {many[1]} queries, 2 took {two[1]}'
+    # SQLite may split the INSERT of 60 dispatches at its 999 parameters, and the first call asks
+    # whether the suppression list holds anything (once a second): one statement either way, no more.
+    assert abs(many[1] - two[1]) <= 1, f'30 e-mails took {many[1]} queries, 2 took {two[1]}'
     assert Message.objects.count() == 32
     dispatches = 2 * 32 if settings else 32
     assert Dispatch.objects.count() == dispatches

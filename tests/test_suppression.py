@@ -72,7 +72,21 @@ def test_scheduling_checks_the_suppression_list_in_one_query_whatever_the_recipi
             schedule_messages('Hi', recipients('fake', [f'user{n}' for n in range(count)]))
         return [q['sql'] for q in captured.captured_queries if 'sitemessage_suppression' in q['sql']]
 
+    queries(1)  # the first also asks, once a second at most, whether the list holds anything
     assert len(queries(3)) == len(queries(300)) == 1
+
+
+def test_scheduling_looks_nothing_up_while_the_list_is_empty_and_sees_a_new_entry_at_once():
+    def lookups(address):
+        with CaptureQueriesContext(connection) as captured:
+            [(_message, [dispatch])] = schedule_messages('Hi', recipients('fake', address))
+        return len([q for q in captured.captured_queries if 'sitemessage_suppression' in q['sql']]), dispatch
+
+    lookups('first')
+    assert lookups('second')[0] == 0  # known empty: no query
+    Suppression.objects.create(messenger='fake', address='gone', reason=Suppression.REASON_MANUAL)
+    count, dispatch = lookups('gone')
+    assert count == 2 and dispatch.dispatch_status == Dispatch.DISPATCH_STATUS_FAILED
 
 
 def test_a_claim_checks_the_suppression_list_in_one_query_per_batch(fake_messenger):
