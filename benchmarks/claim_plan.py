@@ -76,8 +76,8 @@ def fill(connection, rows: int, deferred: int = 0) -> None:
         cursor.execute(
             """
             INSERT INTO sitemessage_message
-                (time_created, cls, gmark, context, priority, dispatches_ready, send_at, expires_at)
-            SELECT now(), 'email_plain', '', '{"subject": "Hello", "stext_": "Hi"}', 0, true, NULL, NULL
+                (time_created, cls, gmark, context, priority, dispatches_ready, send_at, expires_at, digest_key)
+            SELECT now(), 'email_plain', '', '{"subject": "Hello", "stext_": "Hi"}', 0, true, NULL, NULL, ''
             FROM generate_series(1, %s)
             """,
             [MESSAGES],

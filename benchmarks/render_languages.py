@@ -12,15 +12,14 @@ the send run, for:
 
 - ``1 language``: every recipient in English (the baseline);
 - ``3 languages``: recipients in English, Russian and German (a third each);
-- the same two with a larger ``SITEMESSAGE_SEND_BATCH_SIZE`` (``--batch-size``, 1000): fewer batches,
-  fewer renders; ``--batch-size`` N renders each language once. (Above about 1M characters of text
-  in a batch the engine writes each distinct text with its own UPDATE, which on SQLite costs more
-  than rendering saves: 10,000 in one batch take over a minute to store, in any language.);
+- the same two with a larger ``SITEMESSAGE_SEND_BATCH_SIZE`` (``--batch-size``, 1000): fewer batches.
+  (Above about 1M characters of text in a batch the engine writes each distinct text with its own
+  UPDATE, which on SQLite is slow: 10,000 in one batch take over a minute to store.);
 - ``per recipient``: 3 languages, a type with ``has_dynamic_context`` (rendered for every dispatch),
   which is what rendering "in each recipient's language" costs without grouping.
 
-The engine renders once per language per message in each claimed batch: renders are batches x
-languages, whatever the number of recipients in a batch.
+The engine renders once per language per message for a whole run: later batches of the message
+reuse the rendering (``sitemessage.messages.render_cache``), whatever the number of recipients.
 """
 
 from __future__ import annotations

@@ -253,6 +253,7 @@ class DispatchAdmin(ListStyles, admin.ModelAdmin):
         'next_attempt_at',
         'expires_at',
         'provider_status',
+        'language',
     )
     list_select_related = ('recipient',)
     search_fields = ('=address', '=provider_message_id')
@@ -263,6 +264,7 @@ class DispatchAdmin(ListStyles, admin.ModelAdmin):
         'time_dispatched',
         'next_attempt_at',
         'expires_at',
+        'language',
         'lease_until',
         'provider_message_id',
         'provider_status',
