@@ -324,7 +324,7 @@ class MessageBase:
         if cache is not None and message.pk is not None:  # a run's later batches reuse the rendering
             alias = messenger.get_alias() if messenger is not None else None
             cache_key = (cls, message.pk, alias, get_language())
-        kept = cache.get(cache_key, message.context) if cache_key is not None else None
+        kept = cache.get(cache_key, message.context) if cache is not None and cache_key is not None else None
         if kept is not None:
             text, placeholders = kept
         elif len(dispatches) < 2:  # one e-mail: rendered with its own links straight away

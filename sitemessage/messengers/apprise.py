@@ -48,7 +48,7 @@ def load_apprise() -> Any:
     """
     from email import charset
 
-    tables = (charset.CHARSETS, charset.ALIASES, charset.CODEC_MAP)
+    tables: Tuple[Dict[Any, Any], ...] = (charset.CHARSETS, charset.ALIASES, charset.CODEC_MAP)
     saved = [dict(table) for table in tables]
     try:
         apprise = import_optional('apprise', extra='apprise')
