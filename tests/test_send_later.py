@@ -245,7 +245,7 @@ def test_naive_times_are_accepted_without_use_tz(settings, fake_messenger):
 
 def test_claim_query_uses_the_queue_index_not_a_sequential_scan():
     if connection.vendor != 'postgresql':
-        pytest.skip('The plan is checked on PostgreSQL (benchmarks/claim_plan.py measures it with 1M rows)')
+        pytest.skip('The plan is checked on PostgreSQL: run with SITEMESSAGE_TEST_DB=postgres (claim_plan.py: 1M rows)')
     from benchmarks.claim_plan import claim_plan, fill
 
     fill(connection, 20000)
