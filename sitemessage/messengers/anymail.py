@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, List, Optional
 
 from django.conf import settings
+from django.utils.module_loading import import_string
 from django.utils.translation import gettext_lazy as _
 
 from ..exceptions import (
@@ -78,9 +79,8 @@ class AnymailMessenger(MessengerBase):
 
     def before_send(self) -> None:
         import_optional('anymail', extra='anymail')
-        from django.core.mail import get_connection
-
-        backend = get_connection(self.backend_path(), fail_silently=False, **self.backend_options)
+        # Instantiated as get_connection() would, which Django 6.1 deprecates (it serves MAILERS now).
+        backend = import_string(self.backend_path())(fail_silently=False, **self.backend_options)
         try:
             backend.open()
         except Exception as error:
