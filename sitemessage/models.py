@@ -315,12 +315,9 @@ class MessageQuerySet(models.QuerySet):
         if priority is not None:
             digest.priority = priority
         digest.save(using=self.db)
-        dispatch = Dispatch.objects.using(self.db).create(
-            message=digest,
-            messenger=recipient.messenger,
-            recipient=recipient.user,
-            address='' if recipient.address is None else recipient.address,
-            next_attempt_at=closes_at,
+        dispatch = Dispatch.for_recipient(recipient, message=digest, next_attempt_at=closes_at)
+        dispatch.save(
+            using=self.db, force_insert=True
         )  # nothing is due before the window closes: no wake-up for the workers
         return digest, dispatch
 
@@ -802,11 +799,9 @@ class DispatchQuerySet(InboxQueries, models.QuerySet):
             return []
         now = timezone.now()
         dispatches = [
-            Dispatch(
+            Dispatch.for_recipient(
+                r,
                 message=message,
-                messenger=r.messenger,
-                recipient=r.user,
-                address='' if r.address is None else r.address,
                 dispatch_status=Dispatch.DISPATCH_STATUS_FAILED,
                 time_dispatched=now,
             )
@@ -1397,6 +1392,12 @@ class Dispatch(models.Model):
         return unique_recipients(result)
 
     @classmethod
+    def for_recipient(cls, recipient: Recipient, **fields: Any) -> 'Dispatch':
+        """An unsaved dispatch to ``recipient`` (its messenger, user and address; '' for none) with ``fields``."""
+        address = '' if recipient.address is None else recipient.address
+        return cls(messenger=recipient.messenger, recipient=recipient.user, address=address, **fields)
+
+    @classmethod
     def create(cls, message_model: Message, recipients, strict_language: bool = True) -> List['Dispatch']:
         """Create one pending dispatch per recipient of the message, each in its recipient's language.
 
@@ -1408,11 +1409,9 @@ class Dispatch(models.Model):
             return []
         language_of = LanguageResolver(strict=strict_language)
         objects = [
-            cls(
+            cls.for_recipient(
+                r,
                 message=message_model,
-                messenger=r.messenger,
-                recipient=r.user,
-                address='' if r.address is None else r.address,
                 next_attempt_at=message_model.send_at,
                 expires_at=message_model.expires_at,
                 language=language_of(r),

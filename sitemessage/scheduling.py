@@ -179,11 +179,9 @@ def schedule_pairs_in_bulk(
     with transaction.atomic(using=database):
         models = Message.objects.bulk_create(models)
         dispatches = [
-            Dispatch(
+            Dispatch.for_recipient(
+                r,
                 message=model,
-                messenger=r.messenger,
-                recipient=r.user,
-                address='' if r.address is None else r.address,
                 language=language,
                 **options.dispatch_fields(),
             )

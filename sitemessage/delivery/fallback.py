@@ -48,15 +48,7 @@ def create_fallback_dispatches(dispatches: Sequence[Dispatch]) -> List[Dispatch]
     for failed in stored:
         recipient = next_fallback(types[failed.pk], failed.messenger, failed.recipient)
         if recipient is not None:
-            planned.append(
-                Dispatch(
-                    message_id=failed.message_id,
-                    messenger=recipient.messenger,
-                    recipient=recipient.user,
-                    address=recipient.address,
-                    fallback_of=failed,
-                )
-            )
+            planned.append(Dispatch.for_recipient(recipient, message_id=failed.message_id, fallback_of=failed))
     taken = Dispatch.objects.using(candidates[0]._state.db).existing_routes(planned)
     fresh = [d for d in planned if (d.message_id, d.messenger, d.recipient_id) not in taken]
     Dispatch.objects.using(candidates[0]._state.db).create_fallbacks(fresh)

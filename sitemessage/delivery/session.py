@@ -130,19 +130,19 @@ class DeliverySession:
                 if dispatch.attempt is not None:
                     dispatch.attempt.on_sent = self._recorder.observe
         work = []
-        for message, group in messages.values():
-            try:
-                message_cls = message.get_type()
-            except UnknownMessageTypeError as error:
-                batch.untouched.extend(group)
-                batch.unknown_types.add(message.cls)
-                if not ignore_unknown_message_types:
-                    batch.error = batch.error or error
-                continue
-            with keeping_renderings(self._renderings):  # the run's later batches of a message reuse its rendering
+        with keeping_renderings(self._renderings):  # the run's later batches of a message reuse its rendering
+            for message, group in messages.values():
+                try:
+                    message_cls = message.get_type()
+                except UnknownMessageTypeError as error:
+                    batch.untouched.extend(group)
+                    batch.unknown_types.add(message.cls)
+                    if not ignore_unknown_message_types:
+                        batch.error = batch.error or error
+                    continue
                 compiled = compile_texts(messenger, message_cls, message, fail_suppressed(messenger, group))
-            if compiled:
-                work.append(MessageWork(message_cls, message, compiled))
+                if compiled:
+                    work.append(MessageWork(message_cls, message, compiled))
         if work:
             note_subscribers(work)
             try:

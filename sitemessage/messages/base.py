@@ -240,11 +240,9 @@ class MessageBase:
                     break
                 check_existing = check_existing or any(user is not None for _pk, _cls, user, _address in page)
                 chunk = [
-                    Dispatch(
+                    Dispatch.for_recipient(
+                        r,
                         message=message,
-                        messenger=r.messenger,
-                        recipient=r.user,
-                        address=r.address,
                         next_attempt_at=message.send_at,  # its scheduling's send_at and expires_at
                         expires_at=message.expires_at,
                         language=language_of(r),
